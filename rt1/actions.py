@@ -1,0 +1,159 @@
+"""The RT-1 action space and its tokenizer, in one place.
+
+RT-1 predicts 11 action dimensions per step, each as one of 256 tokens. The order is the
+original PyTorch pipeline's:
+
+    index  key                                   dims  bounds
+    0-2    world_vector                          3     [-1, 1]
+    3-5    rotation_delta                        3     [-pi/2, pi/2]
+    6      gripper_closedness_action             1     [-1, 1]   (continuous: +1 close, -1 open)
+    7-8    base_displacement_vector              2     [-1, 1]
+    9      base_displacement_vertical_rotation   1     [-pi, pi]
+    10     terminate_episode                     1     one-hot (3,) -> its argmax
+
+Float dimension:  token = floor((clip(a, lo, hi) - lo) / (hi - lo) * 255)   (255 only at hi)
+                  a     = token / 255 * (hi - lo) + lo
+terminate_episode: token = argmax(one_hot); detokenize gives the one-hot of the token clipped to [0, 2]
+(a model may emit any of the 256 tokens for that dimension).
+
+`tokenize` and `detokenize` work on numpy arrays and torch tensors with any leading shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+NUM_BINS = 256
+NUM_ACTION_TOKENS = 11
+TERMINATE_KEY = "terminate_episode"
+NUM_TERMINATE_CLASSES = 3
+
+
+@dataclass(frozen=True)
+class ContinuousActionKey:
+    """One float action key of the RLDS `action` dict with its fixed RT-1 bounds."""
+
+    key: str
+    dims: int
+    low: float
+    high: float
+
+
+CONTINUOUS_KEYS: tuple[ContinuousActionKey, ...] = (
+    ContinuousActionKey("world_vector", 3, -1.0, 1.0),
+    ContinuousActionKey("rotation_delta", 3, -math.pi / 2, math.pi / 2),
+    ContinuousActionKey("gripper_closedness_action", 1, -1.0, 1.0),
+    ContinuousActionKey("base_displacement_vector", 2, -1.0, 1.0),
+    ContinuousActionKey("base_displacement_vertical_rotation", 1, -math.pi, math.pi),
+)
+
+ACTION_KEYS: tuple[str, ...] = tuple(k.key for k in CONTINUOUS_KEYS) + (TERMINATE_KEY,)
+
+# One readable name per token, used by metrics, logs and plots.
+ACTION_DIM_NAMES: tuple[str, ...] = (
+    "world_x", "world_y", "world_z",
+    "roll", "pitch", "yaw",
+    "gripper",
+    "base_x", "base_y", "base_yaw",
+    "terminate",
+)
+
+# Per-token bounds of the 10 continuous tokens (index 10 is terminate).
+TOKEN_LOW = np.array([k.low for k in CONTINUOUS_KEYS for _ in range(k.dims)], dtype=np.float64)
+TOKEN_HIGH = np.array([k.high for k in CONTINUOUS_KEYS for _ in range(k.dims)], dtype=np.float64)
+NUM_CONTINUOUS_TOKENS = len(TOKEN_LOW)
+assert NUM_CONTINUOUS_TOKENS + 1 == NUM_ACTION_TOKENS == len(ACTION_DIM_NAMES)
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _check_keys(actions: dict) -> None:
+    missing = [k for k in ACTION_KEYS if k not in actions]
+    if missing:
+        raise KeyError(f"action dict is missing keys {missing}; expected {list(ACTION_KEYS)}")
+    for spec in CONTINUOUS_KEYS:
+        if actions[spec.key].shape[-1] != spec.dims:
+            raise ValueError(
+                f"action '{spec.key}' has last dimension {actions[spec.key].shape[-1]}, expected {spec.dims}"
+            )
+    if actions[TERMINATE_KEY].shape[-1] != NUM_TERMINATE_CLASSES:
+        raise ValueError(
+            f"action '{TERMINATE_KEY}' has last dimension {actions[TERMINATE_KEY].shape[-1]}, "
+            f"expected {NUM_TERMINATE_CLASSES}"
+        )
+
+
+def tokenize(actions: dict):
+    """RLDS action dict (arrays shaped (..., dims)) -> tokens (..., 11).
+
+    numpy input gives a uint8 array; torch input gives an int64 tensor on the same device.
+    """
+    _check_keys(actions)
+    if _is_torch(actions[TERMINATE_KEY]):
+        import torch
+
+        continuous = torch.cat([actions[k.key].to(torch.float64) for k in CONTINUOUS_KEYS], dim=-1)
+        low = torch.as_tensor(TOKEN_LOW, device=continuous.device)
+        high = torch.as_tensor(TOKEN_HIGH, device=continuous.device)
+        scaled = (torch.minimum(torch.maximum(continuous, low), high) - low) / (high - low)
+        tokens = torch.floor(scaled * (NUM_BINS - 1)).to(torch.int64)
+        terminate = actions[TERMINATE_KEY].argmax(dim=-1, keepdim=True).to(torch.int64)
+        return torch.cat([tokens, terminate], dim=-1)
+    continuous = np.concatenate([np.asarray(actions[k.key], dtype=np.float64) for k in CONTINUOUS_KEYS], axis=-1)
+    scaled = (np.clip(continuous, TOKEN_LOW, TOKEN_HIGH) - TOKEN_LOW) / (TOKEN_HIGH - TOKEN_LOW)
+    tokens = np.floor(scaled * (NUM_BINS - 1)).astype(np.uint8)
+    terminate = np.argmax(np.asarray(actions[TERMINATE_KEY]), axis=-1)[..., None].astype(np.uint8)
+    return np.concatenate([tokens, terminate], axis=-1)
+
+
+def detokenize(tokens) -> dict:
+    """Tokens (..., 11) -> RLDS action dict: float32 arrays (..., dims), terminate int32 one-hot (..., 3).
+
+    Returns numpy arrays for numpy input and torch tensors for torch input.
+    """
+    if tokens.shape[-1] != NUM_ACTION_TOKENS:
+        raise ValueError(f"tokens have last dimension {tokens.shape[-1]}, expected {NUM_ACTION_TOKENS}")
+    if _is_torch(tokens):
+        import torch
+
+        low = torch.as_tensor(TOKEN_LOW, device=tokens.device)
+        high = torch.as_tensor(TOKEN_HIGH, device=tokens.device)
+        values = (tokens[..., :NUM_CONTINUOUS_TOKENS].to(torch.float64) / (NUM_BINS - 1) * (high - low) + low)
+        values = values.to(torch.float32)
+        terminate_index = tokens[..., NUM_CONTINUOUS_TOKENS].long().clamp(0, NUM_TERMINATE_CLASSES - 1)
+        terminate = torch.nn.functional.one_hot(terminate_index, NUM_TERMINATE_CLASSES).to(torch.int32)
+    else:
+        tokens = np.asarray(tokens)
+        values = (tokens[..., :NUM_CONTINUOUS_TOKENS].astype(np.float64) / (NUM_BINS - 1) * (TOKEN_HIGH - TOKEN_LOW)
+                  + TOKEN_LOW).astype(np.float32)
+        terminate_index = np.clip(tokens[..., NUM_CONTINUOUS_TOKENS].astype(np.int64), 0, NUM_TERMINATE_CLASSES - 1)
+        terminate = np.eye(NUM_TERMINATE_CLASSES, dtype=np.int32)[terminate_index]
+    out = {}
+    start = 0
+    for spec in CONTINUOUS_KEYS:
+        out[spec.key] = values[..., start:start + spec.dims]
+        start += spec.dims
+    out[TERMINATE_KEY] = terminate
+    return out
+
+
+def flatten_actions(actions: dict):
+    """RLDS action dict -> continuous values (..., 11) in token order; terminate as its class index.
+
+    Used for plotting and for error metrics in action units.
+    """
+    _check_keys(actions)
+    if _is_torch(actions[TERMINATE_KEY]):
+        import torch
+
+        parts = [actions[k.key].to(torch.float32) for k in CONTINUOUS_KEYS]
+        parts.append(actions[TERMINATE_KEY].argmax(dim=-1, keepdim=True).to(torch.float32))
+        return torch.cat(parts, dim=-1)
+    parts = [np.asarray(actions[k.key], dtype=np.float32) for k in CONTINUOUS_KEYS]
+    parts.append(np.argmax(np.asarray(actions[TERMINATE_KEY]), axis=-1)[..., None].astype(np.float32))
+    return np.concatenate(parts, axis=-1)

@@ -1,0 +1,49 @@
+"""Write-then-rename helpers: a long job never leaves a truncated file under a final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+TEMP_MARKER = ".partial-"
+
+
+def temporary_path(final: Path) -> Path:
+    """A sibling of `final` that is unique to this process and recognisable as unfinished."""
+    return final.with_name(f"{final.name}{TEMP_MARKER}{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path):
+    """Yield a temporary path; rename it to `final` only if the block finishes without error."""
+    final = Path(final)
+    tmp = temporary_path(final)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete leftovers of interrupted runs in `directory`; returns what was removed."""
+    removed = []
+    for path in Path(directory).glob(f"*{TEMP_MARKER}*"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def check_writable_dir(directory: Path) -> None:
+    """Create `directory` if needed; raise a one-line error if it cannot be written."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create output directory {directory}: {e.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"output directory {directory} is not writable")
