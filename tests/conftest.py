@@ -1,0 +1,69 @@
+"""Shared fixtures: the bundled fractal-format dataset and its stage-1 segments, built once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED_EPISODES = 48
+BUNDLED_SEED = 0
+SEGMENT_LEN = 10
+
+# TensorFlow's C++ logging and oneDNN notices only add noise to test output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def run_script(*args, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """Run a repo script or module with the test interpreter; returns the completed process."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def rlds_dir(tmp_path_factory) -> Path:
+    """The bundled dataset: TFDS directory .../fractal20220817_data/0.1.0."""
+    from rt1.data.mini_fractal import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("rlds"), episodes=BUNDLED_EPISODES, seed=BUNDLED_SEED)
+
+
+@pytest.fixture(scope="session")
+def segment_dir(rlds_dir, tmp_path_factory) -> Path:
+    """Stage-1 output (all tasks) of the bundled dataset, SEGMENT_LEN episodes per file."""
+    from rt1.data.convert import ConvertConfig, convert
+
+    out = tmp_path_factory.mktemp("segments")
+    convert(ConvertConfig(rlds_dir, out, "all", episode_sec_len=SEGMENT_LEN), progress=False)
+    return out
+
+
+def h5_contents(path: Path) -> dict:
+    """Every attribute and dataset of an HDF5 file as plain Python/numpy values, for equality checks."""
+    import h5py
+    import numpy as np
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            for key, value in obj.attrs.items():
+                out[f"{name}@{key}"] = np.asarray(value).tolist()
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                if data.dtype == object:
+                    data = [bytes(x) if isinstance(x, (bytes, np.ndarray)) and not isinstance(x, str) else x
+                            for x in (d.tobytes() if isinstance(d, np.ndarray) else d for d in data)]
+                    out[name] = data
+                else:
+                    out[name] = (data.dtype.str, data.shape, data.tobytes())
+        visit("/", f)
+        f.visititems(visit)
+    return out
