@@ -57,7 +57,6 @@ class SegmentResult:
     episodes_kept: int = 0
     steps: int = 0
     bytes_written: int = 0
-    skipped: bool = False
 
 
 def resolve_rlds_dir(data_dir: Path) -> Path:
@@ -133,39 +132,50 @@ def _to_episode(steps: dict, source_index: int) -> Episode:
     )
 
 
-def convert_segment(builder, cfg: ConvertConfig, episode_range: tuple[int, int], on_episode=None) -> SegmentResult:
-    """Read episodes [a, b), keep those the filter selects, write one segment file."""
-    a, b = episode_range
-    name = segment_file_name(a, b)
-    path = cfg.out_dir / name
-    if is_complete_segment(path, episode_range, cfg.task_filter):
-        return SegmentResult(name, skipped=True)
+def _contiguous_runs(ranges: list[tuple[int, int]], max_len: int) -> list[list[tuple[int, int]]]:
+    """Group consecutive ranges (each run read with one TFDS pipeline), at most `max_len` per run."""
+    runs: list[list[tuple[int, int]]] = []
+    for r in ranges:
+        if runs and runs[-1][-1][1] == r[0] and len(runs[-1]) < max_len:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
+def convert_run(builder, cfg: ConvertConfig, ranges: list[tuple[int, int]], on_episode=None) -> list[SegmentResult]:
+    """Convert consecutive segments, reading their episodes as one stream (one TFDS pipeline per run)."""
     keep = get_filter(cfg.task_filter)
-    result = SegmentResult(name)
-    episodes = []
-    for offset, steps in enumerate(_episode_dataset(builder, a, b)):
-        episode = _to_episode(steps, a + offset)
-        result.episodes_read += 1
-        if keep(episode.instruction):
-            episodes.append(episode)
-        if on_episode is not None:
-            on_episode()
-    if result.episodes_read != b - a:
-        raise ConversionError(f"{cfg.data_dir}: read {result.episodes_read} episodes for range [{a}, {b})")
-    result.episodes_kept = len(episodes)
-    result.steps = sum(e.num_steps for e in episodes)
-    result.bytes_written = write_segment(path, episodes, episode_range, cfg.task_filter)
-    return result
+    stream = iter(_episode_dataset(builder, ranges[0][0], ranges[-1][1]))
+    results = []
+    for a, b in ranges:
+        result = SegmentResult(segment_file_name(a, b))
+        episodes = []
+        for source_index in range(a, b):
+            steps = next(stream, None)
+            if steps is None:
+                raise ConversionError(f"{cfg.data_dir}: the train split ended before episode {source_index}")
+            episode = _to_episode(steps, source_index)
+            result.episodes_read += 1
+            if keep(episode.instruction):
+                episodes.append(episode)
+            if on_episode is not None:
+                on_episode()
+        result.episodes_kept = len(episodes)
+        result.steps = sum(e.num_steps for e in episodes)
+        result.bytes_written = write_segment(cfg.out_dir / result.name, episodes, (a, b), cfg.task_filter)
+        results.append(result)
+    return results
 
 
 _worker_builder = None
 
 
-def _convert_in_worker(cfg: ConvertConfig, episode_range: tuple[int, int]) -> SegmentResult:
+def _convert_in_worker(cfg: ConvertConfig, ranges: list[tuple[int, int]]) -> list[SegmentResult]:
     global _worker_builder
     if _worker_builder is None:
         _worker_builder = open_builder(cfg.data_dir)
-    return convert_segment(_worker_builder, cfg, episode_range)
+    return convert_run(_worker_builder, cfg, ranges)
 
 
 @dataclass
@@ -180,7 +190,6 @@ class ConvertSummary:
 
     def add(self, r: SegmentResult) -> None:
         self.segments += 1
-        self.skipped_segments += r.skipped
         self.episodes_read += r.episodes_read
         self.episodes_kept += r.episodes_kept
         self.steps += r.steps
@@ -206,16 +215,19 @@ def convert(cfg: ConvertConfig, progress: bool = True) -> ConvertSummary:
     total = sum(b - a for a, b in todo)
     with tqdm(total=total, unit="episode", desc=f"convert[{cfg.task_filter}]", disable=not progress) as bar:
         if cfg.workers == 1 or len(todo) <= 1:
-            for r in todo:
-                summary.add(convert_segment(builder, cfg, r, on_episode=lambda: bar.update(1)))
+            for run in _contiguous_runs(todo, max_len=len(todo)):
+                for result in convert_run(builder, cfg, run, on_episode=lambda: bar.update(1)):
+                    summary.add(result)
         else:
+            # Two runs per worker: long enough to amortise TFDS pipeline set-up, short enough to balance load.
+            runs = _contiguous_runs(todo, max_len=-(-len(todo) // (2 * cfg.workers)))
             context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
             with concurrent.futures.ProcessPoolExecutor(cfg.workers, mp_context=context) as pool:
-                futures = [pool.submit(_convert_in_worker, cfg, r) for r in todo]
+                futures = [pool.submit(_convert_in_worker, cfg, run) for run in runs]
                 for future in concurrent.futures.as_completed(futures):
-                    result = future.result()
-                    summary.add(result)
-                    bar.update(result.episodes_read)
+                    for result in future.result():
+                        summary.add(result)
+                        bar.update(result.episodes_read)
     summary.seconds = time.perf_counter() - start
     return summary
 

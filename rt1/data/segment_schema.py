@@ -114,12 +114,10 @@ def write_segment(path: Path, episodes: list[Episode], episode_range: tuple[int,
                               else np.zeros((0, EMBEDDING_DIM), np.float32))
 
             st = f.create_group("steps")
-            images = st.create_dataset("image", shape=(num_steps,), dtype=h5py.vlen_dtype(np.uint8))
-            row = 0
-            for e in episodes:
-                for jpeg in e.images:
-                    images[row] = np.frombuffer(jpeg, dtype=np.uint8)
-                    row += 1
+            images = np.empty(num_steps, dtype=object)  # one write for all images: per-row writes are slow
+            for row, jpeg in enumerate(jpeg for e in episodes for jpeg in e.images):
+                images[row] = np.frombuffer(jpeg, dtype=np.uint8)
+            st.create_dataset("image", data=images, dtype=h5py.vlen_dtype(np.uint8))
 
             def concat(arrays, shape, dtype):
                 return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros((0, *shape), dtype)
