@@ -1,0 +1,1 @@
+"""Offline evaluation: run the policy over recorded episodes, metrics, predicted-vs-ground-truth plots."""
