@@ -67,3 +67,26 @@ def h5_contents(path: Path) -> dict:
         visit("/", f)
         f.visititems(visit)
     return out
+
+
+TINY_IMAGE_SIZE = 64  # the tiny model preset's input size
+
+
+@pytest.fixture(scope="session")
+def preprocessed_dir(segment_dir, tmp_path_factory) -> Path:
+    """Stage-2 output of the bundled segments at the tiny preset's image size."""
+    from rt1.data.preprocess import preprocess_dir
+
+    out = tmp_path_factory.mktemp("preprocessed")
+    preprocess_dir(segment_dir, out, image_size=TINY_IMAGE_SIZE, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def index_dir(preprocessed_dir, tmp_path_factory) -> Path:
+    """Stage-3 train/val index of the preprocessed bundled data (seed 0, 20% validation)."""
+    from rt1.data.index import build_index
+
+    out = tmp_path_factory.mktemp("index")
+    build_index(preprocessed_dir, out, val_fraction=0.2, seed=0)
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from rt1.actions import ACTION_DIM_NAMES
+from rt1.actions import ACTION_DIM_NAMES, NUM_TERMINATE_CLASSES, TOKEN_HIGH, TOKEN_LOW
 
 GROUND_TRUTH_COLOR = "tab:blue"
 PREDICTION_COLOR = "tab:orange"
@@ -41,6 +41,10 @@ def plot_episode(path: Path, frames: np.ndarray, instruction: str, true_actions:
         ax.set_xlabel("step")
         if name == "terminate":
             ax.set_yticks([0, 1, 2], ["terminate", "arm", "base"])
+            ax.set_ylim(-0.2, NUM_TERMINATE_CLASSES - 0.8)
+        else:  # the dimension's full action range, so an error looks as large as it is
+            margin = 0.05 * (TOKEN_HIGH[i] - TOKEN_LOW[i])
+            ax.set_ylim(TOKEN_LOW[i] - margin, TOKEN_HIGH[i] + margin)
     legend_ax = fig.add_subplot(grid[3, 3])
     legend_ax.axis("off")
     legend_ax.legend(*fig.axes[1].get_legend_handles_labels(), loc="center", fontsize=14)
