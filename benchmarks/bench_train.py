@@ -1,0 +1,115 @@
+"""Benchmark training throughput: tiny preset on CPU, 1 process vs 2 processes (torchrun, gloo).
+
+    python benchmarks/bench_train.py                        # builds the bundled dataset in a temp dir
+    python benchmarks/bench_train.py --data-dir PRE --train-index train_idx_N.csv --steps 100
+
+Each configuration runs `train_ddp.py` as a user would (the 2-process one under torchrun as a
+subprocess), for --steps optimizer steps without validation, and reads rank 0's per-step timings
+from metrics.jsonl: every step's wall time and the part of it spent blocked on the DataLoader
+iterator. The first --warmup steps are not counted (worker start-up, allocator warm-up).
+
+Printed per configuration: windows/s over all processes (and action tokens/s = windows x 6 frames
+x 11 tokens), ms per step, and the data-wait fraction = time waiting for a batch / step time.
+
+One process uses all cores for its math (torch's default intra-op threads); each of the two
+processes gets one thread (torchrun's OMP_NUM_THREADS=1), so both use the machine's 2 cores.
+Timings on a shared machine vary with the other load on it: the minimum of --repeats runs is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_IMAGE_SIZE = 64
+FRAMES, TOKENS = 6, 11
+
+
+def _run(args: list, env: dict | None = None) -> None:
+    proc = subprocess.run([str(a) for a in args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_train: {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def build_data(work: Path, episodes: int) -> tuple[Path, Path]:
+    py = sys.executable
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    _run([py, "-m", "rt1.data.mini_fractal", "--out", work / "rlds", "--episodes", episodes, "--seed", 0], env)
+    _run([py, "data_preprocessing/rt_data_generator_all.py", "--data-dir", work / "rlds/fractal20220817_data/0.1.0",
+          "--out-dir", work / "segments", "--episode-sec-len", 10, "--no-progress"], env)
+    _run([py, "DataPreprocess_batch_all.py", "--in-dir", work / "segments", "--out-dir", work / "pre",
+          "--image-size", TINY_IMAGE_SIZE], env)
+    _run([py, "data_emerge.py", "--data-dir", work / "pre", "--out-dir", work / "index"])
+    return work / "pre", next((work / "index").glob("train_idx_*.csv"))
+
+
+def measure(nproc: int, data_dir: Path, train_index: Path, save_dir: Path, args) -> dict:
+    launcher = [sys.executable, "train_ddp.py"] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_ddp.py"]
+    env = {} if nproc == 1 else {"OMP_NUM_THREADS": "1"}
+    _run(launcher + ["--preset", "tiny", "--data-dir", data_dir, "--train-index", train_index, "--save-dir", save_dir,
+                     "--max-steps", args.steps, "--epochs", 1000, "--batch-size", args.batch_size,
+                     "--num-workers", args.num_workers, "--no-progress", "--no-tensorboard", "--val-every", 0,
+                     "--seed", 0], env)
+    steps = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if s["event"] == "train"][args.warmup:]
+    seconds = sum(s["seconds"] for s in steps)
+    wait = sum(s["data_wait"] for s in steps)
+    windows = len(steps) * args.batch_size * nproc
+    return {"windows_per_s": windows / seconds, "ms_per_step": 1000 * statistics.median(s["seconds"] for s in steps),
+            "data_wait_fraction": wait / seconds}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, help="preprocessed files at 64x64 (default: build the bundled dataset)")
+    p.add_argument("--train-index", type=Path, help="train_idx_N.csv for --data-dir")
+    p.add_argument("--episodes", type=int, default=48, help="bundled episodes to build (default 48)")
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default 60)")
+    p.add_argument("--warmup", type=int, default=10, help="first steps not timed (default 10)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per process per step (default 8)")
+    p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per process (default 1)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per configuration; the best is printed (default 1)")
+    p.add_argument("--nprocs", default="1,2", help="process counts to measure (default 1,2)")
+    args = p.parse_args(argv)
+    if args.steps <= args.warmup:
+        p.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
+    if (args.data_dir is None) != (args.train_index is None):
+        p.error("give both --data-dir and --train-index, or neither")
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        work = Path(tmp)
+        if args.data_dir is None:
+            print(f"building the bundled dataset ({args.episodes} episodes, 64x64) ...", flush=True)
+            data_dir, train_index = build_data(work, args.episodes)
+        else:
+            data_dir, train_index = args.data_dir, args.train_index
+        windows = sum(1 for _ in open(train_index)) - 1
+        print(f"tiny preset, {windows} training windows, batch {args.batch_size} per process, {args.steps} steps "
+              f"({args.warmup} warm-up steps not timed), {args.num_workers} DataLoader worker(s) per process, "
+              f"{os.cpu_count()} CPU cores")
+        print(f"{'processes':>9}  {'windows/s':>9}  {'tokens/s':>9}  {'ms/step':>8}  {'data wait':>9}")
+        results = {}
+        for nproc in (int(x) for x in args.nprocs.split(",")):
+            runs = [measure(nproc, data_dir, train_index, work / f"save_{nproc}_{r}", args) for r in range(args.repeats)]
+            best = max(runs, key=lambda r: r["windows_per_s"])
+            results[nproc] = best
+            print(f"{nproc:>9}  {best['windows_per_s']:>9.1f}  {best['windows_per_s'] * FRAMES * TOKENS:>9.0f}  "
+                  f"{best['ms_per_step']:>8.0f}  {100 * best['data_wait_fraction']:>8.1f}%", flush=True)
+        if 1 in results and 2 in results:
+            print(f"2 processes vs 1: x{results[2]['windows_per_s'] / results[1]['windows_per_s']:.2f} windows/s")
+        worst = max(r["data_wait_fraction"] for r in results.values())
+        print(f"largest data-wait fraction: {100 * worst:.1f}% (target < 10%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The training loader's dataset: 6-step windows of preprocessed files, listed by an index CSV.
+
+    ds = RT1Dataset("train_idx_427618.csv", "PRE_DIR", augment=True)
+    item = ds[0]
+
+An item is a dict:
+    video          uint8 (3, 6, H, W)   the window's frames (convert to float on the device, not here)
+    text_embed     float32 (512,)       the instruction's embedding
+    instruction    str
+    action_tokens  int64 (6, 11)        RT-1 action tokens of the 6 steps (the training targets)
+    actions        float32 (6, 11)      continuous actions (`rt1.actions.flatten_actions` order), for metrics
+    file           str                  the file, relative to data_dir
+    start_index    int                  step row of the window's first step in that file
+    source_index   int                  the episode's index in the RLDS train split
+    episode_step   int                  position of the window's first step in its episode
+    row            int                  the item's row in the index
+
+Rows are looked up directly (arrays indexed by row, no scan). Files are opened lazily in the process
+that reads them and kept open (at most `max_open_files`, least recently used closed first); a
+handle opened in another process (the parent of a forked DataLoader worker) is never used, and
+pickling drops handles, so the dataset works with `num_workers > 0`, `persistent_workers`,
+`pin_memory` and `DistributedSampler`. Each window is checked to lie inside one episode, and each
+file against the content digest the index recorded: a mismatch raises `DatasetError` naming the file
+and the row, never a wrong sample.
+
+Augmentation (`augment=True`, for training only): RT-1's `pad_then_crop` random shift. RT-1 pads a
+256x320 frame by 20 rows and 50 columns of zeros and crops it back at a random offset, the same
+offset for every frame of the window; here the padding is scaled to the stored frame size (for
+224x224: 17 rows, 35 columns). The offset comes from torch's RNG, which DataLoader seeds per worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rt1.data.index import DEFAULT_WINDOW, IndexEpisode, WindowIndexError, index_episodes, read_index
+from rt1.data.preprocessed_schema import PreprocessedFile, PreprocessedFormatError, WindowError
+
+# RT-1's pad_then_crop padding for 256x320 frames, as fractions of the frame height and width.
+RT1_SHIFT_FRACTION = (20 / 256, 50 / 320)
+
+
+class DatasetError(ValueError):
+    """The index and the data do not agree (missing file, stale index, window across episodes...)."""
+
+
+def random_offset(max_shift: tuple[int, int], generator: torch.Generator | None = None) -> tuple[int, int]:
+    """A uniform random (dy, dx) with |dy| <= max_shift[0], |dx| <= max_shift[1], from torch's RNG."""
+    pad_h, pad_w = max_shift
+    offset = torch.randint(0, (2 * pad_h + 1) * (2 * pad_w + 1), (1,), generator=generator).item()
+    return offset // (2 * pad_w + 1) - pad_h, offset % (2 * pad_w + 1) - pad_w
+
+
+def to_video(frames: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Frames (n, H, W, C) -> a new contiguous video (C, n, H, W), content moved by `offset` (dy, dx), zero-filled.
+
+    Moving by (dy, dx) equals padding the frames with zeros and cropping the original size at a shifted
+    position (RT-1's pad_then_crop); one offset for all frames.
+    """
+    n, height, width, channels = frames.shape
+    dy, dx = offset
+    if dy == 0 and dx == 0:
+        video = np.empty((channels, n, height, width), frames.dtype)
+        video[...] = frames.transpose(3, 0, 1, 2)
+        return video
+    video = np.zeros((channels, n, height, width), frames.dtype)
+    h, w = height - abs(dy), width - abs(dx)
+    if h > 0 and w > 0:
+        video[:, :, max(0, dy):max(0, dy) + h, max(0, dx):max(0, dx) + w] = \
+            frames[:, max(0, -dy):max(0, -dy) + h, max(0, -dx):max(0, -dx) + w].transpose(3, 0, 1, 2)
+    return video
+
+
+def random_shift(frames: np.ndarray, max_shift: tuple[int, int], generator: torch.Generator | None = None) -> np.ndarray:
+    """All frames (n, H, W, C) moved by one random offset of at most `max_shift` (rows, cols), zero-filled."""
+    return np.ascontiguousarray(to_video(frames, random_offset(max_shift, generator)).transpose(1, 2, 3, 0))
+
+
+class RT1Dataset(Dataset):
+    """Windows of preprocessed files listed by an index CSV of `data_emerge.py` (see the module docstring)."""
+
+    def __init__(self, index_csv: str | os.PathLike, data_dir: str | os.PathLike, *, augment: bool = False,
+                 window: int | None = None, shift_fraction: tuple[float, float] = RT1_SHIFT_FRACTION,
+                 max_open_files: int = 64, check_files: bool = True):
+        self.index_csv = Path(index_csv)
+        self.data_dir = Path(data_dir)
+        self.augment = augment
+        self.shift_fraction = tuple(shift_fraction)
+        self.max_open_files = max(1, int(max_open_files))
+        try:
+            index = read_index(self.index_csv)
+        except WindowIndexError as e:
+            raise DatasetError(str(e)) from None
+        meta = index.meta or {}
+        index_window = meta.get("window")
+        if window is not None and index_window is not None and window != index_window:
+            raise DatasetError(f"{self.index_csv} was built for windows of {index_window} steps, not {window}: "
+                               "rebuild it with data_emerge.py --window")
+        self.window = int(window or index_window or DEFAULT_WINDOW)
+        self._starts = index.starts
+        self._file_ids = index.file_ids
+        self.files = index.files
+        self._digests = {f["file"]: f["content_digest"] for f in meta.get("files", [])}
+        if not self.data_dir.is_dir():
+            raise DatasetError(f"data directory {self.data_dir} does not exist (index {self.index_csv})")
+        if check_files:
+            missing = [name for name in self.files if not (self.data_dir / name).is_file()]
+            if missing:
+                raise DatasetError(f"{self.index_csv} names {len(missing)} file(s) missing from {self.data_dir}, "
+                                   f"e.g. {self.data_dir / missing[0]}")
+        self._pid: int | None = None
+        self._open: OrderedDict[int, PreprocessedFile] = OrderedDict()
+        self._frames: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def episodes(self) -> list[IndexEpisode]:
+        """The episodes this index covers (from its sidecar), e.g. to plot by episode or instruction."""
+        return index_episodes(self.index_csv)
+
+    # -- file handles: per process, lazily opened, LRU-bounded --------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()
+        state["_pid"] = None
+        state["_frames"] = {}
+        return state
+
+    def _file(self, file_id: int, row: int) -> PreprocessedFile:
+        pid = os.getpid()
+        if pid != self._pid:  # new process (forked worker): never touch the parent's handles
+            self._open = OrderedDict()
+            self._frames = {}
+            self._pid = pid
+        handle = self._open.get(file_id)
+        if handle is not None:
+            self._open.move_to_end(file_id)
+            return handle
+        name = self.files[file_id]
+        path = self.data_dir / name
+        try:
+            handle = PreprocessedFile(path)
+        except FileNotFoundError:
+            raise DatasetError(f"{self.index_csv} row {row}: file {path} does not exist") from None
+        except PreprocessedFormatError as e:
+            raise DatasetError(f"{self.index_csv} row {row}: {e}") from None
+        expected = self._digests.get(name)
+        if expected is not None and handle.content_digest != expected:
+            handle.close()
+            raise DatasetError(f"{path} changed after {self.index_csv} was built (content digest differs): "
+                               "rebuild the index with data_emerge.py")
+        self._open[file_id] = handle
+        while len(self._open) > self.max_open_files:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        return handle
+
+    def _frame_buffer(self, image_size: tuple[int, int]) -> np.ndarray:
+        """A (window, H, W, 3) decode buffer reused by this thread (fresh pages cost more than decoding them)."""
+        shape = (self.window, *image_size, 3)
+        thread = threading.get_ident()
+        buffer = self._frames.get(thread)
+        if buffer is None or buffer.shape != shape:
+            buffer = self._frames[thread] = np.empty(shape, np.uint8)
+        return buffer
+
+    def close(self) -> None:
+        """Close the files this process opened."""
+        if self._pid == os.getpid():
+            for handle in self._open.values():
+                handle.close()
+        self._open = OrderedDict()
+
+    # -- items ---------------------------------------------------------------------------------------
+
+    def __getitem__(self, row: int) -> dict:
+        n = len(self._starts)
+        row = int(row)
+        if row < 0:
+            row += n
+        if not 0 <= row < n:
+            raise IndexError(f"row {row} out of range for {self.index_csv} ({n} windows)")
+        start = int(self._starts[row])
+        handle = self._file(int(self._file_ids[row]), row)
+        try:
+            w = handle.window(start, self.window, out=self._frame_buffer(handle.image_size))
+        except WindowError as e:
+            raise DatasetError(f"{self.index_csv} row {row}: {e}: the index does not match the data, "
+                               "rebuild it with data_emerge.py") from None
+        except PreprocessedFormatError as e:
+            raise DatasetError(f"{self.index_csv} row {row}: {e}") from None
+        frames = w["frames"]  # (6, H, W, 3), a buffer this process reuses
+        offset = (0, 0)
+        if self.augment:
+            height, width = frames.shape[1:3]
+            offset = random_offset((int(round(height * self.shift_fraction[0])),
+                                    int(round(width * self.shift_fraction[1]))))
+        video = to_video(frames, offset)  # (3, 6, H, W)
+        return {
+            "video": torch.from_numpy(video),
+            "text_embed": torch.from_numpy(np.asarray(w["language_embedding"], np.float32)),
+            "instruction": w["instruction"],
+            "action_tokens": torch.from_numpy(w["action_tokens"].astype(np.int64)),
+            "actions": torch.from_numpy(np.asarray(w["actions"], np.float32)),
+            "file": self.files[int(self._file_ids[row])],
+            "start_index": start,
+            "source_index": w["source_index"],
+            "episode_step": w["episode_step"],
+            "row": row,
+        }

@@ -1,0 +1,96 @@
+"""JPEG helpers shared by preprocessing (resize + re-encode) and the loader (decode).
+
+Decoding uses `simplejpeg` when it is installed and Pillow otherwise. Both wrap libjpeg-turbo with
+the same settings (accurate integer IDCT, fancy upsampling) and give identical pixels (checked by
+tests/test_dataset.py); simplejpeg is faster and decodes straight into the caller's buffer.
+Measured on this project's 2-core machine for 224x224 frames of ~12 KB (quality 90): a 6-frame
+window takes ~1.0 ms of CPU with simplejpeg and ~1.5 ms with Pillow. Encoding and resizing use Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+try:
+    import simplejpeg as _simplejpeg
+except ImportError:  # optional: Pillow decodes the same pixels, more slowly
+    _simplejpeg = None
+
+JPEG_QUALITY = 90
+# Pillow's bilinear filter is antialiased when shrinking (its support grows with the scale factor).
+RESIZE_FILTER = Image.Resampling.BILINEAR
+RESIZE_DESCRIPTION = (
+    "squash: the whole 256x320 frame resized to HxW with Pillow's antialiased bilinear filter "
+    "(aspect ratio not kept, full field of view kept)"
+)
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a decodable RGB JPEG of the expected size."""
+
+
+def decoder_name() -> str:
+    return "simplejpeg" if _simplejpeg is not None else "pillow"
+
+
+def decode_jpeg(data, expected_shape: tuple[int, int, int] | None = None, out: np.ndarray | None = None,
+                *, use_pillow: bool = False) -> np.ndarray:
+    """JPEG bytes (bytes or a uint8 array) -> uint8 array (H, W, 3), written into `out` if given.
+
+    Raises `ImageDecodeError` for undecodable or truncated data, or a shape other than
+    `expected_shape` (or than `out`'s shape).
+    """
+    if isinstance(data, np.ndarray):
+        data = data.tobytes()
+    if out is not None:
+        expected_shape = out.shape
+    if _simplejpeg is not None and not use_pillow:
+        try:
+            height, width, _, _ = _simplejpeg.decode_jpeg_header(data)
+            if expected_shape is not None and (height, width, 3) != tuple(expected_shape):
+                raise ImageDecodeError(f"decoded image has shape {(height, width, 3)}, expected {tuple(expected_shape)}")
+            return _simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+        except ImageDecodeError:
+            raise
+        except Exception as e:  # simplejpeg raises ValueError for bad data
+            raise ImageDecodeError(f"undecodable JPEG ({type(e).__name__}: {e})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG":
+                raise ImageDecodeError(f"not a JPEG image (format {image.format})")
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            array = np.asarray(image)
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+        raise ImageDecodeError(f"undecodable JPEG ({type(e).__name__}: {e})") from None
+    if expected_shape is not None and array.shape != tuple(expected_shape):
+        raise ImageDecodeError(f"decoded image has shape {array.shape}, expected {tuple(expected_shape)}")
+    if out is not None:
+        out[...] = array
+        return out
+    return array
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """uint8 (H, W, 3) -> JPEG bytes (baseline, 4:2:0, deterministic for the same Pillow build)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB").save(buffer, format="JPEG", quality=int(quality))
+    return buffer.getvalue()
+
+
+def resize_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (h, w, 3) -> uint8 (H, W, 3) by the squash resize of `RESIZE_DESCRIPTION`."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image, "RGB").resize((width, height), RESIZE_FILTER))
+
+
+def resize_jpeg(data, size: tuple[int, int], quality: int = JPEG_QUALITY) -> bytes:
+    """Source JPEG bytes -> JPEG bytes of the frame squash-resized to `size` (H, W)."""
+    return encode_jpeg(resize_frame(decode_jpeg(data), size), quality)

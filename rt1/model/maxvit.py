@@ -1,0 +1,224 @@
+"""MaxViT image encoder with FiLM text conditioning (Tu et al. 2022, as used by RT-1).
+
+    images (N, 3, H, W) --conv stem (stride 2)--> (N, H/2, W/2, stem)
+    for every stage s (width dim * 2**s) and every block in it:
+        FiLM(text) -> MBConv (stride 2 in a stage's first block) -> block attention + FF
+                   -> grid attention + FF
+    --> feature map (N, H / 2**(stages+1), W / 2**(stages+1), embed_dim), channels last
+
+Feature maps are kept channels-last (N, H, W, C) between blocks: attention and feed-forward work on
+the last dimension, and the convolutions of MBConv see the same memory as a channels_last NCHW
+tensor (a free permute, no copy). FiLM is applied at the input of every MaxViT block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rt1.model.config import RT1Config
+from rt1.model.dropout import Dropout
+from rt1.model.film import FiLM, modulate
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def block_partition(x: Tensor, w: int) -> Tensor:
+    """'b (x w1) (y w2) d -> (b x y) (w1 w2) d': non-overlapping w x w windows of neighbours."""
+    b, h, wd, d = x.shape
+    x = x.view(b, h // w, w, wd // w, w, d).transpose(2, 3)
+    return x.reshape(-1, w * w, d)
+
+
+def block_unpartition(x: Tensor, w: int, h: int, wd: int) -> Tensor:
+    """'(b x y) (w1 w2) d -> b (x w1) (y w2) d'"""
+    d = x.shape[-1]
+    x = x.view(-1, h // w, wd // w, w, w, d).transpose(2, 3)
+    return x.reshape(-1, h, wd, d)
+
+
+def grid_partition(x: Tensor, w: int) -> Tensor:
+    """'b (w1 x) (w2 y) d -> (b x y) (w1 w2) d': w x w windows of pixels spread over the whole map."""
+    b, h, wd, d = x.shape
+    x = x.view(b, w, h // w, w, wd // w, d).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, w * w, d)
+
+
+def grid_unpartition(x: Tensor, w: int, h: int, wd: int) -> Tensor:
+    """'(b x y) (w1 w2) d -> b (w1 x) (w2 y) d'"""
+    d = x.shape[-1]
+    x = x.view(-1, h // w, wd // w, w, w, d).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, h, wd, d)
+
+
+def relative_position_index(w: int) -> Tensor:
+    """(w*w, w*w) index into a ((2w-1)**2)-entry table of relative 2-D offsets inside a window."""
+    pos = torch.arange(w)
+    grid = torch.stack(torch.meshgrid(pos, pos, indexing="ij")).flatten(1)  # (2, w*w)
+    rel = grid[:, :, None] - grid[:, None, :] + (w - 1)  # (2, w*w, w*w), each in [0, 2w-2]
+    return rel[0] * (2 * w - 1) + rel[1]
+
+
+# ---- leaf modules ----------------------------------------------------------------------------------
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gate from the spatial mean: x (N, H, W, C) -> x * sigmoid(MLP(mean_hw x))."""
+
+    def __init__(self, dim: int, shrinkage: float) -> None:
+        super().__init__()
+        hidden = int(dim * shrinkage)
+        self.gate = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False), nn.SiLU(), nn.Linear(hidden, dim, bias=False), nn.Sigmoid()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(x.mean(dim=(1, 2)))[:, None, None, :]
+
+
+def _batch_norm_nhwc(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """Apply a BatchNorm2d to an (N, H, W, C) tensor through its channels_last NCHW view.
+
+    The module still sees NCHW input, so nn.SyncBatchNorm.convert_sync_batchnorm keeps working.
+    """
+    return bn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class MBConv(nn.Module):
+    """Inverted bottleneck: 1x1 expand -> 3x3 depthwise (stride 2 to downsample) -> SE -> 1x1 project.
+
+    x (N, H, W, dim_in) channels-last -> (N, H', W', dim_out); residual when the shape is kept.
+    BatchNorm + GELU after the expansion and the depthwise convolution, BatchNorm after the
+    projection. The 1x1 convolutions are Linear layers on the channels-last tensor (one matmul);
+    they and the depthwise convolution have no bias, as each feeds a BatchNorm that removes it.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, downsample: bool, expansion: int, shrinkage: float) -> None:
+        super().__init__()
+        hidden = expansion * dim_out
+        self.residual = dim_in == dim_out and not downsample
+        self.expand = nn.Linear(dim_in, hidden, bias=False)
+        self.expand_norm = nn.BatchNorm2d(hidden)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, stride=2 if downsample else 1, padding=1, groups=hidden,
+                                   bias=False)
+        self.depthwise_norm = nn.BatchNorm2d(hidden)
+        self.squeeze_excitation = SqueezeExcitation(hidden, shrinkage)
+        self.project = nn.Linear(hidden, dim_out, bias=False)
+        self.project_norm = nn.BatchNorm2d(dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(_batch_norm_nhwc(self.expand_norm, self.expand(x)))
+        # A contiguous NHWC tensor permuted to NCHW is a channels_last tensor: no copies.
+        h = self.depthwise(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        h = F.gelu(_batch_norm_nhwc(self.depthwise_norm, h))
+        h = _batch_norm_nhwc(self.project_norm, self.project(self.squeeze_excitation(h)))
+        return h + x if self.residual else h
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative position bias.
+
+    x (num_windows, w*w, dim) -> (num_windows, w*w, dim). Pre-norm; the caller adds the residual.
+    """
+
+    def __init__(self, dim: int, dim_head: int, window_size: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = dim // dim_head
+        self.dim_head = dim_head
+        self.dropout = dropout
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.to_qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+        self.out_dropout = Dropout(dropout)
+        self.rel_pos_bias = nn.Embedding((2 * window_size - 1) ** 2, self.heads)
+        self.register_buffer("rel_pos_index", relative_position_index(window_size), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, _ = x.shape
+        qkv = self.to_qkv(self.norm(x)).view(n, t, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        bias = self.rel_pos_bias(self.rel_pos_index).permute(2, 0, 1)  # (heads, t, t)
+        q, k, v = qkv.unbind(0)  # unbind, not indexing: its backward stacks once instead of 3 zero-filled scatters
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(x.dtype), dropout_p=self.dropout if self.training else 0.0
+        )  # (n, heads, t, dim_head)
+        out = out.transpose(1, 2).reshape(n, t, -1)
+        return self.out_dropout(self.to_out(out))
+
+
+class FeedForward(nn.Module):
+    """Pre-norm MLP: x (..., dim) -> (..., dim). The caller adds the residual."""
+
+    def __init__(self, dim: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.net = nn.Sequential(
+            nn.Linear(dim, dim * mult), nn.GELU(), Dropout(dropout), nn.Linear(dim * mult, dim), Dropout(dropout)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.norm(x))
+
+
+class MaxViTBlock(nn.Module):
+    """FiLM -> MBConv -> block attention + FF -> grid attention + FF.
+
+    x (N, H, W, dim_in) channels-last, modulation (N, 2 * dim_in) from self.film
+      -> (N, H', W', dim) (H' = H/2 if downsample)
+    """
+
+    def __init__(self, config: RT1Config, dim_in: int, dim: int, downsample: bool) -> None:
+        super().__init__()
+        c = config
+        self.window_size = c.window_size
+        self.film = FiLM(c.cond_dim, dim_in, c.film_mult)
+        self.mbconv = MBConv(dim_in, dim, downsample, c.mbconv_expansion, c.mbconv_shrinkage)
+        self.block_attn = WindowAttention(dim, c.dim_head, c.window_size, c.dropout)
+        self.block_ff = FeedForward(dim, c.ff_mult, c.dropout)
+        self.grid_attn = WindowAttention(dim, c.dim_head, c.window_size, c.dropout)
+        self.grid_ff = FeedForward(dim, c.ff_mult, c.dropout)
+
+    def forward(self, x: Tensor, modulation: Tensor) -> Tensor:
+        w = self.window_size
+        x = self.mbconv(modulate(x, modulation))
+        h, wd = x.shape[1:3]
+        x = block_partition(x, w)
+        x = x + self.block_attn(x)
+        x = x + self.block_ff(x)
+        x = grid_partition(block_unpartition(x, w, h, wd), w)
+        x = x + self.grid_attn(x)
+        x = x + self.grid_ff(x)
+        return grid_unpartition(x, w, h, wd)
+
+
+# ---- top model -------------------------------------------------------------------------------------
+
+
+class MaxViT(nn.Module):
+    """images (N, C, H, W) float, modulations (one (N, 2 * width) per block) -> (N, h, w, embed_dim)."""
+
+    def __init__(self, config: RT1Config) -> None:
+        super().__init__()
+        c = config
+        self.conv_stem = nn.Sequential(
+            nn.Conv2d(c.channels, c.conv_stem_dim, 3, stride=2, padding=1),
+            nn.Conv2d(c.conv_stem_dim, c.conv_stem_dim, 3, padding=1),
+        )
+        blocks = []
+        dim_in = c.conv_stem_dim
+        for dim, depth in zip(c.stage_dims, c.depth):
+            for i in range(depth):
+                blocks.append(MaxViTBlock(c, dim_in, dim, downsample=i == 0))
+                dim_in = dim
+        self.blocks = nn.ModuleList(blocks)
+
+    def modulations(self, cond: Tensor) -> tuple[Tensor, ...]:
+        """cond (N, cond_dim) -> the FiLM modulation of every block, (N, 2 * block input width) each."""
+        return tuple(block.film(cond) for block in self.blocks)
+
+    def forward(self, images: Tensor, modulations: tuple[Tensor, ...]) -> Tensor:
+        x = self.conv_stem(images.contiguous(memory_format=torch.channels_last))
+        x = x.permute(0, 2, 3, 1).contiguous()  # (N, H/2, W/2, stem), free when channels_last
+        for block, modulation in zip(self.blocks, modulations, strict=True):
+            x = block(x, modulation)
+        return x

@@ -1,0 +1,27 @@
+"""Image normalisation: uint8 RGB -> float, ImageNet mean/std.
+
+    x = (pixel / 255 - mean) / std,  mean = (0.485, 0.456, 0.406), std = (0.229, 0.224, 0.225)
+
+The channel axis is dim 1, so the same function takes a video (B, 3, F, H, W) and a batch of
+frames (N, 3, H, W). Call it on the training device (a uint8 batch is 4x smaller to move).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_video(video: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 (B, 3, F, H, W) or (N, 3, H, W) -> float of the same shape, ImageNet-normalised."""
+    if video.ndim < 3 or video.shape[1] != 3:
+        raise ValueError(f"expected the channel axis (3) at dim 1, got shape {tuple(video.shape)}")
+    if video.is_floating_point():
+        raise TypeError(f"normalize_video expects uint8 pixels, got {video.dtype} (already normalised?)")
+    shape = (1, 3) + (1,) * (video.ndim - 2)
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device, dtype=dtype).view(shape)
+    std = torch.tensor(IMAGENET_STD, device=video.device, dtype=dtype).view(shape)
+    return (video.to(dtype) / 255.0 - mean) / std

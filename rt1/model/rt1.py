@@ -1,0 +1,133 @@
+"""RT1: the whole model. MaxViT + TokenLearner per frame, causal transformer over frames, action head.
+
+    video (B, 3, F, H, W) float (see `normalize_video`), text_embeds (B, 512)
+      condition:     text -> shared MLP stem -> FiLM modulations of every layer (`Conditioning`)
+      encode_frames: every frame -> MaxViT (FiLM) -> TokenLearner -> tokens (B*F, n, D)
+      decode:        tokens (B, F, n, D) -> causal Transformer (FiLM) -> mean over the n tokens
+                     -> LayerNorm -> Linear -> logits (B, F, num_actions, num_bins)
+
+forward = condition dropout / guidance + condition + encode_frames + decode. Frames are encoded
+independently (eval-mode BatchNorm), and the transformer is causal, so the logits of frame t depend
+only on frames 0..t: the policy caches each frame's tokens and encodes only the newest frame.
+
+Classifier-free guidance: in training, each sample's text embedding is replaced by a learned null
+embedding with probability cond_drop_prob (default config.cond_drop_prob). At inference,
+cond_scale != 1 runs the conditioned and the null-conditioned model in one batch and returns
+null + (cond - null) * cond_scale; cond_scale == 1 is the plain conditioned forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rt1.model.config import RT1Config
+from rt1.model.film import Conditioning, TextConditioner
+from rt1.model.maxvit import MaxViT
+from rt1.model.token_learner import TokenLearner
+from rt1.model.transformer import Transformer
+
+
+def guided_logits(logits: Tensor, cond_scale: float) -> Tensor:
+    """logits (2B, ...) = [conditioned; null-conditioned] -> null + (cond - null) * cond_scale, (B, ...)."""
+    cond, null = logits.chunk(2, dim=0)
+    return null + (cond - null) * cond_scale
+
+
+class RT1(nn.Module):
+    def __init__(self, config: RT1Config | None = None) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else RT1Config()
+        self.conditioner = TextConditioner(config.text_embed_dim, config.cond_dim)
+        self.vit = MaxViT(config)
+        self.token_learner = TokenLearner(config.embed_dim, config.num_learned_tokens, config.token_learner_ff_mult)
+        self.transformer = Transformer(config)
+        self.to_logits = nn.Sequential(
+            nn.LayerNorm(config.embed_dim, bias=False),
+            nn.Linear(config.embed_dim, config.num_actions * config.num_bins),
+        )
+
+    @property
+    def null_text_embed(self) -> Tensor:
+        """(E,) the learned embedding that stands for "no instruction" (classifier-free guidance)."""
+        return self.conditioner.null_text_embed
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- conditioning, encoder, decoder -----------------------------------------------------------
+
+    def condition(self, text_embeds: Tensor) -> Conditioning:
+        """text_embeds (N, E) -> every FiLM modulation for those N instructions (no dropout here)."""
+        self._check_text(text_embeds)
+        cond = self.conditioner(text_embeds)
+        return Conditioning(self.vit.modulations(cond), self.transformer.modulations(cond))
+
+    def encode_frames(self, frames: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
+        """frames (N, 3, H, W) float, text_embeds (N, E) or its Conditioning -> tokens (N, n, D).
+
+        n = num_learned_tokens, D = embed_dim. Pass `null_text_embed` rows to encode unconditioned.
+        """
+        cond = self._conditioning(text_embeds, frames.shape[0])
+        return self.token_learner(self.vit(frames, cond.vit))
+
+    def decode(self, tokens: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
+        """tokens (B, F, n, D), text_embeds (B, E) or its Conditioning -> logits (B, F, num_actions, num_bins).
+
+        F may be 1..num_frames (time positions 0..F-1); frame t's logits depend on frames 0..t only.
+        """
+        b, f = tokens.shape[:2]
+        if f > self.config.num_frames:
+            raise ValueError(f"decode got {f} frames, more than num_frames={self.config.num_frames}")
+        cond = self._conditioning(text_embeds, b)
+        pooled = self.transformer(tokens, cond.transformer).mean(dim=2)  # (B, F, D)
+        return self.to_logits(pooled).view(b, f, self.config.num_actions, self.config.num_bins)
+
+    # ---- full forward -----------------------------------------------------------------------------
+
+    def forward(self, video: Tensor, text_embeds: Tensor, cond_drop_prob: float | None = None,
+                cond_scale: float = 1.0) -> Tensor:
+        """video (B, 3, F, H, W) float, text_embeds (B, E) -> logits (B, F, num_actions, num_bins).
+
+        cond_drop_prob: probability of replacing each sample's text by the null embedding; default
+        config.cond_drop_prob in training mode and 0 in eval mode.
+        cond_scale: classifier-free guidance scale (eval only); 1 = plain conditioned forward.
+        """
+        c = self.config
+        if video.ndim != 5 or video.shape[1] != c.channels:
+            raise ValueError(f"video must be (B, {c.channels}, F, H, W), got {tuple(video.shape)}")
+        b, channels, f, h, w = video.shape
+        if h != c.image_size or w != c.image_size:
+            raise ValueError(f"video frames are {h}x{w}, the model expects {c.image_size}x{c.image_size}")
+        self._check_text(text_embeds, b)
+        if cond_scale != 1.0:
+            if self.training:
+                raise ValueError("cond_scale != 1 (classifier-free guidance) is for eval mode only; call model.eval()")
+            video = torch.cat((video, video), dim=0)
+            text_embeds = torch.cat((text_embeds, self.null_text_embed.expand_as(text_embeds)), dim=0)
+        else:
+            if cond_drop_prob is None:
+                cond_drop_prob = c.cond_drop_prob if self.training else 0.0
+            text_embeds = self.conditioner.drop(text_embeds, cond_drop_prob)
+
+        cond = self.condition(text_embeds)  # (B', ...) once per sample, shared by its frames
+        bb = video.shape[0]
+        # (B', 3, F, H, W) -> (B' * F, 3, H, W) in channels_last memory: the one copy of the input.
+        frames = video.permute(0, 2, 3, 4, 1).reshape(bb * f, h, w, channels).permute(0, 3, 1, 2)
+        tokens = self.encode_frames(frames, cond.repeat_interleave(f))  # (B' * F, n, D)
+        logits = self.decode(tokens.view(bb, f, *tokens.shape[1:]), cond)
+        return guided_logits(logits, cond_scale) if cond_scale != 1.0 else logits
+
+    # ---- checks -----------------------------------------------------------------------------------
+
+    def _conditioning(self, text_embeds: Tensor | Conditioning, batch: int) -> Conditioning:
+        cond = text_embeds if isinstance(text_embeds, Conditioning) else self.condition(text_embeds)
+        if cond.batch != batch:
+            raise ValueError(f"got conditioning for {cond.batch} rows, expected {batch}")
+        return cond
+
+    def _check_text(self, text_embeds: Tensor, batch: int | None = None) -> None:
+        e = self.config.text_embed_dim
+        if text_embeds.ndim != 2 or text_embeds.shape[1] != e or (batch is not None and text_embeds.shape[0] != batch):
+            raise ValueError(f"text_embeds must be ({batch if batch is not None else 'N'}, {e}), "
+                             f"got {tuple(text_embeds.shape)}")

@@ -1,0 +1,160 @@
+"""RT1Policy: closed-loop inference with a per-episode cache of learned frame tokens.
+
+    policy = RT1Policy(model, cond_scale=1.0)
+    policy.reset()                                   # at the start of every episode
+    action = policy.step(image, text_embed)          # image uint8 (H, W, 3) at the model's size
+    action, tokens = policy.step(image, text_embed, return_tokens=True)
+
+History rule (the same windows the model is trained on). Training windows are 6 consecutive steps
+of one episode, frame positions 0..5. At step t of an episode:
+
+    t < 5:   the transformer runs over the t + 1 frames seen so far at positions 0..t and the action
+             is read from the last frame. The transformer is causal, so this equals the logits of
+             frame t in the 6-frame training window that starts at the episode's first step.
+    t >= 5:  the transformer runs over the last 6 frames at positions 0..5 and the action is read
+             from the last frame (the window that ends at step t).
+
+Each frame's TokenLearner tokens depend on that frame (and the instruction) only, so the policy
+keeps the tokens of the last 6 frames and encodes only the new frame each step
+(`use_cache=False` re-encodes all of them, the same result at ~6x the cost). The FiLM modulations
+depend on the instruction only: they are computed at the episode's first step and reused.
+
+With cond_scale != 1 the policy keeps a second cache of null-conditioned tokens and returns
+classifier-free-guided actions (null + (cond - null) * cond_scale).
+
+`predict_episode` gives the same per-step tokens for a whole recorded episode in a few batched
+passes (for plots and offline evaluation).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rt1.actions import detokenize
+from rt1.model import RT1, Conditioning, guided_logits, normalize_video
+
+
+class RT1Policy:
+    def __init__(self, model: RT1, cond_scale: float = 1.0, device: torch.device | str | None = None,
+                 use_cache: bool = True) -> None:
+        if device is None:
+            device = next(model.parameters()).device
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.cond_scale = float(cond_scale)
+        self.use_cache = use_cache
+        self.last_tokens: np.ndarray | None = None   # (num_actions,) int64, the last step's tokens
+        self.last_logits: Tensor | None = None       # (num_actions, num_bins), the last step's logits
+        self.reset()
+
+    @property
+    def guided(self) -> bool:
+        return self.cond_scale != 1.0
+
+    def reset(self) -> None:
+        """Forget the episode: call between episodes (and if the instruction changes)."""
+        self._history: deque[Tensor] = deque(maxlen=self.config.num_frames)  # tokens or frames, (k, ...)
+        self._text: Tensor | None = None
+        self._cond: Conditioning | None = None
+        self.t = 0
+        self.last_tokens = None
+        self.last_logits = None
+
+    # ---- input conversion -------------------------------------------------------------------------
+
+    def _frames(self, images) -> Tensor:
+        """uint8 (..., H, W, 3) numpy/tensor -> normalised float (N, 3, H, W) on the device."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+        if x.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 (H, W, 3), got dtype {x.dtype}")
+        x = x.reshape(-1, *x.shape[-3:])
+        size = self.config.image_size
+        if tuple(x.shape[1:]) != (size, size, 3):
+            raise ValueError(f"images must be ({size}, {size}, 3) uint8 (resize before the policy), "
+                             f"got {tuple(x.shape[1:])}")
+        return normalize_video(x.to(self.device).permute(0, 3, 1, 2))
+
+    def _texts(self, text_embed) -> Tensor:
+        """(E,) -> (k, E): the instruction, plus the null embedding when guiding."""
+        e = torch.as_tensor(np.asarray(text_embed) if not isinstance(text_embed, Tensor) else text_embed)
+        e = e.to(self.device, torch.float32).reshape(1, -1)
+        if e.shape[1] != self.config.text_embed_dim:
+            raise ValueError(f"text_embed must have {self.config.text_embed_dim} values, got {e.shape[1]}")
+        if self.guided:
+            e = torch.cat((e, self.model.null_text_embed.detach()[None].to(e.dtype)), dim=0)
+        return e
+
+    def _action_logits(self, logits: Tensor) -> Tensor:
+        """(k, ..., num_actions, num_bins) -> (..., num_actions, num_bins), guided if cond_scale != 1."""
+        return guided_logits(logits, self.cond_scale)[0] if self.guided else logits[0]
+
+    # ---- closed loop ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, image, text_embed, return_tokens: bool = False):
+        """image uint8 (H, W, 3), text_embed (E,) -> RLDS action dict (numpy), and tokens (11,) if asked."""
+        text = self._texts(text_embed)
+        if self._text is None:
+            self._text, self._cond = text, self.model.condition(text)
+        elif not torch.equal(text, self._text):
+            raise ValueError("the instruction embedding changed within an episode; call reset() first")
+        cond = self._cond
+        frame = self._frames(image)  # (1, 3, H, W)
+        k = text.shape[0]
+        if self.use_cache:
+            self._history.append(self.model.encode_frames(frame.expand(k, -1, -1, -1), cond))  # (k, n, D)
+            tokens = torch.stack(tuple(self._history), dim=1)  # (k, t', n, D)
+        else:
+            self._history.append(frame)
+            frames = torch.cat(tuple(self._history), dim=0)  # (t', 3, H, W)
+            f = frames.shape[0]
+            encoded = self.model.encode_frames(frames.repeat(k, 1, 1, 1), cond.repeat_interleave(f))
+            tokens = encoded.view(k, f, *encoded.shape[1:])
+        logits = self._action_logits(self.model.decode(tokens, cond)[:, -1])  # (num_actions, num_bins)
+        self.t += 1
+        self.last_logits = logits
+        self.last_tokens = logits.argmax(dim=-1).cpu().numpy()
+        action = detokenize(self.last_tokens)
+        return (action, self.last_tokens) if return_tokens else action
+
+    # ---- whole episodes ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_episode(self, images, text_embed, batch_size: int = 32, return_logits: bool = False):
+        """images uint8 (T, H, W, 3) of one episode -> predicted tokens (T, num_actions) int64 numpy.
+
+        Step t gets exactly the tokens `step` would give at step t after a `reset()`. The whole
+        episode is encoded once; the transformer then runs once per window (T - 5 windows).
+        With return_logits=True also returns the logits (T, num_actions, num_bins) tensor.
+        """
+        frames = self._frames(images)  # (T, 3, H, W)
+        text = self._texts(text_embed)  # (k, E)
+        cond = self.model.condition(text)
+        k, steps, f = text.shape[0], frames.shape[0], self.config.num_frames
+        tokens = torch.cat([
+            self.model.encode_frames(chunk.repeat(k, 1, 1, 1), cond.repeat_interleave(len(chunk)))
+            .view(k, len(chunk), self.config.num_learned_tokens, self.config.embed_dim)
+            for chunk in frames.split(batch_size)
+        ], dim=1)  # (k, T, n, D)
+        if steps <= f:  # one window from the start: frame t's logits are step t's
+            logits = self._action_logits(self.model.decode(tokens, cond))  # (T, A, bins)
+        else:
+            starts = torch.arange(steps - f + 1, device=self.device)
+            index = starts[:, None] + torch.arange(f, device=self.device)  # (W, f)
+            window_logits = []
+            for i in range(0, len(starts), batch_size):
+                idx = index[i:i + batch_size]
+                windows = tokens[:, idx].flatten(0, 1)  # (k * w, f, n, D)
+                out = self.model.decode(windows, cond.repeat_interleave(len(idx)))
+                window_logits.append(out.view(k, len(idx), *out.shape[1:]))
+            window_logits = torch.cat(window_logits, dim=1)  # (k, W, f, A, bins)
+            # the first window gives steps 0..f-1; window s >= 1 (ending at step s + f - 1) its last frame
+            all_logits = torch.cat((window_logits[:, 0], window_logits[:, 1:, -1]), dim=1)  # (k, T, A, bins)
+            logits = self._action_logits(all_logits)
+        predicted = logits.argmax(dim=-1).cpu().numpy()
+        return (predicted, logits) if return_logits else predicted

@@ -1,0 +1,202 @@
+"""Everything about processes and devices for training, in one module.
+
+One code path for the three ways to start `train_ddp.py`:
+
+    python train_ddp.py ...                                           one process, no process group
+    torchrun --nproc_per_node=N [--nnodes=M ...] train_ddp.py ...     N processes per node
+    python -m torch.distributed.launch --nproc_per_node=N --use_env train_ddp.py ...   (the original's command)
+
+The launchers set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_distributed`
+reads them (env:// rendezvous). Without WORLD_SIZE (or with WORLD_SIZE=1 and no launcher) no process
+group is created and every helper here degrades to the single-process answer, so the trainer never
+branches on "am I distributed".
+
+Backend: NCCL when the process uses a CUDA device, gloo otherwise (CPU). Each process uses
+cuda:LOCAL_RANK. The process group has a timeout (`timeout_s`): a rank that waits longer than that
+in a collective (because another rank died without its launcher noticing, e.g. on another node)
+fails instead of hanging forever. torchrun additionally stops every worker as soon as one exits
+non-zero.
+
+Nothing here runs at import; `is_main_process()` is THE check for rank-0-only work (logging,
+TensorBoard, checkpoint writes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class DistributedSetupError(RuntimeError):
+    """The launcher's environment is inconsistent or the process group cannot be created."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """What this process is: its rank, the world, its device and the collective backend."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # "nccl" / "gloo", None without a process group
+
+    @property
+    def distributed(self) -> bool:
+        """True when there is more than one process (DDP wrap, distributed samplers)."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedSetupError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def select_device(requested: str, local_rank: int) -> torch.device:
+    """'auto' -> cuda:LOCAL_RANK when CUDA is available, else cpu; 'cpu'; 'cuda' -> cuda:LOCAL_RANK."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise DistributedSetupError(f"device must be auto, cpu or cuda, got {requested!r}")
+    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DistributedSetupError("--device cuda was asked for but CUDA is not available")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise DistributedSetupError(f"LOCAL_RANK={local_rank} but this node has only {count} CUDA device(s): "
+                                    f"start at most {count} processes per node")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 900.0, local_rank_arg: int | None = None) -> DistInfo:
+    """Read the launcher's environment, pick the device, and create the process group if needed.
+
+    `local_rank_arg` is the `--local-rank` argument that `torch.distributed.launch` passes when it is
+    run without --use_env; the LOCAL_RANK environment variable wins when both are present.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DistributedSetupError(f"RANK={rank} and WORLD_SIZE={world_size} are inconsistent")
+    if local_rank < 0:
+        raise DistributedSetupError(f"LOCAL_RANK={local_rank} is negative")
+    dev = select_device(device, local_rank)
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend())
+    launched = "MASTER_ADDR" in os.environ and "RANK" in os.environ
+    if world_size == 1 and not launched:
+        return DistInfo(0, 1, local_rank, dev, None)
+    if not dist.is_available():
+        raise DistributedSetupError("this PyTorch build has no torch.distributed support")
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise DistributedSetupError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start with torchrun "
+                                    "or python -m torch.distributed.launch --use_env")
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+    dist.init_process_group(backend=backend, init_method="env://", world_size=world_size, rank=rank,
+                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return DistInfo(rank, world_size, local_rank, dev, backend)
+
+
+def cleanup() -> None:
+    """Destroy the process group if there is one (safe to call twice, or without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---- queries --------------------------------------------------------------------------------------
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """The one check for rank-0-only work: logging, TensorBoard, checkpoint and metric files."""
+    return get_rank() == 0
+
+
+def supports_sync_batchnorm(info: DistInfo) -> bool:
+    """SyncBatchNorm needs an accelerator tensor (PyTorch implements it for CUDA, not CPU/gloo)."""
+    return info.distributed and info.device.type == "cuda"
+
+
+# ---- collectives ----------------------------------------------------------------------------------
+
+
+def barrier() -> None:
+    if is_initialized() and get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all ranks in place (no-op in one process); returns it."""
+    if is_initialized() and get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average `tensor` over all ranks in place; returns it."""
+    all_reduce_sum(tensor)
+    world = get_world_size()
+    if world > 1:
+        tensor /= world
+    return tensor
+
+
+def all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in one process)."""
+    if not (is_initialized() and get_world_size() > 1):
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """`obj` of rank `src`, on every rank."""
+    if not (is_initialized() and get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def warn_once_main(message: str) -> None:
+    """A UserWarning from the main process only (the other ranks would repeat it)."""
+    if is_main_process():
+        warnings.warn(message, stacklevel=2)
+
+
+__all__ = [
+    "DistInfo", "DistributedSetupError", "init_distributed", "cleanup", "select_device", "is_initialized",
+    "get_rank", "get_world_size", "is_main_process", "supports_sync_batchnorm", "barrier", "all_reduce_sum",
+    "all_reduce_mean", "all_gather_object", "broadcast_object", "warn_once_main",
+]
