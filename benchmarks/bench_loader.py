@@ -17,8 +17,8 @@ Prints, in one run:
     1 DataLoader worker; and the ratio to RT1Dataset's 1-worker figure;
   - bytes on disk per step of both formats.
 Targets: >= 300 samples/s from one worker core, >= 100x the original-style loader, <= 1/40 of its
-bytes. They are judged per worker CPU-second, which other processes on a shared machine barely
-change (wall-clock rates drop with any other load; on an idle machine the two agree).
+bytes. They are judged per worker CPU-second, which other processes on a shared machine change far
+less than wall-clock rates (those drop with any other load; on an idle machine the two come close).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from rt1.data import images  # noqa: E402
 from rt1.data.dataset import RT1Dataset  # noqa: E402
-from rt1.data.index import build_index, list_preprocessed_files, read_index  # noqa: E402
+from rt1.data.index import build_index, list_preprocessed_files  # noqa: E402
 from rt1.data.preprocess import preprocess_dir  # noqa: E402
 from rt1.data.preprocessed_schema import PreprocessedFile  # noqa: E402
 from synthetic_segments import NOT_PICK, PICK, jpeg_bytes, textured_frame, write_synthetic_segments  # noqa: E402
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{verdict(cpu_ratio >= 100)} the target of >= 100x")
         print(f"size: 1/{size_ratio:.0f} of the original format per step: {verdict(size_ratio >= 40)} the target "
               "of <= 1/40")
-        print("(targets are judged per worker CPU-second, which other load on the machine barely changes; on an "
-              "idle machine the wall figures match them)")
+        print("(targets are judged per worker CPU-second, which other load on the machine changes far less than "
+              "wall time; on an idle machine the wall figures come close to them)")
         print("note: the frames are synthetic but textured, calibrated to the real dataset's mean JPEG size "
               "(~29 KiB per 256x320 frame); flat synthetic frames (as in the tests) store ~2 KiB per step and "
               "would flatter the size figure.")

@@ -300,3 +300,38 @@ def test_error_in_a_worker_reaches_the_trainer(data, tmp_path):
     loader = DataLoader(RT1Dataset(csv, pre), batch_size=2, num_workers=1)
     with pytest.raises(DatasetError, match="0-4_episode.h5: preprocessed format_version 2"):
         next(iter(loader))
+
+
+# -- end to end on the bundled dataset (conftest: mini_fractal -> stage 1 -> stage 2 -> stage 3) --------
+
+
+def test_bundled_dataset_end_to_end(segment_dir, preprocessed_dir, index_dir):
+    from rt1.data.segment_schema import read_segment
+
+    segments = {p.name: read_segment(p) for p in sorted(segment_dir.glob("*_episode.h5"))}
+    episodes = {}
+    for name, segment in segments.items():
+        stored = read_episodes(preprocessed_dir / name)
+        assert [e.source_index for e in stored] == [e.source_index for e in segment.episodes]
+        for src, ep in zip(segment.episodes, stored):
+            assert ep.instruction == src.instruction
+            assert np.array_equal(ep.action_tokens, tokenize(src.actions))
+            assert ep.images.shape[1:] == (64, 64, 3)
+            episodes[ep.source_index] = ep
+    assert any(e.num_steps < 6 for e in episodes.values())  # mini_fractal cuts some episodes short
+
+    csvs = {split: next(index_dir.glob(f"{split}_idx_*.csv")) for split in ("train", "val")}
+    sets = {split: RT1Dataset(csv, preprocessed_dir) for split, csv in csvs.items()}
+    assert len(sets["train"]) + len(sets["val"]) == sum(max(0, e.num_steps - 5) for e in episodes.values())
+    seen = {split: set() for split in sets}
+    for split, ds in sets.items():
+        for row in range(0, len(ds), 3):
+            item = ds[row]
+            ep = episodes[item["source_index"]]
+            step = item["episode_step"]
+            assert 0 <= step <= ep.num_steps - 6
+            assert torch.equal(item["action_tokens"], torch.from_numpy(ep.action_tokens[step:step + 6].astype(np.int64)))
+            assert torch.equal(item["video"], torch.from_numpy(ep.images[step:step + 6]).permute(3, 0, 1, 2))
+            assert item["instruction"] == ep.instruction
+            seen[split].add(item["source_index"])
+    assert seen["train"] and seen["val"] and not seen["train"] & seen["val"]

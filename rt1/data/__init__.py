@@ -1,7 +1,12 @@
-"""Data stages of the pipeline. Torch-side names load lazily, so the conversion side runs without torch."""
+"""Data stages of the pipeline. Names load lazily, so the conversion side runs without torch."""
 
 _LAZY = {
     "RT1Dataset": "rt1.data.dataset",
+    "DatasetError": "rt1.data.dataset",
+    "PreprocessedFile": "rt1.data.preprocessed_schema",
+    "read_episodes": "rt1.data.preprocessed_schema",
+    "index_episodes": "rt1.data.index",
+    "read_index": "rt1.data.index",
 }
 
 
