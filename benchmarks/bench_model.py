@@ -22,6 +22,7 @@ so the minimum is printed too.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -130,6 +131,13 @@ def film_t5_extra_params(config: RT1Config, t5_dim: int = 768) -> int:
     return (stem(t5_dim) - stem(e)) + first * 2 * (t5_dim - e) + (t5_dim - e)  # + null embedding
 
 
+def reference_fixed_differences(config: RT1Config) -> list[str]:
+    """Our config fields that robotic-transformer-pytorch hard-codes to other values."""
+    fixed = {"cond_dim": 2 * config.text_embed_dim, "film_mult": 4, "ff_mult": 4, "transformer_dropout": 0.0}
+    return [f"{name}={value} (ours: {getattr(config, name)})" for name, value in fixed.items()
+            if getattr(config, name) != value]
+
+
 # ---- timing -------------------------------------------------------------------------------------
 
 
@@ -188,7 +196,8 @@ def main(argv=None) -> None:
     tokens = torch.randint(0, config.num_bins, (b, f, config.num_actions))
 
     print(f"RT-1 model benchmark: preset={args.preset} image={s}x{s} frames={f} batch={b} "
-          f"repeats={args.repeats} torch={torch.__version__} threads={torch.get_num_threads()}")
+          f"repeats={args.repeats} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"load average={os.getloadavg()[0]:.1f} (other processes add noise)")
     print(f"config: {config}")
 
     ours = RT1(config).train()
@@ -209,8 +218,12 @@ def main(argv=None) -> None:
         print(f"  note: with its default T5-base conditioner (768-d text) it would have "
               f"{film_t5_extra_params(config):,} more parameters,\n"
               f"        all in the FiLM text stem/generators (text width 768 instead of 512); the rest is as above.")
-        print("  differences: ours has no MaxViT memory key/values (4 per attention) and has a LayerNorm before\n"
-              "  the TokenLearner MLP (+{0} params); everything else matches layer for layer.".format(config.embed_dim))
+        print("  layer differences: ours has no MaxViT memory key/values (4 per attention), no conv biases\n"
+              "  before BatchNorms, and a LayerNorm before the TokenLearner MLP; the rest matches layer for layer.")
+        fixed = reference_fixed_differences(config)
+        if fixed:
+            print(f"  NOTE: the reference hard-codes {', '.join(fixed)},\n"
+                  "        so parameter counts and times are not like for like here (the rt1 preset is).")
     else:
         print(f"robotic-transformer-pytorch: not compared ({reason}).\n  To compare: pip install --no-deps "
               "robotic-transformer-pytorch==0.2.3 classifier-free-guidance-pytorch==0.7.1 beartype")
@@ -249,6 +262,7 @@ def main(argv=None) -> None:
     print(f"without cache (re-encode all {f} frames):    {fmt(statistics.median(uncached))} "
           f"(min {fmt(min(uncached))})")
     print(f"speed-up from the cache: {statistics.median(uncached) / statistics.median(cached):.2f}x   target >= 4x")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

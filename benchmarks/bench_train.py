@@ -11,9 +11,12 @@ iterator. The first --warmup steps are not counted (worker start-up, allocator w
 Printed per configuration: windows/s over all processes (and action tokens/s = windows x 6 frames
 x 11 tokens), ms per step, and the data-wait fraction = time waiting for a batch / step time.
 
-One process uses all cores for its math (torch's default intra-op threads); each of the two
-processes gets one thread (torchrun's OMP_NUM_THREADS=1), so both use the machine's 2 cores.
-Timings on a shared machine vary with the other load on it: the minimum of --repeats runs is printed.
+Configurations (--configs): one process with torch's default intra-op threads (all cores), one
+process with one thread, and two processes with one thread each (torchrun's default), so the
+2-process and the default 1-process runs both use all the cores of a 2-core machine. On a machine
+shared with other CPU-bound jobs, several intra-op threads per process can be many times slower
+than one (threads spin at every parallel region waiting for a descheduled sibling): the 1x1 row
+shows it. Timings vary with other load: the best of --repeats runs is printed.
 """
 
 from __future__ import annotations
@@ -51,10 +54,16 @@ def build_data(work: Path, episodes: int) -> tuple[Path, Path]:
     return work / "pre", next((work / "index").glob("train_idx_*.csv"))
 
 
-def measure(nproc: int, data_dir: Path, train_index: Path, save_dir: Path, args) -> dict:
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def measure(nproc: int, threads: int | None, data_dir: Path, train_index: Path, save_dir: Path, args) -> dict:
     launcher = [sys.executable, "train_ddp.py"] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_ddp.py"]
-    env = {} if nproc == 1 else {"OMP_NUM_THREADS": "1"}
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
     _run(launcher + ["--preset", "tiny", "--data-dir", data_dir, "--train-index", train_index, "--save-dir", save_dir,
                      "--max-steps", args.steps, "--epochs", 1000, "--batch-size", args.batch_size,
                      "--num-workers", args.num_workers, "--no-progress", "--no-tensorboard", "--val-every", 0,
@@ -78,7 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="windows per process per step (default 8)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per process (default 1)")
     p.add_argument("--repeats", type=int, default=1, help="runs per configuration; the best is printed (default 1)")
-    p.add_argument("--nprocs", default="1,2", help="process counts to measure (default 1,2)")
+    p.add_argument("--configs", default="1x,1x1,2x1",
+                   help="PROCESSESxTHREADS per process, comma-separated; an empty THREADS keeps torch's default "
+                        "(all cores) (default 1x,1x1,2x1)")
     args = p.parse_args(argv)
     if args.steps <= args.warmup:
         p.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
@@ -96,16 +107,18 @@ def main(argv=None) -> int:
         print(f"tiny preset, {windows} training windows, batch {args.batch_size} per process, {args.steps} steps "
               f"({args.warmup} warm-up steps not timed), {args.num_workers} DataLoader worker(s) per process, "
               f"{os.cpu_count()} CPU cores")
-        print(f"{'processes':>9}  {'windows/s':>9}  {'tokens/s':>9}  {'ms/step':>8}  {'data wait':>9}")
+        print(f"{'processes':>9}  {'threads':>11}  {'windows/s':>9}  {'tokens/s':>9}  {'ms/step':>8}  {'data wait':>9}")
         results = {}
-        for nproc in (int(x) for x in args.nprocs.split(",")):
-            runs = [measure(nproc, data_dir, train_index, work / f"save_{nproc}_{r}", args) for r in range(args.repeats)]
+        for spec in args.configs.split(","):
+            nproc_text, _, threads_text = spec.partition("x")
+            nproc, threads = int(nproc_text), int(threads_text) if threads_text else None
+            runs = [measure(nproc, threads, data_dir, train_index, work / f"save_{spec}_{r}", args)
+                    for r in range(args.repeats)]
             best = max(runs, key=lambda r: r["windows_per_s"])
-            results[nproc] = best
-            print(f"{nproc:>9}  {best['windows_per_s']:>9.1f}  {best['windows_per_s'] * FRAMES * TOKENS:>9.0f}  "
+            results[spec] = best
+            shown = str(threads) if threads is not None else f"{torch_threads()} (default)"
+            print(f"{nproc:>9}  {shown:>11}  {best['windows_per_s']:>9.1f}  {best['windows_per_s'] * FRAMES * TOKENS:>9.0f}  "
                   f"{best['ms_per_step']:>8.0f}  {100 * best['data_wait_fraction']:>8.1f}%", flush=True)
-        if 1 in results and 2 in results:
-            print(f"2 processes vs 1: x{results[2]['windows_per_s'] / results[1]['windows_per_s']:.2f} windows/s")
         worst = max(r["data_wait_fraction"] for r in results.values())
         print(f"largest data-wait fraction: {100 * worst:.1f}% (target < 10%)")
     return 0

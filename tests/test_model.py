@@ -23,7 +23,8 @@ from rt1.model import (
     token_accuracy,
     token_correct_counts,
 )
-from rt1.model.dropout import dropout
+from rt1.model.dropout import dropout, residual_dropout
+from rt1.model.maxvit import MBConv, linear_batch_norm
 from rt1.model.transformer import frame_causal_mask
 
 TINY = PRESETS["tiny"]
@@ -233,8 +234,8 @@ def test_state_dict_round_trip(model):
 def test_a_few_adamw_steps_fit_one_batch():
     torch.manual_seed(0)
     m = RT1(TINY).train()
-    video, text = inputs(TINY, batch=4)
-    tokens = torch.randint(0, NUM_BINS, (4, TINY.num_frames, NUM_ACTION_TOKENS))
+    video, text = inputs(TINY, batch=2)
+    tokens = torch.randint(0, NUM_BINS, (2, TINY.num_frames, NUM_ACTION_TOKENS))
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
@@ -298,6 +299,60 @@ def test_dropout_keeps_the_expected_fraction_and_is_unbiased():
     assert torch.equal(x.grad != 0, kept)
     assert dropout(x, 0.1, training=False) is x
     assert torch.equal(dropout(x, 1.0, training=True), torch.zeros_like(x))
+
+
+def test_residual_dropout_is_x_plus_dropout():
+    x, y = torch.randn(50, 40), torch.ones(50, 40)
+    torch.manual_seed(3)
+    fused = residual_dropout(x, y, 0.25, training=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(fused, x + dropout(y, 0.25, training=True))
+    assert torch.equal(residual_dropout(x, y, 0.25, training=False), x + y)
+
+
+def test_linear_batch_norm_equals_linear_then_batch_norm():
+    """The folded expansion + BatchNorm gives the same outputs, gradients and running statistics."""
+    torch.manual_seed(0)
+    weight = torch.randn(24, 8, dtype=torch.float64, requires_grad=True)
+    folded, plain = torch.nn.BatchNorm2d(24).double(), torch.nn.BatchNorm2d(24).double()
+    with torch.no_grad():
+        folded.weight.uniform_(0.5, 1.5)
+        folded.bias.normal_()
+    plain.load_state_dict(folded.state_dict())
+    weight2 = weight.detach().clone().requires_grad_()
+    x = (torch.randn(3, 5, 6, 8, dtype=torch.float64) * 2 + 1).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    grad = torch.randn(3, 5, 6, 24, dtype=torch.float64)
+    for _ in range(2):
+        a = linear_batch_norm(x, weight, folded)
+        b = plain((x2 @ weight2.t()).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(a, b)
+        a.backward(grad)
+        b.backward(grad)
+    for left, right in [(x.grad, x2.grad), (weight.grad, weight2.grad), (folded.weight.grad, plain.weight.grad),
+                        (folded.bias.grad, plain.bias.grad), (folded.running_mean, plain.running_mean),
+                        (folded.running_var, plain.running_var)]:
+        torch.testing.assert_close(left, right)
+    assert folded.num_batches_tracked.item() == plain.num_batches_tracked.item() == 2
+    folded.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(linear_batch_norm(x, weight, folded),
+                                   plain((x @ weight.t()).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+def test_sync_batch_norm_conversion_keeps_the_model_working():
+    torch.manual_seed(0)
+    m = RT1(TINY).eval()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(RT1(TINY)).eval()
+    synced.load_state_dict(m.state_dict())
+    assert any(isinstance(mod, torch.nn.SyncBatchNorm) for mod in synced.modules())
+    video, text = inputs(TINY, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(synced(video, text), m(video, text), atol=1e-5, rtol=1e-5)
+    block = MBConv(8, 8, False, 2, 0.25)
+    block.train()(torch.randn(2, 4, 4, 8))
+    assert block.expand_norm.num_batches_tracked.item() == 1 and block.expand_norm.running_mean.abs().sum() > 0
 
 
 def test_t5_conditioning_explains_itself():

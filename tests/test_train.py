@@ -1,8 +1,7 @@
 """Training pieces in-process: config and CLI validation, samplers, checkpoints, LR schedule, import hygiene.
 
-The multi-process behaviour (DDP equivalence, resume, NaN, failures, learnability) is in test_train_ddp.py.
-`tiny_data` (also used there) preprocesses the session's bundled segments at the tiny preset's image size
-and indexes them.
+The multi-process behaviour (DDP equivalence, resume, NaN, failures, learnability) is in test_train_ddp.py,
+which also uses `tiny_data`.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ from rt1.train.data import EpochSampler, SeededWindows, ShardSampler, batches_pe
 from rt1.train.runlog import truncate_metrics
 from rt1.train.trainer import cosine_factor
 
-TINY_IMAGE_SIZE = PRESETS["tiny"].image_size
-
-
 @dataclass(frozen=True)
 class TinyData:
     data_dir: Path
@@ -40,18 +36,10 @@ class TinyData:
     val_index: Path
 
 
-def build_tiny_data(segment_dir: Path, out: Path) -> TinyData:
-    """Stage 2 at the tiny preset's image size + stage 3, as a user would run them."""
-    pre, index = out / "preprocessed", out / "index"
-    run_script("DataPreprocess_batch_all.py", "--in-dir", segment_dir, "--out-dir", pre,
-               "--image-size", TINY_IMAGE_SIZE)
-    run_script("data_emerge.py", "--data-dir", pre, "--out-dir", index, "--seed", 0)
-    return TinyData(pre, next(index.glob("train_idx_*.csv")), next(index.glob("val_idx_*.csv")))
-
-
 @pytest.fixture(scope="session")
-def tiny_data(segment_dir, tmp_path_factory) -> TinyData:
-    return build_tiny_data(segment_dir, tmp_path_factory.mktemp("tiny_data"))
+def tiny_data(preprocessed_dir, index_dir) -> TinyData:
+    """The bundled data preprocessed at the tiny preset's image size and indexed (conftest's session fixtures)."""
+    return TinyData(preprocessed_dir, next(index_dir.glob("train_idx_*.csv")), next(index_dir.glob("val_idx_*.csv")))
 
 
 @pytest.fixture

@@ -55,9 +55,9 @@ def launcher(kind: str) -> list[str]:
     raise ValueError(kind)
 
 
-def train_args(data_dir, train_index, save_dir, *extra, val_index=None) -> list[str]:
+def train_args(data_dir, train_index, save_dir, *extra, val_index=None, tensorboard=False) -> list[str]:
     args = ["--preset", "tiny", "--data-dir", data_dir, "--train-index", train_index, "--save-dir", save_dir,
-            "--no-progress", "--no-tensorboard", "--log-every", "5"]
+            "--no-progress", "--log-every", "5"] + ([] if tensorboard else ["--no-tensorboard"])
     if val_index is not None:
         args += ["--val-index", val_index]
     return [str(a) for a in args + list(extra)]
@@ -97,6 +97,17 @@ def val_entries(save_dir: Path) -> list[dict]:
     return [m for m in read_metrics(save_dir / "metrics.jsonl") if m["event"] == "val"]
 
 
+def tensorboard_tags(save_dir: Path) -> set[str]:
+    from rt1.train.runlog import _tensorboard_without_tensorflow
+
+    _tensorboard_without_tensorflow()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(save_dir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
 # ---- DDP == one big batch ---------------------------------------------------------------------------
 
 
@@ -112,27 +123,41 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_data, tmp_pat
     dropout draws per-process random numbers, so it is off; augmentation is on (seeded per window).
     """
     common = ["--max-steps", "4", "--freeze-bn", "--cond-drop-prob", "0", "--optimizer", "sgd", "--num-workers", "0"]
+    data = (tiny_data.data_dir, tiny_data.train_index)
     two, one = tmp_path / "two", tmp_path / "one"
-    out = run_train("launch", *train_args(tiny_data.data_dir, tiny_data.train_index, two, *common,
-                                          "--batch-size", "4", "--lr", "0.02"))
+    out = run_train("launch", *train_args(*data, two, *common, "--batch-size", "4", "--lr", "0.02",
+                                          val_index=tiny_data.val_index))
     assert "2 process(es), backend gloo" in out.stderr
     assert "SyncBatchNorm needs CUDA" in out.stderr  # --syncBN is on by default: warned, not used
-    run_train("python", *train_args(tiny_data.data_dir, tiny_data.train_index, one, *common,
-                                    "--batch-size", "8", "--lr", "0.04"))
+    run_train("python", *train_args(*data, one, *common, "--batch-size", "8", "--lr", "0.04",
+                                    val_index=tiny_data.val_index))
+    # Gradient accumulation: 2 micro-batches of 4 make the same step as one batch of 8.
+    accum = tmp_path / "accum"
+    run_train("python", *train_args(*data, accum, *common, "--batch-size", "4", "--grad-accum", "2", "--lr", "0.04"))
 
-    a, b = params(two / "checkpoint-1.pt"), params(one / "checkpoint-1.pt")
+    # Validation sums over both ranks' shards: every window once (245 is odd: no padding duplicate).
+    v2, v1 = val_entries(two)[-1], val_entries(one)[-1]
+    assert v2["windows"] == v1["windows"] == len(read_index(tiny_data.val_index))
+    assert v2["loss"] == pytest.approx(v1["loss"], rel=1e-5)
+    for name in ACTION_DIM_NAMES:  # an argmax may flip between near-equal logits: allow one frame in ~1500
+        assert v2["token_accuracy_per_dim"][name] == pytest.approx(v1["token_accuracy_per_dim"][name], abs=1e-3)
+
     torch.manual_seed(0)
     initial = RT1(PRESETS["tiny"]).state_dict()
-    moved = 0
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
-        if a[name].is_floating_point() and not torch.allclose(a[name], initial[name], atol=1e-4):
-            moved += 1
-    assert moved > len(a) // 2, "training barely changed the weights: the comparison would be vacuous"
-    la, lb = train_losses(two), train_losses(one)
-    assert [s for s, _, _ in la] == [s for s, _, _ in lb] == [1, 2, 3, 4]
-    np.testing.assert_allclose([l for _, l, _ in la], [l for _, l, _ in lb], rtol=1e-5)
-    np.testing.assert_allclose([r for _, _, r in la], [r for _, _, r in lb], rtol=1e-9)
+    reference = params(one / "checkpoint-1.pt")
+    for other in (two, accum):
+        a = params(other / "checkpoint-1.pt")
+        moved = 0
+        for name in a:
+            torch.testing.assert_close(a[name], reference[name], rtol=1e-4, atol=2e-5,
+                                       msg=lambda m: f"{other.name} {name}: {m}")
+            if a[name].is_floating_point() and not torch.allclose(a[name], initial[name], atol=1e-4):
+                moved += 1
+        assert moved > len(a) // 2, "training barely changed the weights: the comparison would be vacuous"
+        la, lb = train_losses(other), train_losses(one)
+        assert [s for s, _, _ in la] == [s for s, _, _ in lb] == [1, 2, 3, 4]
+        np.testing.assert_allclose([l for _, l, _ in la], [l for _, l, _ in lb], rtol=1e-5)
+        np.testing.assert_allclose([r for _, _, r in la], [r for _, _, r in lb], rtol=1e-9)
 
 
 # ---- resume -----------------------------------------------------------------------------------------
@@ -141,7 +166,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_data, tmp_pat
 @pytest.fixture(scope="module")
 def small_index(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("small_index")
-    return subset(tiny_data.train_index, out / "train.csv", 96), subset(tiny_data.val_index, out / "val.csv", 32)
+    return subset(tiny_data.train_index, out / "train.csv", 48), subset(tiny_data.val_index, out / "val.csv", 16)
 
 
 def _assert_same_run(reference: Path, resumed: Path, checkpoint: str) -> None:
@@ -155,7 +180,7 @@ def _assert_same_run(reference: Path, resumed: Path, checkpoint: str) -> None:
 
 def test_sigterm_after_epoch_one_then_rerun_resumes_exactly(tiny_data, small_index, tmp_path):
     train_csv, val_csv = small_index
-    common = ["--epochs", "2", "--num-workers", "1", "--batch-size", "8"]
+    common = ["--epochs", "2", "--num-workers", "1", "--batch-size", "4"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
 
@@ -188,11 +213,15 @@ def test_max_steps_mid_epoch_then_rerun_resumes_exactly(tiny_data, small_index, 
     """--max-steps stops inside epoch 2 and writes a resumable checkpoint; the rerun skips the windows
     already seen. (lrf 1: a constant lr, because --max-steps also sets the schedule's length.)"""
     train_csv, val_csv = small_index
-    common = ["--epochs", "2", "--num-workers", "0", "--batch-size", "8", "--lrf", "1"]
+    common = ["--epochs", "2", "--num-workers", "0", "--batch-size", "4", "--lrf", "1"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
+    run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv,
+                                    tensorboard=True))
+    tags = tensorboard_tags(reference)
+    assert {"train/loss", "train/lr", "train/samples_per_s", "val/loss", "val/token_accuracy"} <= tags
+    assert {f"val/token_accuracy/{name}" for name in ACTION_DIM_NAMES} <= tags
     run_train("python", *train_args(tiny_data.data_dir, train_csv, resumed, *common, "--max-steps", "17",
-                                    val_index=val_csv))
+                                    val_index=val_csv))  # 12 steps per epoch: stops at step 5 of epoch 2
     partial = load_checkpoint(resumed / "checkpoint-2.pt")
     assert (partial["epoch"], partial["epoch_complete"], partial["step_in_epoch"], partial["global_step"]) == \
         (2, False, 5, 17)
@@ -284,34 +313,38 @@ def majority_baseline(tiny_data) -> np.ndarray:
     return np.array(out)
 
 
-LEARN_STEPS = 240
+LEARN_STEPS = 200
 
 
 def test_tiny_preset_learns_beyond_the_majority_baseline(tiny_data, tmp_path):
-    """Two processes (torchrun), tiny preset defaults (AdamW, lr 1e-3 per process, batch 8 per process).
+    """Two processes (torchrun), the tiny preset's training defaults (AdamW, lr 1e-3 per process, batch 16
+    per process): 200 steps = 6400 windows, about 7 passes over the 868 training windows.
 
     The overall token accuracy is a weak signal on this data: 6 of the 11 dimensions (rotation, base)
     are (nearly) constant, so the baseline already gets them right, and the world_vector dimensions
-    carry N(0, 0.03) noise (about 4 of the 256 bins), which caps exact-bin accuracy near 0.1. The
-    margin is asserted on the informative dimensions (baseline below 0.9: world x/y/z and gripper).
+    carry N(0, 0.03) noise (about 4 of the 256 bins), which caps exact-bin accuracy near 0.1. So the
+    margins are asserted on the informative dimensions (baseline below 0.9: world x/y/z and gripper)
+    and on the gripper, which the model must read from the image (open or closed bracket).
     """
     save = tmp_path / "save"
     run_train("torchrun", *train_args(tiny_data.data_dir, tiny_data.train_index, save, "--epochs", "100",
                                       "--max-steps", str(LEARN_STEPS), "--num-workers", "1", "--val-every", "100",
                                       val_index=tiny_data.val_index))
     final = val_entries(save)[-1]
+    assert final["step"] == LEARN_STEPS and final["windows"] == len(read_index(tiny_data.val_index))
     baseline = majority_baseline(tiny_data)
     acc = np.array([final["token_accuracy_per_dim"][name] for name in ACTION_DIM_NAMES])
     informative = baseline < 0.9
+    gripper = ACTION_DIM_NAMES.index("gripper")
     report = {"steps": final["step"], "baseline": round(float(baseline.mean()), 4),
               "accuracy": round(final["token_accuracy"], 4),
               "informative_dims": [n for n, i in zip(ACTION_DIM_NAMES, informative) if i],
               "informative_baseline": round(float(baseline[informative].mean()), 4),
               "informative_accuracy": round(float(acc[informative].mean()), 4),
-              "per_dim": {n: (round(float(b), 3), round(float(a), 3)) for n, b, a in zip(ACTION_DIM_NAMES, baseline, acc)}}
+              "per_dim (baseline, accuracy)": {n: (round(float(b), 3), round(float(a), 3))
+                                               for n, b, a in zip(ACTION_DIM_NAMES, baseline, acc)}}
     print(json.dumps(report, indent=1))
     assert final["token_accuracy"] == pytest.approx(acc.mean())
-    assert acc[informative].mean() >= baseline[informative].mean() + 0.10, report
-    assert final["token_accuracy"] >= baseline.mean() + 0.02, report
-    gripper = ACTION_DIM_NAMES.index("gripper")
-    assert acc[gripper] >= baseline[gripper] + 0.25, report
+    assert acc[gripper] >= baseline[gripper] + 0.15, report
+    assert acc[informative].mean() >= baseline[informative].mean() + 0.05, report
+    assert final["token_accuracy"] >= baseline.mean() + 0.015, report

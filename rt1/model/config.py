@@ -160,6 +160,7 @@ PRESETS: dict[str, RT1Config] = {
         dim_head=16,
         depth=(1, 1),
         window_size=4,
+        mbconv_expansion=2,
         dropout=0.0,
         transformer_depth=2,
         transformer_heads=4,

@@ -1,60 +1,50 @@
-"""Dropout that is cheaper on CPU.
+"""Dropout with a cheap random mask, and dropout fused into a residual add.
 
 PyTorch's CPU dropout draws one `bernoulli_` sample per element from a serial generator, which
 costs more than the feed-forward layer it regularises. Here each element gets 16 random bits (one
 64-bit draw from the same seeded generator serves four elements) and is dropped when they fall
 below round(p * 65536): p is rounded to a multiple of 1/65536 (0.1 -> 0.100006) and kept values
-are scaled by the exact 1 / (1 - p_rounded), so the layer stays unbiased. Backward keeps a bool
-mask (1 byte per element). Other devices use the stock fused `F.dropout`.
+are scaled by the exact 1 / (1 - p_rounded), so the layer stays unbiased. The mask is a float
+tensor of 0 and that scale: applying it is one multiply (forward and backward), and
+`residual_dropout(x, y)` = x + dropout(y) is one addcmul. Under torch.compile and on accelerators
+the mask is drawn with torch.rand (exact p).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 _LEVELS = 65536
 
 
-class _MaskedScale(torch.autograd.Function):
-    """y = where(keep, x, 0) * scale, backward the same on the gradient (one pass each way)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return torch.where(keep, x, 0.0).mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
-
-
-def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, True)
+def dropout_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor | None:
+    """Float mask of `shape`: 0 where dropped, 1 / (1 - p) where kept; None if p rounds to 0."""
+    if p >= 1.0:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    if torch.compiler.is_compiling() or device.type != "cpu":
+        # torch.compile cannot trace random_ (and fuses this anyway); accelerators draw fast.
+        return (torch.rand(shape, device=device) >= p).to(dtype) * (1.0 / (1.0 - p))
     threshold = round(p * _LEVELS)
-    if threshold == 0:
-        return x
+    if threshold <= 0:
+        return None
     if threshold >= _LEVELS:
-        return x * 0.0
-    n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    keep = bits.view(torch.int16)[:n].view(x.shape) >= threshold - _LEVELS // 2
-    return _MaskedScale.apply(x, keep, _LEVELS / (_LEVELS - threshold))
+        return torch.zeros(shape, device=device, dtype=dtype)
+    n = shape.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+    keep = bits.view(torch.int16)[:n].view(shape) >= threshold - _LEVELS // 2
+    return keep.to(dtype).mul_(_LEVELS / (_LEVELS - threshold))
 
 
-class Dropout(nn.Module):
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
+def dropout(x: Tensor, p: float, training: bool, inplace: bool = False) -> Tensor:
+    """inplace=True multiplies x in place (for a fresh tensor autograd does not need, e.g. a GELU output)."""
+    mask = dropout_mask(x.shape, p, x.device, x.dtype) if training and p > 0.0 else None
+    if mask is None:
+        return x
+    return x.mul_(mask) if inplace else x * mask
 
-    def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
 
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+def residual_dropout(x: Tensor, y: Tensor, p: float, training: bool) -> Tensor:
+    """x + dropout(y) in one pass."""
+    mask = dropout_mask(y.shape, p, y.device, y.dtype) if training and p > 0.0 else None
+    return x + y if mask is None else torch.addcmul(x, y, mask)

@@ -6,9 +6,12 @@
                    -> grid attention + FF
     --> feature map (N, H / 2**(stages+1), W / 2**(stages+1), embed_dim), channels last
 
-Feature maps are kept channels-last (N, H, W, C) between blocks: attention and feed-forward work on
-the last dimension, and the convolutions of MBConv see the same memory as a channels_last NCHW
-tensor (a free permute, no copy). FiLM is applied at the input of every MaxViT block.
+Feature maps are kept channels-last (N, H, W, C) between blocks: attention, feed-forward and the
+1x1 convolutions of MBConv (Linear layers) work on the last dimension, and its depthwise convolution
+and BatchNorms see the same memory as a channels_last NCHW tensor (a free permute, no copy). FiLM
+is applied at the input of every MaxViT block. Speed-ups that keep the math (measured on CPU):
+MBConv's expansion BatchNorm is folded into the expansion matmul (`linear_batch_norm`), no conv
+biases before BatchNorms, dropout masks drawn cheaply and fused with the residual add.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rt1.model.config import RT1Config
-from rt1.model.dropout import Dropout
+from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -60,6 +63,50 @@ def relative_position_index(w: int) -> Tensor:
     return rel[0] * (2 * w - 1) + rel[1]
 
 
+def linear_batch_norm(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
+    """bn(x @ weight.T) for a channels-last x (..., C_in) -> (..., C_out), as one matmul.
+
+    BatchNorm after a linear map can be folded into it, also in training: the batch mean and
+    (biased) variance of the C_out outputs follow from the mean and covariance of the C_in inputs,
+        mean = W mean_x,    var = diag(W cov_x W^T),
+    and then bn(x W^T) = x (W * s)^T + (beta - mean * s) with s = gamma / sqrt(var + eps).
+    Same outputs, gradients (the statistics stay differentiable functions of x and W) and running
+    statistics update as the two-step version, without BatchNorm's passes over the wide output
+    (MBConv's expansion has C_out = 4-8 x C_in). A SyncBatchNorm (multi-GPU) takes the plain path.
+    """
+    if isinstance(bn, nn.SyncBatchNorm) or not bn.track_running_stats:
+        return _batch_norm_nhwc(bn, x @ weight.t())
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if bn.training:
+        rows = x2.shape[0]
+        if rows < 2:
+            raise ValueError("BatchNorm in training mode needs more than one value per channel")
+        mean_x = x2.mean(dim=0)
+        centered = x2 - mean_x
+        cov = centered.t() @ centered / rows
+        mean = weight @ mean_x
+        var = ((weight @ cov) * weight).sum(dim=1).clamp(min=0.0)
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean.detach(), momentum)
+            bn.running_var.lerp_(var.detach() * (rows / (rows - 1)), momentum)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    out = torch.addmm(bn.bias - mean * scale, x2, (weight * scale[:, None]).t())
+    return out.view(*shape[:-1], out.shape[-1])
+
+
+def _batch_norm_nhwc(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """Apply a BatchNorm2d to an (N, H, W, C) tensor through its channels_last NCHW view.
+
+    The module still sees NCHW input, so nn.SyncBatchNorm.convert_sync_batchnorm keeps working.
+    """
+    return bn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 # ---- leaf modules ----------------------------------------------------------------------------------
 
 
@@ -75,14 +122,6 @@ class SqueezeExcitation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x.mean(dim=(1, 2)))[:, None, None, :]
-
-
-def _batch_norm_nhwc(bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
-    """Apply a BatchNorm2d to an (N, H, W, C) tensor through its channels_last NCHW view.
-
-    The module still sees NCHW input, so nn.SyncBatchNorm.convert_sync_batchnorm keeps working.
-    """
-    return bn(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class MBConv(nn.Module):
@@ -108,7 +147,7 @@ class MBConv(nn.Module):
         self.project_norm = nn.BatchNorm2d(dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.gelu(_batch_norm_nhwc(self.expand_norm, self.expand(x)))
+        h = F.gelu(linear_batch_norm(x, self.expand.weight, self.expand_norm))  # = expand_norm(expand(x))
         # A contiguous NHWC tensor permuted to NCHW is a channels_last tensor: no copies.
         h = self.depthwise(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         h = F.gelu(_batch_norm_nhwc(self.depthwise_norm, h))
@@ -119,7 +158,8 @@ class MBConv(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias.
 
-    x (num_windows, w*w, dim) -> (num_windows, w*w, dim). Pre-norm; the caller adds the residual.
+    x (num_windows, w*w, dim) -> (num_windows, w*w, dim). Pre-norm; dropout on the attention
+    probabilities here, the caller adds the residual (with dropout, `residual_dropout`).
     """
 
     def __init__(self, dim: int, dim_head: int, window_size: int, dropout: float) -> None:
@@ -130,38 +170,37 @@ class WindowAttention(nn.Module):
         self.norm = nn.LayerNorm(dim, bias=False)
         self.to_qkv = nn.Linear(dim, dim * 3, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
-        self.out_dropout = Dropout(dropout)
         self.rel_pos_bias = nn.Embedding((2 * window_size - 1) ** 2, self.heads)
         self.register_buffer("rel_pos_index", relative_position_index(window_size), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         n, t, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).view(n, t, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (n, heads, t, dim_head) each; unbind's backward is one stack, not 3 scatters
         bias = self.rel_pos_bias(self.rel_pos_index).permute(2, 0, 1)  # (heads, t, t)
-        q, k, v = qkv.unbind(0)  # unbind, not indexing: its backward stacks once instead of 3 zero-filled scatters
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(x.dtype), dropout_p=self.dropout if self.training else 0.0
         )  # (n, heads, t, dim_head)
-        out = out.transpose(1, 2).reshape(n, t, -1)
-        return self.out_dropout(self.to_out(out))
+        return self.to_out(out.transpose(1, 2).reshape(n, t, -1))
 
 
 class FeedForward(nn.Module):
-    """Pre-norm MLP: x (..., dim) -> (..., dim). The caller adds the residual."""
+    """Pre-norm MLP with dropout on the hidden layer: x (..., dim) -> (..., dim), no residual."""
 
     def __init__(self, dim: int, mult: int, dropout: float) -> None:
         super().__init__()
+        self.dropout = dropout
         self.norm = nn.LayerNorm(dim, bias=False)
-        self.net = nn.Sequential(
-            nn.Linear(dim, dim * mult), nn.GELU(), Dropout(dropout), nn.Linear(dim * mult, dim), Dropout(dropout)
-        )
+        self.fc1 = nn.Linear(dim, dim * mult)
+        self.fc2 = nn.Linear(dim * mult, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.norm(x))
+        # GELU's backward needs its input, not its output: the dropout can scale the output in place.
+        return self.fc2(dropout(F.gelu(self.fc1(self.norm(x))), self.dropout, self.training, inplace=True))
 
 
 class MaxViTBlock(nn.Module):
-    """FiLM -> MBConv -> block attention + FF -> grid attention + FF.
+    """FiLM -> MBConv -> block attention + FF -> grid attention + FF (each residual, output dropout).
 
     x (N, H, W, dim_in) channels-last, modulation (N, 2 * dim_in) from self.film
       -> (N, H', W', dim) (H' = H/2 if downsample)
@@ -171,6 +210,7 @@ class MaxViTBlock(nn.Module):
         super().__init__()
         c = config
         self.window_size = c.window_size
+        self.dropout = c.dropout
         self.film = FiLM(c.cond_dim, dim_in, c.film_mult)
         self.mbconv = MBConv(dim_in, dim, downsample, c.mbconv_expansion, c.mbconv_shrinkage)
         self.block_attn = WindowAttention(dim, c.dim_head, c.window_size, c.dropout)
@@ -179,15 +219,15 @@ class MaxViTBlock(nn.Module):
         self.grid_ff = FeedForward(dim, c.ff_mult, c.dropout)
 
     def forward(self, x: Tensor, modulation: Tensor) -> Tensor:
-        w = self.window_size
+        w, p, training = self.window_size, self.dropout, self.training
         x = self.mbconv(modulate(x, modulation))
         h, wd = x.shape[1:3]
-        x = block_partition(x, w)
-        x = x + self.block_attn(x)
-        x = x + self.block_ff(x)
+        x = block_partition(x, w)  # (N * windows, w*w, dim)
+        x = residual_dropout(x, self.block_attn(x), p, training)
+        x = residual_dropout(x, self.block_ff(x), p, training)
         x = grid_partition(block_unpartition(x, w, h, wd), w)
-        x = x + self.grid_attn(x)
-        x = x + self.grid_ff(x)
+        x = residual_dropout(x, self.grid_attn(x), p, training)
+        x = residual_dropout(x, self.grid_ff(x), p, training)
         return grid_unpartition(x, w, h, wd)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rt1.model.config import RT1Config
-from rt1.model.dropout import Dropout
+from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -46,7 +46,8 @@ def frame_causal_mask(num_frames: int, tokens_per_frame: int, device=None) -> Te
 class CausalAttention(nn.Module):
     """Pre-norm FiLM-conditioned multi-query self-attention; x (B, T, D) -> (B, T, D), no residual.
 
-    modulation (B, 2 * D) comes from self.film; mask (T, T) bool, True = may attend.
+    modulation (B, 2 * D) comes from self.film; mask (T, T) bool, True = may attend. Dropout on
+    the attention probabilities here; the caller adds the residual with output dropout.
     """
 
     def __init__(self, dim: int, heads: int, dim_head: int, cond_dim: int, film_mult: int, dropout: float) -> None:
@@ -57,7 +58,6 @@ class CausalAttention(nn.Module):
         # q: heads * dim_head, then one shared k and one shared v head (fused projection).
         self.to_qkv = nn.Linear(dim, (heads + 2) * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
-        self.out_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, modulation: Tensor, mask: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -68,8 +68,7 @@ class CausalAttention(nn.Module):
         k = k.unsqueeze(1).expand(b, h, t, dh)  # one key/value head shared by the h query heads
         v = v.unsqueeze(1).expand(b, h, t, dh)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(b, t, h * dh)
-        return self.out_dropout(self.to_out(out))
+        return self.to_out(out.transpose(1, 2).reshape(b, t, h * dh))
 
 
 class ConditionedFeedForward(nn.Module):
@@ -77,14 +76,15 @@ class ConditionedFeedForward(nn.Module):
 
     def __init__(self, dim: int, mult: int, cond_dim: int, film_mult: int, dropout: float) -> None:
         super().__init__()
+        self.dropout = dropout
         self.norm = nn.LayerNorm(dim, bias=False)
         self.film = FiLM(cond_dim, dim, film_mult)
-        self.net = nn.Sequential(
-            nn.Linear(dim, dim * mult), nn.GELU(), Dropout(dropout), nn.Linear(dim * mult, dim), Dropout(dropout)
-        )
+        self.fc1 = nn.Linear(dim, dim * mult)
+        self.fc2 = nn.Linear(dim * mult, dim)
 
     def forward(self, x: Tensor, modulation: Tensor) -> Tensor:
-        return self.net(modulate(self.norm(x), modulation))
+        h = F.gelu(self.fc1(modulate(self.norm(x), modulation)))
+        return self.fc2(dropout(h, self.dropout, self.training, inplace=True))
 
 
 # ---- top model -------------------------------------------------------------------------------------
@@ -97,6 +97,7 @@ class Transformer(nn.Module):
         super().__init__()
         c = config
         d = c.embed_dim
+        self.dropout = c.transformer_dropout
         self.layers = nn.ModuleList(
             nn.ModuleList([
                 CausalAttention(d, c.transformer_heads, c.transformer_dim_head, c.cond_dim, c.film_mult,
@@ -117,7 +118,8 @@ class Transformer(nn.Module):
         mask = frame_causal_mask(f, n, tokens.device)
         if len(modulations) != 2 * len(self.layers):
             raise ValueError(f"expected {2 * len(self.layers)} modulations, got {len(modulations)}")
+        p, training = self.dropout, self.training
         for i, (attn, ff) in enumerate(self.layers):
-            x = x + attn(x, modulations[2 * i], mask)
-            x = x + ff(x, modulations[2 * i + 1])
+            x = residual_dropout(x, attn(x, modulations[2 * i], mask), p, training)
+            x = residual_dropout(x, ff(x, modulations[2 * i + 1]), p, training)
         return x.view(b, f, n, d)

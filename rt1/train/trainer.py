@@ -269,12 +269,13 @@ class _Trainer:
     def _restore(self, state: dict) -> None:
         cfg, info = self.cfg, self.info
         self.optimizer.load_state_dict(state["optimizer"])
-        sched = dict(state["scheduler"])
-        self.scheduler.load_state_dict(sched)
-        # The schedule's length may differ from the checkpoint's (other --epochs/--max-steps):
-        # re-evaluate the lr for the current step under this run's schedule.
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            group["lr"] = base * cosine_factor(self.scheduler.last_epoch, self.total_steps, cfg.lrf)
+        self.scheduler.load_state_dict(dict(state["scheduler"]))
+        # This run's lr (--lr x world size) and schedule length (--epochs/--max-steps) may differ from the
+        # checkpoint's: continue at the current step of this run's schedule.
+        self.scheduler.base_lrs = [self.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.lr
+            group["lr"] = self.lr * cosine_factor(self.scheduler.last_epoch, self.total_steps, cfg.lrf)
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.global_step = int(state["global_step"])
@@ -282,10 +283,12 @@ class _Trainer:
         self.step_in_epoch = int(state["step_in_epoch"])
         self.epoch_complete = bool(state["epoch_complete"])
         self.val_metrics = dict(state.get("metrics", {}))
-        if int(state.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
-            raise ResumeError(f"{self.resume_path} was written with {state['steps_per_epoch']} steps per epoch, this run "
-                              f"has {self.steps_per_epoch} (other data, batch size, grad accumulation or number of "
-                              "processes): the position in the epoch cannot be resumed")
+        saved_spe = int(state.get("steps_per_epoch", self.steps_per_epoch))
+        if saved_spe != self.steps_per_epoch and not self.epoch_complete:
+            raise ResumeError(f"{self.resume_path} stopped in the middle of epoch {self.epoch} with {saved_spe} steps per "
+                              f"epoch; this run has {self.steps_per_epoch} (other data, batch size, grad accumulation or "
+                              "number of processes), so the position in the epoch cannot be resumed: resume with the "
+                              "same settings, or from an end-of-epoch checkpoint")
         if int(state.get("total_steps", self.total_steps)) != self.total_steps:
             self.log.warning(f"the lr schedule now spans {self.total_steps} steps (checkpoint: {state['total_steps']}): "
                              "the lr continues from step "
