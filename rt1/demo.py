@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = max(save.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     _run("plots: predicted vs ground-truth actions on validation episodes",
          [py, "plot_actions.py", "--checkpoint", checkpoint, "--data-dir", pre, "--index", val_index,
-          "--episodes", 3, "--out", plots])
+          "--max-episodes", 3, "--out", plots])
 
     print(f"\nDemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs:")
     for label, path in [("bundled RLDS dataset", rlds), ("segments (all)", seg_all), ("segments (pick)", seg_pick),
