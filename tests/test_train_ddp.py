@@ -237,9 +237,6 @@ def test_max_steps_mid_epoch_then_rerun_resumes_exactly(tiny_data, small_index, 
 # ---- mixed precision --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason="rt1/model/maxvit.py linear_batch_norm updates the float32 running statistics with the "
-                          "autocast (bf16/fp16) batch mean: lerp_ dtype mismatch (model stream)")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_steps_run_and_checkpoint(tiny_data, small_index, tmp_path, amp):
     """--amp on CPU: bf16 autocast; fp16 autocast with a GradScaler whose state is checkpointed."""

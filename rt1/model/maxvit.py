@@ -90,8 +90,9 @@ def linear_batch_norm(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.lerp_(mean.detach(), momentum)
-            bn.running_var.lerp_(var.detach() * (rows / (rows - 1)), momentum)
+            # under autocast the batch statistics are bf16/fp16; the running ones stay float32
+            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_((var.detach() * (rows / (rows - 1))).to(bn.running_var.dtype), momentum)
     else:
         mean, var = bn.running_mean, bn.running_var
     scale = bn.weight * torch.rsqrt(var + bn.eps)
