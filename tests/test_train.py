@@ -234,8 +234,9 @@ def test_a_failed_write_leaves_no_file_and_stale_temporaries_are_removed(tmp_pat
     with pytest.raises(RuntimeError, match="boom"):
         ckpt.save_checkpoint(tmp_path / "checkpoint-1.pt", {"x": Unpicklable()})
     assert list(tmp_path.iterdir()) == []
-    (tmp_path / ".checkpoint-2.pt.tmp-123").write_bytes(b"half")
-    assert [p.name for p in ckpt.remove_stale_temporaries(tmp_path)] == [".checkpoint-2.pt.tmp-123"]
+    (tmp_path / "checkpoint-2.pt.partial-123").write_bytes(b"half")
+    assert ckpt.list_checkpoints(tmp_path) == []
+    assert [p.name for p in ckpt.remove_stale_temporaries(tmp_path)] == ["checkpoint-2.pt.partial-123"]
 
 
 def test_load_checkpoint_errors_name_the_file(tmp_path):

@@ -27,6 +27,14 @@ def atomic_output(final: Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

@@ -28,7 +28,6 @@ an interrupted write (Ctrl-C, SIGTERM, a crash, a full disk) never leaves a trun
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -38,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rt1.data import atomic
+
 CHECKPOINT_FORMAT = "rt1-train-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
-_TEMP_MARKER = ".tmp-"
 
 
 class CheckpointError(RuntimeError):
@@ -83,37 +83,15 @@ def prune_checkpoints(save_dir: Path, keep: int) -> list[Path]:
 def remove_stale_temporaries(save_dir: Path) -> list[Path]:
     """Delete half-written checkpoints left by a killed process (never a final checkpoint)."""
     save_dir = Path(save_dir)
-    if not save_dir.is_dir():
-        return []
-    removed = []
-    for path in save_dir.glob(f".checkpoint-*.pt{_TEMP_MARKER}*"):
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    return atomic.remove_stale_temporaries(save_dir) if save_dir.is_dir() else []
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
     """torch.save `state` to `path` atomically (temporary file in the same directory, fsync, os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TEMP_MARKER}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    with atomic.atomic_output(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
