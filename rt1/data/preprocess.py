@@ -31,7 +31,8 @@ from rt1.data.atomic import check_writable_dir, remove_stale_temporaries
 from rt1.data.filters import TASK_FILTERS, get_filter
 from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, resize_jpeg
 from rt1.data.preprocessed_schema import (
-    FORMAT, PreprocessedEpisode, PreprocessedFormatError, open_preprocessed, verify_preprocessed, write_preprocessed,
+    FORMAT, PreprocessedEpisode, PreprocessedFormatError, one_line, open_preprocessed, verify_preprocessed,
+    write_preprocessed,
 )
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
 
@@ -102,11 +103,6 @@ class Summary:
         return "\n".join(lines)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str, image_size: int,
                        jpeg_quality: int = JPEG_QUALITY) -> bool:
     """True when `out_path` is a finished output of this configuration for `in_path`, so a rerun may skip it.
@@ -155,9 +151,9 @@ def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str
                     and int(seg.attrs["format_version"]) == int(attrs["source_format_version"])
                     and Path(in_path).stat().st_size == int(attrs["source_size"]))
     except SegmentFormatError as e:
-        raise PreprocessError(_one_line(e)) from None
+        raise PreprocessError(one_line(e)) from None
     except (KeyError, OSError) as e:
-        raise PreprocessError(f"{in_path}: corrupt segment file ({_one_line(e)})") from None
+        raise PreprocessError(f"{in_path}: corrupt segment file ({one_line(e)})") from None
     return same
 
 
@@ -181,9 +177,9 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
                 "segment_task_filter": segment.task_filter,
             }
     except SegmentFormatError as e:
-        raise PreprocessError(_one_line(e)) from None
+        raise PreprocessError(one_line(e)) from None
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise PreprocessError(f"{in_path}: corrupt segment file ({type(e).__name__}: {_one_line(e)})") from None
+        raise PreprocessError(f"{in_path}: corrupt segment file ({type(e).__name__}: {one_line(e)})") from None
 
     size = (image_size, image_size)
     episodes, dropped = [], 0
@@ -201,7 +197,7 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
             tokens = tokenize(ep.actions)
             flat = flatten_actions(ep.actions)
         except (KeyError, ValueError) as e:
-            raise PreprocessError(f"{in_path}: source episode {ep.source_index}: bad actions ({_one_line(e)})") from None
+            raise PreprocessError(f"{in_path}: source episode {ep.source_index}: bad actions ({one_line(e)})") from None
         if len(tokens) != ep.num_steps:
             raise PreprocessError(f"{in_path}: source episode {ep.source_index} has {ep.num_steps} images "
                                   f"but {len(tokens)} actions")
@@ -216,7 +212,7 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
         try:
             verify_preprocessed(out_path, digest)
         except (PreprocessedFormatError, FileNotFoundError) as e:
-            raise PreprocessError(f"verification of the new output failed: {_one_line(e)}") from None
+            raise PreprocessError(f"verification of the new output failed: {one_line(e)}") from None
     return FileResult(out_path.name, "written", len(episodes), sum(e.num_steps for e in episodes), nbytes, dropped)
 
 
@@ -238,13 +234,13 @@ def _run_task(task: _Task) -> FileResult:
             try:
                 verify_preprocessed(task.out_path)
             except (PreprocessedFormatError, FileNotFoundError) as e:
-                raise PreprocessError(f"verification of an existing output failed: {_one_line(e)}") from None
+                raise PreprocessError(f"verification of an existing output failed: {one_line(e)}") from None
         try:
             with open_preprocessed(task.out_path) as f:
                 result = FileResult(task.out_path.name, "skipped", int(f.attrs["num_episodes"]),
                                     int(f.attrs["num_steps"]), task.out_path.stat().st_size)
         except PreprocessedFormatError as e:
-            raise PreprocessError(_one_line(e)) from None
+            raise PreprocessError(one_line(e)) from None
     else:
         result = preprocess_segment(task.in_path, task.out_path, task_filter=task.task_filter,
                                     image_size=task.image_size, jpeg_quality=task.jpeg_quality,
@@ -293,7 +289,7 @@ def preprocess_dir(in_dir: Path, out_dir: Path, *, task_filter: str = "all", ima
     try:
         check_writable_dir(out_dir)
     except PermissionError as e:
-        raise PreprocessError(_one_line(e)) from None
+        raise PreprocessError(one_line(e)) from None
     if out_dir.resolve() == in_dir.resolve():
         raise PreprocessError(f"--out-dir {out_dir} is the input directory: outputs keep the input names, "
                               "so they need a directory of their own")
@@ -371,7 +367,7 @@ def main(argv: list[str] | None = None, *, task_filter: str = "all", prog: str |
                                  workers=args.workers, delete_input=args.delete_input,
                                  jpeg_quality=args.jpeg_quality, progress=not args.no_progress)
     except (PreprocessError, PreprocessedFormatError, SegmentFormatError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted (finished outputs are kept; rerun to resume)", file=sys.stderr)

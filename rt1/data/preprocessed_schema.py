@@ -214,7 +214,8 @@ def write_preprocessed(path: Path, episodes: list[PreprocessedEpisode], *, image
     return path.stat().st_size, digest
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (errors are reported on one line)."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
 
@@ -227,7 +228,7 @@ def open_preprocessed(path: Path) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise PreprocessedFormatError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
+        raise PreprocessedFormatError(f"{path}: not a readable HDF5 file ({one_line(e)})") from None
     try:
         fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
         if fmt != FORMAT:
@@ -243,7 +244,7 @@ def open_preprocessed(path: Path) -> h5py.File:
         raise
     except Exception as e:  # h5py raises OSError/KeyError/RuntimeError on damaged metadata
         f.close()
-        raise PreprocessedFormatError(f"{path}: corrupt preprocessed file ({type(e).__name__}: {_one_line(e)})") from None
+        raise PreprocessedFormatError(f"{path}: corrupt preprocessed file ({type(e).__name__}: {one_line(e)})") from None
     return f
 
 
@@ -282,7 +283,7 @@ def verify_preprocessed(path: Path, expected_digest: str | None = None) -> None:
         try:
             arrays = _read_content_arrays(f)
         except Exception as e:
-            raise PreprocessedFormatError(f"{path}: corrupt preprocessed file ({_one_line(e)})") from None
+            raise PreprocessedFormatError(f"{path}: corrupt preprocessed file ({one_line(e)})") from None
         digest = content_digest(arrays)
         if digest != f.attrs["content_digest"] or (expected_digest is not None and digest != expected_digest):
             raise PreprocessedFormatError(f"{path}: content does not match its digest (file damaged)")
@@ -346,7 +347,7 @@ class PreprocessedFile:
             self._embeddings, self._offsets, self._jpeg = f["episodes/language_embedding"], f["images/offset"], f["images/jpeg"]
         except Exception as e:
             self._f.close()
-            raise PreprocessedFormatError(f"{self.path}: corrupt preprocessed file ({_one_line(e)})") from None
+            raise PreprocessedFormatError(f"{self.path}: corrupt preprocessed file ({one_line(e)})") from None
 
     def close(self) -> None:
         self._f.close()
@@ -368,7 +369,7 @@ class PreprocessedFile:
             if isinstance(e, (WindowError, PreprocessedFormatError)):
                 raise
             raise PreprocessedFormatError(f"{self.path}: corrupt preprocessed file, cannot read {what} "
-                                          f"({type(e).__name__}: {_one_line(e)})") from None
+                                          f"({type(e).__name__}: {one_line(e)})") from None
 
     def decode_frames(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Decoded frames of step rows [start, stop) as uint8 (n, H, W, 3)."""

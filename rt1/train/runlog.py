@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from rt1.data.atomic import atomic_output
 from rt1.train.distributed import is_main_process
 
 METRICS_FILE = "metrics.jsonl"
@@ -137,9 +137,8 @@ def truncate_metrics(path: Path, last_step: int) -> None:
                 continue
             if entry.get("step", 0) <= last_step and entry.get("event") != "stop":
                 kept.append(json.dumps(entry) + "\n")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(kept), encoding="utf-8")
 
 
 def read_metrics(path: Path) -> list[dict]:
