@@ -22,12 +22,13 @@ WINDOW = 6
 
 
 def plain_iteration_rate(rlds_dir: Path, limit: int) -> float:
-    import tensorflow_datasets as tfds
+    from rt1.data.rlds_reader import canonical_read_config, open_builder
 
-    builder = tfds.builder_from_directory(str(rlds_dir))
+    builder = open_builder(rlds_dir)
     start = time.perf_counter()
     episodes = 0
-    for episode in builder.as_dataset(split=f"train[:{limit}]", shuffle_files=False):
+    for episode in builder.as_dataset(split=f"train[:{limit}]", shuffle_files=False,
+                                      read_config=canonical_read_config()):
         for step in episode["steps"]:
             step["observation"]["image"].numpy()
             step["action"]["world_vector"].numpy()
@@ -36,18 +37,18 @@ def plain_iteration_rate(rlds_dir: Path, limit: int) -> float:
 
 
 def raw_read_rate(rlds_dir: Path, limit: int) -> float:
-    from rt1.data.convert import _episode_dataset, open_builder
+    from rt1.data.rlds_reader import open_builder, read_episodes
 
     builder = open_builder(rlds_dir)
     start = time.perf_counter()
-    episodes = sum(1 for _ in _episode_dataset(builder, 0, limit))
+    episodes = sum(1 for _ in read_episodes(builder, 0, limit))
     return episodes / (time.perf_counter() - start)
 
 
 def _open_builder_in_worker(rlds_dir: Path) -> None:
-    from rt1.data.convert import _episode_dataset, open_builder
+    from rt1.data.rlds_reader import open_builder, read_episodes
 
-    next(iter(_episode_dataset(open_builder(rlds_dir), 0, 1)))  # TF's first pipeline costs seconds
+    next(read_episodes(open_builder(rlds_dir), 0, 1))  # TF's first pipeline costs seconds
 
 
 def worker_startup_seconds(rlds_dir: Path, workers: int) -> float:
@@ -91,6 +92,8 @@ def main() -> None:
             cfg = ConvertConfig(rlds_dir, out, "all", args.episode_sec_len, 0, n, workers)
             summary = convert(cfg, progress=False)
             rates[workers] = summary.episodes_read / summary.seconds
+        rerun = convert(ConvertConfig(rlds_dir, tmp / "seg1", "all", args.episode_sec_len, 0, n), progress=False)
+        verify_rate = rerun.episodes_read / rerun.seconds
         startup = worker_startup_seconds(rlds_dir, 2)
         files = sorted(out.glob("*_episode.h5"))
         steps = 0
@@ -107,6 +110,8 @@ def main() -> None:
     for workers, rate in rates.items():
         print(f"stage 1 with {workers} worker(s):            {rate:8.1f} episodes/s  "
               f"= {rate / plain:.2f}x plain iteration, {rate / raw:.2f}x raw read")
+    print(f"rerun over finished output (verifies every segment against the source, 1 worker): {verify_rate:8.1f} "
+          f"episodes/s = {verify_rate / raw:.2f}x raw read")
     steady = n / max(n / rates[2] - startup, 1e-9)
     print(f"  (2 workers: {startup:.1f} s of that run is spawning the processes and warming up TensorFlow; "
           f"without it {steady:.1f} episodes/s. On 2 cores the reader already uses both, so workers pay off "

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED_EPISODES = 48
+# Shaped like the real dataset where readers can tell: 3 uneven shards of 43-44 episodes, above TFDS's
+# interleave block of 16 episodes (with at most 16 per shard, out-of-order reads go unnoticed).
+BUNDLED_EPISODES = 130
+BUNDLED_SHARDS = 3
 BUNDLED_SEED = 0
 SEGMENT_LEN = 10
 
@@ -33,7 +36,8 @@ def rlds_dir(tmp_path_factory) -> Path:
     """The bundled dataset: TFDS directory .../fractal20220817_data/0.1.0."""
     from rt1.data.mini_fractal import write_dataset
 
-    return write_dataset(tmp_path_factory.mktemp("rlds"), episodes=BUNDLED_EPISODES, seed=BUNDLED_SEED)
+    return write_dataset(tmp_path_factory.mktemp("rlds"), episodes=BUNDLED_EPISODES, seed=BUNDLED_SEED,
+                         shards=BUNDLED_SHARDS)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +46,7 @@ def segment_dir(rlds_dir, tmp_path_factory) -> Path:
     from rt1.data.convert import ConvertConfig, convert
 
     out = tmp_path_factory.mktemp("segments")
-    convert(ConvertConfig(rlds_dir, out, "all", episode_sec_len=SEGMENT_LEN), progress=False)
+    convert(ConvertConfig(rlds_dir, out, "all", episodes_per_segment=SEGMENT_LEN), progress=False)
     return out
 
 

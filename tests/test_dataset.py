@@ -16,7 +16,7 @@ from rt1.data import images
 from rt1.data.dataset import DatasetError, RT1Dataset, random_shift
 from rt1.data.index import build_index
 from rt1.data.preprocess import preprocess_dir
-from rt1.data.preprocessed_schema import PreprocessedFile, read_episodes
+from rt1.data.preprocessed_schema import FORMAT_VERSION, PreprocessedFile, read_episodes
 
 try:
     from tests.synthetic_segments import DEFAULT_LAYOUT, embedding_of, step_colour, synthetic_actions, \
@@ -254,7 +254,7 @@ def test_other_format_version(data, tmp_path):
     with h5py.File(pre / "0-4_episode.h5", "r+") as f:
         f.attrs["format_version"] = 99
     ds = RT1Dataset(csv, pre)
-    with pytest.raises(DatasetError, match=r"0-4_episode.h5: preprocessed format_version 99, this code reads 1"):
+    with pytest.raises(DatasetError, match=rf"0-4_episode.h5: preprocessed format_version 99, this code reads {FORMAT_VERSION}"):
         ds[0]
 
 
@@ -296,9 +296,9 @@ def test_window_length_must_match_the_index(data):
 def test_error_in_a_worker_reaches_the_trainer(data, tmp_path):
     pre, csv = copy_data(data, tmp_path)
     with h5py.File(pre / "0-4_episode.h5", "r+") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = FORMAT_VERSION + 1
     loader = DataLoader(RT1Dataset(csv, pre), batch_size=2, num_workers=1)
-    with pytest.raises(DatasetError, match="0-4_episode.h5: preprocessed format_version 2"):
+    with pytest.raises(DatasetError, match=f"0-4_episode.h5: preprocessed format_version {FORMAT_VERSION + 1}"):
         next(iter(loader))
 
 

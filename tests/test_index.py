@@ -189,7 +189,21 @@ def test_segment_files_and_duplicate_episodes_are_refused(small, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(small, mixed)
     shutil.copy(small / "0-4_episode.h5", mixed / "copy-of-0-4_episode.h5")
-    with pytest.raises(WindowIndexError, match="source episode 0 is in both"):
+    with pytest.raises(WindowIndexError, match=r"content fingerprint \w+ appears twice: "
+                                               r"0-4_episode.h5 episode 0 \(source episode 0\) and "
+                                               r"copy-of-0-4_episode.h5 episode 0 \(source episode 0\)"):
+        build_index(mixed, tmp_path / "idx")
+
+
+def test_same_episode_under_another_label_is_refused(small, tmp_path):
+    """What the out-of-order stage 1 produced: one episode stored twice under different source indices."""
+    mixed = tmp_path / "mixed"
+    shutil.copytree(small, mixed)
+    shutil.copy(small / "0-4_episode.h5", mixed / "zz_episode.h5")
+    with h5py.File(mixed / "zz_episode.h5", "r+") as f:
+        f["episodes/source_index"][...] = f["episodes/source_index"][:] + 1000
+    with pytest.raises(WindowIndexError, match=r"fingerprint \w+ appears twice: 0-4_episode.h5 episode 0 \(source "
+                                               r"episode 0\) and zz_episode.h5 episode 0 \(source episode 1000\)"):
         build_index(mixed, tmp_path / "idx")
 
 

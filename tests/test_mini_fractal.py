@@ -62,6 +62,27 @@ def test_reads_back_with_builder_from_directory_and_matches_spec(rlds_dir):
     assert len(set(lengths)) > 3
 
 
+def test_feature_classes_and_descriptions_are_the_catalogs(rlds_dir):
+    """The TFDS catalog's feature table for fractal20220817_data: Tensor everywhere but reward and image."""
+    features = tfds.builder_from_directory(str(rlds_dir)).info.features
+    step = features["steps"].feature
+    assert type(step["reward"]) is tfds.features.Scalar
+    assert type(step["observation"]["image"]) is tfds.features.Image
+    leaves = [*(features["aspects"][k] for k in features["aspects"].keys()),
+              *(features["attributes"][k] for k in features["attributes"].keys()),
+              *(step[k] for k in ("is_first", "is_last", "is_terminal")),
+              *(step["observation"][k] for k in step["observation"].keys() if k != "image"),
+              *(step["action"][k] for k in step["action"].keys())]
+    assert all(type(f) is tfds.features.Tensor for f in leaves)
+    assert step["observation"]["natural_language_instruction"].np_dtype == np.object_  # a string Tensor
+    assert features["aspects"].doc.desc == "Session Aspects for crowdcompute ratings"
+    assert step["action"]["world_vector"].doc.desc == "commanded end-effector displacement, in base-relative frame"
+    assert step["action"]["rotation_delta"].doc.desc == "rpy commanded orientation displacement, in base-relative frame"
+    assert step["observation"]["height_to_bottom"].doc.desc == "height of end-effector from ground"
+    info = json.loads((rlds_dir / "dataset_info.json").read_text())
+    assert "disableShuffling" not in info  # read with TFDS's default interleave, like the real dataset
+
+
 def test_content_is_varied_and_follows_the_scene():
     episodes = [make_episode(i, seed=0) for i in range(60)]
     instructions = {e["steps"][0]["observation"]["natural_language_instruction"] for e in episodes}

@@ -14,17 +14,17 @@ from rt1.actions import flatten_actions, tokenize
 from rt1.data import preprocess as pp
 from rt1.data.preprocess import PreprocessError, main, preprocess_dir
 from rt1.data.preprocessed_schema import FORMAT_VERSION, PreprocessedFile, read_episodes, verify_preprocessed
-from rt1.data.segment_schema import read_segment
+from rt1.data.segment_schema import read_segment, write_segment
 
 try:
     from tests.synthetic_segments import (
-        DEFAULT_LAYOUT, NOT_PICK, PICK, embedding_of, expected_is_pick, step_colour, synthetic_actions,
-        write_synthetic_segments,
+        DEFAULT_LAYOUT, NOT_PICK, PICK, embedding_of, expected_is_pick, make_episode, step_colour,
+        synthetic_actions, write_synthetic_segments,
     )
 except ImportError:
     from synthetic_segments import (
-        DEFAULT_LAYOUT, NOT_PICK, PICK, embedding_of, expected_is_pick, step_colour, synthetic_actions,
-        write_synthetic_segments,
+        DEFAULT_LAYOUT, NOT_PICK, PICK, embedding_of, expected_is_pick, make_episode, step_colour,
+        synthetic_actions, write_synthetic_segments,
     )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,3 +311,36 @@ def test_scripts_run_and_print_a_summary(segments, tmp_path):
     for script in ("DataPreprocess_batch_all.py", "DataPreprocess_batch_pick.py"):
         help_text = run_script(script, "--help").stdout
         assert "--in-dir" in help_text and "--delete-input" in help_text and "--workers" in help_text
+
+
+def test_non_finite_action_is_refused_naming_file_episode_and_step(tmp_path, capsys):
+    episodes = [make_episode(0, 3, PICK[0]), make_episode(1, 8, NOT_PICK[0])]
+    episodes[1].actions["world_vector"][2, 1] = np.nan
+    episodes[1].fingerprint = episodes[1].content_fingerprint()  # a NaN as the source had it, not damage
+    path = tmp_path / "seg" / "0-2_episode.h5"
+    path.parent.mkdir()
+    write_segment(path, episodes, (0, 2), "all")
+    episode = episodes[1]
+    assert main(["--in-dir", str(path.parent), "--out-dir", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: source episode {episode.source_index}, step 2: action 'world_vector' is not "
+                   "finite (nan)"]
+    assert not list((tmp_path / "out").glob("*.h5"))
+
+
+def test_full_disk_gives_a_one_line_error(segments, tmp_path, capsys):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        assert main(["--in-dir", str(segments), "--out-dir", str(small), "--workers", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not enough free space in" in err[0] and str(small) in err[0], err
+        assert not list(small.glob("*.partial-*"))
+        assert list(small.glob("*.h5"))
+        for path in small.glob("*.h5"):
+            verify_preprocessed(path)  # what was finished is whole
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

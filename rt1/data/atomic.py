@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 TEMP_MARKER = ".partial-"
@@ -55,3 +56,18 @@ def check_writable_dir(directory: Path) -> None:
         raise PermissionError(f"cannot create output directory {directory}: {e.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"output directory {directory} is not writable")
+
+
+class DiskFullError(OSError):
+    """Not enough free space for the next output; the message names the directory and the sizes."""
+
+
+def check_free_space(directory: Path, needed_bytes: int, what: str) -> None:
+    """Refuse to start writing `what` into `directory` unless ~10% more than `needed_bytes` is free.
+
+    Checked before each output file: HDF5 can crash the process when the disk fills mid-write.
+    """
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes * 1.1:
+        raise DiskFullError(f"not enough free space in {directory} for {what}: needs about "
+                            f"{needed_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free")

@@ -1,14 +1,20 @@
 """Stage 1: RLDS episodes (TFDS directory) -> segment HDF5 files (`rt1.data.segment_schema`).
 
 Segments cover aligned source ranges [k*L, (k+1)*L) of the `train` split, clipped to the requested
-[start, end), with L = `episode_sec_len`; a segment is named for the range it covers. Episodes are
-read with TFDS skip-decoding, so the JPEG bytes go to disk untouched. Each segment is written to a
-temporary name and renamed when complete; a rerun skips complete segments and redoes the rest.
+[start, end), with L = `episodes_per_segment`; a segment is named for the range it covers. Source
+positions are the canonical read order of `rt1.data.rlds_reader` (shards in file order, records in
+order), so any split of the work (`--workers`, `--start/--end-episode`, a rerun) stores the same
+episodes under the same `source_index`. Images stay the JPEG bytes of the TFRecords.
+
+Each segment is written to a temporary name and renamed when complete. A rerun re-reads the source
+of every segment: a finished one is verified (its episodes' indices and content fingerprints must
+equal the source's) and skipped, a missing one is written. Free space is checked before each write.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import multiprocessing
 import time
 from dataclasses import dataclass
@@ -17,10 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rt1.data.atomic import check_writable_dir, remove_stale_temporaries
+from rt1.data.atomic import check_free_space, check_writable_dir, remove_stale_temporaries
 from rt1.data.filters import get_filter
-from rt1.data.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, OBSERVATION_VECTORS, spec_mismatches
-from rt1.data.segment_schema import Episode, is_complete_segment, segment_file_name, write_segment
+from rt1.data.preprocessed_schema import one_line
+from rt1.data.rlds_reader import RLDSReadError, num_episodes, open_builder, read_episodes
+from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
+from rt1.data.segment_schema import Episode, SegmentFormatError, segment_file_name, stored_episodes, write_segment
 
 
 class ConversionError(ValueError):
@@ -32,15 +40,15 @@ class ConvertConfig:
     data_dir: Path
     out_dir: Path
     task_filter: str = "all"
-    episode_sec_len: int = 20
+    episodes_per_segment: int = 20  # the original's --episode-sec-len
     start_episode: int = 0
     end_episode: int | None = None  # exclusive; None = the end of the split
     workers: int = 1
 
     def __post_init__(self):
         get_filter(self.task_filter)
-        if self.episode_sec_len < 1:
-            raise ConversionError(f"--episode-sec-len must be >= 1, got {self.episode_sec_len}")
+        if self.episodes_per_segment < 1:
+            raise ConversionError(f"--episode-sec-len must be >= 1, got {self.episodes_per_segment}")
         if self.start_episode < 0:
             raise ConversionError(f"--start-episode must be >= 0, got {self.start_episode}")
         if self.end_episode is not None and self.end_episode <= self.start_episode:
@@ -50,41 +58,26 @@ class ConvertConfig:
             raise ConversionError(f"--workers must be >= 1, got {self.workers}")
 
 
+@dataclass(frozen=True)
+class SegmentTask:
+    """One segment of the plan: its source range, and what a finished file of that name holds (None: absent)."""
+
+    episode_range: tuple[int, int]
+    stored: list[tuple[int, str]] | None  # (source_index, fingerprint) per stored episode
+
+    @property
+    def name(self) -> str:
+        return segment_file_name(*self.episode_range)
+
+
 @dataclass
 class SegmentResult:
     name: str
+    status: str  # "written", or "verified" (already complete, content checked against the source)
     episodes_read: int = 0
     episodes_kept: int = 0
     steps: int = 0
     bytes_written: int = 0
-
-
-def resolve_rlds_dir(data_dir: Path) -> Path:
-    """Accept the version directory itself, or a parent holding fractal20220817_data/0.1.0."""
-    data_dir = Path(data_dir)
-    for candidate in (data_dir, data_dir / DATASET_VERSION, data_dir / DATASET_NAME / DATASET_VERSION):
-        if (candidate / "dataset_info.json").is_file():
-            return candidate
-    raise ConversionError(
-        f"--data-dir {data_dir} is not a TFDS dataset directory (no dataset_info.json; "
-        f"expected e.g. .../{DATASET_NAME}/{DATASET_VERSION})")
-
-
-def open_builder(data_dir: Path):
-    """`tfds.builder_from_directory` after checking the directory holds fractal-format data."""
-    import tensorflow_datasets as tfds
-
-    rlds_dir = resolve_rlds_dir(data_dir)
-    try:
-        builder = tfds.builder_from_directory(str(rlds_dir))
-    except Exception as e:  # TFDS raises several types for unreadable metadata
-        raise ConversionError(f"{rlds_dir}: cannot read the TFDS dataset ({type(e).__name__}: {e})") from None
-    problems = spec_mismatches(builder.info.features)
-    if problems:
-        raise ConversionError(f"{rlds_dir}: features are not the fractal spec: {'; '.join(problems)}")
-    if "train" not in builder.info.splits:
-        raise ConversionError(f"{rlds_dir}: no 'train' split")
-    return builder
 
 
 def plan_segments(num_episodes: int, cfg: ConvertConfig) -> list[tuple[int, int]]:
@@ -93,23 +86,12 @@ def plan_segments(num_episodes: int, cfg: ConvertConfig) -> list[tuple[int, int]
     if cfg.start_episode >= end:
         raise ConversionError(
             f"empty selection: episodes [{cfg.start_episode}, {cfg.end_episode}) of a split of {num_episodes}")
-    length = cfg.episode_sec_len
+    length = cfg.episodes_per_segment
     ranges = []
     for k in range(cfg.start_episode // length, (end - 1) // length + 1):
         a, b = max(k * length, cfg.start_episode), min((k + 1) * length, end)
         ranges.append((a, b))
     return ranges
-
-
-def _episode_dataset(builder, start: int, end: int):
-    """tf.data of whole episodes [start, end): each element is the episode's steps batched."""
-    import tensorflow_datasets as tfds
-
-    ds = builder.as_dataset(
-        split=f"train[{start}:{end}]", shuffle_files=False,
-        decoders={"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}},
-    )
-    return tfds.as_numpy(ds.map(lambda episode: episode["steps"].batch(1 << 30).get_single_element()))
 
 
 def _to_episode(steps: dict, source_index: int) -> Episode:
@@ -132,38 +114,58 @@ def _to_episode(steps: dict, source_index: int) -> Episode:
     )
 
 
-def _contiguous_runs(ranges: list[tuple[int, int]], max_len: int) -> list[list[tuple[int, int]]]:
-    """Group consecutive ranges (each run read with one TFDS pipeline), at most `max_len` per run."""
-    runs: list[list[tuple[int, int]]] = []
-    for r in ranges:
-        if runs and runs[-1][-1][1] == r[0] and len(runs[-1]) < max_len:
-            runs[-1].append(r)
-        else:
-            runs.append([r])
-    return runs
+# Bytes per step besides the image: every action and observation vector, reward and flags.
+_VECTOR_BYTES_PER_STEP = sum(4 * int(np.prod(spec.shape)) for spec in (*ACTION_SPEC.values(),
+                                                                        *OBSERVATION_VECTORS.values())) + 4 + 3
 
 
-def convert_run(builder, cfg: ConvertConfig, ranges: list[tuple[int, int]], on_episode=None) -> list[SegmentResult]:
-    """Convert consecutive segments, reading their episodes as one stream (one TFDS pipeline per run)."""
+def estimate_segment_bytes(episodes: list[Episode]) -> int:
+    """An upper estimate of a segment file's size (HDF5 adds ~16 bytes per image and fixed metadata)."""
+    images = sum(len(jpeg) + 16 for e in episodes for jpeg in e.images)
+    per_episode = sum(4 * EMBEDDING_DIM + 64 + len(e.instruction.encode()) for e in episodes)
+    steps = sum(e.num_steps for e in episodes)
+    return images + per_episode + steps * _VECTOR_BYTES_PER_STEP + (256 << 10)
+
+
+def _check_matches_source(path: Path, stored: list[tuple[int, str]], read: list[tuple[int, str]], data_dir) -> None:
+    """A finished segment must hold exactly the episodes its range has in the source, by label and content."""
+    for i in range(max(len(stored), len(read))):
+        have = stored[i] if i < len(stored) else None
+        want = read[i] if i < len(read) else None
+        if have != want:
+            what = (f"holds source episode {have[0]} with fingerprint {have[1]}" if have else
+                    f"ends before source episode {want[0]}")
+            source = f"source episode {want[0]} has fingerprint {want[1]}" if want else "the source has no more episodes"
+            raise ConversionError(f"{path} {what}, but in {data_dir} {source}: the file is another dataset's or an "
+                                  "older run's output; delete it (or use another --out-dir) and rerun")
+
+
+def convert_run(builder, cfg: ConvertConfig, tasks: list[SegmentTask], on_episode=None) -> list[SegmentResult]:
+    """Convert (or verify) consecutive segments, reading their episodes as one canonical-order stream."""
     keep = get_filter(cfg.task_filter)
-    stream = iter(_episode_dataset(builder, ranges[0][0], ranges[-1][1]))
+    stream = read_episodes(builder, tasks[0].episode_range[0], tasks[-1].episode_range[1])
     results = []
-    for a, b in ranges:
-        result = SegmentResult(segment_file_name(a, b))
-        episodes = []
-        for source_index in range(a, b):
-            steps = next(stream, None)
-            if steps is None:
-                raise ConversionError(f"{cfg.data_dir}: the train split ended before episode {source_index}")
+    for task in tasks:
+        a, b = task.episode_range
+        path = cfg.out_dir / task.name
+        episodes, read = [], 0
+        for source_index, steps in itertools.islice(stream, b - a):
             episode = _to_episode(steps, source_index)
-            result.episodes_read += 1
+            read += 1
             if keep(episode.instruction):
                 episodes.append(episode)
             if on_episode is not None:
                 on_episode()
-        result.episodes_kept = len(episodes)
-        result.steps = sum(e.num_steps for e in episodes)
-        result.bytes_written = write_segment(cfg.out_dir / result.name, episodes, (a, b), cfg.task_filter)
+        result = SegmentResult(task.name, "written", read, len(episodes), sum(e.num_steps for e in episodes))
+        if task.stored is not None:
+            _check_matches_source(path, task.stored, [(e.source_index, e.fingerprint) for e in episodes], cfg.data_dir)
+            result.status = "verified"
+        else:
+            check_free_space(cfg.out_dir, estimate_segment_bytes(episodes), path.name)
+            try:
+                result.bytes_written = write_segment(path, episodes, (a, b), cfg.task_filter)
+            except OSError as e:
+                raise ConversionError(f"{path}: cannot write the segment ({one_line(e)})") from None
         results.append(result)
     return results
 
@@ -171,17 +173,22 @@ def convert_run(builder, cfg: ConvertConfig, ranges: list[tuple[int, int]], on_e
 _worker_builder = None
 
 
-def _convert_in_worker(cfg: ConvertConfig, ranges: list[tuple[int, int]]) -> list[SegmentResult]:
+def _convert_in_worker(cfg: ConvertConfig, tasks: list[SegmentTask]) -> list[SegmentResult]:
     global _worker_builder
     if _worker_builder is None:
         _worker_builder = open_builder(cfg.data_dir)
-    return convert_run(_worker_builder, cfg, ranges)
+    return convert_run(_worker_builder, cfg, tasks)
+
+
+def _contiguous_runs(tasks: list[SegmentTask], max_len: int) -> list[list[SegmentTask]]:
+    """Split the plan into runs of at most `max_len` segments (each run is one TFDS pipeline)."""
+    return [tasks[i:i + max_len] for i in range(0, len(tasks), max_len)]
 
 
 @dataclass
 class ConvertSummary:
-    segments: int = 0
-    skipped_segments: int = 0
+    written: int = 0
+    verified: int = 0
     episodes_read: int = 0
     episodes_kept: int = 0
     steps: int = 0
@@ -189,7 +196,8 @@ class ConvertSummary:
     seconds: float = 0.0
 
     def add(self, r: SegmentResult) -> None:
-        self.segments += 1
+        self.written += r.status == "written"
+        self.verified += r.status == "verified"
         self.episodes_read += r.episodes_read
         self.episodes_kept += r.episodes_kept
         self.steps += r.steps
@@ -197,30 +205,31 @@ class ConvertSummary:
 
     def __str__(self) -> str:
         rate = self.episodes_read / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.segments} segments ({self.skipped_segments} already complete, skipped), "
-                f"{self.episodes_read} episodes read, {self.episodes_kept} kept, {self.steps} steps, "
-                f"{self.bytes_written / 2**20:.1f} MiB written in {self.seconds:.1f} s ({rate:.1f} episodes/s)")
+        return (f"{self.written + self.verified} segments ({self.written} written, {self.verified} already complete "
+                f"and verified against the source), {self.episodes_read} episodes read, {self.episodes_kept} kept, "
+                f"{self.steps} steps, {self.bytes_written / 2**20:.1f} MiB written in {self.seconds:.1f} s "
+                f"({rate:.1f} episodes/s)")
 
 
 def convert(cfg: ConvertConfig, progress: bool = True) -> ConvertSummary:
     """Run stage 1 for `cfg`; returns a summary. Raises ConversionError on bad input."""
     builder = open_builder(cfg.data_dir)
-    ranges = plan_segments(builder.info.splits["train"].num_examples, cfg)
+    ranges = plan_segments(num_episodes(builder), cfg)
     check_writable_dir(cfg.out_dir)
     for stale in remove_stale_temporaries(cfg.out_dir):
         tqdm.write(f"removed unfinished {stale.name} from an interrupted run")
-    todo = [r for r in ranges if not is_complete_segment(cfg.out_dir / segment_file_name(*r), r, cfg.task_filter)]
-    summary = ConvertSummary(segments=len(ranges) - len(todo), skipped_segments=len(ranges) - len(todo))
+    # Every file in the way is checked before any work: an unrelated file is refused, never overwritten.
+    tasks = [SegmentTask(r, stored_episodes(cfg.out_dir / segment_file_name(*r), r, cfg.task_filter)) for r in ranges]
+    summary = ConvertSummary()
     start = time.perf_counter()
-    total = sum(b - a for a, b in todo)
+    total = sum(b - a for a, b in ranges)
     with tqdm(total=total, unit="episode", desc=f"convert[{cfg.task_filter}]", disable=not progress) as bar:
-        if cfg.workers == 1 or len(todo) <= 1:
-            for run in _contiguous_runs(todo, max_len=len(todo)):
-                for result in convert_run(builder, cfg, run, on_episode=lambda: bar.update(1)):
-                    summary.add(result)
+        if cfg.workers == 1 or len(tasks) <= 1:
+            for result in convert_run(builder, cfg, tasks, on_episode=lambda: bar.update(1)):
+                summary.add(result)
         else:
             # Two runs per worker: long enough to amortise TFDS pipeline set-up, short enough to balance load.
-            runs = _contiguous_runs(todo, max_len=-(-len(todo) // (2 * cfg.workers)))
+            runs = _contiguous_runs(tasks, max_len=-(-len(tasks) // (2 * cfg.workers)))
             context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
             with concurrent.futures.ProcessPoolExecutor(cfg.workers, mp_context=context) as pool:
                 futures = [pool.submit(_convert_in_worker, cfg, run) for run in runs]
@@ -241,7 +250,9 @@ def main(argv: list[str] | None = None, task_filter: str = "all") -> int:
     parser = argparse.ArgumentParser(
         description=f"Stage 1: convert fractal20220817_data RLDS episodes (task filter '{task_filter}') "
                     "into segment HDF5 files named {a}-{b}_episode.h5, one per --episode-sec-len episodes. "
-                    "Resumable: rerunning skips complete segments.")
+                    "Source episodes are numbered in the canonical read order (shards in file order, records "
+                    "in order). Resumable: a rerun verifies finished segments against the source by content "
+                    "and writes the missing ones.")
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="TFDS dataset directory, e.g. .../fractal20220817_data/0.1.0")
     parser.add_argument("--out-dir", type=Path, required=True, help="directory for the segment files")
@@ -257,8 +268,8 @@ def main(argv: list[str] | None = None, task_filter: str = "all") -> int:
         cfg = ConvertConfig(args.data_dir, args.out_dir, task_filter, args.episode_sec_len, args.start_episode,
                             args.end_episode, args.workers)
         summary = convert(cfg, progress=not args.no_progress)
-    except (ConversionError, PermissionError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConversionError, RLDSReadError, SegmentFormatError, OSError, KeyError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"stage 1 [{task_filter}] done: {summary}; output in {args.out_dir}")
     return 0

@@ -115,7 +115,7 @@ def _scan(data_dir: Path) -> tuple[list[dict], list[dict]]:
             raise WindowIndexError(f"{path}: file names with commas, quotes or newlines are not supported in an index")
         try:
             with open_preprocessed(path) as f:
-                table = {k: f[f"episodes/{k}"][:] for k in ("source_index", "step_start", "num_steps")}
+                table = {k: f[f"episodes/{k}"][:] for k in ("source_index", "fingerprint", "step_start", "num_steps")}
                 instructions = list(f["episodes/instruction"].asstr()[:])
                 files.append({"file": rel, "num_steps": int(f.attrs["num_steps"]),
                               "num_episodes": int(f.attrs["num_episodes"]),
@@ -128,9 +128,26 @@ def _scan(data_dir: Path) -> tuple[list[dict], list[dict]]:
             raise WindowIndexError(f"{path}: corrupt preprocessed file ({str(e).splitlines()[0]})") from None
         for row in range(len(table["source_index"])):
             episodes.append({"file": rel, "episode": row, "source_index": int(table["source_index"][row]),
-                             "instruction": instructions[row], "step_start": int(table["step_start"][row]),
+                             "fingerprint": table["fingerprint"][row].decode(), "instruction": instructions[row],
+                             "step_start": int(table["step_start"][row]),
                              "num_steps": int(table["num_steps"][row])})
     return files, episodes
+
+
+def check_each_episode_once(episodes: list[dict]) -> None:
+    """Refuse a directory that holds an episode twice, by label (source index) or by content (fingerprint).
+
+    A duplicated episode could land in both splits, and would be over-weighted in training.
+    """
+    for key, what in (("fingerprint", "content fingerprint"), ("source_index", "source episode index")):
+        seen: dict = {}
+        for ep in episodes:
+            first = seen.setdefault(ep[key], ep)
+            if first is not ep:
+                raise WindowIndexError(
+                    f"{what} {ep[key]} appears twice: {first['file']} episode {first['episode']} (source episode "
+                    f"{first['source_index']}) and {ep['file']} episode {ep['episode']} (source episode "
+                    f"{ep['source_index']}); the directory holds an episode twice (outputs of different runs?)")
 
 
 def fingerprint(files: list[dict]) -> str:
@@ -160,13 +177,7 @@ def build_index(data_dir: Path, out_dir: Path = Path("."), *, val_fraction: floa
         raise WindowIndexError(f"{data_dir} mixes image sizes {sorted(sizes)}: index one preprocessing run at a time")
     if not episodes:
         raise WindowIndexError(f"the preprocessed files in {data_dir} hold no episodes")
-    seen: dict[int, str] = {}
-    for ep in episodes:
-        if ep["source_index"] in seen and seen[ep["source_index"]] != ep["file"]:
-            raise WindowIndexError(f"source episode {ep['source_index']} is in both {seen[ep['source_index']]} and "
-                                   f"{ep['file']} (outputs of different runs in one directory?): it could land in "
-                                   "both splits")
-        seen[ep["source_index"]] = ep["file"]
+    check_each_episode_once(episodes)
 
     usable = sorted((ep for ep in episodes if ep["num_steps"] >= window),
                     key=lambda ep: (ep["source_index"], ep["file"], ep["episode"]))

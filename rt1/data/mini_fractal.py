@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import shutil
 import sys
@@ -393,8 +394,6 @@ def _builder_class():
     class MiniFractal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = DATASET_NAME
         VERSION = tfds.core.Version(DATASET_VERSION)
-        # Keep generation order: episode i of the split is make_episode(i, seed).
-        disable_shuffling = True
 
         def __init__(self, *, episodes: int, seed: int, **kwargs):
             self._episodes, self._seed = episodes, seed
@@ -405,6 +404,7 @@ def _builder_class():
                 builder=self,
                 description="Synthetic table-top episodes in the format of fractal20220817_data (rt1.data.mini_fractal).",
                 features=tfds_features(),
+                disable_shuffling=True,  # write in generation order: episode i of the split is make_episode(i, seed)
                 homepage="https://ai.googleblog.com/2022/12/rt-1-robotics-transformer-for-real.html",
             )
 
@@ -416,6 +416,26 @@ def _builder_class():
                 yield i, make_episode(i, self._seed)
 
     return MiniFractal
+
+
+EPISODES_PER_SHARD = 50  # the real dataset has ~85 per shard; above 16, TFDS's default interleave reorders
+
+
+def default_shards(episodes: int) -> int:
+    """About EPISODES_PER_SHARD episodes per shard; TFDS splits unevenly when the count does not divide."""
+    return max(1, round(episodes / EPISODES_PER_SHARD))
+
+
+def _read_like_the_real_dataset(version_dir: Path) -> None:
+    """Drop the 'ordered dataset' flag from dataset_info.json once the records are written in order.
+
+    The real dataset does not carry it, so TFDS reads it with its default shard interleave (cycle 16,
+    block 16); with the flag TFDS would read this one in order and hide that difference from tests.
+    """
+    info_path = version_dir / "dataset_info.json"
+    info = json.loads(info_path.read_text())
+    info.pop("disableShuffling", None)
+    info_path.write_text(json.dumps(info, indent=2))
 
 
 def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = False, shards: int | None = None) -> Path:
@@ -430,11 +450,12 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
     import tensorflow_datasets as tfds
 
     out.mkdir(parents=True, exist_ok=True)
-    shards = shards or max(1, min(8, episodes // 16))
+    shards = shards or default_shards(episodes)
     with tempfile.TemporaryDirectory(dir=out, prefix=".mini_fractal-") as tmp:
         builder = _builder_class()(episodes=episodes, seed=seed, data_dir=tmp)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             num_shards=shards, try_download_gcs=False))
+        _read_like_the_real_dataset(Path(tmp) / DATASET_NAME / DATASET_VERSION)
         final = out / DATASET_NAME
         if final.exists():
             shutil.rmtree(final)
@@ -449,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory to create; the dataset goes to OUT/fractal20220817_data/0.1.0")
     parser.add_argument("--episodes", type=int, required=True, help="number of episodes (>= 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset (default 0)")
-    parser.add_argument("--shards", type=int, default=None, help="TFRecord shards (default: episodes/16, 1..8)")
+    parser.add_argument("--shards", type=int, default=None, help=f"TFRecord shards (default: about {EPISODES_PER_SHARD} episodes per shard)")
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     args = parser.parse_args(argv)
     try:

@@ -27,13 +27,14 @@ import h5py
 import numpy as np
 
 from rt1.actions import flatten_actions, tokenize
-from rt1.data.atomic import check_writable_dir, remove_stale_temporaries
+from rt1.data.atomic import check_free_space, check_writable_dir, remove_stale_temporaries
 from rt1.data.filters import TASK_FILTERS, get_filter
 from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, resize_jpeg
 from rt1.data.preprocessed_schema import (
     FORMAT, PreprocessedEpisode, PreprocessedFormatError, one_line, open_preprocessed, verify_preprocessed,
     write_preprocessed,
 )
+from rt1.data.rlds_spec import EMBEDDING_DIM
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
 
 DEFAULT_IMAGE_SIZE = 224
@@ -157,6 +158,13 @@ def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str
     return same
 
 
+def estimate_output_bytes(episodes: list[PreprocessedEpisode]) -> int:
+    """An upper estimate of an output file's size: frames, per-step tokens and actions, per-episode rows."""
+    frames = sum(len(jpeg) + 8 for e in episodes for jpeg in e.jpeg_frames)
+    steps = sum(e.num_steps for e in episodes)
+    return frames + steps * 200 + len(episodes) * (4 * EMBEDDING_DIM + 256) + (64 << 10)
+
+
 def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all",
                        image_size: int = DEFAULT_IMAGE_SIZE, jpeg_quality: int = JPEG_QUALITY,
                        verify: bool = False) -> FileResult:
@@ -187,6 +195,14 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
         if ep.num_steps == 0 or not keep(ep.instruction):
             dropped += 1
             continue
+        if ep.fingerprint != ep.content_fingerprint():
+            raise PreprocessError(f"{in_path}: source episode {ep.source_index}: content does not match its "
+                                  "fingerprint (segment damaged): convert it again")
+        for key, values in ep.actions.items():
+            bad = np.argwhere(~np.isfinite(values))
+            if len(bad):
+                raise PreprocessError(f"{in_path}: source episode {ep.source_index}, step {int(bad[0][0])}: action "
+                                      f"'{key}' is not finite ({values[tuple(bad[0])]})")
         frames = []
         for t, jpeg in enumerate(ep.images):
             try:
@@ -202,12 +218,16 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
             raise PreprocessError(f"{in_path}: source episode {ep.source_index} has {ep.num_steps} images "
                                   f"but {len(tokens)} actions")
         episodes.append(PreprocessedEpisode(
-            source_index=ep.source_index, instruction=ep.instruction,
+            source_index=ep.source_index, fingerprint=ep.fingerprint, instruction=ep.instruction,
             language_embedding=np.asarray(ep.language_embedding, np.float32),
             action_tokens=tokens, actions=flat, raw_actions=ep.actions, jpeg_frames=frames))
 
-    nbytes, digest = write_preprocessed(out_path, episodes, image_size=size, jpeg_quality=jpeg_quality,
-                                        resize=RESIZE_DESCRIPTION, task_filter=task_filter, source=source)
+    try:
+        check_free_space(out_path.parent, estimate_output_bytes(episodes), out_path.name)
+        nbytes, digest = write_preprocessed(out_path, episodes, image_size=size, jpeg_quality=jpeg_quality,
+                                            resize=RESIZE_DESCRIPTION, task_filter=task_filter, source=source)
+    except OSError as e:
+        raise PreprocessError(f"{out_path}: cannot write ({one_line(e)})") from None
     if verify:
         try:
             verify_preprocessed(out_path, digest)

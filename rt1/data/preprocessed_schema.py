@@ -4,11 +4,11 @@ One output file per stage-1 segment file, with the same name (`{a}-{b}_episode.h
 `DataPreprocess_batch_all.py` / `DataPreprocess_batch_pick.py` (`rt1.data.preprocess`). Every step
 is stored once: a 6-step training window is cut out at load time, never stored.
 
-File layout (format_version 1):
+File layout (format_version 2):
 
     attrs:
         format               "rt1-preprocessed"
-        format_version       1
+        format_version       2 (1 had no fingerprints)
         source_dataset       copied from the segment ("fractal20220817_data/0.1.0")
         source_file          name of the segment file this was made from
         source_format_version  the segment's format_version
@@ -26,6 +26,10 @@ File layout (format_version 1):
                              a loader can tell that a file changed after the index was built
     episodes/                                  one row per kept episode, E rows
         source_index         int64 (E,)        position of the episode in the RLDS `train` split
+                                               (canonical read order, `rt1.data.rlds_reader`)
+        fingerprint          ascii (E,)        the segment's content fingerprint of the episode
+                                               (`segment_schema.episode_fingerprint`); stage 3 refuses
+                                               a directory in which one appears twice
         step_start           int64 (E,)        first step row of the episode
         num_steps            int64 (E,)        episodes are contiguous: step_start[i+1] = step_start[i] + num_steps[i]
         instruction          utf-8 string (E,)
@@ -81,12 +85,13 @@ from rt1.data.images import ImageDecodeError, decode_jpeg
 from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
 
 FORMAT = "rt1-preprocessed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 IMAGE_ENCODING = "jpeg"
 
 # The datasets every file must have, with their dtype (shape checks are done in `_check_layout`).
 REQUIRED_DATASETS = {
     "episodes/source_index": np.int64,
+    "episodes/fingerprint": np.bytes_,
     "episodes/step_start": np.int64,
     "episodes/num_steps": np.int64,
     "episodes/instruction": object,
@@ -110,6 +115,7 @@ class PreprocessedEpisode:
     """
 
     source_index: int
+    fingerprint: str  # 32 hex digits, from the segment
     instruction: str
     language_embedding: np.ndarray  # float32 (512,)
     action_tokens: np.ndarray  # uint8 (T, 11)
@@ -152,6 +158,7 @@ def _content_arrays(episodes: list[PreprocessedEpisode]) -> dict:
 
     arrays = {
         "episodes/source_index": np.array([e.source_index for e in episodes], dtype=np.int64),
+        "episodes/fingerprint": np.array([e.fingerprint for e in episodes], dtype="S32"),
         "episodes/step_start": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if episodes
         else np.zeros(0, np.int64),
         "episodes/num_steps": counts,
@@ -255,8 +262,8 @@ def _check_layout(path: Path, f: h5py.File) -> None:
             raise PreprocessedFormatError(f"{path}: corrupt preprocessed file (missing dataset '{name}')")
     num_episodes, num_steps = int(f.attrs["num_episodes"]), int(f.attrs["num_steps"])
     expected = {
-        "episodes/source_index": (num_episodes,), "episodes/step_start": (num_episodes,),
-        "episodes/num_steps": (num_episodes,), "episodes/instruction": (num_episodes,),
+        "episodes/source_index": (num_episodes,), "episodes/fingerprint": (num_episodes,),
+        "episodes/step_start": (num_episodes,), "episodes/num_steps": (num_episodes,), "episodes/instruction": (num_episodes,),
         "episodes/language_embedding": (num_episodes, EMBEDDING_DIM),
         "steps/action_tokens": (num_steps, NUM_ACTION_TOKENS), "steps/actions": (num_steps, NUM_ACTION_TOKENS),
         "images/offset": (num_steps + 1,),
@@ -303,6 +310,7 @@ class EpisodeTable:
     """The `episodes/` table of one file, in memory."""
 
     source_index: np.ndarray
+    fingerprint: list[str]
     step_start: np.ndarray
     num_steps: np.ndarray
     instruction: list[str]
@@ -341,7 +349,8 @@ class PreprocessedFile:
             self.content_digest = str(f.attrs["content_digest"])
             self.num_steps = int(f.attrs["num_steps"])
             self.episodes = EpisodeTable(
-                source_index=f["episodes/source_index"][:], step_start=f["episodes/step_start"][:],
+                source_index=f["episodes/source_index"][:],
+                fingerprint=[fp.decode() for fp in f["episodes/fingerprint"][:]], step_start=f["episodes/step_start"][:],
                 num_steps=f["episodes/num_steps"][:], instruction=list(f["episodes/instruction"].asstr()[:]))
             self._tokens, self._actions = f["steps/action_tokens"], f["steps/actions"]
             self._embeddings, self._offsets, self._jpeg = f["episodes/language_embedding"], f["images/offset"], f["images/jpeg"]
@@ -429,6 +438,7 @@ class PreprocessedFile:
         jpegs = [blob[a - offsets[0]:b - offsets[0]] for a, b in zip(offsets[:-1], offsets[1:])]
         return PreprocessedEpisode(
             source_index=int(self.episodes.source_index[index]),
+            fingerprint=self.episodes.fingerprint[index],
             instruction=self.episodes.instruction[index],
             language_embedding=self._read("embeddings", lambda: self._embeddings[index]),
             action_tokens=self._read("action tokens", lambda: self._tokens[start:stop]),

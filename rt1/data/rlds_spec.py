@@ -82,17 +82,19 @@ EPISODE_METADATA_SPEC: dict[str, TensorSpec] = {
 }
 
 
+# Feature classes and descriptions as the TFDS catalog documents the real dataset: `Tensor` for every
+# leaf (strings and bools included), `Scalar` only for `reward`, `Image` for the camera image.
+ASPECTS_DOC = "Session Aspects for crowdcompute ratings"
+
+
 def tfds_features():
     """The `tfds.features.FeaturesDict` of one episode, identical to the real dataset's."""
     import numpy as np
     import tensorflow_datasets as tfds
 
     def tensor(spec: TensorSpec):
-        if spec.dtype == "string":
-            return tfds.features.Text(doc=spec.doc or None)
-        if spec.shape == ():
-            return tfds.features.Scalar(dtype=np.dtype(spec.dtype), doc=spec.doc or None)
-        return tfds.features.Tensor(shape=spec.shape, dtype=np.dtype(spec.dtype), doc=spec.doc or None)
+        dtype = np.str_ if spec.dtype == "string" else np.dtype(spec.dtype)
+        return tfds.features.Tensor(shape=spec.shape, dtype=dtype, doc=spec.doc or None)
 
     def nested(flat: dict[str, TensorSpec], prefix: str) -> dict:
         return {path[len(prefix):]: tensor(spec) for path, spec in flat.items() if path.startswith(prefix)}
@@ -104,8 +106,9 @@ def tfds_features():
         "observation": tfds.features.FeaturesDict(observation),
         **{k: tensor(v) for k, v in STEP_SPEC.items() if "/" not in k},
     }
+    step["reward"] = tfds.features.Scalar(dtype=np.float32)
     return tfds.features.FeaturesDict({
-        "aspects": tfds.features.FeaturesDict(nested(EPISODE_METADATA_SPEC, "aspects/")),
+        "aspects": tfds.features.FeaturesDict(nested(EPISODE_METADATA_SPEC, "aspects/"), doc=ASPECTS_DOC),
         "attributes": tfds.features.FeaturesDict(nested(EPISODE_METADATA_SPEC, "attributes/")),
         "steps": tfds.features.Dataset(step),
     })

@@ -1,6 +1,6 @@
 """On-disk schema of stage 1: RLDS episodes stored as segment HDF5 files.
 
-One file per `episode_sec_len` consecutive source episodes, named `{a}-{b}_episode.h5` for the
+One file per `episodes_per_segment` (`--episode-sec-len`) consecutive source episodes, named `{a}-{b}_episode.h5` for the
 source episode range [a, b) (the original pipeline's naming). A filtered run (e.g. pick-object only)
 keeps the same ranges and stores only the episodes its filter selects, so a file may hold fewer
 episodes than its range, or none.
@@ -9,17 +9,22 @@ Every step is stored once (not once per 6-step window), and images are the JPEG 
 they are in the RLDS TFRecords (no decode/re-encode). All step arrays are the episodes' steps
 concatenated in order; `episodes/step_start` and `episodes/num_steps` cut them apart.
 
-File layout (format_version 1):
+File layout (format_version 2):
 
     attrs:
         format               "rt1-segment"
-        format_version       1
+        format_version       2 (1 was written by a stage 1 that could store episodes out of order:
+                             refused, convert again)
         source_dataset       "fractal20220817_data/0.1.0"
         episode_range        int64 [a, b): the source episodes this file covers
         task_filter          name of the filter that selected episodes ("all", "pick", ...)
         num_episodes, num_steps
     episodes/                                  one row per stored episode, E rows
-        source_index         int64 (E,)        position of the episode in the RLDS `train` split
+        source_index         int64 (E,)        position of the episode in the RLDS `train` split, in
+                                               the canonical read order (`rt1.data.rlds_reader`)
+        fingerprint          ascii (E,)        `episode_fingerprint`: 32 hex digits identifying the
+                                               episode by content, kept by stage 2; checked by reruns
+                                               and by stage 3 (no episode stored twice)
         step_start           int64 (E,)        first row of the episode in steps/*
         num_steps            int64 (E,)
         instruction          utf-8 string (E,) natural_language_instruction (constant per episode)
@@ -37,8 +42,10 @@ whose values change is refused (`ValueError` naming the source episode) rather t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
 
 import h5py
 import numpy as np
@@ -47,7 +54,7 @@ from rt1.data.atomic import atomic_output
 from rt1.data.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM, OBSERVATION_VECTORS
 
 FORMAT = "rt1-segment"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILE_SUFFIX = "_episode.h5"
 STEP_FLAGS = ("is_first", "is_last", "is_terminal")
 
@@ -70,10 +77,34 @@ class Episode:
     is_last: np.ndarray
     is_terminal: np.ndarray
     reward: np.ndarray  # float32 (T,)
+    fingerprint: str = ""  # computed from the content when not given (as read from a file)
+
+    def __post_init__(self):
+        if not self.fingerprint:
+            self.fingerprint = self.content_fingerprint()
 
     @property
     def num_steps(self) -> int:
         return len(self.images)
+
+    def content_fingerprint(self) -> str:
+        return episode_fingerprint(self.instruction, self.actions, self.images[0] if self.images else b"")
+
+
+def episode_fingerprint(instruction: str, actions: dict[str, np.ndarray], first_image: bytes) -> str:
+    """32 hex digits identifying an episode by content: its instruction, every action, its first JPEG.
+
+    Two different source episodes share a fingerprint only if they are the same demonstration stored
+    twice, which is exactly what stage 3 refuses.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(instruction.encode("utf-8") + b"\0")
+    for key in sorted(actions):
+        value = np.ascontiguousarray(actions[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape}".encode())
+        digest.update(value.data)
+    digest.update(bytes(first_image))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -105,6 +136,7 @@ def write_segment(path: Path, episodes: list[Episode], episode_range: tuple[int,
 
             ep = f.create_group("episodes")
             ep.create_dataset("source_index", data=np.array([e.source_index for e in episodes], dtype=np.int64))
+            ep.create_dataset("fingerprint", data=np.array([e.fingerprint for e in episodes], dtype="S32"))
             ep.create_dataset("step_start", data=np.asarray(starts, dtype=np.int64))
             ep.create_dataset("num_steps", data=np.array([e.num_steps for e in episodes], dtype=np.int64))
             ep.create_dataset("instruction", data=[e.instruction for e in episodes],
@@ -162,6 +194,7 @@ def read_segment(path: Path) -> Segment:
         observations = {k: st[f"observation/{k}"][:] for k in OBSERVATION_VECTORS}
         instructions = ep["instruction"].asstr()[:]
         embeddings = ep["language_embedding"][:]
+        fingerprints = ep["fingerprint"][:]
         for i, (start, n) in enumerate(zip(ep["step_start"][:], ep["num_steps"][:])):
             rows = slice(int(start), int(start + n))
             segment.episodes.append(Episode(
@@ -172,28 +205,44 @@ def read_segment(path: Path) -> Segment:
                 actions={k: v[rows] for k, v in actions.items()},
                 observations={k: v[rows] for k, v in observations.items()},
                 reward=reward[rows],
+                fingerprint=fingerprints[i].decode(),
                 **{flag: v[rows] for flag, v in flags.items()},
             ))
     return segment
 
 
-def is_complete_segment(path: Path, episode_range: tuple[int, int], task_filter: str) -> bool:
-    """True when `path` is a finished segment for this range and filter (so a rerun may skip it).
+def stored_episodes(path: Path, episode_range: tuple[int, int], task_filter: str) -> list[tuple[int, str]] | None:
+    """`(source_index, fingerprint)` of each episode a finished segment holds, or None if `path` is absent.
 
-    A file written by another filter into the same directory is an error, not a skip.
+    A rerun compares these with what it reads from the source before skipping the segment. A file
+    under a segment's name that is not a finished segment of this range, filter and format version
+    raises `SegmentFormatError`: it is never overwritten silently.
     """
     path = Path(path)
     if not path.exists():
-        return False
+        return None
     try:
-        with open_segment(path) as f:
-            found_filter = str(f.attrs["task_filter"])
-            found_range = tuple(int(x) for x in f.attrs["episode_range"])
-    except (SegmentFormatError, KeyError):
-        return False
-    if found_filter != task_filter:
-        raise SegmentFormatError(
-            f"{path} was written with task filter '{found_filter}', this run uses '{task_filter}': "
-            "use a separate --out-dir per filter"
-        )
-    return found_range == tuple(episode_range)
+        f = h5py.File(path, "r")
+    except OSError:
+        raise SegmentFormatError(f"{path} exists and is not an HDF5 file: it has a segment's name but is not "
+                                 "one; move it away or use another --out-dir") from None
+    with f:
+        fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
+        if fmt != FORMAT:
+            raise SegmentFormatError(f"{path} exists and is not an rt1 segment (format attribute {fmt!r}); "
+                                     "move it away or use another --out-dir")
+        if version != FORMAT_VERSION:
+            raise SegmentFormatError(
+                f"{path} is a segment of format_version {version}, this code writes {FORMAT_VERSION} (version 1 "
+                "could hold episodes out of order): delete the old segments and convert again")
+        found_filter = str(f.attrs["task_filter"])
+        found_range = tuple(int(x) for x in f.attrs["episode_range"])
+        if found_filter != task_filter:
+            raise SegmentFormatError(f"{path} was written with task filter '{found_filter}', this run uses "
+                                     f"'{task_filter}': use a separate --out-dir per filter")
+        if found_range != tuple(episode_range):
+            raise SegmentFormatError(f"{path} covers source episodes {list(found_range)}, this run's segment of that "
+                                     f"name covers {list(episode_range)}: use the same --episode-sec-len as the "
+                                     "run that wrote it, or another --out-dir")
+        ep = f["episodes"]
+        return [(int(i), fp.decode()) for i, fp in zip(ep["source_index"][:], ep["fingerprint"][:])]
