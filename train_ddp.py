@@ -1,70 +1,55 @@
 """Train RT-1: one process, torchrun (single or multi node), or the original's launcher.
 
-    python train_ddp.py --data-dir PRE_DIR --train-index train_idx_N.csv --val-index val_idx_M.csv [...]
     torchrun --nproc_per_node=4 train_ddp.py --data-dir ... --train-index ... --val-index ...
+    python train_ddp.py --data-dir PRE_DIR --train-index train_idx_N.csv --val-index val_idx_M.csv [...]
     python -m torch.distributed.launch --nproc_per_node=4 --use_env train_ddp.py --data-dir ... [...]
 
 `python train_ddp.py --help` lists the options; rt1/train/ holds the code. This file only turns the
 command line into a TrainConfig, sets up logging and signals (entry-point concerns), calls
-rt1.train.train and maps the outcome to an exit status.
+rt1.train.trainer.train and maps the outcome to an exit status (rt1.errors.run_cli).
 """
 
 import logging
 import os
-import signal
 import sys
 
-
-class Terminated(BaseException):
-    """SIGTERM (torchrun stopping the job, a scheduler's kill) as an exception, so cleanup runs."""
+from rt1.errors import EXIT_ERROR, install_sigterm_handler, run_cli
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
 
 
-def main(argv=None) -> int:
+def _train(argv=None) -> int:
+    from rt1.config import ConfigError
     from rt1.train.cli import build_arg_parser, config_from_args
 
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s [rank " + str(rank) + "] %(message)s",
+    logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s [rank " + str(_rank()) + "] %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         cfg = config_from_args(args)
-    except ValueError as e:
+    except ConfigError as e:
         parser.error(str(e))
 
-    from rt1.data.dataset import DatasetError
-    from rt1.data.index import WindowIndexError
-    from rt1.train import (
-        EXIT_ERROR, EXIT_NON_FINITE_LOSS, EXIT_OK, CheckpointError, NonFiniteLossError, ResumeError, TrainSetupError,
-        train,
-    )
-    from rt1.train.distributed import DistributedSetupError
+    from rt1.train.trainer import NonFiniteLossError, train
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    install_sigterm_handler()
     try:
         train(cfg)
     except NonFiniteLossError as e:
-        # Every rank knows (the flag is all-reduced); one message is enough.
-        if rank == 0:
+        if _rank() == 0:  # every rank knows (the flag is all-reduced); one message is enough
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_NON_FINITE_LOSS
-    except (DatasetError, WindowIndexError, CheckpointError, ResumeError, TrainSetupError, DistributedSetupError) as e:
-        print(f"error (rank {rank}): {e}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"interrupted (rank {rank}); checkpoints on disk are complete", file=sys.stderr, flush=True)
-        return 130
-    except Terminated:
-        print(f"terminated by SIGTERM (rank {rank}); checkpoints on disk are complete", file=sys.stderr, flush=True)
-        return 143
-    return EXIT_OK
+        return e.exit_code
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(_train, argv, label=f"error (rank {_rank()})", default_exit=EXIT_ERROR)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rt1.model import PRESETS, RT1, RT1Config, action_loss  # noqa: E402
+from rt1.config import PRESETS, RT1Config  # noqa: E402
+from rt1.model import RT1, action_loss  # noqa: E402
 from rt1.policy import RT1Policy  # noqa: E402
 
 # ---- the optional reference model ---------------------------------------------------------------
@@ -99,7 +100,7 @@ def build_reference(config: RT1Config):
     cfg.CONDITION_CONFIG["t5"] = PrecomputedTextAdapter
     vit = RefMaxViT(
         num_classes=1000, dim=config.dim, depth=config.depth, dim_head=config.dim_head,
-        dim_conv_stem=config.conv_stem_dim, window_size=config.window_size,
+        dim_conv_stem=config.conv_stem_dim, window_size=config.attention_window,
         mbconv_expansion_rate=config.mbconv_expansion, mbconv_shrinkage_rate=config.mbconv_shrinkage,
         dropout=config.dropout, channels=config.channels,
     )

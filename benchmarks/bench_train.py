@@ -31,8 +31,12 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_IMAGE_SIZE = 64
-FRAMES, TOKENS = 6, 11
+sys.path.insert(0, str(REPO))
+
+from rt1.config import PRESETS  # noqa: E402
+
+TINY = PRESETS["tiny"].model
+TINY_IMAGE_SIZE, FRAMES, TOKENS = TINY.image_size, TINY.num_frames, TINY.num_actions
 
 
 def _run(args: list, env: dict | None = None) -> None:

@@ -26,29 +26,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rt1.data.rlds_spec import ACTION_SPEC
+
 NUM_BINS = 256
-NUM_ACTION_TOKENS = 11
 TERMINATE_KEY = "terminate_episode"
-NUM_TERMINATE_CLASSES = 3
+NUM_TERMINATE_CLASSES = ACTION_SPEC[TERMINATE_KEY].shape[0]
 
 
 @dataclass(frozen=True)
 class ContinuousActionKey:
-    """One float action key of the RLDS `action` dict with its fixed RT-1 bounds."""
+    """One float action key of the RLDS `action` dict with its fixed RT-1 bounds (dims from the dataset spec)."""
 
     key: str
-    dims: int
     low: float
     high: float
 
+    @property
+    def dims(self) -> int:
+        return ACTION_SPEC[self.key].shape[0]
+
 
 CONTINUOUS_KEYS: tuple[ContinuousActionKey, ...] = (
-    ContinuousActionKey("world_vector", 3, -1.0, 1.0),
-    ContinuousActionKey("rotation_delta", 3, -math.pi / 2, math.pi / 2),
-    ContinuousActionKey("gripper_closedness_action", 1, -1.0, 1.0),
-    ContinuousActionKey("base_displacement_vector", 2, -1.0, 1.0),
-    ContinuousActionKey("base_displacement_vertical_rotation", 1, -math.pi, math.pi),
+    ContinuousActionKey("world_vector", -1.0, 1.0),
+    ContinuousActionKey("rotation_delta", -math.pi / 2, math.pi / 2),
+    ContinuousActionKey("gripper_closedness_action", -1.0, 1.0),
+    ContinuousActionKey("base_displacement_vector", -1.0, 1.0),
+    ContinuousActionKey("base_displacement_vertical_rotation", -math.pi, math.pi),
 )
+NUM_ACTION_TOKENS = sum(k.dims for k in CONTINUOUS_KEYS) + 1  # 11: terminate is one token
 
 ACTION_KEYS: tuple[str, ...] = tuple(k.key for k in CONTINUOUS_KEYS) + (TERMINATE_KEY,)
 

@@ -17,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from rt1.config import PRESETS
+
 REPO = Path(__file__).resolve().parent.parent
-TINY_IMAGE_SIZE = 64
+TINY_IMAGE_SIZE = PRESETS["tiny"].model.image_size
 
 
 def _run(title: str, args: list, env: dict | None = None) -> None:
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output directory (replaced)")
     parser.add_argument("--episodes", type=int, default=160, help="episodes in the bundled dataset (default 160)")
-    parser.add_argument("--steps", type=int, default=600, help="training steps of the tiny preset (default 600)")
+    parser.add_argument("--steps", type=int, default=300,
+                        help="training steps of the tiny preset at its own batch size (default 300)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes under torchrun (default 2)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     _run(f"training: tiny preset, {args.nproc} CPU processes under torchrun (gloo)",
          [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "train_ddp.py",
           "--preset", "tiny", "--data-dir", pre, "--train-index", train_index, "--val-index", val_index,
-          "--save-dir", save, "--max-steps", args.steps, "--epochs", 1000, "--batch-size", 8,
-          "--optimizer", "adamw", "--lr", "1e-3", "--num-workers", 1],
+          "--save-dir", save, "--max-steps", args.steps, "--epochs", 1000, "--num-workers", 1],
          env={"OMP_NUM_THREADS": "1"})
     checkpoint = max(save.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     _run("plots: predicted vs ground-truth actions on validation episodes",

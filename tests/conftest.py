@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from rt1.config import PRESETS
+
 REPO = Path(__file__).resolve().parent.parent
 # Shaped like the real dataset where readers can tell: 3 uneven shards of 43-44 episodes, above TFDS's
 # interleave block of 16 episodes (with at most 16 per shard, out-of-order reads go unnoticed).
@@ -73,7 +75,7 @@ def h5_contents(path: Path) -> dict:
     return out
 
 
-TINY_IMAGE_SIZE = 64  # the tiny model preset's input size
+TINY_IMAGE_SIZE = PRESETS["tiny"].model.image_size
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,15 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import BUNDLED_EPISODES, BUNDLED_SEED, BUNDLED_SHARDS, REPO, SEGMENT_LEN, h5_contents, run_script
-from rt1.data.atomic import TEMP_MARKER
+
 from rt1.data.convert import ConversionError, ConvertConfig, convert
 from rt1.data.filters import TASK_FILTERS, is_pick_object
 from rt1.data.mini_fractal import make_episode
 from rt1.data.rlds_reader import open_builder, read_episodes
 from rt1.data.rlds_spec import ACTION_SPEC, OBSERVATION_VECTORS
 from rt1.data.segment_schema import FORMAT_VERSION, read_segment, write_segment
+from rt1.io import TEMP_MARKER
 
 ALL_SCRIPT = REPO / "data_preprocessing" / "rt_data_generator_all.py"
 PICK_SCRIPT = REPO / "data_preprocessing" / "rt_data_generator_pick_batch.py"
@@ -260,7 +260,7 @@ def test_full_disk_gives_a_one_line_error_and_keeps_finished_segments(rlds_dir, 
 def test_free_space_is_checked_before_each_segment(rlds_dir, tmp_path, monkeypatch):
     import collections
 
-    import rt1.data.atomic as atomic
+    import rt1.io as atomic
 
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: collections.namedtuple("u", "free")(2 << 20))
     with pytest.raises(OSError, match=f"not enough free space in {tmp_path} for 0-10_episode.h5"):

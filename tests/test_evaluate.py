@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_script
-from rt1.actions import ACTION_DIM_NAMES, TOKEN_HIGH, TOKEN_LOW, NUM_BINS
+
+from rt1.actions import ACTION_DIM_NAMES, NUM_BINS, TOKEN_HIGH, TOKEN_LOW
 from rt1.data.index import index_episodes
 
 pytestmark = pytest.mark.slow
@@ -15,10 +15,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(preprocessed_dir, index_dir, tmp_path_factory):
-    from rt1.train import TrainConfig, latest_checkpoint, train
+    from rt1.config import TrainConfig
+    from rt1.train.checkpoint import latest_checkpoint
+    from rt1.train.trainer import train
 
     save = tmp_path_factory.mktemp("save")
-    cfg = TrainConfig.for_preset("tiny", data_dir=preprocessed_dir, train_index=next(index_dir.glob("train_idx_*.csv")),
+    cfg = TrainConfig(preset="tiny", data_dir=preprocessed_dir, train_index=next(index_dir.glob("train_idx_*.csv")),
                                  val_index=None, save_dir=save, epochs=1, max_steps=20, num_workers=0,
                                  progress=False, tensorboard=False)
     train(cfg)

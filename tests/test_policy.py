@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from rt1.actions import ACTION_KEYS, NUM_ACTION_TOKENS, detokenize
-from rt1.model import PRESETS, RT1, normalize_video
+from rt1.config import PRESETS
+from rt1.model import RT1, normalize_video
 from rt1.policy import RT1Policy
 
-TINY = PRESETS["tiny"]
+TINY = PRESETS["tiny"].model
 STEPS = 10
 
 

@@ -16,18 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_script
-from rt1.model import PRESETS, RT1
-from rt1.train import (
-    PRESET_DEFAULTS, CheckpointError, TrainConfig, latest_checkpoint, list_checkpoints, load_checkpoint,
-    load_model_from_checkpoint,
-)
+
+from rt1.config import PRESETS, TrainConfig
+from rt1.model import RT1, CheckpointError, load_model
 from rt1.train import checkpoint as ckpt
+from rt1.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rt1.train.cli import build_arg_parser, config_from_args
-from rt1.train.data import EpochSampler, SeededWindows, ShardSampler, batches_per_epoch, sample_seed
+from rt1.train.loaders import EpochSampler, SeededWindows, ShardSampler, batches_per_epoch, sample_seed
 from rt1.train.runlog import truncate_metrics
 from rt1.train.trainer import cosine_factor
+
 
 @dataclass(frozen=True)
 class TinyData:
@@ -59,9 +58,9 @@ def test_config_defaults_follow_the_original_run(paths):
     assert (cfg.optimizer, cfg.lr, cfg.lrf, cfg.weight_decay, cfg.momentum) == ("sgd", 1e-4, 0.1, 1e-3, 0.9)
     assert (cfg.batch_size, cfg.epochs, cfg.sync_bn, cfg.keep_checkpoints) == (8, 100, True, 3)
     assert cfg.save_dir == Path("save/rt1_ddp")
-    tiny = TrainConfig.for_preset("tiny", describe="demo", lr=5e-4, **paths)
+    tiny = TrainConfig(preset="tiny", describe="demo", lr=5e-4, **paths)
     assert tiny.save_dir == Path("save/rt1_tiny_demo")
-    assert tiny.optimizer == PRESET_DEFAULTS["tiny"]["optimizer"] and tiny.lr == 5e-4
+    assert tiny.optimizer == PRESETS["tiny"].train["optimizer"] and tiny.lr == 5e-4
     assert json.loads(json.dumps(tiny.to_dict()))["data_dir"] == str(paths["data_dir"])
 
 
@@ -103,7 +102,7 @@ def test_cli_maps_to_config_with_preset_defaults(paths):
     cfg = config_from_args(parser.parse_args(base + ["--preset", "tiny", "--no-syncBN", "--optimizer", "sgd",
                                                      "--amp", "bf16", "--max-steps", "7", "--local-rank=1"]))
     assert (cfg.preset, cfg.sync_bn, cfg.optimizer, cfg.amp, cfg.max_steps) == ("tiny", False, "sgd", "bf16", 7)
-    assert cfg.lr == PRESET_DEFAULTS["tiny"]["lr"]
+    assert cfg.lr == PRESETS["tiny"].train["lr"]
     with pytest.raises(ValueError, match="--weight-decay must be a non-negative number, got -1.0"):
         config_from_args(parser.parse_args(base + ["--weight-decay", "-1"]))
 
@@ -212,7 +211,7 @@ def _state(model, epoch=1):
 
 
 def test_checkpoints_are_atomic_pruned_and_weights_only_loadable(tmp_path):
-    model = RT1(PRESETS["tiny"])
+    model = RT1(PRESETS["tiny"].model)
     for epoch in range(1, 6):
         ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, epoch), _state(model, epoch))
         ckpt.prune_checkpoints(tmp_path, 3)
@@ -220,8 +219,8 @@ def test_checkpoints_are_atomic_pruned_and_weights_only_loadable(tmp_path):
     assert latest_checkpoint(tmp_path).name == "checkpoint-5.pt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3.pt", "checkpoint-4.pt", "checkpoint-5.pt"]
     torch.load(tmp_path / "checkpoint-5.pt", weights_only=True)  # plain types and tensors only
-    loaded, config, args = load_model_from_checkpoint(tmp_path / "checkpoint-5.pt", "cpu")
-    assert config == PRESETS["tiny"] and args == {"lr": 1e-3} and not loaded.training
+    loaded, config, args = load_model(tmp_path / "checkpoint-5.pt", "cpu")
+    assert config == PRESETS["tiny"].model and args == {"lr": 1e-3} and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
 

@@ -26,13 +26,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
-from rt1.actions import ACTION_DIM_NAMES
-from rt1.data.index import index_episodes, read_index
-from rt1.model import PRESETS, RT1
-from rt1.train import load_checkpoint, load_model_from_checkpoint, read_metrics
 from test_train import tiny_data  # noqa: F401  (session fixture: preprocessed bundled data at 64x64)
+
+from rt1.actions import ACTION_DIM_NAMES
+from rt1.config import PRESETS
+from rt1.data.index import index_episodes, read_index
+from rt1.model import RT1, load_model
+from rt1.train.checkpoint import load_checkpoint
+from rt1.train.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +146,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_data, tmp_pat
         assert v2["token_accuracy_per_dim"][name] == pytest.approx(v1["token_accuracy_per_dim"][name], abs=1e-3)
 
     torch.manual_seed(0)
-    initial = RT1(PRESETS["tiny"]).state_dict()
+    initial = RT1(PRESETS["tiny"].model).state_dict()
     reference = params(one / "checkpoint-1.pt")
     for other in (two, accum):
         a = params(other / "checkpoint-1.pt")
@@ -240,10 +242,11 @@ def test_max_steps_mid_epoch_then_rerun_resumes_exactly(tiny_data, small_index, 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_steps_run_and_checkpoint(tiny_data, small_index, tmp_path, amp):
     """--amp on CPU: bf16 autocast; fp16 autocast with a GradScaler whose state is checkpointed."""
-    from rt1.train import TrainConfig, train
+    from rt1.config import TrainConfig
+    from rt1.train.trainer import train
 
     train_csv, _ = small_index
-    cfg = TrainConfig.for_preset("tiny", data_dir=tiny_data.data_dir, train_index=train_csv, save_dir=tmp_path,
+    cfg = TrainConfig(preset="tiny", data_dir=tiny_data.data_dir, train_index=train_csv, save_dir=tmp_path,
                                  amp=amp, max_steps=2, batch_size=4, num_workers=0, progress=False, tensorboard=False)
     result = train(cfg)
     state = load_checkpoint(result.last_checkpoint)
@@ -286,7 +289,7 @@ def test_nan_loss_stops_with_exit_code_3_naming_step_and_rank(tiny_data, tmp_pat
     assert "the last good checkpoint is" in out.stderr and "checkpoint-1.pt" in out.stderr
     assert "exitcode  : 3" in out.stderr or "exitcode: 3" in out.stderr.replace(" ", ""), out.stderr[-3000:]
     assert sorted(p.name for p in save.iterdir() if "checkpoint" in p.name) == ["checkpoint-1.pt"]
-    model, config, args = load_model_from_checkpoint(save / "checkpoint-1.pt", "cpu")
+    model, config, args = load_model(save / "checkpoint-1.pt", "cpu")
     assert all(torch.isfinite(p).all() for p in model.parameters()) and args["epochs"] == 1
 
     # One process: the exit status itself is 3.

@@ -1,18 +1,4 @@
-"""Data stages of the pipeline. Names load lazily, so the conversion side runs without torch."""
-
-_LAZY = {
-    "RT1Dataset": "rt1.data.dataset",
-    "DatasetError": "rt1.data.dataset",
-    "PreprocessedFile": "rt1.data.preprocessed_schema",
-    "read_episodes": "rt1.data.preprocessed_schema",
-    "index_episodes": "rt1.data.index",
-    "read_index": "rt1.data.index",
-}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rt1.data' has no attribute {name!r}")
+"""The data stages: RLDS reading (rlds_reader), stage 1 (convert, segment_schema), stage 2 (preprocess,
+preprocessed_schema, images), stage 3 (index) and the training loader (dataset). Only `dataset` imports
+torch, so the conversion side runs without it; import from the modules.
+"""

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rt1.data.atomic import check_free_space, check_writable_dir, remove_stale_temporaries
 from rt1.data.filters import get_filter
-from rt1.data.preprocessed_schema import one_line
-from rt1.data.rlds_reader import RLDSReadError, num_episodes, open_builder, read_episodes
+from rt1.data.rlds_reader import num_episodes, open_builder, read_episodes
 from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
-from rt1.data.segment_schema import Episode, SegmentFormatError, segment_file_name, stored_episodes, write_segment
+from rt1.data.segment_schema import Episode, segment_file_name, stored_episodes, write_segment
+from rt1.errors import RT1Error, one_line, run_cli
+from rt1.io import check_free_space, check_writable_dir, remove_stale_temporaries
 
 
-class ConversionError(ValueError):
+class ConversionError(RT1Error, ValueError):
     """Bad input for the conversion: a one-line message naming the file or value."""
 
 
@@ -245,7 +245,6 @@ def main(argv: list[str] | None = None, task_filter: str = "all") -> int:
     """Command line of `data_preprocessing/rt_data_generator_*.py` (the scripts differ by filter)."""
     import argparse
     import os
-    import sys
 
     parser = argparse.ArgumentParser(
         description=f"Stage 1: convert fractal20220817_data RLDS episodes (task filter '{task_filter}') "
@@ -264,12 +263,12 @@ def main(argv: list[str] | None = None, task_filter: str = "all") -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides the progress bar
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    try:
+
+    def run(_) -> int:
         cfg = ConvertConfig(args.data_dir, args.out_dir, task_filter, args.episode_sec_len, args.start_episode,
                             args.end_episode, args.workers)
         summary = convert(cfg, progress=not args.no_progress)
-    except (ConversionError, RLDSReadError, SegmentFormatError, OSError, KeyError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    print(f"stage 1 [{task_filter}] done: {summary}; output in {args.out_dir}")
-    return 0
+        print(f"stage 1 [{task_filter}] done: {summary}; output in {args.out_dir}")
+        return 0
+
+    return run_cli(run)

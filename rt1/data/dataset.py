@@ -40,14 +40,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rt1.data.index import DEFAULT_WINDOW, IndexEpisode, WindowIndexError, index_episodes, read_index
+from rt1.config import DEFAULT_WINDOW
+from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes, read_index
 from rt1.data.preprocessed_schema import PreprocessedFile, PreprocessedFormatError, WindowError
+from rt1.errors import RT1Error
 
 # RT-1's pad_then_crop padding for 256x320 frames, as fractions of the frame height and width.
 RT1_SHIFT_FRACTION = (20 / 256, 50 / 320)
 
 
-class DatasetError(ValueError):
+class DatasetError(RT1Error, ValueError):
     """The index and the data do not agree (missing file, stale index, window across episodes...)."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from rt1.errors import RT1Error
+
 TaskFilter = Callable[[str], bool]
 TASK_FILTERS: dict[str, TaskFilter] = {}
 
@@ -23,11 +25,15 @@ def register_filter(name: str):
     return register
 
 
+class UnknownFilterError(RT1Error, KeyError):
+    """No task filter of that name."""
+
+
 def get_filter(name: str) -> TaskFilter:
     try:
         return TASK_FILTERS[name]
     except KeyError:
-        raise KeyError(f"unknown task filter '{name}'; known: {sorted(TASK_FILTERS)}") from None
+        raise UnknownFilterError(f"unknown task filter '{name}'; known: {sorted(TASK_FILTERS)}") from None
 
 
 @register_filter("all")

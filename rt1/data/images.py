@@ -14,6 +14,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from rt1.errors import RT1Error
+
 try:
     import simplejpeg as _simplejpeg
 except ImportError:  # optional: Pillow decodes the same pixels, more slowly
@@ -28,7 +30,7 @@ RESIZE_DESCRIPTION = (
 )
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(RT1Error, ValueError):
     """Bytes that are not a decodable RGB JPEG of the expected size."""
 
 

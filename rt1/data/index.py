@@ -29,23 +29,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rt1.data.atomic import atomic_output, check_writable_dir
+from rt1.config import DEFAULT_WINDOW
 from rt1.data.preprocessed_schema import PreprocessedFormatError, open_preprocessed
+from rt1.errors import RT1Error, one_line, run_cli
+from rt1.io import atomic_output, check_writable_dir
 
 INDEX_FORMAT = "rt1-window-index"
 INDEX_FORMAT_VERSION = 1
 CSV_HEADER = "start_index,file"
-DEFAULT_WINDOW = 6
 SPLITS = ("train", "val")
 
 
-class WindowIndexError(ValueError):
+class WindowIndexError(RT1Error, ValueError):
     """An index cannot be built or read; the message is one line."""
 
 
@@ -123,9 +123,9 @@ def _scan(data_dir: Path) -> tuple[list[dict], list[dict]]:
                               "task_filter": str(f.attrs["task_filter"]),
                               "content_digest": str(f.attrs["content_digest"])})
         except (PreprocessedFormatError, FileNotFoundError) as e:
-            raise WindowIndexError(str(e).splitlines()[0]) from None
+            raise WindowIndexError(one_line(e)) from None
         except (OSError, KeyError) as e:
-            raise WindowIndexError(f"{path}: corrupt preprocessed file ({str(e).splitlines()[0]})") from None
+            raise WindowIndexError(f"{path}: corrupt preprocessed file ({one_line(e)})") from None
         for row in range(len(table["source_index"])):
             episodes.append({"file": rel, "episode": row, "source_index": int(table["source_index"][row]),
                              "fingerprint": table["fingerprint"][row].decode(), "instruction": instructions[row],
@@ -324,20 +324,21 @@ def build_arg_parser() -> argparse.ArgumentParser:
                              "(default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help=f"steps per training window (default {DEFAULT_WINDOW}, RT-1's history length)")
+                        help=f"steps per training window (default {DEFAULT_WINDOW}: the default preset's num_frames, RT-1's "
+                             "history length; training checks it equals the model's)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = build_arg_parser().parse_args(argv)
-    try:
-        result = build_index(args.data_dir, args.out_dir, val_fraction=args.val_fraction, seed=args.seed,
-                             window=args.window)
-    except (WindowIndexError, PermissionError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    result = build_index(args.data_dir, args.out_dir, val_fraction=args.val_fraction, seed=args.seed,
+                         window=args.window)
     print(result.format())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 __all__ = ["IndexEpisode", "IndexResult", "WindowIndex", "WindowIndexError", "build_index", "read_index",

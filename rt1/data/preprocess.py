@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -27,20 +26,19 @@ import h5py
 import numpy as np
 
 from rt1.actions import flatten_actions, tokenize
-from rt1.data.atomic import check_free_space, check_writable_dir, remove_stale_temporaries
+from rt1.config import DEFAULT_IMAGE_SIZE
 from rt1.data.filters import TASK_FILTERS, get_filter
 from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, resize_jpeg
 from rt1.data.preprocessed_schema import (
-    FORMAT, PreprocessedEpisode, PreprocessedFormatError, one_line, open_preprocessed, verify_preprocessed,
-    write_preprocessed,
+    FORMAT, PreprocessedEpisode, PreprocessedFormatError, open_preprocessed, verify_preprocessed, write_preprocessed,
 )
 from rt1.data.rlds_spec import EMBEDDING_DIM
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
+from rt1.errors import RT1Error, one_line, run_cli
+from rt1.io import check_free_space, check_writable_dir, remove_stale_temporaries
 
-DEFAULT_IMAGE_SIZE = 224
 
-
-class PreprocessError(RuntimeError):
+class PreprocessError(RT1Error, RuntimeError):
     """A preprocessing problem the user can fix; the message is one line and names the file."""
 
 
@@ -366,8 +364,8 @@ def build_arg_parser(task_filter: str, prog: str | None = None) -> argparse.Argu
     parser.add_argument("--out-dir", required=True, type=Path,
                         help="directory for the preprocessed files (created if missing; one per filter and image size)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help=f"side of the square output frames in pixels (default {DEFAULT_IMAGE_SIZE}, as the "
-                             "original; frames are 256x320 and are resized without keeping the aspect ratio)")
+                        help=f"side of the square output frames in pixels (default {DEFAULT_IMAGE_SIZE}: the default "
+                             "preset's image_size, as the original; frames are 256x320 and are resized without keeping the aspect ratio)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="number of worker processes (default: the number of CPUs, %(default)s here)")
     parser.add_argument("--delete-input", action="store_true",
@@ -381,16 +379,12 @@ def build_arg_parser(task_filter: str, prog: str | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None, *, task_filter: str = "all", prog: str | None = None) -> int:
     """Command line of the DataPreprocess_batch_*.py scripts; returns the exit status."""
-    args = build_arg_parser(task_filter, prog).parse_args(argv)
-    try:
+    def run(argv: list[str] | None) -> int:
+        args = build_arg_parser(task_filter, prog).parse_args(argv)
         summary = preprocess_dir(args.in_dir, args.out_dir, task_filter=task_filter, image_size=args.image_size,
                                  workers=args.workers, delete_input=args.delete_input,
                                  jpeg_quality=args.jpeg_quality, progress=not args.no_progress)
-    except (PreprocessError, PreprocessedFormatError, SegmentFormatError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (finished outputs are kept; rerun to resume)", file=sys.stderr)
-        return 130
-    print(summary.format())
-    return 0
+        print(summary.format())
+        return 0
+
+    return run_cli(run, argv)

@@ -80,9 +80,10 @@ import h5py
 import numpy as np
 
 from rt1.actions import NUM_ACTION_TOKENS
-from rt1.data.atomic import atomic_output
 from rt1.data.images import ImageDecodeError, decode_jpeg
 from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
+from rt1.errors import RT1Error, one_line
+from rt1.io import atomic_output
 
 FORMAT = "rt1-preprocessed"
 FORMAT_VERSION = 2
@@ -103,7 +104,7 @@ REQUIRED_DATASETS = {
 }
 
 
-class PreprocessedFormatError(ValueError):
+class PreprocessedFormatError(RT1Error, ValueError):
     """A file is not a readable preprocessed file of the version this code reads (or is corrupt)."""
 
 
@@ -221,12 +222,6 @@ def write_preprocessed(path: Path, episodes: list[PreprocessedEpisode], *, image
     return path.stat().st_size, digest
 
 
-def one_line(error: BaseException) -> str:
-    """The first line of an exception's message (errors are reported on one line)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def open_preprocessed(path: Path) -> h5py.File:
     """Open a preprocessed file read-only after checking its format, version and layout."""
     path = Path(path)
@@ -328,7 +323,7 @@ class EpisodeTable:
         return i
 
 
-class WindowError(ValueError):
+class WindowError(RT1Error, ValueError):
     """A window that is not inside one episode of the file."""
 
 

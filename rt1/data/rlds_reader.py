@@ -21,11 +21,12 @@ from typing import Iterator
 import numpy as np
 
 from rt1.data.rlds_spec import DATASET_NAME, DATASET_VERSION, spec_mismatches
+from rt1.errors import RT1Error
 
 SPLIT = "train"
 
 
-class RLDSReadError(ValueError):
+class RLDSReadError(RT1Error, ValueError):
     """The RLDS directory cannot be read; the one-line message names the directory or shard file."""
 
 

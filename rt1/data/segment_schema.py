@@ -46,12 +46,12 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import h5py
 import numpy as np
 
-from rt1.data.atomic import atomic_output
 from rt1.data.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM, OBSERVATION_VECTORS
+from rt1.errors import RT1Error
+from rt1.io import atomic_output
 
 FORMAT = "rt1-segment"
 FORMAT_VERSION = 2
@@ -59,7 +59,7 @@ FILE_SUFFIX = "_episode.h5"
 STEP_FLAGS = ("is_first", "is_last", "is_terminal")
 
 
-class SegmentFormatError(ValueError):
+class SegmentFormatError(RT1Error, ValueError):
     """A file is not a readable segment of the version this code reads."""
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes
+from rt1.errors import RT1Error, run_cli
 from rt1.evaluation import metrics
 from rt1.evaluation.plots import plot_episode, plot_error_summary
 
 
-class EvaluationError(ValueError):
+class EvaluationError(RT1Error, ValueError):
     """Bad selection or input; a one-line message."""
 
 
@@ -80,8 +80,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     import torch
 
     from rt1.data.preprocessed_schema import PreprocessedFile
+    from rt1.model import load_model
     from rt1.policy import RT1Policy
-    from rt1.train import load_model_from_checkpoint
 
     if not cfg.checkpoint.is_file():
         raise EvaluationError(f"checkpoint {cfg.checkpoint} does not exist")
@@ -92,7 +92,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     if not available:
         raise EvaluationError(f"{cfg.index} lists no episodes")
     selected = select_episodes(available, cfg)
-    model, model_config, _ = load_model_from_checkpoint(cfg.checkpoint, torch.device(cfg.device))
+    model, model_config, _ = load_model(cfg.checkpoint, torch.device(cfg.device))
     policy = RT1Policy(model, cond_scale=cfg.cond_scale)
     cfg.out.mkdir(parents=True, exist_ok=True)
 
@@ -152,19 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("plots"), help="output directory (default ./plots)")
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
-    try:
+
+    def run(_) -> int:
         cfg = EvalConfig(args.checkpoint, args.data_dir, args.index, args.out, tuple(args.episode), args.instruction,
                          args.all, args.max_episodes, args.cond_scale, args.device)
         result = evaluate(cfg)
-    except EvaluationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    overall = result["overall"]
-    print(f"{len(result['episodes'])} episode(s): token accuracy {overall['token_accuracy']:.3f}, terminate accuracy "
-          f"{overall['terminate_accuracy']:.3f}; outputs in {args.out}")
-    for name in sorted(args.out.glob("*.png")):
-        print(f"  {name}")
-    return 0
+        overall = result["overall"]
+        print(f"{len(result['episodes'])} episode(s): token accuracy {overall['token_accuracy']:.3f}, terminate "
+              f"accuracy {overall['terminate_accuracy']:.3f}; outputs in {args.out}")
+        for name in sorted(args.out.glob("*.png")):
+            print(f"  {name}")
+        return 0
+
+    return run_cli(run)
 
 
 def _cuda_available() -> bool:

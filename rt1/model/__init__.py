@@ -1,12 +1,16 @@
-"""The RT-1 model: config, modules, loss. See rt1/model/rt1.py for the data flow."""
+"""The RT-1 model: modules, loss, and loading a trained checkpoint. See rt1/model/rt1.py for the data flow.
 
-from rt1.model.config import PRESETS, RT1Config
+The model takes tensors and returns tensors; its configuration is `rt1.config.RT1Config`.
+"""
+
+from rt1.config import RT1Config
 from rt1.model.film import Conditioning
+from rt1.model.load import CheckpointError, load_model, read_checkpoint
 from rt1.model.loss import action_loss, token_accuracy, token_correct_counts
 from rt1.model.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_video
 from rt1.model.rt1 import RT1, guided_logits
 
 __all__ = [
-    "PRESETS", "RT1Config", "RT1", "Conditioning", "guided_logits", "normalize_video", "IMAGENET_MEAN",
-    "IMAGENET_STD", "action_loss", "token_accuracy", "token_correct_counts",
+    "RT1Config", "RT1", "Conditioning", "guided_logits", "normalize_video", "IMAGENET_MEAN", "IMAGENET_STD",
+    "action_loss", "token_accuracy", "token_correct_counts", "CheckpointError", "load_model", "read_checkpoint",
 ]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rt1.model.config import RT1Config
+from rt1.config import RT1Config
 from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 
@@ -210,13 +210,13 @@ class MaxViTBlock(nn.Module):
     def __init__(self, config: RT1Config, dim_in: int, dim: int, downsample: bool) -> None:
         super().__init__()
         c = config
-        self.window_size = c.window_size
+        self.window_size = c.attention_window
         self.dropout = c.dropout
         self.film = FiLM(c.cond_dim, dim_in, c.film_mult)
         self.mbconv = MBConv(dim_in, dim, downsample, c.mbconv_expansion, c.mbconv_shrinkage)
-        self.block_attn = WindowAttention(dim, c.dim_head, c.window_size, c.dropout)
+        self.block_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout)
         self.block_ff = FeedForward(dim, c.ff_mult, c.dropout)
-        self.grid_attn = WindowAttention(dim, c.dim_head, c.window_size, c.dropout)
+        self.grid_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout)
         self.grid_ff = FeedForward(dim, c.ff_mult, c.dropout)
 
     def forward(self, x: Tensor, modulation: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rt1.model.config import RT1Config
+from rt1.config import RT1Config
 from rt1.model.film import Conditioning, TextConditioner
 from rt1.model.maxvit import MaxViT
 from rt1.model.token_learner import TokenLearner

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rt1.model.config import RT1Config
+from rt1.config import RT1Config
 from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 

@@ -1,7 +1,7 @@
-"""Training checkpoints: atomic writes, the last N kept, weights_only loading, RNG state.
+"""Training checkpoints: `TrainState`, the checkpoint format, atomic writes, the last N kept, RNG state.
 
 A checkpoint is `{save_dir}/checkpoint-{epoch}.pt` (epoch counted from 1), a dict of plain types and
-tensors only, so `torch.load(path, weights_only=True)` reads it:
+tensors only, so `torch.load(path, weights_only=True)` reads it (`rt1.model.load` reads the model part):
 
     format, format_version     "rt1-train-checkpoint", 1
     model                      state_dict of the bare RT1 (no DDP "module." / torch.compile "_orig_mod." prefix)
@@ -9,43 +9,52 @@ tensors only, so `torch.load(path, weights_only=True)` reads it:
     train_args                 TrainConfig.to_dict() of the run that wrote it (paths as strings)
     optimizer, scheduler       state_dicts
     scaler                     GradScaler state_dict (fp16), or None
-    epoch                      the epoch this state belongs to (1-based)
-    epoch_complete             True at the end of the epoch; False when --max-steps stopped it midway
-    step_in_epoch              optimizer steps done in that epoch
-    global_step                optimizer steps done in total
+    epoch                      the epoch this state belongs to (1-based)           \
+    epoch_complete             True at the end of the epoch; False when the run     |
+                               stopped midway (--max-steps)                         |  TrainState
+    step_in_epoch              optimizer steps done in that epoch                   |
+    global_step                optimizer steps done in total                        |
+    metrics                    the last validation metrics (floats), or {}          /
     steps_per_epoch, total_steps   the schedule this run used
     world_size                 processes of the run (the per-rank RNG list has this many entries)
     rng                        list, one per rank: {"python", "numpy", "torch", "cuda"} states as tensors
-    metrics                    the last validation metrics (floats), or {}
     torch_version
 
 Writes go to a temporary name in the same directory and are `os.replace`d onto the final name, so
 an interrupted write (Ctrl-C, SIGTERM, a crash, a full disk) never leaves a truncated checkpoint;
 `remove_stale_temporaries` deletes leftovers of killed writes.
-
-`load_model_from_checkpoint(path, device)` is what plots, evaluation and the demo use.
 """
 
 from __future__ import annotations
 
-import pickle
 import random
 import re
-import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rt1.data import atomic
+from rt1 import io
+from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointError, read_checkpoint
 
-CHECKPOINT_FORMAT = "rt1-train-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+_STATE_KEYS = ("model", "model_config", "optimizer", "scheduler", "epoch", "epoch_complete", "step_in_epoch",
+               "global_step")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the run (message names the file)."""
+@dataclass
+class TrainState:
+    """Where a run is: the counters a checkpoint stores next to the weights and the optimizer."""
+
+    epoch: int = 1                  # 1-based
+    step_in_epoch: int = 0          # optimizer steps done in this epoch
+    global_step: int = 0            # optimizer steps done in total
+    epoch_complete: bool = False
+    metrics: dict = field(default_factory=dict)  # the last validation metrics
+
+    def start_next_epoch(self) -> None:
+        self.epoch, self.step_in_epoch, self.epoch_complete = self.epoch + 1, 0, False
 
 
 def checkpoint_path(save_dir: Path, epoch: int) -> Path:
@@ -83,35 +92,45 @@ def prune_checkpoints(save_dir: Path, keep: int) -> list[Path]:
 def remove_stale_temporaries(save_dir: Path) -> list[Path]:
     """Delete half-written checkpoints left by a killed process (never a final checkpoint)."""
     save_dir = Path(save_dir)
-    return atomic.remove_stale_temporaries(save_dir) if save_dir.is_dir() else []
+    return io.remove_stale_temporaries(save_dir) if save_dir.is_dir() else []
 
 
-def save_checkpoint(path: Path, state: dict) -> Path:
-    """torch.save `state` to `path` atomically (temporary file in the same directory, fsync, os.replace)."""
+def save_checkpoint(path: Path, contents: dict) -> Path:
+    """torch.save `contents` to `path` atomically (temporary file in the same directory, fsync, os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    with io.atomic_output(path) as tmp:
+        torch.save(contents, tmp)
     return path
 
 
+def checkpoint_contents(state: TrainState, *, model: torch.nn.Module, model_config: dict, train_args: dict,
+                        optimizer, scheduler, scaler, steps_per_epoch: int, total_steps: int, rng: list) -> dict:
+    """The dict a checkpoint file holds (format above)."""
+    return {
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": unwrap_model(model).state_dict(), "model_config": model_config, "train_args": train_args,
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "epoch": state.epoch, "epoch_complete": state.epoch_complete, "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step, "metrics": state.metrics,
+        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "world_size": len(rng), "rng": rng,
+        "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
+    }
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Read a checkpoint with weights_only=True and check its format; raises CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({first})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an rt1 training checkpoint (format {state.get('format')!r})"
-                              if isinstance(state, dict) else f"{path} is not an rt1 training checkpoint")
-    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format_version {state.get('format_version')}, "
-                              f"this code reads {CHECKPOINT_FORMAT_VERSION}")
-    return state
+    """A training checkpoint (weights_only), checked to hold every key a resume needs; raises CheckpointError."""
+    contents = read_checkpoint(path, map_location)
+    missing = [k for k in _STATE_KEYS if k not in contents]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (no {', '.join(missing)}): it cannot be resumed")
+    return contents
+
+
+def train_state_of(contents: dict) -> TrainState:
+    return TrainState(int(contents["epoch"]), int(contents["step_in_epoch"]), int(contents["global_step"]),
+                      bool(contents["epoch_complete"]), dict(contents.get("metrics", {})))
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -123,24 +142,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def load_model_from_checkpoint(path: Path, device: torch.device | str = "cpu"):
-    """-> (RT1 model in eval mode on `device`, RT1Config, train_args dict) from a training checkpoint."""
-    from rt1.model import RT1, RT1Config
-
-    state = load_checkpoint(path, map_location="cpu")
-    try:
-        config = RT1Config.from_dict(state["model_config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad model_config ({e})") from None
-    model = RT1(config)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: model weights do not fit its model_config ({first})") from None
-    return model.to(device).eval(), config, dict(state.get("train_args", {}))
 
 
 # ---- RNG state as tensors (weights_only-safe) -----------------------------------------------------
@@ -176,7 +177,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_FORMAT_VERSION", "CheckpointError", "checkpoint_path", "list_checkpoints",
-    "latest_checkpoint", "prune_checkpoints", "remove_stale_temporaries", "save_checkpoint", "load_checkpoint",
-    "load_model_from_checkpoint", "unwrap_model", "capture_rng_state", "restore_rng_state",
+    "CheckpointError", "TrainState", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
+    "remove_stale_temporaries", "save_checkpoint", "checkpoint_contents", "load_checkpoint", "train_state_of",
+    "unwrap_model", "capture_rng_state", "restore_rng_state",
 ]

@@ -1,17 +1,33 @@
-"""The command line of train_ddp.py: `build_arg_parser()` and `config_from_args(args) -> TrainConfig`."""
+"""The command line of train_ddp.py, generated from `TrainConfig`'s fields (flag, group and help in metadata).
+
+Each field becomes `--field-name` (or its metadata's `flag`); booleans get `--x/--no-x`; the default shown
+in the help is the field's value, or each preset's for the per-preset fields. `config_from_args` builds the
+TrainConfig and names the option (not the field) in its errors.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
 
-from rt1.train.config import AMP_MODES, DEVICES, OPTIMIZERS, PRESET_DEFAULTS, TrainConfig
+from rt1.config import PRESETS, ConfigError, TrainConfig
 
-_PRESET_DEPENDENT = ("optimizer", "lr", "weight_decay", "batch_size", "epochs")
+GROUPS = ("data", "model", "optimisation", "output", "processes")
+_TYPES = {"Path": Path, "int": int, "float": float, "str": str}
 
 
-def _preset_default(name: str) -> str:
-    return ", ".join(f"{preset} {values[name]}" for preset, values in PRESET_DEFAULTS.items())
+def option_flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.metadata.get("per_preset"):
+        return ", ".join(f"{name} {preset.train[f.name]}" for name, preset in PRESETS.items())
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return str(f.default)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -28,98 +44,38 @@ def build_arg_parser() -> argparse.ArgumentParser:
                 "kept); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). No partial checkpoint is ever left "
                 "under a final name."),
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--data-dir", type=Path, required=True, help="directory of preprocessed files (stage 2 output)")
-    g.add_argument("--train-index", type=Path, required=True, help="train_idx_{N}.csv from data_emerge.py")
-    g.add_argument("--val-index", type=Path, default=None,
-                   help="val_idx_{M}.csv from data_emerge.py (default: no validation)")
-    g.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per training process "
-                                                               "(default 2)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="RT-1's random shift of training windows (default on)")
-    g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
-                   help="shuffle training windows every epoch (default on)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", default="rt1", choices=sorted(PRESET_DEFAULTS),
-                   help="model preset: rt1 (the original, 224x224) or tiny (64x64, trains on CPU) (default rt1)")
-    g.add_argument("--cond-drop-prob", type=float, default=None,
-                   help="probability of training a window without its instruction (classifier-free guidance; "
-                        "default: the preset's, 0.2)")
-    g.add_argument("--syncBN", dest="sync_bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="SyncBatchNorm across processes; only with NCCL/CUDA, ignored with a warning on CPU "
-                        "(default on)")
-    g.add_argument("--freeze-bn", action="store_true",
-                   help="BatchNorm layers use their running statistics and do not update them")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help=f"epochs (default: {_preset_default('epochs')})")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help=f"windows per process per micro-batch (default: {_preset_default('batch_size')})")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                   help=f"sgd (momentum --momentum) or adamw (default: {_preset_default('optimizer')})")
-    g.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate per process; the optimizer uses lr x number of processes, as the original "
-                        f"(default: {_preset_default('lr')})")
-    g.add_argument("--lrf", type=float, default=0.1,
-                   help="final lr as a fraction of the initial one; per-step cosine decay (default 0.1)")
-    g.add_argument("--weight-decay", type=float, default=None,
-                   help=f"weight decay (default: {_preset_default('weight_decay')})")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm to this (default: off)")
-    g.add_argument("--amp", choices=AMP_MODES, default="off",
-                   help="mixed precision: fp16 (with a GradScaler, e.g. V100), bf16 (Ampere+, CPU) or off "
-                        "(default off)")
-    g.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimizer steps in total (the lr schedule then spans them); writes a "
-                        "resumable checkpoint where it stops")
-    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation (default 0)")
-
-    g = p.add_argument_group("output")
-    g.add_argument("--save-dir", type=Path, default=None,
-                   help="checkpoints, metrics.jsonl and TensorBoard events (default save/{model}_{describe}, "
-                        "e.g. save/rt1_ddp, save/rt1_tiny_ddp)")
-    g.add_argument("--describe", default="ddp", help="run name used in the default --save-dir (default ddp)")
-    g.add_argument("--resume", type=Path, default=None,
-                   help="checkpoint to resume from (default: the newest checkpoint-*.pt in --save-dir, if any)")
-    g.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
-    g.add_argument("--log-every", type=int, default=10,
-                   help="optimizer steps between TensorBoard/progress updates (default 10; metrics.jsonl gets "
-                        "every step)")
-    g.add_argument("--val-every", type=int, default=1,
-                   help="epochs between validations; the last epoch always validates; 0 = never (default 1)")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="tqdm progress bar on rank 0 (default on)")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
-                   help="TensorBoard events in --save-dir (default on)")
-
-    g = p.add_argument_group("processes")
-    g.add_argument("--device", choices=DEVICES, default="auto",
-                   help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu (default auto)")
-    g.add_argument("--dist-timeout", type=float, default=900.0,
-                   help="seconds a process waits for the others in a collective before failing (default 900)")
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        shown = f.default is not None or meta.get("per_preset")  # a None default is explained in the help
+        help_text = f"{meta['help']} (default: {_default_text(f)})" if shown else meta["help"]
+        kwargs: dict = {"dest": f.name, "help": help_text}
+        if hints[f.name] is bool:
+            kwargs.update(action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            base = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+            choices = sorted(PRESETS) if f.name == "preset" else meta.get("choices")
+            kwargs.update(type=base, choices=choices, default=None if meta.get("per_preset") else f.default,
+                          required=meta.get("required", False))
+            if meta.get("required"):
+                kwargs["help"] = meta["help"]
+        groups[meta["group"]].add_argument(option_flag(f), **kwargs)
     # torch.distributed.launch without --use_env passes --local-rank; LOCAL_RANK in the environment wins.
-    g.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    groups["processes"].add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                                     help=argparse.SUPPRESS)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed arguments (preset defaults fill the options left unset). Raises ValueError."""
-    values = {name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)}
-    for name in _PRESET_DEPENDENT:
-        if values.get(name) is None:
-            values.pop(name, None)
-    preset = values.pop("preset")
+    """TrainConfig from parsed arguments (per-preset fields left unset take the preset's). Raises ConfigError."""
     try:
-        return TrainConfig.for_preset(preset, **values)
-    except ValueError as e:
+        return TrainConfig(**{name: getattr(args, name) for name in TrainConfig.field_names()})
+    except ConfigError as e:
         message = str(e)
-        for name in TrainConfig.field_names():  # name the option the user typed, not the field
-            option = "--syncBN" if name == "sync_bn" else "--" + name.replace("_", "-")
-            message = message.replace(f"TrainConfig.{name} ", f"{option} ")
-        raise ValueError(message) from None
+        for f in dataclasses.fields(TrainConfig):  # name the option the user typed, not the field
+            message = message.replace(f"TrainConfig.{f.name} ", f"{option_flag(f)} ")
+        raise ConfigError(message) from None
 
 
-__all__ = ["build_arg_parser", "config_from_args"]
+__all__ = ["build_arg_parser", "config_from_args", "option_flag"]

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import datetime
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from rt1.errors import RT1Error
 
-class DistributedSetupError(RuntimeError):
+
+class DistributedSetupError(RT1Error, RuntimeError):
     """The launcher's environment is inconsistent or the process group cannot be created."""
 
 
@@ -50,10 +51,6 @@ class DistInfo:
     def distributed(self) -> bool:
         """True when there is more than one process (DDP wrap, distributed samplers)."""
         return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -162,15 +159,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Average `tensor` over all ranks in place; returns it."""
-    all_reduce_sum(tensor)
-    world = get_world_size()
-    if world > 1:
-        tensor /= world
-    return tensor
-
-
 def all_gather_object(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in one process)."""
     if not (is_initialized() and get_world_size() > 1):
@@ -189,14 +177,8 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def warn_once_main(message: str) -> None:
-    """A UserWarning from the main process only (the other ranks would repeat it)."""
-    if is_main_process():
-        warnings.warn(message, stacklevel=2)
-
-
 __all__ = [
     "DistInfo", "DistributedSetupError", "init_distributed", "cleanup", "select_device", "is_initialized",
     "get_rank", "get_world_size", "is_main_process", "supports_sync_batchnorm", "barrier", "all_reduce_sum",
-    "all_reduce_mean", "all_gather_object", "broadcast_object", "warn_once_main",
+    "all_gather_object", "broadcast_object",
 ]

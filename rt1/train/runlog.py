@@ -22,7 +22,7 @@ import json
 import logging
 from pathlib import Path
 
-from rt1.data.atomic import atomic_output
+from rt1.io import atomic_output
 from rt1.train.distributed import is_main_process
 
 METRICS_FILE = "metrics.jsonl"

@@ -1,4 +1,7 @@
-"""Write-then-rename helpers: a long job never leaves a truncated file under a final name."""
+"""Atomic writes and output-directory checks, shared by every stage that writes files.
+
+Write-then-rename: a long job never leaves a truncated file under a final name.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+
+from rt1.errors import RT1Error
 
 TEMP_MARKER = ".partial-"
 
@@ -58,7 +63,7 @@ def check_writable_dir(directory: Path) -> None:
         raise PermissionError(f"output directory {directory} is not writable")
 
 
-class DiskFullError(OSError):
+class DiskFullError(RT1Error, OSError):
     """Not enough free space for the next output; the message names the directory and the sizes."""
 
 

@@ -1,0 +1,69 @@
+"""One base error class, one-line messages, and the exit statuses of every command line.
+
+Every problem a user can fix raises a subclass of `RT1Error` whose message is one line naming the
+file or value. Every entry point runs through `run_cli`, which turns them into
+
+    error: <message>          on stderr, exit status `error.exit_code` (EXIT_USAGE = 2 unless the class says)
+
+and an `OSError` (disk full, permissions) into the same one line, so no traceback reaches a user for
+bad input. Ctrl-C exits 130 and SIGTERM (as `Terminated`, raised by `install_sigterm_handler`) 143.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Callable
+
+EXIT_OK = 0
+EXIT_ERROR = 1           # a run failed (training: a data, checkpoint or process-group problem)
+EXIT_USAGE = 2           # bad input: arguments, files, values
+EXIT_NON_FINITE_LOSS = 3
+EXIT_INTERRUPTED = 130   # Ctrl-C
+EXIT_TERMINATED = 143    # SIGTERM
+
+
+class RT1Error(Exception):
+    """Base of every error the user can fix; the message is one line naming the file or value."""
+
+    exit_code: int | None = None  # None: the entry point's default (run_cli's `default_exit`)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler or torchrun stopping the job) as an exception, so cleanup code runs."""
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (errors are reported on one line)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError quotes its text
+    text = str(message).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def install_sigterm_handler() -> None:
+    """Raise `Terminated` on SIGTERM (entry points only: it changes process state)."""
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,
+            label: str = "error", default_exit: int = EXIT_USAGE) -> int:
+    """Run an entry point's `main(argv)` and map its outcome to an exit status with a one-line message."""
+    try:
+        return main(argv) or EXIT_OK
+    except RT1Error as e:
+        print(f"{label}: {one_line(e)}", file=sys.stderr, flush=True)
+        return e.exit_code if e.exit_code is not None else default_exit
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+        print(f"{label}: {where}{one_line(e)}", file=sys.stderr, flush=True)
+        return default_exit
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{label}: terminated by SIGTERM; finished outputs are kept, rerun to resume", file=sys.stderr,
+              flush=True)
+        return EXIT_TERMINATED

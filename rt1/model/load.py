@@ -1,0 +1,64 @@
+"""Reading checkpoint files and rebuilding the model from one (plots, evaluation, the policy, the demo).
+
+A checkpoint file is a dict of plain types and tensors, read with `torch.load(weights_only=True)`:
+
+    format, format_version     "rt1-train-checkpoint", 1
+    model                      state_dict of the bare RT1
+    model_config               RT1Config.to_dict()
+    train_args                 TrainConfig.to_dict() of the run that wrote it (empty for a converted checkpoint)
+    ...                        the training state (rt1/train/checkpoint.py documents those keys)
+
+`load_model(path)` needs only the first four keys.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from rt1.config import RT1Config
+from rt1.errors import RT1Error, one_line
+from rt1.model.rt1 import RT1
+
+CHECKPOINT_FORMAT = "rt1-train-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+class CheckpointError(RT1Error, RuntimeError):
+    """A checkpoint cannot be read or does not fit (the message names the file)."""
+
+
+def read_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Read a checkpoint with weights_only=True and check its format; raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({one_line(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = f" (format {state.get('format')!r})" if isinstance(state, dict) else ""
+        raise CheckpointError(f"{path} is not an rt1 training checkpoint{found}")
+    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format_version {state.get('format_version')}, "
+                              f"this code reads {CHECKPOINT_FORMAT_VERSION}")
+    return state
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RT1, RT1Config, dict]:
+    """-> (RT1 in eval mode on `device`, its RT1Config, the train_args dict of the run that wrote it)."""
+    state = read_checkpoint(path, map_location="cpu")
+    try:
+        config = RT1Config.from_dict(state["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model_config ({one_line(e)})") from None
+    model = RT1(config)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: model weights do not fit its model_config ({one_line(e)})") from None
+    return model.to(device).eval(), config, dict(state.get("train_args", {}))
