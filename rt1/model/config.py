@@ -1,10 +1,25 @@
 """RT1Config: every hyper-parameter of the RT-1 model in one typed, validated, frozen dataclass.
 
-The defaults are the configuration of the original PyTorch RT-1 pipeline (MaxViT + TokenLearner +
-Transformer, see `docs`/the reference spec). `PRESETS` holds named configurations:
+The sizes default to the configuration of the original PyTorch RT-1 pipeline (MaxViT + TokenLearner +
+Transformer, see `docs`/the reference spec); the dataclass defaults are the `rt1` preset, so a
+model_config saved before the variant fields existed loads as the model it was. `PRESETS`:
 
-    rt1   the original configuration (224 x 224 input, ~244 M parameters)
-    tiny  a model small enough to train on 2 CPU cores in minutes (64 x 64 input, ~0.68 M parameters)
+    original  the original pipeline's model function exactly: robotic-transformer-pytorch 0.2.3 at the
+              original's sizes (`rt1.model.convert_original` converts its checkpoints), raw 0..255 pixels,
+              no condition dropout
+    rt1       the same sizes with the RT-1 paper's / Google's choices (~244 M parameters)
+    tiny      a model small enough to train on 2 CPU cores in minutes (64 x 64 input, ~0.68 M parameters)
+
+The three functional differences between `original` and `rt1` (each field has both variants):
+
+    attention_memory_kv    4 / 0: learned memory key/value pairs prepended in every MaxViT attention
+    token_learner_pooling  "mean" / "softmax": tokens = mean over positions of x * MLP(x), no norm /
+                           softmax over positions of MLP(LayerNorm(x)) weighting x (Google's TokenLearner)
+    transformer_kv_source  "input" / "modulated": transformer keys and values from the raw layer input
+                           (only the queries see LayerNorm + FiLM) / all of q, k, v from FiLM(LayerNorm(x))
+
+plus the input scaling `pixel_scaling` ("raw" 0..255 floats / "imagenet" mean-std, `normalize_video`)
+and `cond_drop_prob` (0.0 / 0.2).
 
 `RT1Config.preset(name, **overrides)` returns a preset, optionally with some fields replaced.
 """
@@ -15,6 +30,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from rt1.actions import NUM_ACTION_TOKENS, NUM_BINS
+
+TOKEN_LEARNER_POOLINGS = ("softmax", "mean")
+TRANSFORMER_KV_SOURCES = ("modulated", "input")
+PIXEL_SCALINGS = ("imagenet", "raw")
 
 
 @dataclass(frozen=True)
@@ -30,6 +49,7 @@ class RT1Config:
     mbconv_expansion: int = 4
     mbconv_shrinkage: float = 0.25      # squeeze-excitation hidden width = shrinkage * expanded width
     dropout: float = 0.1                # MaxViT attention and feed-forward dropout
+    attention_memory_kv: int = 0        # learned memory key/value pairs per MaxViT attention (original: 4)
     # action head
     num_actions: int = NUM_ACTION_TOKENS
     num_bins: int = NUM_BINS
@@ -42,11 +62,15 @@ class RT1Config:
     ff_mult: int = 4                    # feed-forward hidden width multiplier (MaxViT and transformer)
     num_learned_tokens: int = 8         # TokenLearner tokens per frame
     token_learner_ff_mult: int = 2
+    token_learner_pooling: str = "softmax"  # "softmax" (Google, with LayerNorm) | "mean" (original, no norm)
+    transformer_kv_source: str = "modulated"  # "modulated": k, v from FiLM(LN(x)) | "input": from x (original)
     # text conditioning (FiLM + classifier-free guidance)
     text_embed_dim: int = 512           # the dataset's Universal Sentence Encoder embedding
     cond_dim: int = 1024                # width of the shared text MLP stem feeding every FiLM layer
     film_mult: int = 4                  # hidden width of each FiLM generator = film_mult * its feature width
     cond_drop_prob: float = 0.2         # training probability of replacing the text by the null embedding
+    # input
+    pixel_scaling: str = "imagenet"     # uint8 pixels -> model input: "imagenet" mean/std | "raw" 0..255 floats
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON/YAML) for `depth`, store a tuple so the config stays hashable.
@@ -62,6 +86,14 @@ class RT1Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RT1Config.{name} must be a positive integer, got {value!r}")
+        value = self.attention_memory_kv
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"RT1Config.attention_memory_kv must be a non-negative integer, got {value!r}")
+        for name, choices in (("token_learner_pooling", TOKEN_LEARNER_POOLINGS),
+                              ("transformer_kv_source", TRANSFORMER_KV_SOURCES), ("pixel_scaling", PIXEL_SCALINGS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"RT1Config.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
         if len(self.depth) == 0 or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.depth):
             raise ValueError(f"RT1Config.depth must be a non-empty tuple of positive integers, got {self.depth!r}")
         for name in ("dropout", "transformer_dropout", "cond_drop_prob"):
@@ -150,7 +182,19 @@ class RT1Config:
 
 
 PRESETS: dict[str, RT1Config] = {
-    # The original configuration.
+    # robotic-transformer-pytorch 0.2.3 at the original pipeline's configuration, as it was trained:
+    # memory key/values, mean-pooling TokenLearner, raw-input transformer keys/values, raw pixels, and
+    # no condition dropout (the original called model(video, texts), whose cond_drop_prob is 0). The
+    # original's text stem takes T5-base (768-d); the converter sets text_embed_dim (cond_dim = 2x).
+    "original": RT1Config(
+        attention_memory_kv=4,
+        token_learner_pooling="mean",
+        transformer_kv_source="input",
+        pixel_scaling="raw",
+        cond_drop_prob=0.0,
+    ),
+    # The original's sizes with the RT-1 paper's choices (Google's TokenLearner, ImageNet input scaling,
+    # condition dropout 0.2 so the null embedding that guidance needs is trained).
     "rt1": RT1Config(),
     # Trains on 2 CPU cores: a batch of 8 windows x 6 frames x 64 x 64 takes ~0.1 s forward + backward
     # on an idle machine (0.13 s with mbconv_expansion=4; much more while other jobs share the cores).

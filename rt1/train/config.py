@@ -29,6 +29,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Defaults that depend on the model preset. Every other field has one default (the dataclass's).
 PRESET_DEFAULTS: dict[str, dict] = {
+    # The original run's optimiser settings. Still to integrate (issue 12): its loss reduction
+    # (action_loss reduction="sum_frames_mean_tokens"), no augmentation, raw-pixel input (model_config
+    # pixel_scaling) and cond_drop_prob 0 (the model preset's) in the trainer.
+    "original": {"optimizer": "sgd", "lr": 1e-4, "weight_decay": 1e-3, "batch_size": 8, "epochs": 100},
     "rt1": {"optimizer": "sgd", "lr": 1e-4, "weight_decay": 1e-3, "batch_size": 8, "epochs": 100},
     # Tuned on the bundled dataset (2 CPU cores, tests/test_train_ddp.py::test_tiny_preset_learns...):
     # SGD at 1e-4 barely moves a freshly initialised tiny model in a few hundred steps; AdamW at 1e-3
