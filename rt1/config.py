@@ -37,6 +37,10 @@ class ConfigError(RT1Error, ValueError):
 
 # ---- the model ------------------------------------------------------------------------------------
 
+TOKEN_LEARNER_POOLINGS = ("softmax", "mean")
+TRANSFORMER_KV_SOURCES = ("modulated", "input")
+PIXEL_SCALINGS = ("imagenet", "raw")
+
 
 @dataclass(frozen=True)
 class RT1Config:
@@ -53,6 +57,7 @@ class RT1Config:
     mbconv_expansion: int = 4
     mbconv_shrinkage: float = 0.25      # squeeze-excitation hidden width = shrinkage * expanded width
     dropout: float = 0.1                # MaxViT attention and feed-forward dropout
+    attention_memory_kv: int = 0        # learned memory key/value pairs per MaxViT attention (original: 4)
     # action head: fixed by the tokenizer (rt1.actions), checked
     num_actions: int = NUM_ACTION_TOKENS
     num_bins: int = NUM_BINS
@@ -65,11 +70,15 @@ class RT1Config:
     ff_mult: int = 4                    # feed-forward hidden width multiplier (MaxViT and transformer)
     num_learned_tokens: int = 8         # TokenLearner tokens per frame
     token_learner_ff_mult: int = 2
+    token_learner_pooling: str = "softmax"  # "softmax" (Google, with LayerNorm) | "mean" (original, no norm)
+    transformer_kv_source: str = "modulated"  # "modulated": k, v from FiLM(LN(x)) | "input": from x (original)
     # text conditioning (FiLM + classifier-free guidance)
     text_embed_dim: int = EMBEDDING_DIM  # the dataset's Universal Sentence Encoder embedding (512)
     cond_dim: int = 1024                # width of the shared text MLP stem feeding every FiLM layer
     film_mult: int = 4                  # hidden width of each FiLM generator = film_mult * its feature width
     cond_drop_prob: float = 0.2         # training probability of replacing the text by the null embedding
+    # input
+    pixel_scaling: str = "imagenet"     # uint8 pixels -> model input: "imagenet" mean/std | "raw" 0..255 floats
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON/YAML) for `depth`, store a tuple so the config stays hashable.
@@ -85,6 +94,14 @@ class RT1Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RT1Config.{name} must be a positive integer, got {value!r}")
+        value = self.attention_memory_kv
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"RT1Config.attention_memory_kv must be a non-negative integer, got {value!r}")
+        for name, choices in (("token_learner_pooling", TOKEN_LEARNER_POOLINGS),
+                              ("transformer_kv_source", TRANSFORMER_KV_SOURCES), ("pixel_scaling", PIXEL_SCALINGS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"RT1Config.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
         if (self.num_actions, self.num_bins) != (NUM_ACTION_TOKENS, NUM_BINS):
             raise ConfigError(f"RT1Config.num_actions/num_bins must be the tokenizer's {NUM_ACTION_TOKENS}/{NUM_BINS} "
                              f"(rt1.actions), got {self.num_actions}/{self.num_bins}")
@@ -359,7 +376,17 @@ def _preset(name: str, description: str, model: RT1Config, **train) -> Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    _preset("rt1", "the original configuration and run (224x224, ~244 M parameters)", RT1Config(),
+    # robotic-transformer-pytorch 0.2.3 at the original pipeline's configuration, as it was trained: memory
+    # key/values, mean-pooling TokenLearner, raw-input transformer keys/values, raw pixels, and no condition
+    # dropout (the original called model(video, texts), whose cond_drop_prob is 0). Its text stem took T5-base
+    # (768-d); rt1.model.convert_original sets text_embed_dim (cond_dim = 2x) from a checkpoint.
+    _preset("original", "the original pipeline's model function and run, exactly (224x224, ~245 M parameters)",
+            RT1Config(attention_memory_kv=4, token_learner_pooling="mean", transformer_kv_source="input",
+                      pixel_scaling="raw", cond_drop_prob=0.0),
+            optimizer="sgd", lr=1e-4, weight_decay=1e-3, batch_size=8, epochs=100),
+    # The original's sizes and run with the RT-1 paper's choices (Google's TokenLearner, ImageNet input
+    # scaling, condition dropout 0.2 so the null embedding that guidance needs is trained).
+    _preset("rt1", "the original's sizes with the RT-1 paper's choices (224x224, ~244 M parameters)", RT1Config(),
             optimizer="sgd", lr=1e-4, weight_decay=1e-3, batch_size=8, epochs=100),
     # Trains on 2 CPU cores: a batch of 8 windows x 6 frames x 64 x 64 takes ~0.1 s forward + backward on an idle
     # machine. Optimisation tuned on the bundled dataset (tests/test_train_ddp.py::test_tiny_preset_learns...):

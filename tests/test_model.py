@@ -80,6 +80,10 @@ def test_default_config_is_the_original_rt1():
         ({"depth": ()}, ["depth", "()"]),
         ({"transformer_heads": 0}, ["transformer_heads", "0"]),
         ({"num_bins": 128}, ["num_bins", "256", "128"]),
+        ({"attention_memory_kv": -1}, ["attention_memory_kv", "-1"]),
+        ({"token_learner_pooling": "max"}, ["token_learner_pooling", "'max'", "'softmax'", "'mean'"]),
+        ({"transformer_kv_source": "raw"}, ["transformer_kv_source", "'raw'", "'modulated'", "'input'"]),
+        ({"pixel_scaling": "unit"}, ["pixel_scaling", "'unit'", "'imagenet'", "'raw'"]),
     ],
 )
 def test_config_validation_names_the_bad_value(changes, fragments):
@@ -87,6 +91,96 @@ def test_config_validation_names_the_bad_value(changes, fragments):
         RT1Config(**changes)
     for fragment in fragments:
         assert fragment in str(error.value)
+
+
+def test_original_preset_is_rt1_with_the_original_variants():
+    original, rt1 = PRESETS["original"].model, PRESETS["rt1"].model
+    variants = {"attention_memory_kv": 4, "token_learner_pooling": "mean", "transformer_kv_source": "input",
+                "pixel_scaling": "raw", "cond_drop_prob": 0.0}
+    assert original == rt1.replace(**variants)
+    assert (rt1.attention_memory_kv, rt1.token_learner_pooling, rt1.transformer_kv_source, rt1.pixel_scaling) == (
+        0, "softmax", "modulated", "imagenet")
+    assert TINY.attention_memory_kv == 0 and TINY.token_learner_pooling == "softmax" and TINY.pixel_scaling == "imagenet"
+    # a model_config saved before the variant fields existed loads as the model it was (the rt1 variants)
+    old = {k: v for k, v in TINY.to_dict().items() if k not in variants or k == "cond_drop_prob"}
+    assert RT1Config.from_dict(old) == TINY
+
+
+@pytest.mark.parametrize("variant", ["rt1", "original"])
+def test_both_variants_have_the_state_dict_layout_and_train(variant):
+    changes = {} if variant == "rt1" else {"attention_memory_kv": 4, "token_learner_pooling": "mean",
+                                           "transformer_kv_source": "input", "pixel_scaling": "raw"}
+    config = TINY.replace(**changes)
+    torch.manual_seed(0)
+    model = randomize_film(RT1(config)).train()
+    keys = model.state_dict().keys()
+    mem = [k for k in keys if k.endswith("mem_kv")]
+    if variant == "rt1":
+        assert not mem and "token_learner.norm.weight" in keys
+    else:
+        assert len(mem) == 2 * sum(config.depth) and "token_learner.norm.weight" not in keys
+        assert model.vit.blocks[0].block_attn.mem_kv.shape == (2, 32 // 16, 4, 16)  # (k/v, heads, M, dim_head)
+    # the two layouts differ only by the memory key/values and the TokenLearner norm
+    other = RT1(TINY.replace(
+        **({"attention_memory_kv": 4, "token_learner_pooling": "mean"} if variant == "rt1" else {}))).state_dict()
+    either = set(keys) | set(other)
+    assert set(keys) ^ set(other) == {k for k in either if k.endswith("mem_kv")} | {"token_learner.norm.weight"}
+    video, text = inputs(config, batch=2)
+    tokens = torch.randint(0, NUM_BINS, (2, config.num_frames, NUM_ACTION_TOKENS))
+    loss = action_loss(model(video, text), tokens)
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    if variant == "original":
+        assert grads["vit.blocks.0.block_attn.mem_kv"].abs().sum() > 0
+
+
+def test_transformer_kv_source_input_takes_keys_and_values_from_the_raw_input():
+    from rt1.model.film import modulate
+    from rt1.model.transformer import CausalAttention
+
+    torch.manual_seed(0)
+    attn = CausalAttention(8, heads=2, dim_head=4, cond_dim=6, film_mult=2, dropout=0.0, kv_source="input").eval()
+    x, modulation = torch.randn(3, 5, 8), torch.randn(3, 16)
+    mask = frame_causal_mask(5, 1)
+    q, k, v = attn.to_qkv.weight.split((8, 4, 4), dim=0)
+    qq = (modulate(attn.norm(x), modulation) @ q.t()).view(3, 5, 2, 4).transpose(1, 2)
+    kk, vv = (x @ k.t())[:, None].expand(3, 2, 5, 4), (x @ v.t())[:, None].expand(3, 2, 5, 4)
+    expected = attn.to_out(F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask).transpose(1, 2).reshape(3, 5, 8))
+    assert torch.allclose(attn(x, modulation, mask), expected, atol=1e-6)
+    attn.kv_source = "modulated"
+    assert not torch.allclose(attn(x, modulation, mask), expected, atol=1e-3)
+
+
+def test_token_learner_mean_pooling():
+    from rt1.model.token_learner import TokenLearner
+
+    torch.manual_seed(0)
+    tl = TokenLearner(6, num_tokens=3, ff_mult=2, pooling="mean")
+    assert not hasattr(tl, "norm")
+    x = torch.randn(2, 4, 4, 6)
+    flat = x.reshape(2, 16, 6)
+    hidden = F.gelu(tl.fc1(flat)).view(2, 16, 3, 12)
+    a = torch.einsum("nsgk,gk->ngs", hidden, tl.fc2_weight) + tl.fc2_bias[:, None]  # no softmax
+    expected = (a[..., None] * flat[:, None]).mean(dim=2)  # mean over positions of x * MLP(x)
+    assert torch.allclose(tl(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="'max'"):
+        TokenLearner(6, pooling="max")
+
+
+def test_window_attention_memory_key_values():
+    from rt1.model.maxvit import WindowAttention
+
+    torch.manual_seed(0)
+    attn = WindowAttention(8, dim_head=4, window_size=2, dropout=0.0, memory_kv=3).eval()
+    x = torch.randn(5, 4, 8)
+    q, k, v = attn.to_qkv(attn.norm(x)).view(5, 4, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    k = torch.cat((attn.mem_kv[0].expand(5, -1, -1, -1), k), dim=2)
+    v = torch.cat((attn.mem_kv[1].expand(5, -1, -1, -1), v), dim=2)
+    bias = attn.rel_pos_bias(attn.rel_pos_index).permute(2, 0, 1)
+    sim = q @ k.transpose(-1, -2) * 4**-0.5 + torch.cat((torch.zeros(2, 4, 3), bias), dim=-1)
+    expected = attn.to_out((sim.softmax(-1) @ v).transpose(1, 2).reshape(5, 4, 8))
+    assert torch.allclose(attn(x), expected, atol=1e-6)
 
 
 def test_presets_and_overrides():
@@ -263,6 +357,18 @@ def test_action_loss_is_cross_entropy_over_every_token():
         action_loss(logits, tokens[:, :2])
 
 
+def test_action_loss_reductions():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, NUM_ACTION_TOKENS, NUM_BINS)
+    tokens = torch.randint(0, NUM_BINS, (2, 3, NUM_ACTION_TOKENS))
+    ce = F.cross_entropy(logits.reshape(-1, NUM_BINS), tokens.reshape(-1), reduction="none").view(2, 3, -1)
+    assert torch.allclose(action_loss(logits, tokens, reduction="mean"), ce.mean())
+    original = action_loss(logits, tokens, reduction="sum_frames_mean_tokens")  # the original loop's loss
+    assert torch.allclose(original, ce.mean(dim=-1).sum()) and torch.allclose(original, 6 * ce.mean())
+    with pytest.raises(ValueError, match="'sum'"):
+        action_loss(logits, tokens, reduction="sum")
+
+
 def test_token_accuracy_and_counts():
     tokens = torch.randint(0, NUM_BINS, (2, 3, NUM_ACTION_TOKENS))
     logits = F.one_hot(tokens, NUM_BINS).float()
@@ -287,6 +393,10 @@ def test_normalize_video():
     assert normalize_video(video[:, :, 0]).shape == (1, 3, 4, 4)
     with pytest.raises(TypeError):
         normalize_video(out)
+    raw = normalize_video(video, scaling="raw")  # the original pipeline's input: 0..255 floats
+    assert raw.dtype == torch.float32 and torch.equal(raw, video.float())
+    with pytest.raises(ValueError, match="'unit'"):
+        normalize_video(video, scaling="unit")
 
 
 def test_dropout_keeps_the_expected_fraction_and_is_unbiased():

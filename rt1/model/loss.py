@@ -1,7 +1,11 @@
 """Action-token loss and accuracy.
 
 logits (B, F, num_actions, num_bins), tokens (B, F, num_actions) integer in [0, num_bins).
-RT-1 trains on every frame of the window: one cross-entropy over all B x F x num_actions tokens.
+RT-1 trains on every frame of the window. `action_loss` reductions (`LOSS_REDUCTIONS`):
+
+    "mean"                     the mean cross-entropy over all B x F x num_actions tokens
+    "sum_frames_mean_tokens"   the original pipeline's: for each of the B x F frames the mean over its
+                               num_actions tokens, summed over the frames (= B * F x "mean"; 48x at B=8, F=6)
 `token_correct_counts` returns plain tensors (correct per action dimension, number of frames) so a
 trainer can all_reduce them across DDP ranks before dividing.
 """
@@ -19,10 +23,20 @@ def _check(logits: Tensor, tokens: Tensor) -> None:
                          f"expected logits = tokens shape + (num_bins,)")
 
 
-def action_loss(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Mean cross-entropy over every frame and action token -> scalar."""
+LOSS_REDUCTIONS = ("mean", "sum_frames_mean_tokens")
+
+
+def action_loss(logits: Tensor, tokens: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of every frame's action tokens -> scalar, reduced as `reduction` says (see above)."""
     _check(logits, tokens)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1).long())
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"action_loss reduction must be one of {', '.join(map(repr, LOSS_REDUCTIONS))}, "
+                         f"got {reduction!r}")
+    flat_logits, flat_tokens = logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1).long()
+    if reduction == "mean":
+        return F.cross_entropy(flat_logits, flat_tokens)
+    ce = F.cross_entropy(flat_logits, flat_tokens, reduction="none")
+    return ce.view(-1, tokens.shape[-1]).mean(dim=-1).sum()
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@
 Feature maps are kept channels-last (N, H, W, C) between blocks: attention, feed-forward and the
 1x1 convolutions of MBConv (Linear layers) work on the last dimension, and its depthwise convolution
 and BatchNorms see the same memory as a channels_last NCHW tensor (a free permute, no copy). FiLM
-is applied at the input of every MaxViT block. Speed-ups that keep the math (measured on CPU):
+is applied at the input of every MaxViT block. With config.attention_memory_kv > 0 (the original's
+model) every attention also attends to that many learned memory key/value pairs. Speed-ups that keep the math (measured on CPU):
 MBConv's expansion BatchNorm is folded into the expansion matmul (`linear_batch_norm`), no conv
 biases before BatchNorms, dropout masks drawn cheaply and fused with the residual add.
 """
@@ -161,9 +162,13 @@ class WindowAttention(nn.Module):
 
     x (num_windows, w*w, dim) -> (num_windows, w*w, dim). Pre-norm; dropout on the attention
     probabilities here, the caller adds the residual (with dropout, `residual_dropout`).
+
+    memory_kv > 0 (the original's model): `mem_kv` (2, heads, memory_kv, dim_head) holds learned
+    key/value pairs shared by every window, prepended to each window's keys and values (raw
+    parameters: no norm, no projection); their relative position bias is 0. Keys = memory_kv + w*w.
     """
 
-    def __init__(self, dim: int, dim_head: int, window_size: int, dropout: float) -> None:
+    def __init__(self, dim: int, dim_head: int, window_size: int, dropout: float, memory_kv: int = 0) -> None:
         super().__init__()
         self.heads = dim // dim_head
         self.dim_head = dim_head
@@ -173,12 +178,20 @@ class WindowAttention(nn.Module):
         self.to_out = nn.Linear(dim, dim, bias=False)
         self.rel_pos_bias = nn.Embedding((2 * window_size - 1) ** 2, self.heads)
         self.register_buffer("rel_pos_index", relative_position_index(window_size), persistent=False)
+        self.memory_kv = memory_kv
+        if memory_kv > 0:
+            self.mem_kv = nn.Parameter(torch.randn(2, self.heads, memory_kv, dim_head))
 
     def forward(self, x: Tensor) -> Tensor:
         n, t, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).view(n, t, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (n, heads, t, dim_head) each; unbind's backward is one stack, not 3 scatters
         bias = self.rel_pos_bias(self.rel_pos_index).permute(2, 0, 1)  # (heads, t, t)
+        if self.memory_kv > 0:
+            mem_k, mem_v = self.mem_kv.to(x.dtype).unbind(0)  # (heads, M, dim_head) each
+            k = torch.cat((mem_k.expand(n, -1, -1, -1), k), dim=2)  # (n, heads, M + t, dim_head)
+            v = torch.cat((mem_v.expand(n, -1, -1, -1), v), dim=2)
+            bias = F.pad(bias, (self.memory_kv, 0))  # (heads, t, M + t), 0 on the memory columns
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(x.dtype), dropout_p=self.dropout if self.training else 0.0
         )  # (n, heads, t, dim_head)
@@ -214,9 +227,9 @@ class MaxViTBlock(nn.Module):
         self.dropout = c.dropout
         self.film = FiLM(c.cond_dim, dim_in, c.film_mult)
         self.mbconv = MBConv(dim_in, dim, downsample, c.mbconv_expansion, c.mbconv_shrinkage)
-        self.block_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout)
+        self.block_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout, c.attention_memory_kv)
         self.block_ff = FeedForward(dim, c.ff_mult, c.dropout)
-        self.grid_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout)
+        self.grid_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout, c.attention_memory_kv)
         self.grid_ff = FeedForward(dim, c.ff_mult, c.dropout)
 
     def forward(self, x: Tensor, modulation: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """RT1: the whole model. MaxViT + TokenLearner per frame, causal transformer over frames, action head.
 
-    video (B, 3, F, H, W) float (see `normalize_video`), text_embeds (B, 512)
+    video (B, 3, F, H, W) float (`normalize_video(..., scaling=config.pixel_scaling)`), text_embeds (B, E)
       condition:     text -> shared MLP stem -> FiLM modulations of every layer (`Conditioning`)
       encode_frames: every frame -> MaxViT (FiLM) -> TokenLearner -> tokens (B*F, n, D)
       decode:        tokens (B, F, n, D) -> causal Transformer (FiLM) -> mean over the n tokens
@@ -40,7 +40,8 @@ class RT1(nn.Module):
         self.config = config = config if config is not None else RT1Config()
         self.conditioner = TextConditioner(config.text_embed_dim, config.cond_dim)
         self.vit = MaxViT(config)
-        self.token_learner = TokenLearner(config.embed_dim, config.num_learned_tokens, config.token_learner_ff_mult)
+        self.token_learner = TokenLearner(config.embed_dim, config.num_learned_tokens, config.token_learner_ff_mult,
+                                          config.token_learner_pooling)
         self.transformer = Transformer(config)
         self.to_logits = nn.Sequential(
             nn.LayerNorm(config.embed_dim, bias=False),

@@ -1,12 +1,19 @@
-"""TokenLearner (Ryoo et al. 2021, v1.1 MLP variant, as in RT-1): a feature map -> a few learned tokens.
+"""TokenLearner (Ryoo et al. 2021, v1.1 MLP variant): a feature map -> a few learned tokens.
 
-    x (N, h, w, D) --LayerNorm, per-token MLP--> attention logits (N, h*w, num_tokens)
-      --softmax over the h*w positions--> tokens (N, num_tokens, D) = weighted sums of the positions
+Two poolings (`RT1Config.token_learner_pooling`), both with the same per-token MLP:
+
+    "softmax" (Google's TokenLearner, RT-1):
+        x (N, h, w, D) --LayerNorm, per-token MLP--> logits (N, num_tokens, S), S = h*w positions
+        --softmax over the S positions--> a;  tokens (N, num_tokens, D) = sum_s a[:, g, s] x[:, s]
+    "mean" (robotic-transformer-pytorch 0.2.3, the original pipeline's model):
+        a = per-token MLP(x) (no LayerNorm, no softmax);  tokens = mean_s a[:, g, s] x[:, s]
+          = (1/S) sum_s a[:, g, s] x[:, s]
 
 The per-token MLP has one hidden layer of D * ff_mult units for each output token. Its first layer
 is one dense Linear(D, num_tokens * D * ff_mult) (the same parameters as the usual grouped 1x1
 convolution applied to the input repeated num_tokens times, without materialising the repeat);
-its second layer is grouped: hidden units of token g only feed the logit of token g.
+its second layer is grouped: hidden units of token g only feed the logit of token g. The "mean"
+variant has no `norm` module (so no `token_learner.norm.weight` in its state_dict).
 """
 
 from __future__ import annotations
@@ -17,13 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rt1.config import TOKEN_LEARNER_POOLINGS
+
 
 class TokenLearner(nn.Module):
-    def __init__(self, dim: int, num_tokens: int = 8, ff_mult: int = 2) -> None:
+    def __init__(self, dim: int, num_tokens: int = 8, ff_mult: int = 2, pooling: str = "softmax") -> None:
         super().__init__()
+        if pooling not in TOKEN_LEARNER_POOLINGS:
+            raise ValueError(f"TokenLearner pooling must be one of {TOKEN_LEARNER_POOLINGS}, got {pooling!r}")
         self.num_tokens = num_tokens
         self.hidden = dim * ff_mult
-        self.norm = nn.LayerNorm(dim, bias=False)
+        self.pooling = pooling
+        if pooling == "softmax":
+            self.norm = nn.LayerNorm(dim, bias=False)
         self.fc1 = nn.Linear(dim, num_tokens * self.hidden)
         # Grouped second layer: token g's logit = fc2_weight[g] . hidden_g + fc2_bias[g].
         bound = 1.0 / math.sqrt(self.hidden)
@@ -34,7 +47,9 @@ class TokenLearner(nn.Module):
         """x (N, h, w, D) -> tokens (N, num_tokens, D)"""
         n, d = x.shape[0], x.shape[-1]
         x = x.reshape(n, -1, d)  # (N, S, D), S = h*w
-        hidden = F.gelu(self.fc1(self.norm(x))).view(n, x.shape[1], self.num_tokens, self.hidden)
-        logits = torch.einsum("nsgk,gk->ngs", hidden, self.fc2_weight) + self.fc2_bias[:, None]
-        attn = logits.softmax(dim=-1)  # (N, num_tokens, S)
-        return torch.bmm(attn, x)
+        mlp_in = self.norm(x) if self.pooling == "softmax" else x
+        hidden = F.gelu(self.fc1(mlp_in)).view(n, x.shape[1], self.num_tokens, self.hidden)
+        logits = torch.einsum("nsgk,gk->ngs", hidden, self.fc2_weight) + self.fc2_bias[:, None]  # (N, g, S)
+        if self.pooling == "softmax":
+            return torch.bmm(logits.softmax(dim=-1), x)
+        return torch.bmm(logits, x) / x.shape[1]

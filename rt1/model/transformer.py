@@ -3,6 +3,10 @@
     tokens (B, F, n, D) + sinusoidal time embedding of the frame index
       --depth x [ x + Attn(FiLM(LN x)), x + FF(FiLM(LN x)) ]--> (B, F, n, D)
 
+The attention's keys and values come from `RT1Config.transformer_kv_source`:
+    "modulated": q, k, v all from FiLM(LN x)                    (rt1, tiny)
+    "input":     q from FiLM(LN x), k and v from the raw layer input x  (original: robotic-transformer-pytorch)
+
 Attention is causal over time: a token of frame t attends to all tokens of frames 0..t and to
 none of frames t+1.. . Attention is multi-query (transformer_heads query heads sharing one key and
 value head of transformer_dim_head), as in the original PyTorch RT-1.
@@ -14,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rt1.config import RT1Config
+from rt1.config import TRANSFORMER_KV_SOURCES, RT1Config
 from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 
@@ -48,11 +52,15 @@ class CausalAttention(nn.Module):
 
     modulation (B, 2 * D) comes from self.film; mask (T, T) bool, True = may attend. Dropout on
     the attention probabilities here; the caller adds the residual with output dropout.
+    kv_source "modulated": k, v from FiLM(LN x) like q; "input": k, v from x itself (same weights).
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, cond_dim: int, film_mult: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, cond_dim: int, film_mult: int, dropout: float,
+                 kv_source: str = "modulated") -> None:
         super().__init__()
-        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
+        if kv_source not in TRANSFORMER_KV_SOURCES:
+            raise ValueError(f"CausalAttention kv_source must be one of {TRANSFORMER_KV_SOURCES}, got {kv_source!r}")
+        self.heads, self.dim_head, self.dropout, self.kv_source = heads, dim_head, dropout, kv_source
         self.norm = nn.LayerNorm(dim, bias=False)
         self.film = FiLM(cond_dim, dim, film_mult)
         # q: heads * dim_head, then one shared k and one shared v head (fused projection).
@@ -62,8 +70,12 @@ class CausalAttention(nn.Module):
     def forward(self, x: Tensor, modulation: Tensor, mask: Tensor) -> Tensor:
         b, t, _ = x.shape
         h, dh = self.heads, self.dim_head
-        qkv = self.to_qkv(modulate(self.norm(x), modulation))
-        q, k, v = qkv.split((h * dh, dh, dh), dim=-1)
+        if self.kv_source == "modulated":
+            q, k, v = self.to_qkv(modulate(self.norm(x), modulation)).split((h * dh, dh, dh), dim=-1)
+        else:  # the fused weight's query rows see FiLM(LN x), its key/value rows the raw x
+            w = self.to_qkv.weight
+            q = F.linear(modulate(self.norm(x), modulation), w[: h * dh])
+            k, v = F.linear(x, w[h * dh:]).split((dh, dh), dim=-1)
         q = q.reshape(b, t, h, dh).transpose(1, 2)  # (B, h, T, dh)
         k = k.unsqueeze(1).expand(b, h, t, dh)  # one key/value head shared by the h query heads
         v = v.unsqueeze(1).expand(b, h, t, dh)
@@ -101,7 +113,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(
             nn.ModuleList([
                 CausalAttention(d, c.transformer_heads, c.transformer_dim_head, c.cond_dim, c.film_mult,
-                                c.transformer_dropout),
+                                c.transformer_dropout, c.transformer_kv_source),
                 ConditionedFeedForward(d, c.ff_mult, c.cond_dim, c.film_mult, c.transformer_dropout),
             ])
             for _ in range(c.transformer_depth)
