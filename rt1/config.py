@@ -5,9 +5,15 @@
                   fields (flag, group and help text in each field's metadata, defaults shown from values)
     PRESETS       named presets, each a model config together with its training defaults:
 
-        rt1   the original configuration (224 x 224 input, ~244 M parameters), the original run's
-              optimisation (SGD momentum 0.9, lr 1e-4 per process, weight decay 1e-3, batch 8, 100 epochs)
-        tiny  small enough to train on 2 CPU cores in minutes (64 x 64 input, ~0.68 M parameters)
+        original  the original pipeline exactly: robotic-transformer-pytorch 0.2.3's model function at the
+                  original's sizes (224 x 224, memory key/values, mean-pooling TokenLearner, transformer
+                  keys/values from the layer input, raw 0..255 pixels, no condition dropout) and its update
+                  (SGD momentum 0.9, lr 1e-4 per process, weight decay 1e-3, batch 8, 100 epochs, the loss
+                  summed over the batch's frames, no augmentation). The default.
+        rt1       the same sizes and optimiser with the RT-1 paper's choices: Google's TokenLearner, no
+                  memory key/values, k/v from the modulated input, ImageNet input scaling, condition dropout
+                  0.2 (trains the null embedding guidance needs), the mean loss, random-shift augmentation
+        tiny      small enough to train on 2 CPU cores in minutes (64 x 64 input, ~0.68 M parameters)
 
 Values defined once elsewhere and only derived here: the 11 action tokens and 256 bins (`rt1.actions`),
 the 512-d instruction embedding (`rt1.data.rlds_spec`). The window length of the index (`data_emerge.py
@@ -193,6 +199,7 @@ class RT1Config:
 # ---- the training run -----------------------------------------------------------------------------
 
 OPTIMIZERS = ("sgd", "adamw")
+LOSS_REDUCTIONS = ("mean", "sum_frames_mean_tokens")
 AMP_MODES = ("off", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -213,11 +220,11 @@ class TrainConfig:
     train_index: Path = option(None, "train_idx_{N}.csv from data_emerge.py", group="data", required=True)
     val_index: Path | None = option(None, "val_idx_{M}.csv from data_emerge.py (none: no validation)", group="data")
     num_workers: int = option(2, "DataLoader worker processes per training process", group="data")
-    augment: bool = option(True, "RT-1's random shift of training windows", group="data")
+    augment: bool | None = option(None, "RT-1's random shift of training windows", group="data", per_preset=True)
     shuffle: bool = option(True, "shuffle training windows every epoch (DistributedSampler, reseeded per epoch)",
                            group="data")
     # model
-    preset: str = option("rt1", "model preset and its training defaults", group="model", choices=None)
+    preset: str = option("original", "model preset and its training defaults", group="model", choices=None)
     cond_drop_prob: float | None = option(None, "probability of training a window without its instruction "
                                                 "(classifier-free guidance; none: the preset's)", group="model")
     sync_bn: bool = option(True, "SyncBatchNorm across processes; only with NCCL/CUDA, ignored with a warning on CPU",
@@ -230,6 +237,11 @@ class TrainConfig:
     batch_size: int | None = option(None, "windows per process per micro-batch", group="optimisation",
                                     per_preset=True)
     grad_accum: int = option(1, "micro-batches per optimizer step", group="optimisation")
+    loss_reduction: str | None = option(None, "what the optimizer minimises: mean (the mean cross-entropy over all "
+                                              "tokens) or sum_frames_mean_tokens (the original's: per-frame token "
+                                              "mean summed over the batch's frames, 48x the mean at batch 8); the "
+                                              "logged loss is always the mean", group="optimisation",
+                                        choices=LOSS_REDUCTIONS, per_preset=True)
     optimizer: str | None = option(None, "sgd (with --momentum) or adamw", group="optimisation",
                                    choices=OPTIMIZERS, per_preset=True)
     lr: float | None = option(None, "learning rate per process; the optimizer uses lr x number of processes, as the "
@@ -246,7 +258,8 @@ class TrainConfig:
     seed: int = option(0, "seed of weights, data order and augmentation", group="optimisation")
     # output
     save_dir: Path | None = option(None, "checkpoints, metrics.jsonl and TensorBoard events (none: "
-                                         "save/{model}_{describe}, e.g. save/rt1_ddp, save/rt1_tiny_ddp)", group="output")
+                                         "save/{model}_{describe}: save/rt1_ddp for the original preset, "
+                                         "save/rt1_paper_ddp, save/rt1_tiny_ddp)", group="output")
     describe: str = option("ddp", "run name used in the default --save-dir", group="output")
     resume: Path | None = option(None, "checkpoint to resume from (none: the newest checkpoint-*.pt in --save-dir, "
                                        "if any)", group="output")
@@ -276,8 +289,7 @@ class TrainConfig:
                     raise ConfigError(f"TrainConfig.{name} must be a path, got {value!r}")
                 object.__setattr__(self, name, Path(value))
         if self.save_dir is None:
-            model = "rt1" if self.preset == "rt1" else f"rt1_{self.preset}"
-            object.__setattr__(self, "save_dir", Path("save") / f"{model}_{self.describe}")
+            object.__setattr__(self, "save_dir", Path("save") / f"{PRESETS[self.preset].run_name}_{self.describe}")
         self._validate()
 
     def _validate(self) -> None:
@@ -322,7 +334,7 @@ class TrainConfig:
         if not isinstance(self.describe, str) or not self.describe or "/" in self.describe:
             fail("describe", "must be a non-empty name without '/'")
         for f in dataclasses.fields(self):
-            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+            if f.type in ("bool", "bool | None") and not isinstance(getattr(self, f.name), bool):
                 fail(f.name, "must be True or False")
         # Paths that must exist now (save_dir is created by the trainer).
         if not self.data_dir.is_dir():
@@ -361,6 +373,7 @@ class Preset:
 
     name: str
     description: str
+    run_name: str  # {run_name}_{describe} is the default save directory
     model: RT1Config
     train: MappingProxyType  # TrainConfig per_preset field -> value
 
@@ -371,8 +384,8 @@ class Preset:
                               f"{sorted(per_preset)}, got {sorted(self.train)}")
 
 
-def _preset(name: str, description: str, model: RT1Config, **train) -> Preset:
-    return Preset(name, description, model, MappingProxyType(train))
+def _preset(name: str, run_name: str, description: str, model: RT1Config, **train) -> Preset:
+    return Preset(name, description, run_name, model, MappingProxyType(train))
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -380,26 +393,31 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # key/values, mean-pooling TokenLearner, raw-input transformer keys/values, raw pixels, and no condition
     # dropout (the original called model(video, texts), whose cond_drop_prob is 0). Its text stem took T5-base
     # (768-d); rt1.model.convert_original sets text_embed_dim (cond_dim = 2x) from a checkpoint.
-    _preset("original", "the original pipeline's model function and run, exactly (224x224, ~245 M parameters)",
+    # Its update: SGD momentum 0.9, lr 1e-4 x world size, weight decay 1e-3, the loss summed over frames, no
+    # augmentation.
+    _preset("original", "rt1", "the original pipeline's model function and run, exactly (224x224, ~245 M parameters)",
             RT1Config(attention_memory_kv=4, token_learner_pooling="mean", transformer_kv_source="input",
                       pixel_scaling="raw", cond_drop_prob=0.0),
-            optimizer="sgd", lr=1e-4, weight_decay=1e-3, batch_size=8, epochs=100),
+            optimizer="sgd", lr=1e-4, weight_decay=1e-3, batch_size=8, epochs=100,
+            loss_reduction="sum_frames_mean_tokens", augment=False),
     # The original's sizes and run with the RT-1 paper's choices (Google's TokenLearner, ImageNet input
     # scaling, condition dropout 0.2 so the null embedding that guidance needs is trained).
-    _preset("rt1", "the original's sizes with the RT-1 paper's choices (224x224, ~244 M parameters)", RT1Config(),
-            optimizer="sgd", lr=1e-4, weight_decay=1e-3, batch_size=8, epochs=100),
+    _preset("rt1", "rt1_paper", "the original's sizes with the RT-1 paper's choices (224x224, ~244 M parameters)",
+            RT1Config(), optimizer="sgd", lr=1e-4, weight_decay=1e-3, batch_size=8, epochs=100,
+            loss_reduction="mean", augment=True),
     # Trains on 2 CPU cores: a batch of 8 windows x 6 frames x 64 x 64 takes ~0.1 s forward + backward on an idle
     # machine. Optimisation tuned on the bundled dataset (tests/test_train_ddp.py::test_tiny_preset_learns...):
     # SGD at 1e-4 barely moves a fresh tiny model in a few hundred steps; AdamW at 1e-3 per process learns the
     # gripper from the image after ~5000-6500 windows (2e-3 and 3e-3 did not within that budget, 5e-4 was slower).
     # The tiny model's learning is sample-bound, so 16 windows per process use the CPU better than 8.
-    _preset("tiny", "small enough to train on 2 CPU cores in minutes (64x64, ~0.68 M parameters)",
+    _preset("tiny", "rt1_tiny", "small enough to train on 2 CPU cores in minutes (64x64, ~0.68 M parameters)",
             RT1Config(image_size=64, conv_stem_dim=16, dim=32, dim_head=16, depth=(1, 1), attention_window=4,
                       mbconv_expansion=2, dropout=0.0, transformer_depth=2, transformer_heads=4,
                       transformer_dim_head=16, cond_dim=128, film_mult=2, token_learner_ff_mult=1),
-            optimizer="adamw", lr=1e-3, weight_decay=1e-2, batch_size=16, epochs=10),
+            optimizer="adamw", lr=1e-3, weight_decay=1e-2, batch_size=16, epochs=10, loss_reduction="mean",
+            augment=True),
 )}
-DEFAULT_PRESET = "rt1"
+DEFAULT_PRESET = "original"  # the original's command lines reproduce the original
 # The only places these numbers are defined: the presets' models.
 DEFAULT_IMAGE_SIZE = PRESETS[DEFAULT_PRESET].model.image_size
 DEFAULT_WINDOW = PRESETS[DEFAULT_PRESET].model.num_frames

@@ -77,7 +77,7 @@ class RT1Policy:
         if tuple(x.shape[1:]) != (size, size, 3):
             raise ValueError(f"images must be ({size}, {size}, 3) uint8 (resize before the policy), "
                              f"got {tuple(x.shape[1:])}")
-        return normalize_video(x.to(self.device).permute(0, 3, 1, 2))
+        return normalize_video(x.to(self.device).permute(0, 3, 1, 2), scaling=self.config.pixel_scaling)
 
     def _texts(self, text_embed) -> Tensor:
         """(E,) -> (k, E): the instruction, plus the null embedding when guiding."""

@@ -98,7 +98,7 @@ def test_cli_maps_to_config_with_preset_defaults(paths):
     parser = build_arg_parser()
     base = ["--data-dir", str(paths["data_dir"]), "--train-index", str(paths["train_index"])]
     cfg = config_from_args(parser.parse_args(base))
-    assert cfg.preset == "rt1" and cfg.optimizer == "sgd" and cfg.lr == 1e-4 and cfg.sync_bn
+    assert cfg.preset == "original" and cfg.optimizer == "sgd" and cfg.lr == 1e-4 and cfg.sync_bn
     cfg = config_from_args(parser.parse_args(base + ["--preset", "tiny", "--no-syncBN", "--optimizer", "sgd",
                                                      "--amp", "bf16", "--max-steps", "7", "--local-rank=1"]))
     assert (cfg.preset, cfg.sync_bn, cfg.optimizer, cfg.amp, cfg.max_steps) == ("tiny", False, "sgd", "bf16", 7)

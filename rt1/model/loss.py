@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rt1.config import LOSS_REDUCTIONS
+
 
 def _check(logits: Tensor, tokens: Tensor) -> None:
     if logits.shape[:-1] != tokens.shape:
@@ -23,7 +25,6 @@ def _check(logits: Tensor, tokens: Tensor) -> None:
                          f"expected logits = tokens shape + (num_bins,)")
 
 
-LOSS_REDUCTIONS = ("mean", "sum_frames_mean_tokens")
 
 
 def action_loss(logits: Tensor, tokens: Tensor, reduction: str = "mean") -> Tensor:

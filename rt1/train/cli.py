@@ -51,7 +51,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         shown = f.default is not None or meta.get("per_preset")  # a None default is explained in the help
         help_text = f"{meta['help']} (default: {_default_text(f)})" if shown else meta["help"]
         kwargs: dict = {"dest": f.name, "help": help_text}
-        if hints[f.name] is bool:
+        if bool in (hints[f.name], *typing.get_args(hints[f.name])):
             kwargs.update(action=argparse.BooleanOptionalAction, default=f.default)
         else:
             base = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))

@@ -123,9 +123,9 @@ def amp_context(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A collated batch -> (normalised video (B, 3, F, H, W), text_embed (B, E), action_tokens (B, F, 11))."""
-    video = normalize_video(batch["video"].to(device, non_blocking=True))
+def to_device(batch: dict, device: torch.device, pixel_scaling: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A collated batch -> (scaled video (B, 3, F, H, W), text_embed (B, E), action_tokens (B, F, 11))."""
+    video = normalize_video(batch["video"].to(device, non_blocking=True), scaling=pixel_scaling)
     return (video, batch["text_embed"].to(device, non_blocking=True),
             batch["action_tokens"].to(device, non_blocking=True))
 
@@ -398,7 +398,10 @@ class Trainer:
             + (f", at most {cfg.max_steps} steps" if cfg.max_steps else "")
             + f"; batch {cfg.batch_size} x {cfg.grad_accum} accum x {info.world_size} = "
               f"{cfg.batch_size * cfg.grad_accum * info.world_size} windows/step; {cfg.optimizer} lr {self.lr:g} "
-              f"(= {cfg.lr:g} x {info.world_size}) -> {self.lr * cfg.lrf:g}; save dir {cfg.save_dir}")
+              f"(= {cfg.lr:g} x {info.world_size}) -> {self.lr * cfg.lrf:g}; trains on the {cfg.loss_reduction} loss "
+              f"reduction (the logged loss is the per-token mean); augmentation {'on' if cfg.augment else 'off'}; "
+              f"condition dropout {self.model_config.cond_drop_prob:g}; pixels {self.model_config.pixel_scaling}; "
+              f"save dir {cfg.save_dir}")
 
     def _done(self) -> bool:
         if self.cfg.max_steps is not None and self.state.global_step >= self.cfg.max_steps:
@@ -486,13 +489,17 @@ class Trainer:
     # ---- one step ---------------------------------------------------------------------------------
 
     def _forward_backward(self, batch: dict, *, sync: bool, scale: float) -> torch.Tensor:
-        video, text, tokens = to_device(batch, self.device)
+        """Backward of the configured loss reduction; returns the mean per-token loss (what is logged)."""
+        video, text, tokens = to_device(batch, self.device, self.model_config.pixel_scaling)
         no_sync = contextlib.nullcontext() if (sync or self.ddp is None) else self.ddp.no_sync()
         with no_sync:
             with amp_context(self.device, self.cfg.amp):
-                loss = action_loss(self.forward_model(video, text), tokens)
+                logits = self.forward_model(video, text)
+                loss = action_loss(logits, tokens, self.cfg.loss_reduction)
             self.scaler.scale(loss * scale).backward()
-        return loss.detach().float()
+        if self.cfg.loss_reduction == "mean":
+            return loss.detach().float()
+        return action_loss(logits.detach(), tokens).float()
 
     def _agree_on_loss(self, loss: torch.Tensor) -> float:
         """All-reduce [loss, one non-finite flag per rank]: every rank learns the mean loss and who failed."""
@@ -526,7 +533,7 @@ class Trainer:
         sums = torch.zeros(2 + num_actions, dtype=torch.float64, device=self.device)  # [loss, frames, correct/dim]
         start = time.perf_counter()
         for batch in self.val_loader:
-            video, text, tokens = to_device(batch, self.device)
+            video, text, tokens = to_device(batch, self.device, self.model_config.pixel_scaling)
             with amp_context(self.device, self.cfg.amp):
                 logits = model(video, text)
             sums[0] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1),
