@@ -112,9 +112,10 @@ def main() -> None:
               f"= {rate / plain:.2f}x plain iteration, {rate / raw:.2f}x raw read")
     print(f"rerun over finished output (verifies every segment against the source, 1 worker): {verify_rate:8.1f} "
           f"episodes/s = {verify_rate / raw:.2f}x raw read")
-    steady = n / max(n / rates[2] - startup, 1e-9)
+    remaining = n / rates[2] - startup  # start-up measured separately: under load it can exceed the run itself
+    steady = f"{n / remaining:.1f} episodes/s" if remaining > 0 else "not measurable (start-up dominated)"
     print(f"  (2 workers: {startup:.1f} s of that run is spawning the processes and warming up TensorFlow; "
-          f"without it {steady:.1f} episodes/s. On 2 cores the reader already uses both, so workers pay off "
+          f"without it {steady}. On 2 cores the reader already uses both, so workers pay off "
           "on machines with more cores and on the full dataset, where start-up is amortised)")
     print(f"bytes per step: ours {ours:,.0f}, original format {original:,.0f} "
           f"-> ours is 1/{original / ours:.0f} of the original (target <= 1/40)")
