@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from rt1.errors import EXIT_ERROR, install_sigterm_handler, run_cli
+from rt1.errors import EXIT_ERROR, install_stop_handlers, run_cli
 
 
 def _rank() -> int:
@@ -36,13 +36,15 @@ def _train(argv=None) -> int:
     except ConfigError as e:
         parser.error(str(e))
 
-    from rt1.train.trainer import NonFiniteLossError, train
+    from rt1.train.trainer import NonFiniteLossError, StoppedBySignal, train
 
-    install_sigterm_handler()
+    # SIGTERM (a scheduler, torchrun) and SIGINT (Ctrl-C): the run stops at the next step boundary on every
+    # rank and saves that step; Ctrl-C twice stops at once.
+    install_stop_handlers()
     try:
         train(cfg)
-    except NonFiniteLossError as e:
-        if _rank() == 0:  # every rank knows (the flag is all-reduced); one message is enough
+    except (NonFiniteLossError, StoppedBySignal) as e:
+        if _rank() == 0:  # every rank knows (the flags are all-reduced); one message is enough
             print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     return 0

@@ -264,11 +264,15 @@ class TrainConfig:
     resume: Path | None = option(None, "checkpoint to resume from (none: the newest checkpoint-*.pt in --save-dir, "
                                        "if any)", group="output")
     keep_checkpoints: int = option(3, "checkpoints kept", group="output")
-    log_every: int = option(10, "optimizer steps between TensorBoard/progress updates (metrics.jsonl gets every "
-                                "step)", group="output")
+    save_every: int = option(0, "also save every N optimizer steps, overwriting the current epoch's "
+                                "checkpoint-{epoch}.pt (resumable mid-epoch); 0: only at the end of each epoch",
+                             group="output")
+    log_every: int = option(10, "optimizer steps between TensorBoard/progress updates and, when the progress bar "
+                                "is off, a log line (metrics.jsonl gets every step)", group="output")
     val_every: int = option(1, "epochs between validations; the last epoch always validates; 0 = never",
                             group="output")
-    progress: bool = option(True, "tqdm progress bar on rank 0", group="output")
+    progress: bool = option(True, "tqdm progress bar on rank 0 when stderr is a terminal (otherwise a log line "
+                                  "every --log-every steps carries the progress)", group="output")
     tensorboard: bool = option(True, "TensorBoard events in --save-dir", group="output")
     # processes
     device: str = option("auto", "auto: cuda:LOCAL_RANK when CUDA is available, else cpu", group="processes",
@@ -308,7 +312,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 fail(name, "must be a positive integer")
-        for name in ("num_workers", "val_every", "seed"):
+        for name in ("num_workers", "val_every", "seed", "save_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "must be a non-negative integer")
         if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):

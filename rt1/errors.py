@@ -11,6 +11,8 @@ bad input. Ctrl-C exits 130 and SIGTERM (as `Terminated`, raised by `install_sig
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 import sys
 from typing import Callable
@@ -34,10 +36,27 @@ class Terminated(BaseException):
 
 
 def one_line(error: BaseException) -> str:
-    """The first line of an exception's message (errors are reported on one line)."""
+    """The first line of an exception's message (errors are reported on one line).
+
+    An exception raised in a DataLoader worker reaches the main process re-raised by torch with the
+    message "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback ...": the one line
+    is then the original message (its last traceback line), with the worker named.
+    """
     message = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError quotes its text
     text = str(message).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    worker = _WORKER_WRAPPED.match(text[0])
+    if worker and len(text) > 1:
+        name = worker.group(1)
+        for line in reversed(text[1:]):
+            head, sep, original = line.partition(": ")
+            if sep and (head == name or head.endswith("." + name)):
+                return f"{original.strip()} (in DataLoader {worker.group(2)})"
+    return text[0]
+
+
+_WORKER_WRAPPED = re.compile(r"^Caught (\w+) in (DataLoader worker process \d+)\.$")
 
 
 def install_sigterm_handler() -> None:
@@ -46,6 +65,65 @@ def install_sigterm_handler() -> None:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+# ---- stop requests: SIGTERM / SIGINT answered at a safe point ---------------------------------------
+
+_STOP = {"installed": False, "deferring": 0, "received": None}
+
+
+def _raise_for(signum: int):
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def _on_stop_signal(signum, frame):
+    if not _STOP["deferring"]:
+        _raise_for(signum)  # not in a deferring section: stop now
+    if _STOP["received"] is None:
+        _STOP["received"] = signum  # answered at the next safe point (see `stop_requested`)
+    elif signum == signal.SIGINT and _STOP["received"] == signal.SIGINT:
+        _raise_for(signum)  # Ctrl-C twice: stop now
+    # A repeated SIGTERM changes nothing: torchrun forwards the scheduler's SIGTERM to processes that
+    # already got it (the whole job's process group), and the scheduler's SIGKILL comes after its grace time.
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM and SIGINT raise `Terminated` / `KeyboardInterrupt`, except inside `signals_deferred()`,
+    where the first one is only recorded and a second SIGINT (Ctrl-C twice) raises (entry points only: it
+    changes process state)."""
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    _STOP["installed"] = True
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Within the block, the first SIGTERM/SIGINT sets `stop_requested()` instead of raising (a second SIGINT
+    raises, a repeated SIGTERM is ignored). A signal recorded but not acted on is raised when the block exits. Without
+    `install_stop_handlers` this changes nothing."""
+    _STOP["deferring"] += 1
+    try:
+        yield
+    finally:
+        _STOP["deferring"] -= 1
+    received = _STOP["received"]
+    if received is not None and not _STOP["deferring"]:
+        _STOP["received"] = None
+        _raise_for(received)
+
+
+def stop_requested() -> int | None:
+    """The signal number of a recorded, not yet answered SIGTERM/SIGINT, or None."""
+    return _STOP["received"]
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def acknowledge_stop() -> None:
+    """The recorded signal was answered (the caller stops by itself): `signals_deferred` will not re-raise it."""
+    _STOP["received"] = None
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,

@@ -1,13 +1,18 @@
-"""Atomic writes and output-directory checks, shared by every stage that writes files.
+"""Atomic writes, output-directory checks and directory locks, shared by every stage that writes files.
 
-Write-then-rename: a long job never leaves a truncated file under a final name.
+Write-then-rename: a long job never leaves a truncated file under a final name. `DirectoryLock`: one
+run at a time per output directory (a lock file naming host and PID; a stale one is taken over).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 
 from rt1.errors import RT1Error
@@ -30,6 +35,10 @@ def atomic_output(final: Path):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # e.g. ENOSPC from a write: name the file
+            raise OSError(e.errno, f"cannot write {final}: {e.strerror}") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -76,3 +85,148 @@ def check_free_space(directory: Path, needed_bytes: int, what: str) -> None:
     if free < needed_bytes * 1.1:
         raise DiskFullError(f"not enough free space in {directory} for {what}: needs about "
                             f"{needed_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free")
+
+
+# ---- one run per directory ------------------------------------------------------------------------
+
+
+class DirectoryLockedError(RT1Error):
+    """Another live process holds the directory's lock; the message names it (host, PID, since when)."""
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux /proc), to tell a live holder from a reused PID."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory: the file `directory/name` holding this host, PID and start time.
+
+    `acquire()` creates the file atomically (written under a temporary name, then hard-linked to the lock
+    name, which fails if it exists: the lock never exists half-written). If it exists:
+      - held by a live process (or by another host, which cannot be checked): `DirectoryLockedError`
+        naming the holder and the lock file;
+      - held by a dead process on this host (or a PID now used by another process): taken over, and
+        `acquire` returns the stale holder's description for the caller to warn about.
+    `release()` deletes the file if it is still ours. Use it as a context manager, or acquire/release.
+    """
+
+    def __init__(self, directory: Path, name: str = "train.lock", *, what: str = "run") -> None:
+        self.path = Path(directory) / name
+        self.what = what
+        self.held = False
+        self._mine: dict | None = None
+
+    def _record(self) -> dict:
+        pid = os.getpid()
+        return {"host": socket.gethostname(), "pid": pid, "start_time": _process_start_time(pid),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(map(str, sys.argv))}
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def _describe(self, holder: dict) -> str:
+        return (f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('since', '?')}"
+                + (f": {holder['command']}" if holder.get("command") else ""))
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return False
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        if pid == os.getpid():
+            return False  # ourselves (an earlier acquire in this process): not stale, and not takeable
+        if not _pid_alive(pid):
+            return True
+        recorded, current = holder.get("start_time"), _process_start_time(pid)
+        return recorded is not None and current is not None and recorded != current  # PID reused
+
+    def _try_create(self) -> bool:
+        record = self._record()
+        tmp = temporary_path(self.path)
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        try:
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: exclusive create (briefly empty)
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._mine, self.held = record, True
+        return True
+
+    def acquire(self) -> str | None:
+        """Take the lock; returns a description of a stale holder that was replaced, else None."""
+        replaced = None
+        for _ in range(5):
+            if self._try_create():
+                return replaced
+            holder = self._read()
+            if holder is None:
+                continue  # released meanwhile: try again
+            if holder == {}:
+                raise DirectoryLockedError(
+                    f"{self.path} exists but is not a lock this code wrote: another {self.what} may be using "
+                    f"{self.path.parent}; if none is, delete {self.path}")
+            if not self._stale(holder):
+                raise DirectoryLockedError(
+                    f"{self.path.parent} is in use by another {self.what} ({self._describe(holder)}); wait for "
+                    f"it to end or use another directory (if that process is gone, delete {self.path})")
+            # Stale: move it aside, check we moved the stale one (not a lock taken meanwhile), retry.
+            aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+            try:
+                os.replace(self.path, aside)
+            except FileNotFoundError:
+                continue
+            moved = json.loads(aside.read_text(encoding="utf-8") or "{}") if aside.exists() else {}
+            if moved != holder:  # someone else's fresh lock: put it back and look again
+                try:
+                    os.link(aside, self.path)
+                except FileExistsError:
+                    pass
+                aside.unlink(missing_ok=True)
+                continue
+            aside.unlink(missing_ok=True)
+            replaced = self._describe(holder)
+        raise DirectoryLockedError(f"cannot take the lock {self.path}: it keeps changing (several runs starting?)")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if self._read() == self._mine:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> DirectoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

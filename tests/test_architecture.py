@@ -13,7 +13,7 @@ from conftest import REPO
 # Lowest first; a module may import its own layer's package and the layers below. Packages that share a
 # layer are independent of each other (data does not import model, train does not import policy).
 LAYERS = [
-    ["rt1.errors", "rt1.io", "rt1.data.rlds_spec", "rt1.actions", "rt1.config"],
+    ["rt1.errors", "rt1.io", "rt1.progress", "rt1.data.rlds_spec", "rt1.actions", "rt1.config"],
     ["rt1.data", "rt1.model", "rt1.sim"],
     ["rt1.policy", "rt1.train"],
     ["rt1.evaluation"],

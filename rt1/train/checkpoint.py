@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from rt1 import io
+from rt1.errors import one_line
 from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointError, read_checkpoint
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -95,12 +98,40 @@ def remove_stale_temporaries(save_dir: Path) -> list[Path]:
     return io.remove_stale_temporaries(save_dir) if save_dir.is_dir() else []
 
 
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested dict/list (about the size of a checkpoint holding them)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, I/O error); the previous checkpoints are untouched."""
+
+
 def save_checkpoint(path: Path, contents: dict) -> Path:
-    """torch.save `contents` to `path` atomically (temporary file in the same directory, fsync, os.replace)."""
+    """torch.save `contents` to `path` atomically (temporary file in the same directory, fsync, os.replace).
+
+    The free space is checked first (about the size of the tensors, +10%), and a write that fails anyway
+    (torch reports a full disk as a RuntimeError) raises `CheckpointWriteError` naming the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_output(path) as tmp:
-        torch.save(contents, tmp)
+    try:
+        io.check_free_space(path.parent, tensor_bytes(contents), path.name)
+    except io.DiskFullError as e:
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {e}; the previous checkpoints are kept") from None
+    try:
+        with io.atomic_output(path) as tmp:
+            torch.save(contents, tmp)
+    except (RuntimeError, OSError) as e:
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise CheckpointWriteError(f"cannot write checkpoint {path} ({one_line(e)}; {free:.1f} MiB free in "
+                                   f"{path.parent}); the previous checkpoints are kept") from None
     return path
 
 
@@ -120,11 +151,28 @@ def checkpoint_contents(state: TrainState, *, model: torch.nn.Module, model_conf
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """A training checkpoint (weights_only), checked to hold every key a resume needs; raises CheckpointError."""
-    contents = read_checkpoint(path, map_location)
+    """A training checkpoint (weights_only), checked to hold every key a resume needs; raises CheckpointError.
+
+    Any file that is not one (a text file, random bytes, a truncated copy) is a one-line CheckpointError
+    naming it, whatever torch's unpickler raises for it.
+    """
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a checkpoint: not a file written by torch.save (checkpoints are zip "
+                              "archives)")
+    try:
+        contents = read_checkpoint(path, map_location)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's weights_only unpickler raises KeyError, IndexError, ...
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {one_line(e)})") from None
     missing = [k for k in _STATE_KEYS if k not in contents]
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (no {', '.join(missing)}): it cannot be resumed")
+    try:
+        train_state_of(contents)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad training state ({one_line(e)})") from None
     return contents
 
 
@@ -177,7 +225,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 __all__ = [
-    "CheckpointError", "TrainState", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
+    "CheckpointError", "CheckpointWriteError", "tensor_bytes", "TrainState", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
     "remove_stale_temporaries", "save_checkpoint", "checkpoint_contents", "load_checkpoint", "train_state_of",
     "unwrap_model", "capture_rng_state", "restore_rng_state",
 ]

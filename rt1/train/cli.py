@@ -37,12 +37,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
             "Train RT-1 on preprocessed windows (DataPreprocess_batch_*.py + data_emerge.py output), in one process "
             "or data-parallel: `python train_ddp.py ...`, `torchrun --nproc_per_node=N train_ddp.py ...` (also "
             "multi-node) or `python -m torch.distributed.launch --nproc_per_node=N --use_env train_ddp.py ...`. "
-            "NCCL on CUDA, gloo on CPU. Writes {save-dir}/checkpoint-{epoch}.pt every epoch (the last "
-            "--keep-checkpoints kept), metrics.jsonl and TensorBoard events. Rerunning the same command resumes "
-            "from the newest checkpoint in --save-dir."),
-        epilog=("Exit status: 0 done; 1 error; 2 bad arguments; 3 non-finite loss (the last good checkpoint is "
-                "kept); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). No partial checkpoint is ever left "
-                "under a final name."),
+            "NCCL on CUDA, gloo on CPU. Writes {save-dir}/checkpoint-{epoch}.pt every epoch (and every --save-every "
+            "steps; the last --keep-checkpoints kept), metrics.jsonl and TensorBoard events. Rerunning the same "
+            "command resumes from the newest checkpoint in --save-dir. One run at a time per --save-dir (the lock "
+            "file train.lock names it)."),
+        epilog=("SIGTERM or SIGINT (Ctrl-C): every process stops after the current step and a checkpoint of that step "
+                "is saved (Ctrl-C twice stops at once). Exit status: 0 done; 1 error; 2 bad arguments, or "
+                "--save-dir in use by another run; 3 non-finite loss (the last good checkpoint is kept); 130 "
+                "interrupted (SIGINT); 143 terminated (SIGTERM). No partial checkpoint is ever left under a final "
+                "name."),
     )
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     hints = typing.get_type_hints(TrainConfig)

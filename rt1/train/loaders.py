@@ -21,6 +21,7 @@ The collate function keeps only what training needs: uint8 video (B, 3, F, H, W)
 from __future__ import annotations
 
 import math
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -109,6 +110,32 @@ def batches_per_epoch(num_samples: int, world_size: int, batch_size: int) -> int
     return math.ceil(per_rank / batch_size)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: workers ignore SIGTERM and SIGINT.
+
+    A scheduler's SIGTERM (or Ctrl-C's SIGINT) reaches every process of the job, DataLoader workers
+    included; a worker killed by it makes the main process fail with a "DataLoader worker ... is killed
+    by signal" traceback before it can save. Ignoring them leaves the decision to the main process (which
+    stops at a step boundary and saves); workers still exit when it shuts them down (`shutdown_workers`,
+    on every way out of the trainer) or dies (torch's worker watchdog).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def shutdown_workers(loader: DataLoader | None) -> None:
+    """Stop a loader's persistent workers now (normal shutdown: done event, then join).
+
+    Needed because workers ignore SIGTERM (`ignore_stop_signals`): left to interpreter exit, they would
+    be stopped by multiprocessing's SIGTERM and joined, which would wait forever. The trainer calls this
+    on every way out of a run, errors included.
+    """
+    iterator = getattr(loader, "_iterator", None) if loader is not None else None
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def make_train_loader(dataset: Dataset, *, rank: int, world_size: int, batch_size: int, shuffle: bool, seed: int,
                       num_workers: int, pin_memory: bool) -> tuple[DataLoader, EpochSampler]:
     base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
@@ -117,7 +144,7 @@ def make_train_loader(dataset: Dataset, *, rank: int, world_size: int, batch_siz
     loader = DataLoader(
         SeededWindows(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_windows, pin_memory=pin_memory, drop_last=False,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals,
         # The generator only seeds the workers (their randomness comes from SeededWindows); giving the
         # loader its own keeps it from drawing on the global RNG, which resumes must reproduce.
         generator=torch.Generator().manual_seed(seed * 7919 + rank),
@@ -130,9 +157,11 @@ def make_val_loader(dataset: Dataset, *, rank: int, world_size: int, batch_size:
     return DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
         num_workers=num_workers, collate_fn=collate_windows, pin_memory=pin_memory, drop_last=False,
-        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(rank),
+        persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator().manual_seed(rank),
     )
 
 
 __all__ = ["SeededWindows", "EpochSampler", "ShardSampler", "collate_windows", "batches_per_epoch",
-           "make_train_loader", "make_val_loader", "sample_seed"]
+           "make_train_loader", "make_val_loader", "sample_seed", "ignore_stop_signals",
+           "shutdown_workers"]

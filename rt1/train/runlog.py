@@ -1,7 +1,8 @@
 """Rank-0 outputs of a run: messages, `metrics.jsonl`, TensorBoard scalars.
 
 `RunLog.open(save_dir, ...)` returns a working log on the main process and a no-op log on every
-other rank (`is_main_process()` is checked once, here), so the trainer calls it unconditionally.
+other rank (`is_main_process()` is checked once, here), so the trainer calls it unconditionally. Its
+files are opened by `start()`, when training starts: a run refused during set-up writes nothing.
 
 metrics.jsonl has one JSON object per line:
     {"event": "train", "step": 12, "epoch": 1, "loss": 5.31, "lr": 0.002,
@@ -34,20 +35,28 @@ class RunLog:
 
     def __init__(self, save_dir: Path, *, resume_step: int | None, tensorboard: bool) -> None:
         self.save_dir = Path(save_dir)
+        self.resume_step, self.tensorboard = resume_step, tensorboard
+        self._metrics = None
+        self._tb = None
+
+    def start(self) -> None:
+        """Open metrics.jsonl (truncated to the resumed step) and the TensorBoard writer: called when training
+        starts, so a run refused during set-up leaves no file behind."""
+        if self._metrics is not None:
+            return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         path = self.save_dir / METRICS_FILE
-        if resume_step is None:
+        if self.resume_step is None:
             path.unlink(missing_ok=True)
         else:
-            truncate_metrics(path, resume_step)
+            truncate_metrics(path, self.resume_step)
         self._metrics = open(path, "a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
+        if self.tensorboard:
             _tensorboard_without_tensorflow()
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run logged after the checkpoint it resumes from.
-            self._tb = SummaryWriter(log_dir=str(self.save_dir), purge_step=resume_step)
+            self._tb = SummaryWriter(log_dir=str(self.save_dir), purge_step=self.resume_step)
 
     @staticmethod
     def open(save_dir: Path, *, resume_step: int | None, tensorboard: bool = True):
@@ -66,6 +75,8 @@ class RunLog:
         log.warning(message)
 
     def record(self, event: str, **values) -> None:
+        if self._metrics is None:
+            raise RuntimeError("RunLog.record before RunLog.start")
         self._metrics.write(json.dumps({"event": event, **values}) + "\n")
         if event != "train":
             self._metrics.flush()
@@ -76,12 +87,14 @@ class RunLog:
                 self._tb.add_scalar(tag, value, step)
 
     def flush(self) -> None:
-        self._metrics.flush()
+        if self._metrics is not None:
+            self._metrics.flush()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
-        self._metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -103,6 +116,9 @@ def _tensorboard_without_tensorflow() -> None:
 
 class _NullLog:
     active = False
+
+    def start(self) -> None:
+        pass
 
     def info(self, message: str) -> None:
         pass

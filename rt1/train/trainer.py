@@ -23,8 +23,11 @@ the process group and closes its files.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
+import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,18 +40,22 @@ from torch import nn
 from rt1.actions import ACTION_DIM_NAMES
 from rt1.config import RT1Config, TrainConfig
 from rt1.data.dataset import RT1Dataset
-from rt1.errors import EXIT_ERROR, EXIT_NON_FINITE_LOSS, RT1Error, one_line
+from rt1.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NON_FINITE_LOSS, EXIT_TERMINATED, EXIT_USAGE, RT1Error,
+                        acknowledge_stop, one_line, signal_name, signals_deferred, stop_requested)
+from rt1.io import DirectoryLock, DirectoryLockedError
+from rt1.progress import stderr_is_terminal
 from rt1.model import RT1, action_loss, normalize_video, token_correct_counts
 from rt1.train import checkpoint as ckpt
 from rt1.train import distributed as D
 from rt1.train.checkpoint import TrainState
-from rt1.train.loaders import batches_per_epoch, make_train_loader, make_val_loader
+from rt1.train.loaders import batches_per_epoch, make_train_loader, make_val_loader, shutdown_workers
 from rt1.train.runlog import RunLog
 
 # Fields of TrainConfig that may change between a run and its resumption without a warning.
 _RESUME_FREE_FIELDS = {"epochs", "max_steps", "resume", "num_workers", "log_every", "val_every", "progress",
                        "tensorboard", "dist_timeout", "keep_checkpoints", "device", "data_dir", "train_index",
-                       "val_index", "save_dir", "compile"}
+                       "val_index", "save_dir", "compile", "save_every"}
+LOCK_FILE = "train.lock"
 
 
 class NonFiniteLossError(RT1Error, RuntimeError):
@@ -75,6 +82,21 @@ class ResumeError(RT1Error, RuntimeError):
     """A checkpoint does not fit this run (different model, world size mismatch that matters...)."""
 
     exit_code = EXIT_ERROR
+
+
+class SaveDirInUseError(RT1Error, RuntimeError):
+    """Another live run holds --save-dir's lock; the message names it (host, PID, command)."""
+
+    exit_code = EXIT_USAGE
+
+
+class StoppedBySignal(RT1Error):
+    """SIGTERM/SIGINT stopped the run at a step boundary, after a checkpoint of that step was saved."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        self.signum = signum
+        self.exit_code = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
+        super().__init__(message)
 
 
 @dataclass
@@ -249,17 +271,87 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
     and always destroys it before returning or raising.
     """
     info = D.init_distributed(cfg.device, cfg.dist_timeout, local_rank)
+    lock, created, started = None, None, False
     try:
-        if D.is_main_process():
-            cfg.save_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_stale_temporaries(cfg.save_dir)
-        D.barrier()
+        lock, created = take_save_dir(cfg)
         resume_path = find_resume(cfg)
         contents = ckpt.load_checkpoint(resume_path) if resume_path is not None else None
         with Trainer(cfg, info, resume_path, contents) as trainer:
+            started = True
             return trainer.run()
     finally:
+        if lock is not None:
+            lock.release()
+            if created is not None and not started:  # refused during set-up: remove the directories it made
+                _remove_created(cfg.save_dir, created)
         D.cleanup()
+
+
+def take_save_dir(cfg: TrainConfig) -> tuple[DirectoryLock | None, Path | None]:
+    """Collective: rank 0 creates --save-dir if needed and takes its lock before any rank touches it.
+
+    -> (the lock on rank 0, None elsewhere; the outermost directory this run created, or None). Every rank raises
+    SaveDirInUseError when another live run holds the lock. A stale lock (its process is dead) is taken
+    over with a warning. Leftover temporaries of killed writes are removed only once the lock is ours.
+    """
+    lock, created, outcome = None, None, None
+    if D.is_main_process():
+        created = _outermost_missing(cfg.save_dir)
+        try:
+            cfg.save_dir.mkdir(parents=True, exist_ok=True)
+            lock = DirectoryLock(cfg.save_dir, LOCK_FILE, what="training run")
+            stale = lock.acquire()
+            if stale is not None:
+                logging.getLogger("rt1.train").warning(
+                    f"took over the stale lock {lock.path} of a run that is gone ({stale})")
+            ckpt.remove_stale_temporaries(cfg.save_dir)
+        except (DirectoryLockedError, OSError) as e:
+            outcome = one_line(e) if isinstance(e, DirectoryLockedError) else f"{cfg.save_dir}: {one_line(e)}"
+            if lock is not None:
+                lock.release()
+            if created is not None:
+                _remove_created(cfg.save_dir, created)
+            lock = None
+    outcome = D.broadcast_object(outcome)
+    if outcome is not None:
+        raise SaveDirInUseError(outcome)
+    return lock, created
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (what mkdir(parents=True) creates)."""
+    path, missing = path.absolute(), None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_created(directory: Path, outermost: Path) -> None:
+    """Remove `directory` and its parents up to `outermost` while they are empty."""
+    path = directory.absolute()
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == outermost or path.parent == path:
+            return
+        path = path.parent
+
+
+def schedule_length(state: TrainState, steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
+    """Optimizer steps of the whole run: those done before the current epoch (at whatever steps per epoch
+    the earlier run had), plus the remaining epochs at this run's steps per epoch; at most max_steps.
+
+    A run resumed after a complete epoch with another batch size, data or number of processes then ends
+    exactly where its cosine schedule reaches lrf x lr.
+    """
+    if state.epoch_complete:
+        done_before, first_epoch = state.global_step, state.epoch + 1
+    else:
+        done_before, first_epoch = state.global_step - state.step_in_epoch, state.epoch
+    total = done_before + max(0, epochs - first_epoch + 1) * steps_per_epoch
+    return max(1, min(total, max_steps if max_steps is not None else total))
 
 
 class Trainer:
@@ -299,7 +391,8 @@ class Trainer:
                                               batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin)
         self.batches_per_epoch = batches_per_epoch(len(self.train_set), info.world_size, cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
-        self.total_steps = min(self.steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+        resumed = ckpt.train_state_of(contents) if contents is not None else TrainState()
+        self.total_steps = schedule_length(resumed, self.steps_per_epoch, cfg.epochs, cfg.max_steps)
 
         self.model, self.ddp, self.forward_model = build_model(
             self.model_config, cfg, info, self.log, None if contents is None else contents["model"])
@@ -308,6 +401,7 @@ class Trainer:
             self.model, cfg, self.lr, self.total_steps, self.device)
         self.state = TrainState()
         self.last_checkpoint: Path | None = None
+        self.saved_step: int | None = None
         seed_everything(cfg.seed * 1009 + info.rank + 1)  # per-rank stream (condition dropout)
         if contents is not None:
             self._restore(contents, resume_path)
@@ -316,6 +410,8 @@ class Trainer:
         return self
 
     def __exit__(self, *exc) -> None:
+        for loader in (getattr(self, "train_loader", None), getattr(self, "val_loader", None)):
+            shutdown_workers(loader)  # workers ignore SIGTERM: never leave them to the interpreter's exit
         self.log.close()
         for dataset in (self.train_set, self.val_set):
             if dataset is not None:
@@ -342,8 +438,9 @@ class Trainer:
                               "the same settings, or from an end-of-epoch checkpoint")
         if int(contents.get("total_steps", self.total_steps)) != self.total_steps:
             self.log.warning(f"the lr schedule now spans {self.total_steps} steps (checkpoint: "
-                             f"{contents['total_steps']}): the lr continues from step {self.state.global_step} of the "
-                             "new schedule")
+                             f"{contents['total_steps']}; {self.steps_per_epoch} steps/epoch now, "
+                             f"{saved_spe} in the checkpoint): the lr continues from step {self.state.global_step} "
+                             f"of the new schedule and reaches {cfg.lrf:g} x lr at step {self.total_steps}")
         rng = contents.get("rng") or []
         if len(rng) == info.world_size:
             ckpt.restore_rng_state(rng[info.rank])
@@ -365,9 +462,21 @@ class Trainer:
         if self._done():
             self.log.info(f"nothing to do: the run in {cfg.save_dir} already reached step {state.global_step}")
             return self._result("already_done")
+        self.log.start()
+        with signals_deferred():  # SIGTERM/SIGINT: stop at the next step boundary, with a checkpoint
+            result = self._run_epochs()
+            acknowledge_stop()  # a signal during the very last save: the run is complete anyway
+        return result
+
+    def _run_epochs(self) -> TrainResult:
+        cfg, state = self.cfg, self.state
         stopped_by = "epochs"
+        self.saved_step = state.global_step if self.last_checkpoint is not None else None
         while state.epoch <= cfg.epochs:
-            self._train_epoch()
+            self._stop_if_requested(self._agree_on_stop())
+            stop = self._train_epoch()
+            if stop is not None:
+                self._stop_if_requested(stop)
             finished_epoch = state.step_in_epoch >= self.steps_per_epoch
             hit_max = cfg.max_steps is not None and state.global_step >= cfg.max_steps
             if finished_epoch or hit_max:
@@ -388,6 +497,32 @@ class Trainer:
             state.epoch, state.epoch_complete = cfg.epochs, True
         return self._result(stopped_by)
 
+    def _agree_on_stop(self) -> int | None:
+        """Collective: the stop signal any rank received (SIGTERM wins over SIGINT), or None."""
+        flags = torch.zeros(2, device=self.device, dtype=torch.float64)
+        received = stop_requested()
+        if received is not None:
+            flags[0 if received == signal.SIGTERM else 1] = 1.0
+        D.all_reduce_sum(flags)
+        return signal.SIGTERM if flags[0] > 0 else signal.SIGINT if flags[1] > 0 else None
+
+    def _stop_if_requested(self, signum: int | None) -> None:
+        """Every rank agreed on a stop signal: save this step (unless saved already) and raise StoppedBySignal."""
+        if signum is None:
+            return
+        state = self.state
+        if self.saved_step != state.global_step and state.global_step > 0:
+            self._save()
+        acknowledge_stop()
+        self.log.record("stop", step=state.global_step, epoch=state.epoch, reason=signal_name(signum))
+        self.log.flush()
+        what = "interrupted (SIGINT)" if signum == signal.SIGINT else "terminated by SIGTERM"
+        where = (f"{self.last_checkpoint} holds step {state.global_step}" if self.last_checkpoint is not None
+                 else "no checkpoint was written (no step was done)")
+        raise StoppedBySignal(signum, f"{what} at step {state.global_step} (epoch {state.epoch}, step "
+                                      f"{state.step_in_epoch} of {self.steps_per_epoch}): {where}; rerun the same "
+                                      "command to resume")
+
     def _log_setup(self) -> None:
         cfg, info = self.cfg, self.info
         self.log.info(
@@ -396,6 +531,7 @@ class Trainer:
             f"windows, {len(self.val_set) if self.val_set is not None else 0} validation windows; "
             f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
             + (f", at most {cfg.max_steps} steps" if cfg.max_steps else "")
+            + f"; lr schedule over {self.total_steps} steps in total"
             + f"; batch {cfg.batch_size} x {cfg.grad_accum} accum x {info.world_size} = "
               f"{cfg.batch_size * cfg.grad_accum * info.world_size} windows/step; {cfg.optimizer} lr {self.lr:g} "
               f"(= {cfg.lr:g} x {info.world_size}) -> {self.lr * cfg.lrf:g}; trains on the {cfg.loss_reduction} loss "
@@ -417,7 +553,8 @@ class Trainer:
         return TrainResult(self.cfg.save_dir, state.global_step, epoch, complete, self.last_checkpoint,
                            state.metrics, stopped_by)
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self) -> int | None:
+        """Train the rest of the current epoch; returns the stop signal every rank agreed on, if any."""
         cfg, state, log = self.cfg, self.state, self.log
         skip_batches = state.step_in_epoch * cfg.grad_accum
         self.train_sampler.set_epoch(state.epoch, skip=skip_batches * cfg.batch_size)
@@ -426,9 +563,11 @@ class Trainer:
         steps_left = self.steps_per_epoch - state.step_in_epoch
         if cfg.max_steps is not None:
             steps_left = min(steps_left, cfg.max_steps - state.global_step)
-        meter, batches = ThroughputMeter(), iter(self.train_loader)
+        if steps_left <= 0:
+            return None
+        meter, batches, stop = ThroughputMeter(), iter(self.train_loader), None
         with self._progress_bar() as bar:
-            for _ in range(steps_left):
+            for step in range(steps_left):
                 step_start, micro_batches = time.perf_counter(), min(cfg.grad_accum, remaining_batches)
                 loss_sum, windows, data_wait = torch.zeros((), device=self.device), 0, 0.0
                 for micro in range(micro_batches):
@@ -439,7 +578,7 @@ class Trainer:
                                                        scale=1.0 / micro_batches)
                     windows += batch["video"].shape[0] * self.info.world_size
                 remaining_batches -= micro_batches
-                loss = self._agree_on_loss(loss_sum / micro_batches)
+                loss, stop = self._agree_on_loss(loss_sum / micro_batches)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._optimizer_step()
                 state.global_step, state.step_in_epoch = state.global_step + 1, state.step_in_epoch + 1
@@ -450,13 +589,24 @@ class Trainer:
                     self._log_interval(meter, lr, bar)
                 if bar is not None:
                     bar.update()
+                if stop is not None:
+                    if step < steps_left - 1:
+                        break
+                    stop = None  # the last step of this call: end it normally (validation, save); the run
+                    # loop's next check (the flag is still set) stops without another save
+                if (cfg.save_every and state.global_step % cfg.save_every == 0
+                        and state.step_in_epoch < self.steps_per_epoch
+                        and not (cfg.max_steps is not None and state.global_step >= cfg.max_steps)):
+                    self._save()  # mid-epoch: this epoch's checkpoint, overwritten atomically
         del batches
-        self._log_epoch(meter)
+        if stop is None:
+            self._log_epoch(meter)
+        return stop
 
     @contextlib.contextmanager
     def _progress_bar(self):
         bar = None
-        if self.log.active and self.cfg.progress:
+        if self.log.active and self.cfg.progress and stderr_is_terminal():
             from tqdm import tqdm
 
             bar = tqdm(total=self.steps_per_epoch, initial=self.state.step_in_epoch, unit="step", leave=True,
@@ -470,10 +620,15 @@ class Trainer:
     def _log_interval(self, meter: ThroughputMeter, lr: float, bar) -> None:
         loss, rate = meter.take_interval()
         self.log.scalars(self.state.global_step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate})
+        tokens = rate * self.model_config.num_frames * self.model_config.num_actions
         if bar is not None:
-            tokens = rate * self.model_config.num_frames * self.model_config.num_actions
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", tok_s=f"{tokens:.0f}",
                             refresh=False)
+        else:  # no bar (not a terminal, or --no-progress): one line per --log-every steps carries the progress
+            state = self.state
+            self.log.info(f"step {state.global_step}/{self.total_steps} (epoch {state.epoch}/{self.cfg.epochs}, "
+                          f"{state.step_in_epoch}/{self.steps_per_epoch}): loss {loss:.4f}, lr {lr:.3e}, "
+                          f"{rate:.1f} windows/s ({tokens:.0f} action tokens/s)")
 
     def _log_epoch(self, meter: ThroughputMeter) -> None:
         seconds, rate, wait = meter.epoch_summary()
@@ -501,18 +656,23 @@ class Trainer:
             return loss.detach().float()
         return action_loss(logits.detach(), tokens).float()
 
-    def _agree_on_loss(self, loss: torch.Tensor) -> float:
-        """All-reduce [loss, one non-finite flag per rank]: every rank learns the mean loss and who failed."""
+    def _agree_on_loss(self, loss: torch.Tensor) -> tuple[float, int | None]:
+        """All-reduce [loss, SIGTERM flag, SIGINT flag, one non-finite flag per rank]: every rank learns the mean
+        loss, who failed, and whether any rank was asked to stop (then all stop after this same step)."""
         info = self.info
         finite = bool(torch.isfinite(loss))
-        stats = torch.zeros(1 + info.world_size, device=self.device, dtype=torch.float64)
+        stats = torch.zeros(3 + info.world_size, device=self.device, dtype=torch.float64)
         stats[0] = loss.double() if finite else 0.0
-        stats[1 + info.rank] = 0.0 if finite else 1.0
+        received = stop_requested()
+        if received is not None:
+            stats[1 if received == signal.SIGTERM else 2] = 1.0
+        stats[3 + info.rank] = 0.0 if finite else 1.0
         D.all_reduce_sum(stats)
-        bad = [r for r in range(info.world_size) if stats[1 + r] > 0]
+        bad = [r for r in range(info.world_size) if stats[3 + r] > 0]
         if bad:
             raise NonFiniteLossError(self.state.global_step + 1, self.state.epoch, bad, self.last_checkpoint)
-        return float(stats[0]) / info.world_size
+        stop = signal.SIGTERM if stats[1] > 0 else signal.SIGINT if stats[2] > 0 else None
+        return float(stats[0]) / info.world_size, stop
 
     def _optimizer_step(self) -> None:
         if self.cfg.clip_grad_norm is not None:
@@ -575,8 +735,10 @@ class Trainer:
             self.log.flush()
             self.log.info(f"saved {path}" + (f" (removed {', '.join(p.name for p in removed)})" if removed else ""))
         self.last_checkpoint = path
+        self.saved_step = self.state.global_step
         D.barrier()
 
 
-__all__ = ["train", "TrainResult", "NonFiniteLossError", "ResumeError", "TrainSetupError", "cosine_factor",
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "ResumeError", "TrainSetupError", "SaveDirInUseError",
+           "StoppedBySignal", "schedule_length", "take_save_dir", "cosine_factor",
            "set_train_mode", "build_model", "build_optimizer", "to_device", "ThroughputMeter"]
