@@ -16,12 +16,12 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import multiprocessing
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from rt1.data.filters import get_filter
 from rt1.data.rlds_reader import num_episodes, open_builder, read_episodes
@@ -29,6 +29,7 @@ from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
 from rt1.data.segment_schema import Episode, segment_file_name, stored_episodes, write_segment
 from rt1.errors import RT1Error, one_line, run_cli
 from rt1.io import check_free_space, check_writable_dir, remove_stale_temporaries
+from rt1.progress import progress_bar
 
 
 class ConversionError(RT1Error, ValueError):
@@ -217,13 +218,13 @@ def convert(cfg: ConvertConfig, progress: bool = True) -> ConvertSummary:
     ranges = plan_segments(num_episodes(builder), cfg)
     check_writable_dir(cfg.out_dir)
     for stale in remove_stale_temporaries(cfg.out_dir):
-        tqdm.write(f"removed unfinished {stale.name} from an interrupted run")
+        print(f"removed unfinished {stale.name} from an interrupted run", file=sys.stderr, flush=True)
     # Every file in the way is checked before any work: an unrelated file is refused, never overwritten.
     tasks = [SegmentTask(r, stored_episodes(cfg.out_dir / segment_file_name(*r), r, cfg.task_filter)) for r in ranges]
     summary = ConvertSummary()
     start = time.perf_counter()
     total = sum(b - a for a, b in ranges)
-    with tqdm(total=total, unit="episode", desc=f"convert[{cfg.task_filter}]", disable=not progress) as bar:
+    with progress_bar(total, unit="episode", desc=f"convert[{cfg.task_filter}]", enabled=progress) as bar:
         if cfg.workers == 1 or len(tasks) <= 1:
             for result in convert_run(builder, cfg, tasks, on_episode=lambda: bar.update(1)):
                 summary.add(result)

@@ -36,6 +36,7 @@ from rt1.data.rlds_spec import EMBEDDING_DIM
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
 from rt1.errors import RT1Error, one_line, run_cli
 from rt1.io import check_free_space, check_writable_dir, remove_stale_temporaries
+from rt1.progress import progress_bar as new_progress
 
 
 class PreprocessError(RT1Error, RuntimeError):
@@ -315,11 +316,8 @@ def preprocess_dir(in_dir: Path, out_dir: Path, *, task_filter: str = "all", ima
     summary.stale_removed = len(remove_stale_temporaries(out_dir))
     tasks = [_Task(p, out_dir / p.name, task_filter, image_size, jpeg_quality, delete_input) for p in inputs]
 
-    from tqdm import tqdm
-
     def bar():
-        return tqdm(total=len(tasks), unit="file", desc=f"preprocess ({task_filter})", disable=not progress,
-                    dynamic_ncols=True)
+        return new_progress(len(tasks), unit="file", desc=f"preprocess ({task_filter})", enabled=progress)
 
     def done(progress_bar, result: FileResult) -> None:
         summary.files.append(result)
