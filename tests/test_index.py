@@ -156,10 +156,40 @@ def test_edited_csv_is_detected(data, tmp_path):
 # -- errors --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5])
 def test_val_fraction_out_of_range(data, tmp_path, fraction):
-    with pytest.raises(WindowIndexError, match="strictly between 0 and 1"):
+    with pytest.raises(WindowIndexError, match=r"must be in \[0, 1\)"):
         build_index(data, tmp_path, val_fraction=fraction)
+
+
+def test_val_fraction_zero_puts_every_episode_in_train_and_writes_no_val_files(data, tmp_path):
+    split = build_index(data, tmp_path / "split", val_fraction=0.2, seed=0)
+    result = build_index(data, tmp_path / "split", val_fraction=0.0, seed=0)  # replaces the previous index
+    assert result.val_csv is None and result.val_windows == 0 and result.val_episodes == 0
+    assert result.train_windows == split.train_windows + split.val_windows
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == sorted(
+        [result.train_csv.name, result.train_csv.with_suffix(".json").name])
+    assert len(rows(result.train_csv)) == result.train_windows
+    proc = subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--data-dir", str(data), "--out-dir",
+                           str(tmp_path / "cli"), "--val-fraction", "0"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "val:   none" in proc.stdout and not list((tmp_path / "cli").glob("val_idx_*"))
+
+
+def test_data_emerge_writes_next_to_the_data_by_default_never_into_the_current_directory(small, tmp_path):
+    data = tmp_path / "pre"
+    shutil.copytree(small, data)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--data-dir", str(data)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert list(cwd.iterdir()) == []
+    assert len(list(data.glob("train_idx_*.csv"))) == 1 and len(list(data.glob("val_idx_*.json"))) == 1
+    rebuilt = build_index(data)  # the data directory still indexes: the index files are not data
+    assert rebuilt.train_windows + rebuilt.val_windows == sum(
+        int(p.stem.split("_")[-1]) for p in data.glob("*_idx_*.csv"))
 
 
 def test_no_data(tmp_path):
@@ -216,7 +246,7 @@ def test_data_emerge_script(small, tmp_path):
                           "1.0", "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: --val-fraction must be strictly between 0 and 1, got 1.0"]
+        "error: --val-fraction must be in [0, 1) (0: no validation split), got 1.0"]
     assert "--val-fraction" in subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--help"], cwd=REPO,
                                               capture_output=True, text=True, timeout=120).stdout
 

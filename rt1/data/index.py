@@ -1,7 +1,7 @@
 """Stage 3: the window index of the training loader (`data_emerge.py`).
 
 `build_index(data_dir, out_dir)` lists the preprocessed files of `data_dir`, splits their episodes
-into train and validation, and writes
+into train and validation, and writes into `out_dir` (default: `data_dir`, never the current directory)
 
     train_idx_{N}.csv, val_idx_{M}.csv    N, M = numbers of windows; header `start_index,file`, then one
                                           row per window: `start_index` is the step row (in that file) where
@@ -16,7 +16,8 @@ n - window + 1 windows, one shorter than `window` gives none); a window never cr
 
 Split unit: the episode. The episodes that give at least one window are sorted by (source episode
 index, file, row) and permuted with `numpy.random.default_rng(seed)`; the first
-round(val_fraction * count) go to validation. So no episode has windows in both CSVs, the same data
+round(val_fraction * count) go to validation. With val_fraction 0 every episode is in train and no
+val files are written (training then runs without --val-index). So no episode has windows in both CSVs, the same data
 and seed give byte-identical CSVs whatever order the filesystem lists files in, and a different seed
 gives a different split. Adding files changes the split (it is a permutation of all episodes).
 
@@ -66,7 +67,7 @@ class IndexEpisode:
 @dataclass
 class IndexResult:
     train_csv: Path
-    val_csv: Path
+    val_csv: Path | None  # None with val_fraction 0 (every episode trains; no val files are written)
     train_windows: int
     val_windows: int
     train_episodes: int
@@ -74,8 +75,10 @@ class IndexResult:
     unused_episodes: int  # shorter than the window
 
     def format(self) -> str:
+        val = (f"{self.val_windows} windows from {self.val_episodes} episodes -> {self.val_csv}"
+               if self.val_csv is not None else "none (--val-fraction 0: every episode is in train; no val files)")
         return (f"train: {self.train_windows} windows from {self.train_episodes} episodes -> {self.train_csv}\n"
-                f"val:   {self.val_windows} windows from {self.val_episodes} episodes -> {self.val_csv}\n"
+                f"val:   {val}\n"
                 f"episodes shorter than the window (no windows): {self.unused_episodes}")
 
 
@@ -158,15 +161,18 @@ def fingerprint(files: list[dict]) -> str:
     return h.hexdigest()
 
 
-def build_index(data_dir: Path, out_dir: Path = Path("."), *, val_fraction: float = 0.2, seed: int = 0,
+def build_index(data_dir: Path, out_dir: Path | None = None, *, val_fraction: float = 0.2, seed: int = 0,
                 window: int = DEFAULT_WINDOW) -> IndexResult:
-    """Split the episodes of `data_dir` and write the train and val window CSVs (+ sidecars) to `out_dir`.
+    """Split the episodes of `data_dir` and write the train and val window CSVs (+ sidecars) to `out_dir`
+    (default: `data_dir` itself; the index files sit next to the data they index).
 
-    Index files of an earlier run in `out_dir` (train_idx_*/val_idx_* with an rt1 sidecar) are replaced.
+    `val_fraction` 0 puts every episode in train and writes no val files. Index files of an earlier run in
+    `out_dir` (train_idx_*/val_idx_* with an rt1 sidecar) are replaced.
     """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if not 0.0 < val_fraction < 1.0:
-        raise WindowIndexError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
+    data_dir = Path(data_dir)
+    out_dir = data_dir if out_dir is None else Path(out_dir)
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise WindowIndexError(f"--val-fraction must be in [0, 1) (0: no validation split), got {val_fraction}")
     if window < 1:
         raise WindowIndexError(f"--window must be at least 1, got {window}")
     files, episodes = _scan(data_dir)
@@ -184,7 +190,8 @@ def build_index(data_dir: Path, out_dir: Path = Path("."), *, val_fraction: floa
     if not usable:
         raise WindowIndexError(f"no episode in {data_dir} has at least {window} steps, so there are no windows")
     num_val = int(round(val_fraction * len(usable)))
-    if num_val == 0 or num_val == len(usable):
+    splits = SPLITS if val_fraction > 0 else ("train",)
+    if (num_val == 0 and val_fraction > 0) or num_val == len(usable):
         empty = "val" if num_val == 0 else "train"
         raise WindowIndexError(f"the split leaves {empty} empty: {len(usable)} episodes have at least {window} steps "
                                f"and --val-fraction {val_fraction} puts {num_val} of them in val")
@@ -198,16 +205,16 @@ def build_index(data_dir: Path, out_dir: Path = Path("."), *, val_fraction: floa
     counts = {s: sum(ep["num_steps"] - window + 1 for ep in eps) for s, eps in by_split.items()}
 
     check_writable_dir(out_dir)
-    names = {s: f"{s}_idx_{counts[s]}" for s in SPLITS}
+    names = {s: f"{s}_idx_{counts[s]}" for s in splits}
     common = {
         "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "window": window, "seed": seed,
         "val_fraction": val_fraction, "split_unit": "episode", "data_dir": str(data_dir.resolve()),
         "fingerprint": fingerprint(files), "files": files,
-        "csv": {s: names[s] + ".csv" for s in SPLITS},
+        "csv": {s: names[s] + ".csv" for s in splits},
         "created_by": "data_emerge.py (rt1.data.index.build_index)",
     }
     _remove_previous(out_dir)
-    for split in SPLITS:
+    for split in splits:
         eps = by_split[split]
         with atomic_output(out_dir / f"{names[split]}.csv") as tmp:
             with open(tmp, "w", newline="\n") as out:
@@ -219,7 +226,8 @@ def build_index(data_dir: Path, out_dir: Path = Path("."), *, val_fraction: floa
                 "episodes": [{**ep, "num_windows": ep["num_steps"] - window + 1} for ep in eps]}
         with atomic_output(out_dir / f"{names[split]}.json") as tmp:
             tmp.write_text(_dump_sidecar(meta))
-    return IndexResult(out_dir / f"{names['train']}.csv", out_dir / f"{names['val']}.csv", counts["train"],
+    return IndexResult(out_dir / f"{names['train']}.csv", out_dir / f"{names['val']}.csv" if "val" in names else None,
+                       counts["train"],
                        counts["val"], len(by_split["train"]), len(by_split["val"]), len(episodes) - len(usable))
 
 
@@ -318,10 +326,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         epilog="Errors print one line 'error: ...' to stderr and exit with status 2.",
     )
     parser.add_argument("--data-dir", required=True, type=Path, help="directory of preprocessed files (stage 2 output)")
-    parser.add_argument("--out-dir", type=Path, default=Path("."), help="where to write the CSVs (default: .)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where to write the CSVs and sidecars (default: --data-dir, next to the data)")
     parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="fraction of the episodes (with at least --window steps) for validation, in (0, 1) "
-                             "(default 0.2)")
+                        help="fraction of the episodes (with at least --window steps) for validation, in [0, 1); "
+                             "0: every episode trains and no val files are written (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                         help=f"steps per training window (default {DEFAULT_WINDOW}: the default preset's num_frames, RT-1's "
