@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -96,3 +98,102 @@ def test_unknown_episode_or_instruction_lists_what_exists(tiny_checkpoint, prepr
     proc = run_script(REPO / "plot_actions.py", *common, "--instruction", "juggle three oranges", check=False)
     assert proc.returncode == 2 and "no episode with instruction 'juggle three oranges'" in proc.stderr
     assert known[0].instruction in proc.stderr
+
+
+# ---- bad input: one line, nothing left behind (issue 14) ----------------------------------------------------
+
+
+def _refused(proc, *words):
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_an_index_built_from_another_data_directory_is_refused(tiny_checkpoint, preprocessed_dir, index_dir,
+                                                               tmp_path):
+    """Another directory whose files have the same names but other content (here: two files swapped)."""
+    val = _val_index(index_dir)
+    first = index_episodes(val)[0].file
+    other = next(p.name for p in sorted(preprocessed_dir.glob("*.h5")) if p.name != first)
+    data = tmp_path / "other_data"
+    data.mkdir()
+    for p in preprocessed_dir.glob("*.h5"):
+        name = {first: other, other: first}.get(p.name, p.name)
+        (data / name).write_bytes(p.read_bytes())
+    out = tmp_path / "plots"
+    proc = run_script(REPO / "plot_actions.py", "--checkpoint", tiny_checkpoint, "--data-dir", data, "--index", val,
+                      "--out", out, check=False)
+    _refused(proc, str(val), str(data), first, "content digest")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("problem", ["text checkpoint", "random checkpoint", "cond-scale nan", "cond-scale inf",
+                                     "device", "device cuda"])
+def test_bad_checkpoint_device_and_cond_scale_are_one_line_errors(tiny_checkpoint, preprocessed_dir, index_dir,
+                                                                  tmp_path, problem):
+    checkpoint, extra = tiny_checkpoint, []
+    if problem == "text checkpoint":
+        checkpoint = tmp_path / "checkpoint-1.pt"
+        checkpoint.write_text("not a checkpoint\n")
+    elif problem == "random checkpoint":
+        checkpoint = tmp_path / "checkpoint-1.pt"
+        checkpoint.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif problem.startswith("cond-scale"):
+        extra = ["--cond-scale", problem.split()[1]]
+    elif problem == "device":
+        extra = ["--device", "tpu7"]
+    else:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+        extra = ["--device", "cuda"]
+    out = tmp_path / "a" / "plots"
+    proc = run_script(REPO / "plot_actions.py", "--checkpoint", checkpoint, "--data-dir", preprocessed_dir,
+                      "--index", _val_index(index_dir), "--out", out, *extra, check=False)
+    words = {"text checkpoint": [str(checkpoint)], "random checkpoint": [str(checkpoint)],
+             "cond-scale nan": ["--cond-scale", "nan"], "cond-scale inf": ["--cond-scale", "inf"],
+             "device": ["--device", "tpu7"], "device cuda": ["--device cuda", "CUDA is not available"]}[problem]
+    _refused(proc, *words)
+    assert not (tmp_path / "a").exists(), "a refused run left its --out directory behind"
+
+
+def test_data_of_another_image_size_than_the_checkpoint_is_a_one_line_error(tiny_checkpoint, segment_dir, tmp_path):
+    from rt1.data.index import build_index
+    from rt1.data.preprocess import preprocess_dir
+
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    first = sorted(segment_dir.glob("*.h5"))[0]
+    (seg / first.name).write_bytes(first.read_bytes())
+    pre = tmp_path / "pre48"
+    preprocess_dir(seg, pre, image_size=48, workers=1, progress=False)
+    index = build_index(pre, tmp_path / "index", val_fraction=0.5, seed=0)
+    out = tmp_path / "plots"
+    proc = run_script(REPO / "plot_actions.py", "--checkpoint", tiny_checkpoint, "--data-dir", pre, "--index",
+                      index.val_csv, "--out", out, check=False)
+    _refused(proc, "48x48", "64x64", "--image-size 64")
+    assert not out.exists()
+
+
+def test_outputs_default_next_to_the_checkpoint_not_the_current_directory(tiny_checkpoint, preprocessed_dir,
+                                                                          index_dir, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "save" / tiny_checkpoint.name
+    checkpoint.parent.mkdir()
+    shutil.copy(tiny_checkpoint, checkpoint)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, str(REPO / "plot_actions.py"), "--checkpoint", str(checkpoint),
+                           "--data-dir", str(preprocessed_dir), "--index", str(_val_index(index_dir)),
+                           "--max-episodes", "1"], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(cwd.iterdir()) == []
+    out = tmp_path / "save" / "plots" / checkpoint.stem
+    assert (out / "metrics.json").is_file() and len(list(out.glob("episode_*.png"))) == 1
+    assert str(out) in proc.stdout
+    assert not [p for p in out.iterdir() if ".partial-" in p.name]

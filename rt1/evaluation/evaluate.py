@@ -4,7 +4,7 @@ For each selected episode the policy (`rt1.policy.RT1Policy`, frame-token cache,
 predicts the action tokens of every step from the recorded frames and the instruction embedding;
 they are detokenized with the fixed RT-1 bounds and compared with the recorded actions.
 
-Outputs in --out:
+Outputs in --out (default: plots/{checkpoint name} in the checkpoint's directory), written atomically:
     episode_{source_index}.png   per selected episode (not with --all): frames every 6 steps and the
                                  11 action dimensions, ground truth blue, prediction orange
     metrics.json                 per episode and overall (see rt1.evaluation.metrics)
@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes
-from rt1.errors import RT1Error, run_cli
+from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes, read_index
+from rt1.errors import RT1Error, one_line, run_cli
+from rt1.io import atomic_output
+from rt1.progress import progress_bar
 from rt1.evaluation import metrics
 from rt1.evaluation.plots import plot_episode, plot_error_summary
 
@@ -37,7 +40,7 @@ class EvalConfig:
     checkpoint: Path
     data_dir: Path
     index: Path
-    out: Path
+    out: Path | None = None  # None: {checkpoint's directory}/plots/{checkpoint name without .pt}
     episodes: tuple[int, ...] = ()  # source episode indices (RLDS train split positions)
     instruction: str | None = None
     evaluate_all: bool = False
@@ -52,6 +55,67 @@ class EvalConfig:
             raise EvaluationError("give --episode or --instruction, not both")
         if self.max_episodes < 1:
             raise EvaluationError(f"--max-episodes must be >= 1, got {self.max_episodes}")
+        if not isinstance(self.cond_scale, (int, float)) or not math.isfinite(self.cond_scale):
+            raise EvaluationError(f"--cond-scale must be a finite number, got {self.cond_scale!r}")
+        if self.out is None:
+            object.__setattr__(self, "out", default_out_dir(self.checkpoint))
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    """Where plots go without --out: next to the checkpoint, e.g. save/rt1_ddp/plots/checkpoint-3/."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / "plots" / checkpoint.stem
+
+
+def check_device(device: str):
+    """A torch.device for --device, or a one-line EvaluationError (unknown name, CUDA not available)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise EvaluationError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EvaluationError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise EvaluationError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise EvaluationError(f"--device {device!r}: use cpu or cuda")
+    return dev
+
+
+def check_index_matches_data(episodes: list[IndexEpisode], index_csv: Path, data_dir: Path) -> dict:
+    """The files the episodes come from exist in data_dir with the content digests the index recorded.
+
+    An index built from another data directory names the same files but other content: without this
+    check its episode K would be plotted from whatever episode sits at that row. Returns {file: image_size}.
+    """
+    from rt1.data.preprocessed_schema import PreprocessedFile, PreprocessedFormatError
+
+    meta = read_index(index_csv).meta or {}
+    digests = {f["file"]: f["content_digest"] for f in meta.get("files", [])}
+    sizes = {}
+    for name in dict.fromkeys(e.file for e in episodes):
+        path = Path(data_dir) / name
+        if not path.is_file():
+            raise EvaluationError(f"{index_csv} names {name}, which is not in --data-dir {data_dir}: pass the "
+                                  "directory the index was built from")
+        try:
+            f = PreprocessedFile(path)
+        except (PreprocessedFormatError, OSError) as e:
+            raise EvaluationError(f"{path}: {one_line(e)}") from None
+        try:
+            digest, sizes[name] = f.content_digest, f.image_size
+        finally:
+            f.close()
+        expected = digests.get(name)
+        if expected is not None and digest != expected:
+            raise EvaluationError(
+                f"{index_csv} does not match --data-dir {data_dir}: {name} has content digest {digest[:12]}..., the "
+                f"index recorded {expected[:12]}... (built from {meta.get('data_dir', 'another directory')}); pass "
+                "the data directory the index was built from, or rebuild the index with data_emerge.py")
+    return sizes
 
 
 def select_episodes(available: list[IndexEpisode], cfg: EvalConfig) -> list[IndexEpisode]:
@@ -76,60 +140,117 @@ def select_episodes(available: list[IndexEpisode], cfg: EvalConfig) -> list[Inde
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
-    """Run the evaluation; returns the metrics written to metrics.json."""
-    import torch
+    """Run the evaluation; returns the metrics written to metrics.json.
 
+    Every input is checked before --out is created (the index against the data's content digests, the
+    checkpoint, the device, the image size), so a refused run leaves no directory behind; outputs are
+    written atomically.
+    """
     from rt1.data.preprocessed_schema import PreprocessedFile
-    from rt1.model import load_model
+    from rt1.model import CheckpointError, load_model
     from rt1.policy import RT1Policy
 
     if not cfg.checkpoint.is_file():
         raise EvaluationError(f"checkpoint {cfg.checkpoint} does not exist")
+    if not zipfile.is_zipfile(cfg.checkpoint):
+        raise EvaluationError(f"{cfg.checkpoint} is not a checkpoint: not a file written by torch.save (checkpoints "
+                              "are zip archives)")
     try:
         available = index_episodes(cfg.index)
     except (WindowIndexError, OSError) as e:
-        raise EvaluationError(str(e)) from None
+        raise EvaluationError(one_line(e)) from None
     if not available:
         raise EvaluationError(f"{cfg.index} lists no episodes")
     selected = select_episodes(available, cfg)
-    model, model_config, _ = load_model(cfg.checkpoint, torch.device(cfg.device))
-    policy = RT1Policy(model, cond_scale=cfg.cond_scale)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-
-    per_episode, all_sums, arrays = {}, [], {}
-    files: dict[str, PreprocessedFile] = {}
+    sizes = check_index_matches_data(selected, cfg.index, cfg.data_dir)
+    device = check_device(cfg.device)
     try:
-        for ep in tqdm(selected, desc="evaluate", unit="episode", disable=not progress):
-            if ep.file not in files:
-                files[ep.file] = PreprocessedFile(cfg.data_dir / ep.file)
-            episode = files[ep.file].episode(ep.episode, decode_images=True)
-            pred_tokens = policy.predict_episode(episode.images, episode.language_embedding)
-            sums = metrics.episode_sums(pred_tokens, episode.action_tokens, episode.actions)
-            all_sums.append(sums)
-            per_episode[str(ep.source_index)] = {"instruction": ep.instruction, "file": ep.file,
-                                                 **metrics.summarize(sums)}
-            key = f"episode_{ep.source_index}"
-            arrays[f"{key}/pred_tokens"] = pred_tokens
-            arrays[f"{key}/true_tokens"] = episode.action_tokens
-            arrays[f"{key}/true_actions"] = episode.actions
-            if not cfg.evaluate_all:
-                summary = per_episode[str(ep.source_index)]
-                plot_episode(cfg.out / f"{key}.png", episode.images, ep.instruction, episode.actions,
-                             metrics.predicted_actions(pred_tokens),
-                             subtitle=f"source episode {ep.source_index}, token accuracy "
-                                      f"{summary['token_accuracy']:.2f}, cond_scale {cfg.cond_scale}")
+        model, model_config, _ = load_model(cfg.checkpoint, device)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a text file or random bytes: torch's unpickler raises anything
+        raise EvaluationError(f"checkpoint {cfg.checkpoint} cannot be read ({type(e).__name__}: {one_line(e)}): "
+                              "give a checkpoint-{epoch}.pt written by train_ddp.py") from None
+    expected = (model_config.image_size, model_config.image_size)
+    wrong = {name: size for name, size in sizes.items() if tuple(size) != expected}
+    if wrong:
+        name, size = next(iter(wrong.items()))
+        raise EvaluationError(
+            f"{cfg.data_dir / name} holds {size[0]}x{size[1]} frames but {cfg.checkpoint} was trained on "
+            f"{expected[0]}x{expected[1]}: evaluate it on data preprocessed with --image-size {expected[0]}")
+    policy = RT1Policy(model, cond_scale=cfg.cond_scale)
+    created = _outermost_missing(cfg.out)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _evaluate_into(cfg, selected, policy, PreprocessedFile, progress)
+    except BaseException:
+        if created is not None:
+            _remove_empty_dirs(cfg.out, created)
+        raise
+
+
+def _evaluate_into(cfg: EvalConfig, selected: list[IndexEpisode], policy, preprocessed_file, progress: bool) -> dict:
+    per_episode, all_sums, arrays = {}, [], {}
+    files: dict = {}
+    try:
+        with progress_bar(len(selected), desc="evaluate", unit="episode", enabled=progress) as bar:
+            for ep in selected:
+                if ep.file not in files:
+                    files[ep.file] = preprocessed_file(cfg.data_dir / ep.file)
+                episode = files[ep.file].episode(ep.episode, decode_images=True)
+                pred_tokens = policy.predict_episode(episode.images, episode.language_embedding)
+                sums = metrics.episode_sums(pred_tokens, episode.action_tokens, episode.actions)
+                all_sums.append(sums)
+                per_episode[str(ep.source_index)] = {"instruction": ep.instruction, "file": ep.file,
+                                                     **metrics.summarize(sums)}
+                key = f"episode_{ep.source_index}"
+                arrays[f"{key}/pred_tokens"] = pred_tokens
+                arrays[f"{key}/true_tokens"] = episode.action_tokens
+                arrays[f"{key}/true_actions"] = episode.actions
+                if not cfg.evaluate_all:
+                    summary = per_episode[str(ep.source_index)]
+                    with atomic_output(cfg.out / f"{key}.png") as tmp:
+                        plot_episode(tmp, episode.images, ep.instruction, episode.actions,
+                                     metrics.predicted_actions(pred_tokens),
+                                     subtitle=f"source episode {ep.source_index}, token accuracy "
+                                              f"{summary['token_accuracy']:.2f}, cond_scale {cfg.cond_scale}")
+                bar.update()
     finally:
         for f in files.values():
             f.close()
     overall = metrics.summarize(metrics.combine(all_sums))
     result = {"checkpoint": str(cfg.checkpoint), "index": str(cfg.index), "cond_scale": cfg.cond_scale,
               "episodes": per_episode, "overall": overall}
-    (cfg.out / "metrics.json").write_text(json.dumps(result, indent=2))
-    np.savez_compressed(cfg.out / "predictions.npz", **arrays)
+    with atomic_output(cfg.out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    with atomic_output(cfg.out / "predictions.npz") as tmp:
+        with open(tmp, "wb") as f:  # a file object: numpy would append .npz to the temporary name
+            np.savez_compressed(f, **arrays)
     if cfg.evaluate_all:
-        plot_error_summary(cfg.out / "error_summary.png", overall["mae"], overall["token_accuracy_per_dim"],
-                           f"{len(selected)} episodes of {cfg.index.name}: token accuracy {overall['token_accuracy']:.3f}")
+        with atomic_output(cfg.out / "error_summary.png") as tmp:
+            plot_error_summary(tmp, overall["mae"], overall["token_accuracy_per_dim"],
+                               f"{len(selected)} episodes of {cfg.index.name}: token accuracy "
+                               f"{overall['token_accuracy']:.3f}")
     return result
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    path, missing = Path(path).absolute(), None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_empty_dirs(directory: Path, outermost: Path) -> None:
+    path = Path(directory).absolute()
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == outermost or path.parent == path:
+            return
+        path = path.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-episodes", type=int, default=3,
                         help="with --instruction or no selection: how many episodes to plot (default 3)")
     parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
-    parser.add_argument("--out", type=Path, default=Path("plots"), help="output directory (default ./plots)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: plots/{checkpoint name} next to the checkpoint, e.g. "
+                             "save/rt1_ddp/plots/checkpoint-3)")
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
 
@@ -159,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(cfg)
         overall = result["overall"]
         print(f"{len(result['episodes'])} episode(s): token accuracy {overall['token_accuracy']:.3f}, terminate "
-              f"accuracy {overall['terminate_accuracy']:.3f}; outputs in {args.out}")
-        for name in sorted(args.out.glob("*.png")):
+              f"accuracy {overall['terminate_accuracy']:.3f}; outputs in {cfg.out}")
+        for name in sorted(cfg.out.glob("*.png")):
             print(f"  {name}")
         return 0
 

@@ -49,7 +49,7 @@ def plot_episode(path: Path, frames: np.ndarray, instruction: str, true_actions:
     legend_ax.axis("off")
     legend_ax.legend(*fig.axes[1].get_legend_handles_labels(), loc="center", fontsize=14)
     fig.suptitle(f"{instruction}\n{subtitle}", fontsize=15)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, format="png")
 
 
 def plot_error_summary(path: Path, mae: dict[str, float], token_accuracy: dict[str, float], title: str) -> None:
@@ -64,4 +64,4 @@ def plot_error_summary(path: Path, mae: dict[str, float], token_accuracy: dict[s
     for ax in (ax_err, ax_acc):
         ax.tick_params(axis="x", rotation=60)
     fig.suptitle(title)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, format="png")
