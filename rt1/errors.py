@@ -7,6 +7,10 @@ file or value. Every entry point runs through `run_cli`, which turns them into
 
 and an `OSError` (disk full, permissions) into the same one line, so no traceback reaches a user for
 bad input. Ctrl-C exits 130 and SIGTERM (as `Terminated`, raised by `install_sigterm_handler`) 143.
+
+`install_stop_handlers` + `signals_deferred()` let a long job answer SIGTERM/SIGINT at a safe point
+instead (training: the next step boundary, after saving that step): inside the block the first signal
+is only recorded (`stop_requested()`), the job stops by itself and calls `acknowledge_stop()`.
 """
 
 from __future__ import annotations
