@@ -10,7 +10,7 @@ import pytest
 from rt1.data.rlds_spec import ACTION_SPEC, EPISODE_METADATA_SPEC, OBSERVATION_VECTORS, STEP_SPEC
 from rt1.sim.env import FractalSimEnv, register_env
 from rt1.sim.expert import ScriptedExpert, make_action, noop_policy
-from rt1.sim.record import record_episode
+from rt1.sim.record import episode_seeds, record_episode
 from rt1.sim.scene import TASK_FAMILIES, drawer_handle, instruction_embedding
 
 
@@ -80,20 +80,6 @@ def test_instruction_embedding_is_the_bundled_datasets():
     e = instruction_embedding("pick coke can")
     assert np.allclose(e[:4], [0.04451552, -0.07819158, -0.03510684, 0.01523583], atol=1e-7)
     assert abs(np.linalg.norm(e) - 1) < 1e-5
-
-
-def test_scene_sampling_matches_mini_fractal_while_it_has_its_own_copy():
-    from rt1.data import mini_fractal
-    from rt1.sim.scene import render, sample_scene
-
-    if not hasattr(mini_fractal, "_advance"):
-        pytest.skip("mini_fractal records its episodes in rt1.sim now")
-    for index in range(14):
-        scene, task = sample_scene(np.random.default_rng([0, index]))
-        first = mini_fractal.make_episode(index, 0)["steps"][0]["observation"]
-        assert task.instruction == first["natural_language_instruction"]
-        assert np.allclose(scene.gripper, first["base_pose_tool_reached"][:3])
-        assert np.array_equal(render(scene), first["image"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,3 +290,34 @@ def test_record_episode_encodes_with_the_real_tfds_features():
     features = tfds_features()
     for index in range(3):
         features.encode_example(record_episode(index, seed=0))
+
+
+def test_recorded_data_is_what_the_env_returns_when_its_actions_are_replayed():
+    """data == env: every recorded observation field, the operator-side ones included."""
+    checked = set()
+    for index in range(12):
+        episode = record_episode(index, seed=0)
+        env = FractalSimEnv()
+        obs, _ = env.reset(seed=episode_seeds(index, 0)[0])
+        for t, step in enumerate(episode["steps"]):
+            recorded = step["observation"]
+            assert set(recorded) == set(obs)
+            for key in obs:
+                assert np.array_equal(np.asarray(recorded[key]), np.asarray(obs[key])), (index, t, key)
+            if t + 1 < len(episode["steps"]):
+                obs, *_ = env.step({**step["action"], "terminate_episode": np.array([0, 1, 0], np.int32)})
+        checked.add(episode["attributes"]["task_family_name"])
+        commanded = [s["observation"]["gripper_closedness_commanded"][0] for s in episode["steps"]]
+        applied = [s["action"]["gripper_closedness_action"][0] for s in episode["steps"]]
+        assert commanded[0] == -1.0 and commanded[1:] == applied[:-1]  # the last command applied
+    assert len(checked) >= 5
+
+
+def test_make_episode_is_the_recorded_expert_rollout():
+    from rt1.data.mini_fractal import make_episode
+
+    a, b = make_episode(4, 0), record_episode(4, 0)
+    assert a["attributes"] == b["attributes"] and len(a["steps"]) == len(b["steps"])
+    for x, y in zip(a["steps"], b["steps"]):
+        fx, fy = _flat(x), _flat(y)
+        assert all(np.array_equal(fx[k], fy[k]) for k in fx)

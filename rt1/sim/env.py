@@ -21,6 +21,11 @@ World rules (one step):
      nearest drawer handle, within `GRASP_RADIUS` of the tool point.
   4. The episode terminates on success (reward 1) or when `terminate_episode` has argmax 0
      ([1, 0, 0]); it is truncated after `max_steps` steps.
+
+Operator-side state fields, the same in the env and in the recorded dataset (`rt1.sim.record` stores
+the env's observations as they are): `gripper_closedness_commanded` is the last
+`gripper_closedness_action` applied (-1, open, after reset); `vector_to_go` and
+`rotation_delta_to_go` are zeros (the sim has no operator goal; a policy must not rely on them).
 """
 
 from __future__ import annotations
@@ -316,7 +321,7 @@ class FractalSimEnv(gym.Env):
             "orientation_box": np.array([[-1, -1, -1], [1, 1, 1]], np.float32),
             "orientation_start": quaternion(np.zeros(3)).astype(np.float32),
             "robot_orientation_positions_box": np.eye(3, dtype=np.float32),
-            # The env does not know an operator's goal; recorded data fill these from the expert's plan.
+            # No operator goal exists in the sim: zeros, in the env and in the recorded data alike.
             "rotation_delta_to_go": np.zeros(3, np.float32),
             "src_rotation": pose.astype(np.float32),
             "vector_to_go": np.zeros(3, np.float32),

@@ -121,16 +121,13 @@ def plan(env: FractalSimEnv) -> list[Phase]:
 class ScriptedExpert:
     """Solves the task of `env` from its state; call `reset()` after every `env.reset()`.
 
-    `expert(obs)` returns the next RLDS action dict. `annotation` then holds the operator-side
-    observation fields of that step as the bundled dataset records them: `vector_to_go` (3,)
-    (goal minus tool), `rotation_delta_to_go` (3,) and `gripper_closedness_commanded` (1,), float32.
+    `expert(obs)` returns the next RLDS action dict.
     """
 
     def __init__(self, env: FractalSimEnv, noise_std: float = 0.03, seed: int | None = None) -> None:
         self.env = env
         self.noise_std = noise_std
         self.rng = np.random.default_rng(seed)
-        self.annotation: dict[str, np.ndarray] = {}
         self._phases: list[Phase] = []
         self._index = self._phase_step = self._restarts = 0
         self._anchor = np.zeros(3)
@@ -152,7 +149,6 @@ class ScriptedExpert:
     def stop_action(self) -> dict[str, np.ndarray]:
         """Zero motion, keep the gripper as it is, terminate [1, 0, 0]."""
         gripper = 1.0 if self.env.scene.gripper_closed else -1.0
-        self._annotate(np.zeros(3), np.zeros(3), gripper)
         return make_action(gripper=gripper, terminate=True)
 
     def __call__(self, obs: dict) -> dict[str, np.ndarray]:
@@ -177,13 +173,11 @@ class ScriptedExpert:
             world_vector = delta / max(distance, STEP_SIZE)
             finished = distance <= STEP_SIZE
         else:
-            delta = np.zeros(3)
             world_vector = np.zeros(3)
             finished = self._phase_step + 1 >= phase.steps
         if self.noise_std > 0:
             world_vector = np.clip(world_vector + self.rng.normal(0.0, self.noise_std, size=3), -1.0, 1.0)
         rotation = np.asarray(phase.rotation, np.float64)
-        self._annotate(delta, rotation * max(phase.steps, 1), phase.gripper)
         self._phase_step += 1
         if finished:
             self._check_grasp = phase.grasp
@@ -205,10 +199,3 @@ class ScriptedExpert:
         self._restarts += 1
         self._phases = plan(self.env)
         self._index = self._phase_step = 0
-
-    def _annotate(self, vector_to_go: np.ndarray, rotation_to_go: np.ndarray, gripper: float) -> None:
-        self.annotation = {
-            "vector_to_go": np.asarray(vector_to_go, np.float32),
-            "rotation_delta_to_go": np.asarray(rotation_to_go, np.float32),
-            "gripper_closedness_commanded": np.array([gripper], np.float32),
-        }

@@ -5,8 +5,13 @@ same dict layout (aspects, attributes, steps with observation / action / is_firs
 is_terminal / reward), same family distribution, and ~8% of episodes cut to 2..5 steps as aborted
 real episodes are. Step t holds the observation before action t; the last step holds the final
 observation and the expert's stop action (terminate_episode [1, 0, 0]; [0, 1, 0] before it).
-The operator-side observation fields (`vector_to_go`, `rotation_delta_to_go`,
-`gripper_closedness_commanded`) come from the expert's plan, as in the bundled dataset.
+Every recorded observation is exactly what `FractalSimEnv` returned (state fields included), so the
+data and the environment agree field by field: replaying an episode's actions in
+`FractalSimEnv().reset(seed=episode_seeds(index, seed)[0])` gives back its observations.
+
+Seeds: episode `index` of the dataset for `seed` draws everything from
+`np.random.default_rng([seed, index])` (see `episode_seeds`). Closed-loop evaluation draws its
+episodes from a disjoint stream (`rt1.evaluation.closed_loop.evaluation_episodes`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ TRUNCATE_PROBABILITY = 0.08  # fraction of episodes cut to 2..5 steps
 NOISE_STD = 0.03  # expert world_vector noise in recorded episodes
 
 
-def _record_step(obs: dict, action: dict, annotation: dict) -> dict:
-    observation = {**obs, **{k: v.copy() for k, v in annotation.items()}}
-    return {"observation": observation, "action": {k: np.array(v, copy=True) for k, v in action.items()}}
+def _record_step(obs: dict, action: dict) -> dict:
+    return {"observation": dict(obs), "action": {k: np.array(v, copy=True) for k, v in action.items()}}
+
+
+def episode_seeds(index: int, seed: int) -> tuple[int, int, np.random.Generator]:
+    """(env seed, expert noise seed, rng for the truncation draw) of dataset episode `index` for `seed`."""
+    rng = np.random.default_rng([seed, index])
+    env_seed, noise_seed = (int(s) for s in rng.integers(2**63 - 1, size=2))
+    return env_seed, noise_seed, rng
 
 
 def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS) -> dict:
@@ -32,8 +43,7 @@ def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS) ->
     Deterministic in (index, seed). The environment seed, the expert's noise and the truncation draw
     all come from `np.random.default_rng([seed, index])`.
     """
-    rng = np.random.default_rng([seed, index])
-    env_seed, noise_seed = (int(s) for s in rng.integers(2**63 - 1, size=2))
+    env_seed, noise_seed, rng = episode_seeds(index, seed)
     env = FractalSimEnv(max_steps=max_steps)
     expert = ScriptedExpert(env, noise_std=NOISE_STD, seed=noise_seed)
     obs, info = env.reset(seed=env_seed)
@@ -41,13 +51,13 @@ def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS) ->
     steps = []
     while True:
         action = expert(obs)
-        steps.append(_record_step(obs, action, expert.annotation))
+        steps.append(_record_step(obs, action))
         if action["terminate_episode"][0] == 1:
             break
         obs, _reward, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             # The final observation, with the expert's stop (it terminates once the task succeeded).
-            steps.append(_record_step(obs, expert.stop_action(), expert.annotation))
+            steps.append(_record_step(obs, expert.stop_action()))
             break
     success = bool(info["success"])
     cut = rng.random() < TRUNCATE_PROBABILITY
