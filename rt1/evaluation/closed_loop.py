@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    from rt1.train.checkpoint import CheckpointError  # moves with issue 11 (rt1/errors.py)
+
     torch.set_num_threads(args.threads)
     try:
         model = _load_model(args.checkpoint)
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed, args.max_steps, args.out, args.videos,
             settings={"checkpoint": str(args.checkpoint), "cond_scale": args.cond_scale,
                       "jpeg_quality": args.jpeg_quality})
-    except (ValueError, OSError) as e:
+    except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))
