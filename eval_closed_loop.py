@@ -1,7 +1,10 @@
-"""Closed-loop evaluation of a trained checkpoint in the simulated fractal scene (draft CLI).
+"""Closed-loop evaluation of a trained checkpoint in the simulated fractal scene (rt1.sim).
 
     python eval_closed_loop.py --checkpoint CK [--episodes 100] [--task-family F ...] [--seed S]
         [--cond-scale S] [--videos K] --out DIR
+
+Writes DIR/results.json (the policy, the scripted expert and a no-op policy on the same evaluation
+seeds, each with overall and per-family success rates) and DIR/videos/*.gif.
 """
 
 import sys

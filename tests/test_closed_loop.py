@@ -161,10 +161,11 @@ def one_thread():
 def test_tiny_random_model_writes_results_and_a_readable_gif(tmp_path, one_thread):
     from PIL import Image
 
-    from rt1.model import PRESETS, RT1
+    from rt1.config import PRESETS
+    from rt1.model import RT1
 
     torch.manual_seed(0)
-    model = RT1(PRESETS["tiny"]).eval()
+    model = RT1(PRESETS["tiny"].model).eval()
     families = ["pick", "open_drawer"]
     results = closed_loop_evaluation(rt1_policy_factory(model), episodes=2, families=families, seed=0,
                                      max_steps=40, out_dir=tmp_path, videos=1, settings={"checkpoint": "random"})

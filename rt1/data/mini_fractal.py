@@ -29,8 +29,13 @@ import tempfile
 from pathlib import Path
 
 from rt1.data.rlds_spec import DATASET_NAME, DATASET_VERSION
+from rt1.errors import RT1Error, run_cli
 from rt1.sim.record import record_episode
 from rt1.sim.scene import instruction_embedding  # noqa: F401  (re-exported: the embedding of the data)
+
+
+class MiniFractalError(RT1Error, ValueError):
+    """A bad argument of the generator (the message names it)."""
 
 
 def make_episode(index: int, seed: int) -> dict:
@@ -97,7 +102,7 @@ def _read_like_the_real_dataset(version_dir: Path) -> None:
 def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = False, shards: int | None = None) -> Path:
     """Write the dataset under `out`; returns the version directory to pass to builder_from_directory."""
     if episodes < 1:
-        raise ValueError(f"--episodes must be at least 1, got {episodes}")
+        raise MiniFractalError(f"--episodes must be at least 1, got {episodes}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
@@ -129,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=None, help=f"TFRecord shards (default: about {EPISODES_PER_SHARD} episodes per shard)")
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     args = parser.parse_args(argv)
-    try:
+
+    def run(_) -> int:
         path = write_dataset(args.out, args.episodes, args.seed, args.overwrite, args.shards)
-    except (ValueError, FileExistsError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.episodes} episodes to {path}")
-    return 0
+        print(f"wrote {args.episodes} episodes to {path}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

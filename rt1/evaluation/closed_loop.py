@@ -40,6 +40,8 @@ import numpy as np
 
 from rt1.data.images import JPEG_QUALITY, training_frame
 from rt1.data.rlds_spec import ACTION_SPEC
+from rt1.errors import RT1Error, run_cli
+from rt1.io import atomic_output
 from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv
 from rt1.sim.expert import ScriptedExpert, noop_policy
 from rt1.sim.scene import TASK_FAMILIES
@@ -50,6 +52,10 @@ GIF_FRAME_MS = 200
 GIF_LAST_FRAME_MS = 1500
 
 PolicyFactory = Callable[[FractalSimEnv], Callable[[dict], dict]]
+
+
+class ClosedLoopError(RT1Error, ValueError):
+    """Bad evaluation settings (episodes, families, seed, videos); the message names the value."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,15 +74,15 @@ class EvalEpisode:
 def evaluation_episodes(count: int, families: Sequence[str] = TASK_FAMILIES, seed: int = 0) -> list[EvalEpisode]:
     """The first `count` evaluation episodes of evaluation seed `seed`, families in turn."""
     if count < 1:
-        raise ValueError(f"the number of evaluation episodes must be at least 1, got {count}")
+        raise ClosedLoopError(f"the number of evaluation episodes must be at least 1, got {count}")
     families = list(families)
     if not families:
-        raise ValueError("at least one task family is needed")
+        raise ClosedLoopError("at least one task family is needed")
     unknown = sorted(set(families) - set(TASK_FAMILIES))
     if unknown:
-        raise ValueError(f"unknown task family {unknown}; expected some of {list(TASK_FAMILIES)}")
+        raise ClosedLoopError(f"unknown task family {unknown}; expected some of {list(TASK_FAMILIES)}")
     if seed < 0:
-        raise ValueError(f"the evaluation seed must be >= 0, got {seed}")
+        raise ClosedLoopError(f"the evaluation seed must be >= 0, got {seed}")
     episodes = []
     for i in range(count):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(EVAL_STREAM, i)))
@@ -148,7 +154,7 @@ def evaluate_policy(make_policy_fn: PolicyFactory, episodes: int, families: Sequ
     and listed under "videos".
     """
     if videos and video_dir is None:
-        raise ValueError("videos > 0 needs a video_dir")
+        raise ClosedLoopError("videos > 0 needs a video_dir")
     env = FractalSimEnv(max_steps=max_steps, render_images=render_images or videos > 0)
     policy = make_policy_fn(env)
     records, written = [], []
@@ -180,7 +186,7 @@ def env_action(action: dict) -> dict[str, np.ndarray]:
     """A policy's RLDS action dict (numpy or torch values) -> numpy arrays of the env's dtypes and shapes."""
     missing = sorted(set(ACTION_SPEC) - set(action))
     if missing:
-        raise ValueError(f"the policy's action lacks {missing}")
+        raise ClosedLoopError(f"the policy's action lacks {missing}")
     out = {}
     for key, spec in ACTION_SPEC.items():
         value = action[key]
@@ -246,7 +252,7 @@ def closed_loop_evaluation(make_policy_fn: PolicyFactory, episodes: int, familie
     evaluation_episodes(episodes, families, seed)  # validates the arguments before any work
     out_dir = None if out_dir is None else Path(out_dir)
     if videos and out_dir is None:
-        raise ValueError("videos > 0 needs an out_dir")
+        raise ClosedLoopError("videos > 0 needs an out_dir")
     common = dict(episodes=episodes, families=families, seed=seed, max_steps=max_steps)
     results = {
         "policy": evaluate_policy(make_policy_fn, **common, videos=videos,
@@ -261,8 +267,6 @@ def closed_loop_evaluation(make_policy_fn: PolicyFactory, episodes: int, familie
 
 
 def write_results(path: Path, results: dict) -> None:
-    from rt1.data.atomic import atomic_output
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
@@ -322,56 +326,52 @@ def write_rollout_gif(path: Path, frames: Sequence[np.ndarray], instruction: str
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line (draft: model loading moves to rt1.model.load_model with issue 11)
-
-
-def _load_model(path: Path):
-    try:
-        from rt1.model import load_model  # after issue 11
-    except ImportError:
-        from rt1.train.checkpoint import load_model_from_checkpoint
-
-        return load_model_from_checkpoint(path)[0]
-    return load_model(path)
+# Command line
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(
         prog="python eval_closed_loop.py",
         description="Closed-loop success rates of a trained RT-1 policy in the simulated fractal scene, "
                     "next to the scripted expert and a no-op policy on the same evaluation seeds.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint-{epoch}.pt from train_ddp.py")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy (default 100)")
     parser.add_argument("--task-family", nargs="+", choices=TASK_FAMILIES, default=list(TASK_FAMILIES),
-                        help="task families, taken in turn (default: all seven)")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (never a training episode)")
-    parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale")
-    parser.add_argument("--videos", type=int, default=0, help="GIF rollouts of the first K policy episodes")
-    parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS, help="step limit per episode")
+                        metavar="F", help=f"task families, taken in turn (default: all seven: {', '.join(TASK_FAMILIES)})")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="evaluation seed (default 0); evaluation scenes are never training episodes")
+    parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    parser.add_argument("--videos", type=int, default=0, help="GIF rollouts of the first K policy episodes (default 0)")
+    parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS,
+                        help="step limit per episode (default %(default)s)")
     parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
                         help="stage 2's --jpeg-quality of the training data (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: one small-batch step gains nothing from more)")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json and videos/")
     args = parser.parse_args(argv)
-    import torch
 
-    from rt1.train.checkpoint import CheckpointError  # moves with issue 11 (rt1/errors.py)
+    def run(_) -> int:
+        if args.videos < 0 or args.threads < 1 or args.max_steps < 1 or not 1 <= args.jpeg_quality <= 100:
+            raise ClosedLoopError("--videos must be >= 0, --threads and --max-steps >= 1, --jpeg-quality 1..100")
+        evaluation_episodes(args.episodes, args.task_family, args.seed)  # bad values fail before loading torch
+        import torch
 
-    torch.set_num_threads(args.threads)
-    try:
-        model = _load_model(args.checkpoint)
+        from rt1.model import load_model
+
+        torch.set_num_threads(args.threads)
+        model, _config, _train_args = load_model(args.checkpoint)
         results = closed_loop_evaluation(
             rt1_policy_factory(model, args.cond_scale, args.jpeg_quality), args.episodes, args.task_family,
             args.seed, args.max_steps, args.out, args.videos,
             settings={"checkpoint": str(args.checkpoint), "cond_scale": args.cond_scale,
                       "jpeg_quality": args.jpeg_quality})
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(results))
-    print(f"wrote {args.out / 'results.json'}")
-    return 0
+        print(format_table(results))
+        print(f"wrote {args.out / 'results.json'}")
+        for path in results["policy"].get("videos", []):
+            print(f"  {path}")
+        return 0
+
+    return run_cli(run)

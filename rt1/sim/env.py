@@ -41,7 +41,7 @@ from gymnasium import spaces
 from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
 from rt1.sim.scene import (
     COUNTER, DRAWER_TRAVEL, STEP_SIZE, TASK_FAMILIES, WORKSPACE_HIGH, WORKSPACE_LOW, Scene,
-    SceneObject, Task, drawer_handle, instruction_embedding, quaternion, render, sample_scene,
+    SceneObject, SimError, Task, drawer_handle, instruction_embedding, quaternion, render, sample_scene,
 )
 
 MAX_EPISODE_STEPS = 80
@@ -113,25 +113,25 @@ def register_env() -> str:
 
 
 def validate_action(action: Any) -> dict[str, np.ndarray]:
-    """The action as float64 arrays keyed like ACTION_SPEC; raises ValueError naming the bad key."""
+    """The action as float64 arrays keyed like ACTION_SPEC; raises SimError naming the bad key."""
     if not isinstance(action, dict):
-        raise ValueError(f"action must be a dict with keys {sorted(ACTION_SPEC)}, got {type(action).__name__}")
+        raise SimError(f"action must be a dict with keys {sorted(ACTION_SPEC)}, got {type(action).__name__}")
     missing = sorted(set(ACTION_SPEC) - set(action))
     extra = sorted(set(action) - set(ACTION_SPEC), key=str)
     if missing:
-        raise ValueError(f"action is missing key(s) {missing}; expected {sorted(ACTION_SPEC)}")
+        raise SimError(f"action is missing key(s) {missing}; expected {sorted(ACTION_SPEC)}")
     if extra:
-        raise ValueError(f"action has unknown key(s) {extra}; expected {sorted(ACTION_SPEC)}")
+        raise SimError(f"action has unknown key(s) {extra}; expected {sorted(ACTION_SPEC)}")
     out = {}
     for key, spec in ACTION_SPEC.items():
         try:
             value = np.asarray(action[key], dtype=np.float64)
         except (TypeError, ValueError):
-            raise ValueError(f"action[{key!r}] is not numeric: {action[key]!r}") from None
+            raise SimError(f"action[{key!r}] is not numeric: {action[key]!r}") from None
         if value.shape != spec.shape:
-            raise ValueError(f"action[{key!r}] has shape {value.shape}, expected {spec.shape}")
+            raise SimError(f"action[{key!r}] has shape {value.shape}, expected {spec.shape}")
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"action[{key!r}] has non-finite values {value.tolist()}")
+            raise SimError(f"action[{key!r}] has non-finite values {value.tolist()}")
         out[key] = value
     return out
 
@@ -150,9 +150,9 @@ class FractalSimEnv(gym.Env):
     def __init__(self, max_steps: int = MAX_EPISODE_STEPS, render_images: bool = True,
                  render_mode: str | None = None) -> None:
         if max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+            raise SimError(f"max_steps must be at least 1, got {max_steps}")
         if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+            raise SimError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.max_steps = max_steps
         self.render_images = render_images
         self.render_mode = render_mode
@@ -177,9 +177,9 @@ class FractalSimEnv(gym.Env):
         options = dict(options or {})
         family = options.pop("task_family", None)
         if options:
-            raise ValueError(f"unknown reset option(s) {sorted(options)}; only 'task_family' is accepted")
+            raise SimError(f"unknown reset option(s) {sorted(options)}; only 'task_family' is accepted")
         if family is not None and family not in TASK_FAMILIES:
-            raise ValueError(f"unknown task_family {family!r}; expected one of {TASK_FAMILIES}")
+            raise SimError(f"unknown task_family {family!r}; expected one of {TASK_FAMILIES}")
         self.scene, self.task = sample_scene(self.np_random, family)
         self._embedding = instruction_embedding(self.task.instruction)
         self.steps, self.success, self._done = 0, False, False

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rt1.data.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
+from rt1.errors import RT1Error
 
 # name -> (RGB colour, shape); names are real fractal objects.
 OBJECTS: dict[str, tuple[tuple[int, int, int], str]] = {
@@ -46,6 +47,10 @@ TABLE_ROWS, TABLE_COLS = (30, 230), (30, 230)  # image region of workspace x and
 CABINET_COL = 250  # the cabinet occupies columns 250..320
 DRAWER_ROWS = {"top": 40, "middle": 110, "bottom": 180}
 COUNTER = np.array([0.15, 0.2, 0.0])
+
+
+class SimError(RT1Error, ValueError):
+    """A bad action, reset option or env argument; the message names the key or value (one line)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,7 +156,7 @@ def sample_scene(rng: np.random.Generator, family: str | None = None) -> tuple[S
     drawn = TASK_FAMILIES[rng.integers(len(TASK_FAMILIES))]
     family = drawn if family is None else family
     if family not in TASK_FAMILIES:
-        raise ValueError(f"unknown task family {family!r}; expected one of {TASK_FAMILIES}")
+        raise SimError(f"unknown task family {family!r}; expected one of {TASK_FAMILIES}")
     names = list(rng.choice(list(OBJECTS), size=3, replace=False))
     if family in ("place_upright", "knock_over"):
         names[0] = UPRIGHT_OBJECTS[rng.integers(len(UPRIGHT_OBJECTS))]
