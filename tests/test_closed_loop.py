@@ -184,3 +184,45 @@ def test_tiny_random_model_writes_results_and_a_readable_gif(tmp_path, one_threa
     with Image.open(gifs[0]) as gif:
         assert gif.format == "GIF" and gif.n_frames == first["steps"] + 1
         assert gif.size == (320, 256 + 36)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_bad_input_is_a_one_line_error(tmp_path, capsys):
+    from rt1.evaluation.closed_loop import main
+
+    missing = tmp_path / "nope.pt"
+    assert main(["--checkpoint", str(missing), "--episodes", "2", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: checkpoint {missing} does not exist"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["--checkpoint", str(bad), "--episodes", "2", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: checkpoint {bad} cannot be read") and len(err.splitlines()) == 1
+    assert main(["--checkpoint", str(bad), "--episodes", "0", "--out", str(tmp_path / "out")]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_results_json_with_the_three_policies(tmp_path, capsys, one_thread):
+    from rt1.config import PRESETS
+    from rt1.evaluation.closed_loop import main
+    from rt1.model import RT1
+    from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
+
+    torch.manual_seed(0)
+    config = PRESETS["tiny"].model
+    checkpoint = tmp_path / "checkpoint-1.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
+                "model": RT1(config).state_dict(), "model_config": config.to_dict(), "train_args": {}}, checkpoint)
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(checkpoint), "--episodes", "2", "--task-family", "knock_over",
+                 "--max-steps", "10", "--out", str(out)]) == 0
+    assert "overall" in capsys.readouterr().out
+    stored = json.loads((out / "results.json").read_text())
+    for name in ("policy", "expert", "noop"):
+        assert set(stored[name]["overall"]) == SUMMARY_KEYS and list(stored[name]["per_family"]) == ["knock_over"]
+    assert stored["settings"]["checkpoint"] == str(checkpoint)
