@@ -1,9 +1,16 @@
 """The whole pipeline on the bundled dataset, as a newcomer would run it stage by stage.
 
-    python -m rt1.demo [--out demo_output] [--episodes 160] [--steps 600]
+    python -m rt1.demo [--out demo_output] [--episodes N] [--steps N] [--eval-episodes N] [--overwrite]
 
 Each stage runs as its real command line (printed before it runs), so the demo also shows the
-commands to use on the real dataset. Outputs go under --out; their paths are printed at the end.
+commands to use on the real dataset. It ends with closed-loop evaluation: the trained policy acts in
+the simulated scene the data was recorded in (`eval_closed_loop.py`), next to the scripted expert and
+a no-op policy on the same seeds. Outputs go under --out; their paths are printed at the end.
+
+--out: the demo writes a marker file (`DEMO_MARKER`) into its output directory. A missing or empty
+directory is used as is; one holding the marker (an earlier demo's output) is reused, its demo
+outputs replaced; any other non-empty directory is refused unless --overwrite is given. Only the
+demo's own outputs (`DEMO_OUTPUTS`) are ever deleted, never other files in the directory.
 """
 
 from __future__ import annotations
@@ -18,9 +25,53 @@ import time
 from pathlib import Path
 
 from rt1.config import PRESETS
+from rt1.errors import EXIT_ERROR, RT1Error, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_IMAGE_SIZE = PRESETS["tiny"].model.image_size
+DEMO_MARKER = ".rt1-demo-output"
+# Everything the demo writes under --out; nothing else there is touched.
+DEMO_OUTPUTS = ("rlds", "segments_all", "segments_pick", "preprocessed", "index", "save", "plots", "closed_loop")
+
+
+DEMO_EPISODES = 160       # bundled dataset size
+DEMO_STEPS = 300          # training steps of the tiny preset (2 processes x its batch)
+DEMO_EVAL_EPISODES = 56   # closed-loop episodes: 8 per task family
+DEMO_VIDEOS = 3           # rollout GIFs of the policy
+
+
+class DemoError(RT1Error):
+    """The demo cannot start (--out) or a stage failed; the message names which."""
+
+
+class StageFailed(DemoError):
+    exit_code = EXIT_ERROR
+
+
+def prepare_output_dir(out: Path, overwrite: bool = False) -> Path:
+    """Check --out and make it ready: remove the demo's own earlier outputs, keep everything else.
+
+    Refuses (DemoError) a path that is a file, that contains this repository, or a non-empty directory
+    without the demo's marker unless `overwrite`. Writes the marker. Returns the resolved path.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out} exists and is not a directory")
+    if out == REPO or out in REPO.parents:
+        raise DemoError(f"--out {out} contains the repository; choose a directory for the demo's outputs")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file() and not overwrite:
+        raise DemoError(f"--out {out} is not empty and is not an earlier demo output (no {DEMO_MARKER}); "
+                        "choose another directory or pass --overwrite to replace the demo's outputs in it")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    (out / DEMO_MARKER).write_text("written by python -m rt1.demo; its outputs here: " + ", ".join(DEMO_OUTPUTS)
+                                   + "\n")
+    return out
 
 
 def _run(title: str, args: list, env: dict | None = None) -> None:
@@ -29,25 +80,36 @@ def _run(title: str, args: list, env: dict | None = None) -> None:
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})})
     if result.returncode != 0:
-        raise SystemExit(f"demo: '{title}' failed with exit code {result.returncode}")
+        raise StageFailed(f"demo: '{title}' failed with exit code {result.returncode}")
     print(f"--- {title}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output directory (replaced)")
-    parser.add_argument("--episodes", type=int, default=160, help="episodes in the bundled dataset (default 160)")
-    parser.add_argument("--steps", type=int, default=300,
-                        help="training steps of the tiny preset at its own batch size (default 300)")
+    parser = argparse.ArgumentParser(prog="python -m rt1.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("demo_output"),
+                        help="output directory: new, empty or an earlier demo's (default demo_output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="use a non-empty --out that is not an earlier demo's output (only the demo's own "
+                             "outputs in it are replaced)")
+    parser.add_argument("--episodes", type=int, default=DEMO_EPISODES,
+                        help="episodes in the bundled dataset (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS,
+                        help="training steps of the tiny preset at its own batch size (default %(default)s)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes under torchrun (default 2)")
+    parser.add_argument("--eval-episodes", type=int, default=DEMO_EVAL_EPISODES,
+                        help="closed-loop evaluation episodes of the trained policy (default %(default)s)")
     args = parser.parse_args(argv)
+    return run_cli(lambda _: run_demo(args))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    for name in ("episodes", "steps", "nproc", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise DemoError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    out = prepare_output_dir(args.out, args.overwrite)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-    out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     py = sys.executable
     rlds = out / "rlds" / "fractal20220817_data" / "0.1.0"
     seg_all, seg_pick = out / "segments_all", out / "segments_pick"
@@ -55,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     index = out / "index"
     save = out / "save" / "rt1_tiny_demo"
     plots = out / "plots"
+    closed_loop = out / "closed_loop"
     start = time.perf_counter()
 
-    _run("bundled dataset (fractal20220817_data format)",
+    _run("bundled dataset (fractal20220817_data format, recorded in the simulated scene)",
          [py, "-m", "rt1.data.mini_fractal", "--out", out / "rlds", "--episodes", args.episodes, "--seed", 0])
     _run("stage 1: RLDS -> segment HDF5 (all tasks)",
          [py, "data_preprocessing/rt_data_generator_all.py", "--data-dir", rlds, "--out-dir", seg_all,
@@ -81,11 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     _run("plots: predicted vs ground-truth actions on validation episodes",
          [py, "plot_actions.py", "--checkpoint", checkpoint, "--data-dir", pre, "--index", val_index,
           "--max-episodes", 3, "--out", plots])
+    _run("closed-loop evaluation: the policy acts in the simulated scene (new seeds), next to the baselines",
+         [py, "eval_closed_loop.py", "--checkpoint", checkpoint, "--episodes", args.eval_episodes,
+          "--videos", DEMO_VIDEOS, "--out", closed_loop],
+         env={"OMP_NUM_THREADS": "1"})
 
     print(f"\nDemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs:")
     for label, path in [("bundled RLDS dataset", rlds), ("segments (all)", seg_all), ("segments (pick)", seg_pick),
                         ("preprocessed", pre), ("index CSVs", index), ("checkpoints + TensorBoard", save),
-                        ("plots + metrics.json", plots)]:
+                        ("plots + metrics.json", plots), ("closed loop: results + GIFs", closed_loop)]:
         print(f"  {label:28s} {path}")
     print(f"  watch training: tensorboard --logdir {save}")
     return 0

@@ -96,3 +96,33 @@ def resize_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize_jpeg(data, size: tuple[int, int], quality: int = JPEG_QUALITY) -> bytes:
     """Source JPEG bytes -> JPEG bytes of the frame squash-resized to `size` (H, W)."""
     return encode_jpeg(resize_frame(decode_jpeg(data), size), quality)
+
+
+# ---- the frames a policy saw in training, made from a live camera image -------------------------
+
+# The bundled dataset stores camera frames through tfds.features.Image(encoding_format="jpeg"), which
+# encodes with tf.image.encode_jpeg's defaults: quality 95, 4:2:0 chroma, JFIF density 300 dpi.
+# Pillow's libjpeg-turbo with the same settings writes the same bytes (tests/test_closed_loop.py
+# compares them with the TFDS feature's encode_example), so the policy side needs no TensorFlow.
+DATASET_JPEG_QUALITY = 95
+_DATASET_JPEG_DPI = (300, 300)
+
+
+def dataset_jpeg(image: np.ndarray) -> bytes:
+    """uint8 (H, W, 3) -> the JPEG bytes the bundled RLDS dataset stores for this camera frame."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB").save(
+        buffer, format="JPEG", quality=DATASET_JPEG_QUALITY, dpi=_DATASET_JPEG_DPI)
+    return buffer.getvalue()
+
+
+def training_frame(image: np.ndarray, size: int | tuple[int, int], quality: int = JPEG_QUALITY) -> np.ndarray:
+    """A live camera frame uint8 (256, 320, 3) -> exactly the uint8 (H, W, 3) a training frame became.
+
+    The training path of a frame: stored as JPEG in the RLDS dataset (`dataset_jpeg`), copied as bytes
+    by stage 1, squash-resized and re-encoded at `quality` by stage 2 (`resize_jpeg`), decoded by the
+    loader (`decode_jpeg`). Closed-loop evaluation feeds the policy through this one function;
+    `size` and `quality` are stage 2's `--image-size` and `--jpeg-quality`.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    return decode_jpeg(resize_jpeg(dataset_jpeg(image), (height, width), quality), (height, width, 3))

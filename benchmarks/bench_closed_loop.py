@@ -1,0 +1,252 @@
+"""Closed-loop success vs training steps: the tiny preset on the bundled data, our action tokens vs the original's.
+
+    python benchmarks/bench_closed_loop.py                  # builds the bundled dataset (400 episodes) in a temp dir
+    python benchmarks/bench_closed_loop.py --budget-minutes 15 --eval-every 250 --eval-episodes 28 --out bench.json
+
+Two policies are trained side by side, with the same data, the same budget and the same evaluation seeds:
+
+    ours       the pipeline's action tokens (`rt1.actions.tokenize`: fixed RT-1 bounds per key, gripper
+               continuous), as stored by stage 2
+    original   the original pipeline's tokenisation, re-implemented here only (`original_tokens`): each float
+               key group (world_vector, rotation_delta, base movement = base_displacement_vector +
+               vertical rotation) normalised by the min/max of that group over the 6-step window,
+               token = int(x * 255), a constant group gives int(value); the gripper cast to int and then
+               "tokenised" as an int32 key (argmax over its one entry: always 0); terminate its class index.
+               At inference the window's min/max are unknown, so its tokens are read back with the fixed RT-1
+               bounds, the only inverse a user has (`rt1.actions.detokenize`).
+
+Each policy trains in its own process with one thread (the two together use the 2 cores), single-process
+training of the tiny preset as `train_ddp.py --preset tiny` configures it (AdamW, lr 1e-3, weight decay
+1e-2, batch 16, random-shift augmentation, cosine decay to 0.1 x lr over --max-steps), until --max-steps or
+--budget-minutes of training time, whichever comes first. Every --eval-every steps (and at the end) it is
+evaluated in closed loop (`rt1.evaluation.closed_loop.evaluate_policy`) on the same --eval-episodes
+evaluation seeds (task families in turn, never training scenes); evaluation time is not training time.
+
+Printed: success rate per task family and overall vs steps for both, and the scripted expert and no-op
+baselines on the same seeds. --out writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rt1.config import PRESETS  # noqa: E402
+
+TINY = PRESETS["tiny"]
+TOKENISATIONS = ("ours", "original")
+
+
+def _run(args: list, env: dict | None = None) -> None:
+    proc = subprocess.run([str(a) for a in args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_closed_loop: {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")
+
+
+def build_data(work: Path, episodes: int) -> tuple[Path, Path]:
+    """The bundled dataset through stages 1-3 (the demo's commands; 5% of the episodes held out, unused)."""
+    py = sys.executable
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    _run([py, "-m", "rt1.data.mini_fractal", "--out", work / "rlds", "--episodes", episodes, "--seed", 0], env)
+    _run([py, "data_preprocessing/rt_data_generator_all.py", "--data-dir", work / "rlds/fractal20220817_data/0.1.0",
+          "--out-dir", work / "segments", "--episode-sec-len", 20, "--no-progress"], env)
+    _run([py, "DataPreprocess_batch_all.py", "--in-dir", work / "segments", "--out-dir", work / "pre",
+          "--image-size", TINY.model.image_size], env)
+    _run([py, "data_emerge.py", "--data-dir", work / "pre", "--out-dir", work / "index", "--val-fraction", 0.05])
+    return work / "pre", next((work / "index").glob("train_idx_*.csv"))
+
+
+# ---- the original pipeline's action tokenisation (benchmark only) -------------------------------------
+
+ORIGINAL_GROUPS = ((0, 3), (3, 6), (7, 10))  # world_vector, rotation_delta, base movement (in token order)
+
+
+def original_tokens(actions):
+    """(..., 6, 11) continuous actions in `rt1.actions.flatten_actions` order -> the original's tokens (..., 6, 11).
+
+    Per window and per float group: (a - min) / (max - min) * 255 cast to int over the group's 6 x 3 values,
+    or int(a) when the group is constant (clamped to 0..255: the original would index out of range on
+    a negative constant); gripper (index 6): always 0; terminate (index 10): its class index.
+    """
+    import torch
+
+    a = torch.as_tensor(actions, dtype=torch.float32)
+    tokens = torch.zeros(a.shape, dtype=torch.int64)
+    for lo, hi in ORIGINAL_GROUPS:
+        group = a[..., lo:hi]
+        gmin = group.amin(dim=(-2, -1), keepdim=True)
+        gmax = group.amax(dim=(-2, -1), keepdim=True)
+        span = gmax - gmin
+        scaled = torch.where(span > 0, (group - gmin) / torch.where(span > 0, span, 1.0) * 255, group)
+        tokens[..., lo:hi] = scaled.to(torch.int32).clamp(0, 255).long()
+    tokens[..., 6] = 0
+    tokens[..., 10] = a[..., 10].round().long()
+    return tokens
+
+
+# ---- one policy: train with periodic closed-loop evaluation (a worker process) ------------------------
+
+def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max_steps: int, budget_s: float,
+                       eval_every: int, eval_episodes: int, eval_seed: int, seed: int, out_path: Path) -> None:
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from rt1.data.dataset import RT1Dataset
+    from rt1.evaluation.closed_loop import evaluate_policy, rt1_policy_factory
+    from rt1.model import RT1, action_loss
+    from rt1.train.trainer import cosine_factor, seed_everything, to_device
+
+    torch.set_num_threads(1)
+    seed_everything(seed)
+    config, train = TINY.model, TINY.train
+    model = RT1(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, max_steps, 0.1))
+    dataset = RT1Dataset(train_index, data_dir, augment=train["augment"])
+    loader = DataLoader(dataset, batch_size=train["batch_size"], shuffle=True, drop_last=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(seed))
+    history = []
+
+    def evaluate(step: int, train_seconds: float, loss: float) -> None:
+        model.eval()
+        start = time.perf_counter()
+        result = evaluate_policy(rt1_policy_factory(model), eval_episodes, seed=eval_seed)
+        model.train()
+        row = {"step": step, "train_seconds": round(train_seconds, 1), "loss": loss,
+               "eval_seconds": round(time.perf_counter() - start, 1), "overall": result["overall"],
+               "per_family": result["per_family"]}
+        history.append(row)
+        out_path.write_text(json.dumps({"tokenisation": tokenisation, "history": history}, indent=1))
+        print(f"[{tokenisation}] step {step:5d}  train {train_seconds / 60:4.1f} min  loss {loss:.3f}  "
+              f"success {result['overall']['success_rate']:.0%}", flush=True)
+
+    step, train_seconds, losses = 0, 0.0, []
+    model.train()
+    while step < max_steps and train_seconds < budget_s:
+        for batch in loader:
+            tick = time.perf_counter()
+            if tokenisation == "original":
+                batch["action_tokens"] = original_tokens(batch["actions"])
+            video, text, tokens = to_device(batch, torch.device("cpu"), config.pixel_scaling)
+            loss = action_loss(model(video, text), tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            train_seconds += time.perf_counter() - tick
+            if step % eval_every == 0:
+                evaluate(step, train_seconds, float(np.mean(losses[-eval_every:])))
+            if step >= max_steps or train_seconds >= budget_s:
+                break
+    if not history or history[-1]["step"] != step:
+        evaluate(step, train_seconds, float(np.mean(losses[-eval_every:])))
+
+
+# ---- the side-by-side run ---------------------------------------------------------------------------
+
+def baselines(eval_episodes: int, eval_seed: int) -> dict:
+    from rt1.evaluation.closed_loop import evaluate_policy, expert_factory, noop_factory
+
+    return {name: evaluate_policy(factory, eval_episodes, seed=eval_seed, render_images=False)
+            for name, factory in (("expert", expert_factory), ("noop", noop_factory))}
+
+
+def print_tables(runs: dict[str, dict], base: dict) -> None:
+    from rt1.sim.scene import TASK_FAMILIES
+
+    short = {"pick": "pick", "pick_from_drawer": "drawer", "move_near": "near", "open_drawer": "open",
+             "close_drawer": "close", "place_upright": "upright", "knock_over": "knock"}
+    header = f"{'policy':<9}{'step':>6}{'train min':>10}{'loss':>7}" + "".join(f"{short[f]:>8}" for f in TASK_FAMILIES)
+    header += f"{'overall':>14}"
+    print("\nclosed-loop success vs training steps (the same evaluation seeds for every row)")
+    print(header)
+    print("-" * len(header))
+
+    def cells(summary: dict) -> str:
+        per = summary["per_family"]
+        text = "".join(f"{per[f]['success_rate']:>8.0%}" if f in per else f"{'-':>8}" for f in TASK_FAMILIES)
+        low, high = summary["overall"]["ci95"]
+        return text + f"{summary['overall']['success_rate']:>6.0%} [{low:.0%}-{high:.0%}]"
+
+    for name, run in runs.items():
+        for row in run["history"]:
+            print(f"{name:<9}{row['step']:>6}{row['train_seconds'] / 60:>10.1f}{row['loss']:>7.3f}" + cells(row))
+    for name, result in base.items():
+        print(f"{name:<9}{'':>6}{'':>10}{'':>7}" + cells(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, help="preprocessed tiny-size data (default: build the bundled set)")
+    parser.add_argument("--train-index", type=Path, help="its train_idx_N.csv (with --data-dir)")
+    parser.add_argument("--episodes", type=int, default=400, help="bundled dataset size when building (default 400)")
+    parser.add_argument("--budget-minutes", type=float, default=15.0,
+                        help="training time per policy, both in parallel on one core each (default 15)")
+    parser.add_argument("--max-steps", type=int, default=1500, help="step limit and cosine length (default 1500)")
+    parser.add_argument("--eval-every", type=int, default=250, help="evaluate every N steps (default 250)")
+    parser.add_argument("--eval-episodes", type=int, default=28, help="evaluation episodes (default 28: 4 per family)")
+    parser.add_argument("--eval-seed", type=int, default=0, help="evaluation seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    parser.add_argument("--tokenisation", nargs="+", choices=TOKENISATIONS, default=list(TOKENISATIONS))
+    parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--worker", choices=TOKENISATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        train_and_evaluate(args.worker, args.data_dir, args.train_index, args.max_steps, args.budget_minutes * 60,
+                           args.eval_every, args.eval_episodes, args.eval_seed, args.seed, args.worker_out)
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="bench_closed_loop-") as tmp:
+        work = Path(tmp)
+        start = time.perf_counter()
+        if args.data_dir is None:
+            data_dir, train_index = build_data(work, args.episodes)
+            print(f"bundled dataset: {args.episodes} episodes through stages 1-3 in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+        else:
+            data_dir, train_index = args.data_dir, args.train_index
+        procs = {}
+        for name in args.tokenisation:
+            command = [sys.executable, __file__, "--worker", name, "--worker-out", work / f"{name}.json",
+                       "--data-dir", data_dir, "--train-index", train_index, "--max-steps", args.max_steps,
+                       "--budget-minutes", args.budget_minutes, "--eval-every", args.eval_every,
+                       "--eval-episodes", args.eval_episodes, "--eval-seed", args.eval_seed, "--seed", args.seed]
+            procs[name] = subprocess.Popen([str(c) for c in command], cwd=REPO,
+                                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        failed = [name for name, proc in procs.items() if proc.wait() != 0]
+        if failed:
+            raise SystemExit(f"bench_closed_loop: the {', '.join(failed)} run failed")
+        runs = {name: json.loads((work / f"{name}.json").read_text()) for name in procs}
+        base = baselines(args.eval_episodes, args.eval_seed)
+        print_tables(runs, base)
+        print(f"\nwall time {(time.perf_counter() - start) / 60:.1f} min; training budget "
+              f"{args.budget_minutes:g} min per policy (one core each, in parallel); "
+              f"{args.eval_episodes} evaluation episodes per row")
+        if args.out:
+            args.out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
+                                                         for k, v in vars(args).items()},
+                                            "runs": runs,
+                                            "baselines": {n: {k: r[k] for k in ("overall", "per_family")}
+                                                          for n, r in base.items()}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
