@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rt1.config import RT1Config
+from rt1.model.checkpointing import checkpointed
 from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 
@@ -265,6 +266,7 @@ class MaxViT(nn.Module):
                 blocks.append(MaxViTBlock(c, dim_in, dim, downsample=i == 0))
                 dim_in = dim
         self.blocks = nn.ModuleList(blocks)
+        self.activation_checkpointing = c.activation_checkpointing
 
     def modulations(self, cond: Tensor) -> tuple[Tensor, ...]:
         """cond (N, cond_dim) -> the FiLM modulation of every block, (N, 2 * block input width) each."""
@@ -274,5 +276,5 @@ class MaxViT(nn.Module):
         x = self.conv_stem(images.contiguous(memory_format=torch.channels_last))
         x = x.permute(0, 2, 3, 1).contiguous()  # (N, H/2, W/2, stem), free when channels_last
         for block, modulation in zip(self.blocks, modulations, strict=True):
-            x = block(x, modulation)
+            x = checkpointed(block, x, modulation) if self.activation_checkpointing else block(x, modulation)
         return x
