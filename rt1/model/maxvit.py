@@ -84,7 +84,7 @@ def linear_batch_norm(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
         rows = x2.shape[0]
         if rows < 2:
             raise ValueError("BatchNorm in training mode needs more than one value per channel")
-        mean_x = x2.mean(dim=0)
+        mean_x = x2.sum(dim=0) / rows  # = mean; sum's backward is a broadcast view, mean's a full-size copy
         centered = x2 - mean_x
         cov = centered.t() @ centered / rows
         mean = weight @ mean_x
@@ -166,7 +166,9 @@ class MBConv(nn.Module):
         # A contiguous NHWC tensor permuted to NCHW is a channels_last tensor: no copies.
         h = self.depthwise(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         h = F.gelu(_batch_norm_nhwc(self.depthwise_norm, h))
-        gate = self.squeeze_excitation.gate(h.mean(dim=(1, 2)))  # (N, hidden)
+        # the spatial mean as sum / count (the same numbers): the gradient of a sum is a broadcast view that
+        # autograd adds in place, the gradient of a mean a materialised full-size division
+        gate = self.squeeze_excitation.gate(h.sum(dim=(1, 2)) / (h.shape[1] * h.shape[2]))  # (N, hidden)
         h = _batch_norm_nhwc(self.project_norm, gated_linear(h, gate, self.project.weight))  # = project(SE(h))
         return h + x if self.residual else h
 
