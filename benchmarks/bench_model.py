@@ -305,18 +305,25 @@ def section_memory(preset: str, kinds: list[str], batches: list[int], target: in
 
 
 def calibrated_model(config: RT1Config) -> RT1:
-    """Random weights with non-trivial BatchNorm statistics and FiLM, so folding and text matter."""
+    """Random weights, FiLM away from the identity, BatchNorm statistics from one train-mode pass over
+    random images (as a trained model has them: folding and the text then matter)."""
     torch.manual_seed(0)
     model = RT1(config)
     g = torch.Generator().manual_seed(0)
+    s = config.image_size
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".film." in name and not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        video = torch.randint(0, 256, (1, 3, config.num_frames, s, s), generator=g, dtype=torch.uint8)
+        model.train()(normalize_video(video, scaling=config.pixel_scaling),
+                      torch.randn(1, config.text_embed_dim, generator=g), cond_drop_prob=0.0)
+        for bn in bns:
+            bn.momentum = 0.1
     return model.eval()
 
 
@@ -367,6 +374,8 @@ def section_policy(presets: list[str], steps: int, cond_scale: float) -> None:
             print(f"  {k:12s} median {fmt_ms(med[k])} (min {fmt_ms(min(times[k]))})   "
                   f"/ re-encode {med[k] / med['re-encode']:.3f}   actions = unoptimised's at all "
                   f"{len(images)} steps: {equal[k]}")
+        finite = all(torch.isfinite(p.last_logits).all().item() for p in policies.values())
+        print(f"  logits finite: {finite}")
         print(f"  optimised vs target {POLICY_TARGET_MS:.0f} ms: {med['optimised'] * 1000 / POLICY_TARGET_MS:.2f}x "
               f"the budget; max |logit diff| optimised vs unoptimised {max_diff:.1e}")
         flop_counter = FlopCounterMode(display=False)
