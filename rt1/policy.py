@@ -19,6 +19,10 @@ keeps the tokens of the last 6 frames and encodes only the new frame each step
 (`use_cache=False` re-encodes all of them, the same result at ~6x the cost). The FiLM modulations
 depend on the instruction only: they are computed at the episode's first step and reused.
 
+Inference-only speed-ups (same actions, tests/test_policy.py): the policy runs a copy of the model
+with every MBConv BatchNorm folded into the layer before it (`rt1.model.inference`, sharing the other
+weights; `fold_batch_norms=False` runs the model as it is), under torch.inference_mode.
+
 With cond_scale != 1 the policy keeps a second cache of null-conditioned tokens and returns
 classifier-free-guided actions (null + (cond - null) * cond_scale).
 
