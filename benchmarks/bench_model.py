@@ -26,6 +26,7 @@ install it (benchmarks/reference_model.py: a separate venv; run this script with
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -94,7 +95,9 @@ def train_step(kind: str, model: nn.Module, video, text, tokens, cond_drop_prob:
     else:
         logits = model(video, text, cond_drop_prob=cond_drop_prob)
     action_loss(logits, tokens).backward()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)  # three full-size models' gradients would hold ~3 GB between steps
+    return seconds
 
 
 # ---- sections -----------------------------------------------------------------------------------------
@@ -181,6 +184,7 @@ def section_equivalence(have_ref: bool, text_dim: int) -> None:
             print(f"cond_scale {cond_scale:g}: max |logit diff| {(theirs - mine).abs().max().item():.2e} "
                   f"(|logits| up to {theirs.abs().max().item():.1f}); argmax agreement {agree:.3f}")
     del ref, ours
+    gc.collect()
 
 
 def section_train(config: RT1Config, kinds: list[str], batch: int, repeats: int) -> None:
@@ -205,6 +209,7 @@ def section_train(config: RT1Config, kinds: list[str], batch: int, repeats: int)
     if "ours-ckpt" in med:
         print(f"checkpointing / without:            {med['ours-ckpt'] / med['ours']:.3f}   target <= 1.4")
     del models
+    gc.collect()
 
 
 def _rss_bytes() -> int:
@@ -235,7 +240,7 @@ def memory_worker(kind: str, preset: str, batch: int) -> None:
         reset = True
     except OSError:
         reset = False
-    seconds = train_step(kind, model, video, text, tokens, config.cond_drop_prob)
+    seconds = train_step(kind, model, video, text, tokens, config.cond_drop_prob)  # gradients freed after
     peak = _hwm_bytes()
     print(json.dumps({"kind": kind, "batch": batch, "delta": peak - before, "before": before, "peak": peak,
                       "hwm_reset": reset, "seconds": seconds, "params": count(model)}))
