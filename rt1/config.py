@@ -46,6 +46,7 @@ class ConfigError(RT1Error, ValueError):
 TOKEN_LEARNER_POOLINGS = ("softmax", "mean")
 TRANSFORMER_KV_SOURCES = ("modulated", "input")
 PIXEL_SCALINGS = ("imagenet", "raw")
+RUNTIME_ONLY_FIELDS = ("activation_checkpointing",)  # how to compute, not what: not compared, not persisted
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ class RT1Config:
     cond_drop_prob: float = 0.2         # training probability of replacing the text by the null embedding
     # input
     pixel_scaling: str = "imagenet"     # uint8 pixels -> model input: "imagenet" mean/std | "raw" 0..255 floats
+    # training-time trade-off, not part of the model function: recompute each MaxViT block's and transformer
+    # layer's activations in the backward pass instead of storing them (same outputs and gradients, less
+    # memory, more time). Left out of equality and of to_dict(), so checkpoints written with and without it
+    # are interchangeable (resume, load_model).
+    activation_checkpointing: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON/YAML) for `depth`, store a tuple so the config stays hashable.
@@ -100,6 +106,9 @@ class RT1Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RT1Config.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ConfigError(f"RT1Config.activation_checkpointing must be True or False, "
+                              f"got {self.activation_checkpointing!r}")
         value = self.attention_memory_kv
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"RT1Config.attention_memory_kv must be a non-negative integer, got {value!r}")
@@ -176,9 +185,12 @@ class RT1Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Plain dict (JSON-friendly: depth becomes a list)."""
+        """Plain dict (JSON-friendly: depth becomes a list), without the run-time-only fields
+        (activation_checkpointing): what checkpoints store and resuming compares."""
         out = dataclasses.asdict(self)
         out["depth"] = list(self.depth)
+        for name in RUNTIME_ONLY_FIELDS:
+            del out[name]
         return out
 
     @classmethod
@@ -232,6 +244,10 @@ class TrainConfig:
     freeze_bn: bool = option(False, "BatchNorm layers use their running statistics and do not update them",
                              group="model")
     compile: bool = option(False, "torch.compile the model", group="model")
+    activation_checkpointing: bool = option(False, "recompute each MaxViT block's and transformer layer's "
+                                                   "activations in the backward pass instead of storing them "
+                                                   "(same gradients; far less memory, more step time)",
+                                            group="model")
     # optimisation
     epochs: int | None = option(None, "epochs", group="optimisation", per_preset=True)
     batch_size: int | None = option(None, "windows per process per micro-batch", group="optimisation",
@@ -352,8 +368,8 @@ class TrainConfig:
 
     @property
     def model_config(self) -> RT1Config:
-        """The preset's model, with this run's condition dropout when given."""
-        model = PRESETS[self.preset].model
+        """The preset's model, with this run's condition dropout when given and activation checkpointing."""
+        model = PRESETS[self.preset].model.replace(activation_checkpointing=self.activation_checkpointing)
         return model if self.cond_drop_prob is None else model.replace(cond_drop_prob=self.cond_drop_prob)
 
     def replace(self, **changes) -> TrainConfig:

@@ -19,6 +19,10 @@ keeps the tokens of the last 6 frames and encodes only the new frame each step
 (`use_cache=False` re-encodes all of them, the same result at ~6x the cost). The FiLM modulations
 depend on the instruction only: they are computed at the episode's first step and reused.
 
+Inference-only speed-ups (same actions, tests/test_policy.py): the policy runs a copy of the model
+with every MBConv BatchNorm folded into the layer before it (`rt1.model.inference`, sharing the other
+weights; `fold_batch_norms=False` runs the model as it is), under torch.inference_mode.
+
 With cond_scale != 1 the policy keeps a second cache of null-conditioned tokens and returns
 classifier-free-guided actions (null + (cond - null) * cond_scale).
 
@@ -36,15 +40,19 @@ from torch import Tensor
 
 from rt1.actions import detokenize
 from rt1.model import RT1, Conditioning, guided_logits, normalize_video
+from rt1.model.inference import inference_model
 
 
 class RT1Policy:
     def __init__(self, model: RT1, cond_scale: float = 1.0, device: torch.device | str | None = None,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, fold_batch_norms: bool = True) -> None:
         if device is None:
             device = next(model.parameters()).device
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        # BatchNorms folded into the layers before them (rt1.model.inference): same actions, less work.
+        # A snapshot of the weights: build a new policy after changing them.
+        self.model = inference_model(model) if fold_batch_norms else model
         self.config = model.config
         self.cond_scale = float(cond_scale)
         self.use_cache = use_cache
@@ -95,7 +103,7 @@ class RT1Policy:
 
     # ---- closed loop ------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, image, text_embed, return_tokens: bool = False):
         """image uint8 (H, W, 3), text_embed (E,) -> RLDS action dict (numpy), and tokens (11,) if asked."""
         text = self._texts(text_embed)
@@ -124,7 +132,7 @@ class RT1Policy:
 
     # ---- whole episodes ---------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_episode(self, images, text_embed, batch_size: int = 32, return_logits: bool = False):
         """images uint8 (T, H, W, 3) of one episode -> predicted tokens (T, num_actions) int64 numpy.
 

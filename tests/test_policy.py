@@ -136,3 +136,57 @@ def test_policy_input_checks(model, episode):
     policy.step(images[0], text)
     with pytest.raises(ValueError, match="reset"):
         policy.step(images[1], text + 1.0)
+
+
+# ---- inference-only speed-ups (issue 15) -----------------------------------------------------------------
+
+
+def calibrated(config) -> RT1:
+    """A model whose BatchNorms have non-trivial running statistics and affine parameters (folding is
+    then a real change of the computation) and whose FiLM layers are not the identity."""
+    torch.manual_seed(3)
+    m = RT1(config)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if ".film." in name and not p.any():
+                p.normal_(0.0, 0.05)
+        for module in m.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+    return m.eval()
+
+
+@pytest.mark.parametrize("variants", [{}, {"attention_memory_kv": 4, "token_learner_pooling": "mean",
+                                           "transformer_kv_source": "input", "pixel_scaling": "raw"}])
+@pytest.mark.parametrize("cond_scale", [1.0, 2.5])
+def test_folded_policy_acts_like_the_unoptimised_one(episode, variants, cond_scale):
+    model = calibrated(TINY.replace(**variants))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, text = episode
+    _, tokens, logits = run_policy(RT1Policy(model, cond_scale=cond_scale), images, text)
+    _, plain_tokens, plain = run_policy(RT1Policy(model, cond_scale=cond_scale, fold_batch_norms=False), images, text)
+    np.testing.assert_array_equal(tokens, plain_tokens)
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=1e-5)
+    for k, v in model.state_dict().items():  # folding leaves the model alone
+        assert torch.equal(v, before[k]), k
+
+
+def test_inference_model_shares_weights_and_cannot_train():
+    from rt1.model.inference import FoldedMBConv, inference_model
+
+    model = calibrated(TINY)
+    fast = inference_model(model)
+    assert all(isinstance(b.mbconv, FoldedMBConv) for b in fast.vit.blocks)
+    assert fast.transformer.layers[0][1].fc1.weight is model.transformer.layers[0][1].fc1.weight
+    assert fast.vit.blocks[0].mbconv.squeeze_excitation is not None and not model.training
+    with pytest.raises(RuntimeError, match="cannot train"):
+        fast.train()
+    fast.eval()  # allowed
+    video = normalize_video(torch.randint(0, 256, (2, 3, 6, 64, 64), dtype=torch.uint8))
+    text = torch.randn(2, TINY.text_embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(video, text, cond_scale=3.0), model(video, text, cond_scale=3.0),
+                                   atol=1e-5, rtol=1e-5)

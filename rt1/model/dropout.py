@@ -33,7 +33,8 @@ def dropout_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch
     n = shape.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     keep = bits.view(torch.int16)[:n].view(shape) >= threshold - _LEVELS // 2
-    return keep.to(dtype).mul_(_LEVELS / (_LEVELS - threshold))
+    scale = torch.tensor(_LEVELS / (_LEVELS - threshold), dtype=dtype, device=device)
+    return torch.where(keep, scale, torch.zeros((), dtype=dtype, device=device))  # one pass
 
 
 def dropout(x: Tensor, p: float, training: bool, inplace: bool = False) -> Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rt1.config import RT1Config
+from rt1.model.checkpointing import checkpointed
 from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 
@@ -83,7 +84,7 @@ def linear_batch_norm(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
         rows = x2.shape[0]
         if rows < 2:
             raise ValueError("BatchNorm in training mode needs more than one value per channel")
-        mean_x = x2.mean(dim=0)
+        mean_x = x2.sum(dim=0) / rows  # = mean; sum's backward is a broadcast view, mean's a full-size copy
         centered = x2 - mean_x
         cov = centered.t() @ centered / rows
         mean = weight @ mean_x
@@ -126,6 +127,18 @@ class SqueezeExcitation(nn.Module):
         return x * self.gate(x.mean(dim=(1, 2)))[:, None, None, :]
 
 
+def gated_linear(x: Tensor, gate: Tensor, weight: Tensor) -> Tensor:
+    """(x * gate[:, None, None, :]) @ weight.T for x (N, H, W, C_in), gate (N, C_in) -> (N, H, W, C_out).
+
+    The gate scales the weight of each sample instead of its whole feature map: one batched matmul,
+    no gated copy of x in the forward pass and no elementwise gradient passes over it in the backward
+    (squeeze-excitation then 1x1 projection, as MBConv does).
+    """
+    n, h, w, c = x.shape
+    per_sample = weight.t()[None] * gate[:, :, None]  # (N, C_in, C_out)
+    return torch.bmm(x.reshape(n, h * w, c), per_sample).view(n, h, w, -1)
+
+
 class MBConv(nn.Module):
     """Inverted bottleneck: 1x1 expand -> 3x3 depthwise (stride 2 to downsample) -> SE -> 1x1 project.
 
@@ -153,7 +166,10 @@ class MBConv(nn.Module):
         # A contiguous NHWC tensor permuted to NCHW is a channels_last tensor: no copies.
         h = self.depthwise(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         h = F.gelu(_batch_norm_nhwc(self.depthwise_norm, h))
-        h = _batch_norm_nhwc(self.project_norm, self.project(self.squeeze_excitation(h)))
+        # the spatial mean as sum / count (the same numbers): the gradient of a sum is a broadcast view that
+        # autograd adds in place, the gradient of a mean a materialised full-size division
+        gate = self.squeeze_excitation.gate(h.sum(dim=(1, 2)) / (h.shape[1] * h.shape[2]))  # (N, hidden)
+        h = _batch_norm_nhwc(self.project_norm, gated_linear(h, gate, self.project.weight))  # = project(SE(h))
         return h + x if self.residual else h
 
 
@@ -181,20 +197,30 @@ class WindowAttention(nn.Module):
         self.memory_kv = memory_kv
         if memory_kv > 0:
             self.mem_kv = nn.Parameter(torch.randn(2, self.heads, memory_kv, dim_head))
+        self.fixed_bias: Tensor | None = None  # position_bias() precomputed by rt1.model.inference
+
+    def position_bias(self) -> Tensor:
+        """(heads, t, M + t) attention bias: the relative position bias, 0 on the M memory columns."""
+        bias = self.rel_pos_bias(self.rel_pos_index).permute(2, 0, 1)  # (heads, t, t)
+        return F.pad(bias, (self.memory_kv, 0)) if self.memory_kv > 0 else bias
 
     def forward(self, x: Tensor) -> Tensor:
         n, t, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).view(n, t, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (n, heads, t, dim_head) each; unbind's backward is one stack, not 3 scatters
-        bias = self.rel_pos_bias(self.rel_pos_index).permute(2, 0, 1)  # (heads, t, t)
         if self.memory_kv > 0:
             mem_k, mem_v = self.mem_kv.to(x.dtype).unbind(0)  # (heads, M, dim_head) each
             k = torch.cat((mem_k.expand(n, -1, -1, -1), k), dim=2)  # (n, heads, M + t, dim_head)
             v = torch.cat((mem_v.expand(n, -1, -1, -1), v), dim=2)
-            bias = F.pad(bias, (self.memory_kv, 0))  # (heads, t, M + t), 0 on the memory columns
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(x.dtype), dropout_p=self.dropout if self.training else 0.0
-        )  # (n, heads, t, dim_head)
+        bias = (self.position_bias() if self.fixed_bias is None else self.fixed_bias).to(x.dtype)
+        if self.training and self.dropout > 0.0:
+            # What SDPA computes, written out: with dropout its CPU kernels fall back to a generic path
+            # (bernoulli masks, -inf row checks) that costs more than these five ops.
+            scores = torch.add(bias, torch.matmul(q, k.transpose(-1, -2)), alpha=self.dim_head**-0.5)
+            probs = dropout(scores.softmax(dim=-1), self.dropout, True)
+            out = torch.matmul(probs, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (n, heads, t, dim_head)
         return self.to_out(out.transpose(1, 2).reshape(n, t, -1))
 
 
@@ -265,6 +291,7 @@ class MaxViT(nn.Module):
                 blocks.append(MaxViTBlock(c, dim_in, dim, downsample=i == 0))
                 dim_in = dim
         self.blocks = nn.ModuleList(blocks)
+        self.activation_checkpointing = c.activation_checkpointing
 
     def modulations(self, cond: Tensor) -> tuple[Tensor, ...]:
         """cond (N, cond_dim) -> the FiLM modulation of every block, (N, 2 * block input width) each."""
@@ -274,5 +301,5 @@ class MaxViT(nn.Module):
         x = self.conv_stem(images.contiguous(memory_format=torch.channels_last))
         x = x.permute(0, 2, 3, 1).contiguous()  # (N, H/2, W/2, stem), free when channels_last
         for block, modulation in zip(self.blocks, modulations, strict=True):
-            x = block(x, modulation)
+            x = checkpointed(block, x, modulation) if self.activation_checkpointing else block(x, modulation)
         return x

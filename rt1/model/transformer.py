@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rt1.config import TRANSFORMER_KV_SOURCES, RT1Config
+from rt1.model.checkpointing import checkpointed
 from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
 
@@ -102,22 +103,33 @@ class ConditionedFeedForward(nn.Module):
 # ---- top model -------------------------------------------------------------------------------------
 
 
+class TransformerLayer(nn.ModuleList):
+    """[attention, feed-forward]: x (B, T, D) -> x + Attn(...) -> + FF(...), each with output dropout."""
+
+    def __init__(self, config: RT1Config) -> None:
+        c = config
+        d = c.embed_dim
+        super().__init__([
+            CausalAttention(d, c.transformer_heads, c.transformer_dim_head, c.cond_dim, c.film_mult,
+                            c.transformer_dropout, c.transformer_kv_source),
+            ConditionedFeedForward(d, c.ff_mult, c.cond_dim, c.film_mult, c.transformer_dropout),
+        ])
+        self.dropout = c.transformer_dropout
+
+    def forward(self, x: Tensor, attn_modulation: Tensor, ff_modulation: Tensor, mask: Tensor) -> Tensor:
+        attn, ff = self
+        x = residual_dropout(x, attn(x, attn_modulation, mask), self.dropout, self.training)
+        return residual_dropout(x, ff(x, ff_modulation), self.dropout, self.training)
+
+
 class Transformer(nn.Module):
     """tokens (B, F, n, D), modulations (one (B, 2 * D) per sub-layer) -> (B, F, n, D), causal over frames."""
 
     def __init__(self, config: RT1Config) -> None:
         super().__init__()
         c = config
-        d = c.embed_dim
-        self.dropout = c.transformer_dropout
-        self.layers = nn.ModuleList(
-            nn.ModuleList([
-                CausalAttention(d, c.transformer_heads, c.transformer_dim_head, c.cond_dim, c.film_mult,
-                                c.transformer_dropout, c.transformer_kv_source),
-                ConditionedFeedForward(d, c.ff_mult, c.cond_dim, c.film_mult, c.transformer_dropout),
-            ])
-            for _ in range(c.transformer_depth)
-        )
+        self.layers = nn.ModuleList(TransformerLayer(c) for _ in range(c.transformer_depth))
+        self.activation_checkpointing = c.activation_checkpointing
 
     def modulations(self, cond: Tensor) -> tuple[Tensor, ...]:
         """cond (B, cond_dim) -> FiLM modulations (B, 2 * D) of attn 0, ff 0, attn 1, ff 1, ..."""
@@ -130,8 +142,7 @@ class Transformer(nn.Module):
         mask = frame_causal_mask(f, n, tokens.device)
         if len(modulations) != 2 * len(self.layers):
             raise ValueError(f"expected {2 * len(self.layers)} modulations, got {len(modulations)}")
-        p, training = self.dropout, self.training
-        for i, (attn, ff) in enumerate(self.layers):
-            x = residual_dropout(x, attn(x, modulations[2 * i], mask), p, training)
-            x = residual_dropout(x, ff(x, modulations[2 * i + 1]), p, training)
+        for i, layer in enumerate(self.layers):
+            args = (x, modulations[2 * i], modulations[2 * i + 1], mask)
+            x = checkpointed(layer, *args) if self.activation_checkpointing else layer(*args)
         return x.view(b, f, n, d)
