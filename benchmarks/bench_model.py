@@ -425,7 +425,7 @@ def main(argv=None) -> None:
         have_ref, why = False, "the tiny preset is not expressible by the reference (cond_dim, film_mult, dim_head)"
     print(f"RT-1 model benchmark: preset={args.preset} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"load average={os.getloadavg()[0]:.1f} (other processes add noise; compare the ratios)")
-    print(f"reference robotic-transformer-pytorch 0.2.3: "
+    print("reference robotic-transformer-pytorch 0.2.3: "
           + ("available" if have_ref else f"not compared ({why}).\n  To compare: {reference_model.INSTALL}"))
     kinds = ["ours", "ours-ckpt"] + (["reference"] if have_ref else [])
     if "params" in sections:

@@ -230,3 +230,24 @@ class DirectoryLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def outermost_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (None if `path` exists): what a mkdir creates."""
+    path, missing = Path(path).absolute(), None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_empty_dirs(directory: Path, outermost: Path) -> None:
+    """Remove `directory` and its parents up to `outermost` while they are empty (undo a refused run's mkdir)."""
+    path = Path(directory).absolute()
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == outermost or path.parent == path:
+            return
+        path = path.parent

@@ -52,6 +52,17 @@ def segment_dir(rlds_dir, tmp_path_factory) -> Path:
     return out
 
 
+def flatten_dict(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": x}} -> {"a/b": x}: nested RLDS dicts as flat paths."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def h5_contents(path: Path) -> dict:
     """Every attribute and dataset of an HDF5 file as plain Python/numpy values, for equality checks."""
     import h5py

@@ -6,19 +6,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import BUNDLED_EPISODES, run_script
+from conftest import BUNDLED_EPISODES, flatten_dict, run_script
 from rt1.data.mini_fractal import instruction_embedding, make_episode
 from rt1.data.rlds_spec import EPISODE_METADATA_SPEC, STEP_SPEC
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def test_reads_back_with_builder_from_directory_and_matches_spec(rlds_dir):
@@ -34,7 +26,7 @@ def test_reads_back_with_builder_from_directory_and_matches_spec(rlds_dir):
 
     lengths = []
     for episode in tfds.as_numpy(builder.as_dataset(split="train[:12]")):
-        meta = _flat({"aspects": episode["aspects"], "attributes": episode["attributes"]})
+        meta = flatten_dict({"aspects": episode["aspects"], "attributes": episode["attributes"]})
         assert set(meta) == set(EPISODE_METADATA_SPEC)
         for path, spec in EPISODE_METADATA_SPEC.items():
             expected = bytes if spec.dtype == "string" else np.dtype(spec.dtype)
@@ -42,7 +34,7 @@ def test_reads_back_with_builder_from_directory_and_matches_spec(rlds_dir):
         steps = list(episode["steps"])
         lengths.append(len(steps))
         for step in steps:
-            flat = _flat(step)
+            flat = flatten_dict(step)
             assert set(flat) == set(STEP_SPEC)
             for path, spec in STEP_SPEC.items():
                 value = flat[path]

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import flatten_dict
 from rt1.data.rlds_spec import ACTION_SPEC, EPISODE_METADATA_SPEC, OBSERVATION_VECTORS, STEP_SPEC
 from rt1.sim.env import FractalSimEnv, register_env
 from rt1.sim.expert import ScriptedExpert, make_action, noop_policy
@@ -28,14 +29,6 @@ def _rollout(env: FractalSimEnv, policy, seed: int, family: str | None = None) -
             return info, observations
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,14 +244,14 @@ def test_record_episode_has_the_tfds_example_layout_and_is_deterministic():
     episodes = [record_episode(i, seed=0) for i in range(60)]
     lengths, families, cut = [], set(), 0
     for episode in episodes:
-        meta = _flat({"aspects": episode["aspects"], "attributes": episode["attributes"]})
+        meta = flatten_dict({"aspects": episode["aspects"], "attributes": episode["attributes"]})
         assert set(meta) == set(EPISODE_METADATA_SPEC)
         steps = episode["steps"]
         lengths.append(len(steps))
         families.add(episode["attributes"]["task_family_name"])
         cut += not episode["aspects"]["success"]
         for i, step in enumerate(steps):
-            flat = _flat(step)
+            flat = flatten_dict(step)
             assert set(flat) == set(STEP_SPEC)
             for path, spec in STEP_SPEC.items():
                 if spec.dtype == "string":
@@ -277,7 +270,7 @@ def test_record_episode_has_the_tfds_example_layout_and_is_deterministic():
     assert again["aspects"] == episodes[3]["aspects"] and again["attributes"] == episodes[3]["attributes"]
     assert len(again["steps"]) == len(episodes[3]["steps"])
     for a, b in zip(episodes[3]["steps"], again["steps"]):
-        fa, fb = _flat(a), _flat(b)
+        fa, fb = flatten_dict(a), flatten_dict(b)
         assert all(np.array_equal(fa[k], fb[k]) for k in fa)
     other = record_episode(3, seed=1)["steps"][0]["observation"]["image"]
     assert not np.array_equal(other, episodes[3]["steps"][0]["observation"]["image"])
@@ -319,5 +312,5 @@ def test_make_episode_is_the_recorded_expert_rollout():
     a, b = make_episode(4, 0), record_episode(4, 0)
     assert a["attributes"] == b["attributes"] and len(a["steps"]) == len(b["steps"])
     for x, y in zip(a["steps"], b["steps"]):
-        fx, fy = _flat(x), _flat(y)
+        fx, fy = flatten_dict(x), flatten_dict(y)
         assert all(np.array_equal(fx[k], fy[k]) for k in fx)

@@ -25,7 +25,7 @@ import numpy as np
 
 from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes, read_index
 from rt1.errors import RT1Error, one_line, run_cli
-from rt1.io import atomic_output
+from rt1.io import atomic_output, outermost_missing, remove_empty_dirs
 from rt1.progress import progress_bar
 from rt1.evaluation import metrics
 from rt1.evaluation.plots import plot_episode, plot_error_summary
@@ -179,13 +179,13 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
             f"{cfg.data_dir / name} holds {size[0]}x{size[1]} frames but {cfg.checkpoint} was trained on "
             f"{expected[0]}x{expected[1]}: evaluate it on data preprocessed with --image-size {expected[0]}")
     policy = RT1Policy(model, cond_scale=cfg.cond_scale)
-    created = _outermost_missing(cfg.out)
+    created = outermost_missing(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
     try:
         return _evaluate_into(cfg, selected, policy, PreprocessedFile, progress)
     except BaseException:
         if created is not None:
-            _remove_empty_dirs(cfg.out, created)
+            remove_empty_dirs(cfg.out, created)
         raise
 
 
@@ -232,25 +232,6 @@ def _evaluate_into(cfg: EvalConfig, selected: list[IndexEpisode], policy, prepro
                                f"{len(selected)} episodes of {cfg.index.name}: token accuracy "
                                f"{overall['token_accuracy']:.3f}")
     return result
-
-
-def _outermost_missing(path: Path) -> Path | None:
-    path, missing = Path(path).absolute(), None
-    while not path.exists():
-        missing, path = path, path.parent
-    return missing
-
-
-def _remove_empty_dirs(directory: Path, outermost: Path) -> None:
-    path = Path(directory).absolute()
-    while True:
-        try:
-            path.rmdir()
-        except OSError:
-            return
-        if path == outermost or path.parent == path:
-            return
-        path = path.parent
 
 
 def main(argv: list[str] | None = None) -> int:

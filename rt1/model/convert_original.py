@@ -45,7 +45,6 @@ import pickle
 import re
 import sys
 import zipfile
-from collections import defaultdict
 from pathlib import Path
 
 import torch

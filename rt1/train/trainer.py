@@ -26,7 +26,6 @@ import contextlib
 import logging
 import math
 import random
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from rt1.config import RT1Config, TrainConfig
 from rt1.data.dataset import RT1Dataset
 from rt1.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NON_FINITE_LOSS, EXIT_TERMINATED, EXIT_USAGE, RT1Error,
                         acknowledge_stop, one_line, signal_name, signals_deferred, stop_requested)
-from rt1.io import DirectoryLock, DirectoryLockedError
+from rt1.io import DirectoryLock, DirectoryLockedError, outermost_missing, remove_empty_dirs
 from rt1.progress import stderr_is_terminal
 from rt1.model import RT1, action_loss, normalize_video, token_correct_counts
 from rt1.train import checkpoint as ckpt
@@ -283,7 +282,7 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
         if lock is not None:
             lock.release()
             if created is not None and not started:  # refused during set-up: remove the directories it made
-                _remove_created(cfg.save_dir, created)
+                remove_empty_dirs(cfg.save_dir, created)
         D.cleanup()
 
 
@@ -296,7 +295,7 @@ def take_save_dir(cfg: TrainConfig) -> tuple[DirectoryLock | None, Path | None]:
     """
     lock, created, outcome = None, None, None
     if D.is_main_process():
-        created = _outermost_missing(cfg.save_dir)
+        created = outermost_missing(cfg.save_dir)
         try:
             cfg.save_dir.mkdir(parents=True, exist_ok=True)
             lock = DirectoryLock(cfg.save_dir, LOCK_FILE, what="training run")
@@ -310,33 +309,12 @@ def take_save_dir(cfg: TrainConfig) -> tuple[DirectoryLock | None, Path | None]:
             if lock is not None:
                 lock.release()
             if created is not None:
-                _remove_created(cfg.save_dir, created)
+                remove_empty_dirs(cfg.save_dir, created)
             lock = None
     outcome = D.broadcast_object(outcome)
     if outcome is not None:
         raise SaveDirInUseError(outcome)
     return lock, created
-
-
-def _outermost_missing(path: Path) -> Path | None:
-    """The outermost of `path` and its parents that does not exist yet (what mkdir(parents=True) creates)."""
-    path, missing = path.absolute(), None
-    while not path.exists():
-        missing, path = path, path.parent
-    return missing
-
-
-def _remove_created(directory: Path, outermost: Path) -> None:
-    """Remove `directory` and its parents up to `outermost` while they are empty."""
-    path = directory.absolute()
-    while True:
-        try:
-            path.rmdir()
-        except OSError:
-            return
-        if path == outermost or path.parent == path:
-            return
-        path = path.parent
 
 
 def schedule_length(state: TrainState, steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
