@@ -40,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bundled_data import build_bundled_data, run as run_command  # noqa: E402
 from rt1.config import PRESETS  # noqa: E402
 
 TINY = PRESETS["tiny"]
@@ -47,24 +48,13 @@ TOKENISATIONS = ("ours", "original")
 
 
 def _run(args: list, env: dict | None = None) -> None:
-    proc = subprocess.run([str(a) for a in args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_closed_loop: {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                         f"{proc.stderr[-3000:]}")
+    run_command(args, env, label="bench_closed_loop")
 
 
 def build_data(work: Path, episodes: int) -> tuple[Path, Path]:
-    """The bundled dataset through stages 1-3 (the demo's commands; 5% of the episodes held out, unused)."""
-    py = sys.executable
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
-    _run([py, "-m", "rt1.data.mini_fractal", "--out", work / "rlds", "--episodes", episodes, "--seed", 0], env)
-    _run([py, "data_preprocessing/rt_data_generator_all.py", "--data-dir", work / "rlds/fractal20220817_data/0.1.0",
-          "--out-dir", work / "segments", "--episode-sec-len", 20, "--no-progress"], env)
-    _run([py, "DataPreprocess_batch_all.py", "--in-dir", work / "segments", "--out-dir", work / "pre",
-          "--image-size", TINY.model.image_size], env)
-    _run([py, "data_emerge.py", "--data-dir", work / "pre", "--out-dir", work / "index", "--val-fraction", 0.05])
-    return work / "pre", next((work / "index").glob("train_idx_*.csv"))
+    """The bundled dataset through stages 1-3 (the demo's commands)."""
+    return build_bundled_data(work, episodes, image_size=TINY.model.image_size, episodes_per_segment=20, val_fraction=0.05,
+                              label="bench_closed_loop")
 
 
 # ---- the original pipeline's action tokenisation (benchmark only) -------------------------------------
