@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,14 +146,10 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     written atomically.
     """
     from rt1.data.preprocessed_schema import PreprocessedFile
-    from rt1.model import CheckpointError, load_model
+    from rt1.model import load_model, read_checkpoint
     from rt1.policy import RT1Policy
 
-    if not cfg.checkpoint.is_file():
-        raise EvaluationError(f"checkpoint {cfg.checkpoint} does not exist")
-    if not zipfile.is_zipfile(cfg.checkpoint):
-        raise EvaluationError(f"{cfg.checkpoint} is not a checkpoint: not a file written by torch.save (checkpoints "
-                              "are zip archives)")
+    read_checkpoint(cfg.checkpoint)  # a missing or unreadable checkpoint fails before any output is made
     try:
         available = index_episodes(cfg.index)
     except (WindowIndexError, OSError) as e:
@@ -164,13 +159,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     selected = select_episodes(available, cfg)
     sizes = check_index_matches_data(selected, cfg.index, cfg.data_dir)
     device = check_device(cfg.device)
-    try:
-        model, model_config, _ = load_model(cfg.checkpoint, device)
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a text file or random bytes: torch's unpickler raises anything
-        raise EvaluationError(f"checkpoint {cfg.checkpoint} cannot be read ({type(e).__name__}: {one_line(e)}): "
-                              "give a checkpoint-{epoch}.pt written by train_ddp.py") from None
+    model, model_config, _ = load_model(cfg.checkpoint, device)
     expected = (model_config.image_size, model_config.image_size)
     wrong = {name: size for name, size in sizes.items() if tuple(size) != expected}
     if wrong:

@@ -13,7 +13,6 @@ A checkpoint file is a dict of plain types and tensors, read with `torch.load(we
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -36,10 +35,13 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} cannot be read (not a file written by torch.save: checkpoints "
+                              "are zip archives)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({one_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - torch's weights_only unpickler raises KeyError, IndexError, ...
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {one_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = f" (format {state.get('format')!r})" if isinstance(state, dict) else ""
         raise CheckpointError(f"{path} is not an rt1 training checkpoint{found}")

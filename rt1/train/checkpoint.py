@@ -30,7 +30,6 @@ from __future__ import annotations
 import random
 import re
 import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,18 +153,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     """A training checkpoint (weights_only), checked to hold every key a resume needs; raises CheckpointError.
 
     Any file that is not one (a text file, random bytes, a truncated copy) is a one-line CheckpointError
-    naming it, whatever torch's unpickler raises for it.
+    naming it (`rt1.model.load.read_checkpoint`).
     """
-    path = Path(path)
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a checkpoint: not a file written by torch.save (checkpoints are zip "
-                              "archives)")
-    try:
-        contents = read_checkpoint(path, map_location)
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch's weights_only unpickler raises KeyError, IndexError, ...
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {one_line(e)})") from None
+    contents = read_checkpoint(path, map_location)
     missing = [k for k in _STATE_KEYS if k not in contents]
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (no {', '.join(missing)}): it cannot be resumed")
