@@ -28,6 +28,7 @@ import numpy as np
 from rt1.actions import flatten_actions, tokenize
 from rt1.config import DEFAULT_IMAGE_SIZE
 from rt1.data.filters import TASK_FILTERS, get_filter
+from rt1.data.h5files import existing_output
 from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, resize_jpeg
 from rt1.data.preprocessed_schema import (
     FORMAT, PreprocessedEpisode, PreprocessedFormatError, open_preprocessed, verify_preprocessed, write_preprocessed,
@@ -112,16 +113,10 @@ def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str
     a preprocessed file at all: a rerun must not overwrite it silently.
     """
     out_path = Path(out_path)
-    if not out_path.exists():
-        return False
-    try:
-        with h5py.File(out_path, "r") as f:
-            fmt = f.attrs.get("format")
-    except OSError:
-        return False  # unreadable (e.g. truncated): redo
-    if fmt != FORMAT:
-        raise PreprocessError(f"{out_path} exists and is not a preprocessed file (format attribute {fmt!r}): "
-                              "refusing to overwrite it, choose another --out-dir")
+    found = check_output_in_the_way(out_path)
+    if found is None:
+        return False  # absent, or an HDF5 file too damaged to open (truncated): redo
+    found.close()
     try:
         with open_preprocessed(out_path) as f:
             attrs = {k: f.attrs[k] for k in ("task_filter", "image_size", "jpeg_quality", "source_file",
@@ -155,6 +150,11 @@ def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str
     except (KeyError, OSError) as e:
         raise PreprocessError(f"{in_path}: corrupt segment file ({one_line(e)})") from None
     return same
+
+
+def check_output_in_the_way(out_path: Path) -> h5py.File | None:
+    """The check stage 1 makes too (`existing_output`): a preprocessed HDF5 file under the name, None, or refused."""
+    return existing_output(out_path, FORMAT, "a preprocessed file", PreprocessError, redo_damaged=True)
 
 
 def estimate_output_bytes(episodes: list[PreprocessedEpisode]) -> int:
@@ -315,6 +315,10 @@ def preprocess_dir(in_dir: Path, out_dir: Path, *, task_filter: str = "all", ima
     summary = Summary(in_dir, out_dir, task_filter, image_size)
     summary.stale_removed = len(remove_stale_temporaries(out_dir))
     tasks = [_Task(p, out_dir / p.name, task_filter, image_size, jpeg_quality, delete_input) for p in inputs]
+    for task in tasks:  # every file in the way is refused before any work, as stage 1 does
+        found = check_output_in_the_way(task.out_path)
+        if found is not None:
+            found.close()
 
     def bar():
         return new_progress(len(tasks), unit="file", desc=f"preprocess ({task_filter})", enabled=progress)
