@@ -158,13 +158,16 @@ def _stop_mid_run(cmd: list[str], out: Path, how: str) -> tuple[subprocess.Compl
 
 
 def _assert_stopped_cleanly(proc, workers, how):
-    code = 143 if how == "sigterm" else 130
-    assert proc.returncode == code, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     deadline = time.time() + 10
     while any(_running(w) for w in workers) and time.time() < deadline:
         time.sleep(0.05)
-    assert not [w for w in workers if _running(w)], "workers outlived the stopped run"
+    orphans = [w for w in workers if _running(w)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)  # do not leave them to the rest of the session
+    assert not orphans, "workers outlived the stopped run"
+    code = 143 if how == "sigterm" else 130
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
