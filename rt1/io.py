@@ -76,6 +76,22 @@ def check_writable_dir(directory: Path) -> None:
         raise PermissionError(f"output directory {directory} is not writable")
 
 
+class OutputPathError(RT1Error, ValueError):
+    """An output-directory option names a file (or a path under one); the message names the option."""
+
+
+def check_output_dir_option(directory: Path, option: str = "--out") -> None:
+    """Refuse at start-up an output directory that is a file or lies under one (mkdir would fail only at the
+    end, with a bare errno naming no option)."""
+    path = Path(directory)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise OutputPathError(f"{option} {directory} exists and is not a directory" if existing == path
+                                      else f"{option} {directory} cannot be created: {existing} is a file")
+            return
+
+
 class DiskFullError(RT1Error, OSError):
     """Not enough free space for the next output; the message names the directory and the sizes."""
 
