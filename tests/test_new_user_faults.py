@@ -314,7 +314,8 @@ def test_closed_loop_refuses_a_non_finite_cond_scale(tmp_path, value):
 def test_stage1_rerun_with_another_segment_length_is_refused_naming_the_existing_one(rlds_dir, tmp_path):
     convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=10, end_episode=20), progress=False)
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(ConversionError, match=r"0-10_episode.h5.*segments of 10 episodes.*--episode-sec-len 8"):
+    with pytest.raises(ConversionError,
+                       match=r"segments of 10 episodes \(e\.g\. 0-10_episode\.h5.*--episode-sec-len 8"):
         convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=8, end_episode=20), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     # Disjoint ranges with another length store nothing twice: allowed.

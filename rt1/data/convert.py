@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import multiprocessing
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 from rt1.data.filters import get_filter
 from rt1.data.rlds_reader import num_episodes, open_builder, read_episodes
 from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
-from rt1.data.segment_schema import Episode, segment_file_name, stored_episodes, write_segment
+from rt1.data.segment_schema import FILE_SUFFIX, Episode, segment_file_name, stored_episodes, write_segment
 from rt1.errors import RT1Error, install_sigterm_handler, one_line, run_cli
 from rt1.io import (
     check_free_space, check_writable_dir, locked_output_dir, remove_stale_temporaries, worker_pool,
@@ -145,6 +146,32 @@ def _check_matches_source(path: Path, stored: list[tuple[int, str]], read: list[
                                   "older run's output; delete it (or use another --out-dir) and rerun")
 
 
+_SEGMENT_NAME = re.compile(r"^(\d+)-(\d+)" + re.escape(FILE_SUFFIX) + "$")
+
+
+def check_one_segmentation(out_dir: Path, ranges: list[tuple[int, int]], episodes_per_segment: int) -> None:
+    """Refuse a plan whose ranges overlap a segment file of another range in `out_dir` (a run with another
+    --episode-sec-len): its episodes would be stored twice, which only stage 3 would notice."""
+    existing = []
+    for path in out_dir.iterdir():
+        match = _SEGMENT_NAME.match(path.name)
+        if match:
+            existing.append((int(match.group(1)), int(match.group(2)), path))
+    planned = set(ranges)
+    overlapping = sorted((a, b, path) for a, b, path in existing if (a, b) not in planned
+                         and any(a < end and start < b for start, end in ranges))
+    if overlapping:
+        a, b, path = overlapping[0]
+        length = max(b - a for a, b, _ in existing)
+        if length == episodes_per_segment:  # same length, cut at another --start/--end-episode
+            raise ConversionError(f"{path} covers source episodes [{a}, {b}), part of a segment this run writes whole: "
+                                  "its episodes would be stored a second time; delete it (an earlier run's partial "
+                                  "segment) or use another --out-dir")
+        raise ConversionError(f"{out_dir} holds segments of {length} episodes (e.g. {path.name}, source episodes "
+                              f"[{a}, {b})): this run's --episode-sec-len {episodes_per_segment} would store those "
+                              f"episodes a second time; rerun with --episode-sec-len {length} or use another --out-dir")
+
+
 def convert_run(builder, cfg: ConvertConfig, tasks: list[SegmentTask], on_episode=None) -> list[SegmentResult]:
     """Convert (or verify) consecutive segments, reading their episodes as one canonical-order stream."""
     keep = get_filter(cfg.task_filter)
@@ -224,6 +251,7 @@ def convert(cfg: ConvertConfig, progress: bool = True) -> ConvertSummary:
     with locked_output_dir(cfg.out_dir, "stage-1 run"):  # one run per directory, before touching its files
         for stale in remove_stale_temporaries(cfg.out_dir):
             print(f"removed unfinished {stale.name} from an interrupted run", file=sys.stderr, flush=True)
+        check_one_segmentation(cfg.out_dir, ranges, cfg.episodes_per_segment)
         # Every file in the way is checked before any work: an unrelated file is refused, never overwritten.
         tasks = [SegmentTask(r, stored_episodes(cfg.out_dir / segment_file_name(*r), r, cfg.task_filter))
                  for r in ranges]

@@ -335,7 +335,8 @@ def check_files_confined(index: WindowIndex, data_dir: Path) -> None:
                                    "an index names files relative to --data-dir; rebuild it with data_emerge.py")
         if listed is not None and name not in listed:
             raise WindowIndexError(f"{index.csv} names {name}, which is not listed in its sidecar "
-                                   f"{sidecar_path(index.csv).name}: the CSV was edited; rebuild it with data_emerge.py")
+                                   f"{sidecar_path(index.csv).name}: the CSV was edited; rebuild it with "
+                                   "data_emerge.py")
 
 
 def check_train_val(train_csv: Path, val_csv: Path | None) -> None:
