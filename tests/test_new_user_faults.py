@@ -113,6 +113,15 @@ def test_stage2_refuses_a_text_file_named_like_an_output(synthetic, tmp_path, ca
     assert sorted(p.name for p in synthetic.glob("*_episode.h5")) == names
 
 
+def test_stage2_refuses_a_directory_named_like_an_output(synthetic, tmp_path, capsys):
+    out = tmp_path / "pre"
+    name = sorted(p.name for p in synthetic.glob("*_episode.h5"))[0]
+    (out / name).mkdir(parents=True)
+    assert preprocess_main(["--in-dir", str(synthetic), "--out-dir", str(out), "--workers", "1", "--no-progress"]) == 2
+    assert f"{out / name} exists and is not an HDF5 file" in one_error_line(capsys)
+    assert (out / name).is_dir()
+
+
 # ---- 3. a stop stops the workers ---------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ def existing_output(path: Path, fmt: str, what: str, error: type[Exception], *,
     path = Path(path)
     if not path.exists():
         return None
+    is_hdf5 = False  # also for a path that cannot be read at all (a directory, no permission)
     try:
         with open(path, "rb") as f:
             is_hdf5 = f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
