@@ -7,15 +7,17 @@ commands to use on the real dataset. It ends with closed-loop evaluation: the tr
 the simulated scene the data was recorded in (`eval_closed_loop.py`), next to the scripted expert and
 a no-op policy on the same seeds. Outputs go under --out; their paths are printed at the end.
 
---out: the demo writes a marker file (`DEMO_MARKER`) into its output directory. A missing or empty
-directory is used as is; one holding the marker (an earlier demo's output) is reused, its demo
-outputs replaced; any other non-empty directory is refused unless --overwrite is given. Only the
-demo's own outputs (`DEMO_OUTPUTS`) are ever deleted, never other files in the directory.
+--out: the demo records what it writes in a manifest (`DEMO_MARKER`, JSON) in its output directory and
+deletes only what that manifest lists, whatever the flags: a folder named like a demo output that the
+manifest does not list (a user's save/ or plots/) is refused by name, never deleted. A missing or empty
+directory is used as is, one with a manifest (an earlier demo's output) is reused, and any other non-empty
+directory is refused unless --overwrite is given (the demo's outputs then go next to the files there).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -35,6 +37,7 @@ DEMO_OUTPUTS = ("rlds", "segments_all", "segments_pick", "preprocessed", "index"
 
 
 DEMO_EPISODES = 160       # bundled dataset size
+DEMO_MIN_EPISODES = 10    # below this, stage 3's train/val split (20% validation) can leave val empty
 DEMO_STEPS = 300          # training steps of the tiny preset (2 processes x its batch)
 DEMO_EVAL_EPISODES = 56   # closed-loop episodes: 8 per task family
 DEMO_VIDEOS = 3           # rollout GIFs of the policy
@@ -48,29 +51,50 @@ class StageFailed(DemoError):
     exit_code = EXIT_ERROR
 
 
-def prepare_output_dir(out: Path, overwrite: bool = False) -> Path:
-    """Check --out and make it ready: remove the demo's own earlier outputs, keep everything else.
+def demo_outputs_of(out: Path) -> list[str]:
+    """The names the manifest in `out` says the demo wrote ([] without a readable manifest)."""
+    try:
+        manifest = json.loads((out / DEMO_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # none, or the text marker of an older demo: it proves nothing about what is there
+    listed = manifest.get("outputs") if isinstance(manifest, dict) else None
+    return [name for name in listed if name in DEMO_OUTPUTS] if isinstance(listed, list) else []
 
-    Refuses (DemoError) a path that is a file, that contains this repository, or a non-empty directory
-    without the demo's marker unless `overwrite`. Writes the marker. Returns the resolved path.
+
+def prepare_output_dir(out: Path, overwrite: bool = False) -> Path:
+    """Check --out and make it ready: remove the demo's own earlier outputs (its manifest's), keep everything else.
+
+    Refuses (DemoError) a path that is a file, that contains this repository, a non-empty directory
+    without the demo's manifest unless `overwrite`, and, whatever `overwrite`, any folder or file named like
+    a demo output that the manifest does not list. Writes the manifest. Returns the resolved path.
     """
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise DemoError(f"--out {out} exists and is not a directory")
     if out == REPO or out in REPO.parents:
         raise DemoError(f"--out {out} contains the repository; choose a directory for the demo's outputs")
-    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file() and not overwrite:
-        raise DemoError(f"--out {out} is not empty and is not an earlier demo output (no {DEMO_MARKER}); "
-                        "choose another directory or pass --overwrite to replace the demo's outputs in it")
-    out.mkdir(parents=True, exist_ok=True)
+    has_manifest = (out / DEMO_MARKER).is_file()
+    if out.is_dir() and any(out.iterdir()) and not has_manifest and not overwrite:
+        raise DemoError(f"--out {out} is not empty and is not an earlier demo output (no {DEMO_MARKER}); choose "
+                        "another directory, or pass --overwrite to write the demo's outputs next to the files there "
+                        "(nothing there is deleted)")
+    ours = demo_outputs_of(out) if has_manifest else []
     for name in DEMO_OUTPUTS:
+        path = out / name
+        if name not in ours and (path.exists() or path.is_symlink()):
+            raise DemoError(f"--out {path} exists and was not written by the demo (not in {out / DEMO_MARKER}); "
+                            "the demo writes its outputs under that name and deletes only its own: move it away or "
+                            "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ours:
         path = out / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    (out / DEMO_MARKER).write_text("written by python -m rt1.demo; its outputs here: " + ", ".join(DEMO_OUTPUTS)
-                                   + "\n")
+    # Every output name is free now: the manifest claims them before any stage writes one.
+    manifest = {"written_by": "python -m rt1.demo", "outputs": list(DEMO_OUTPUTS)}
+    (out / DEMO_MARKER).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
     return out
 
 
@@ -90,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_output"),
                         help="output directory: new, empty or an earlier demo's (default demo_output)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="use a non-empty --out that is not an earlier demo's output (only the demo's own "
-                             "outputs in it are replaced)")
+                        help="use a non-empty --out that is not an earlier demo's output: the demo's outputs go next "
+                             "to the files there, none of which is deleted")
     parser.add_argument("--episodes", type=int, default=DEMO_EPISODES,
-                        help="episodes in the bundled dataset (default %(default)s)")
+                        help=f"episodes in the bundled dataset (at least {DEMO_MIN_EPISODES}; default %(default)s)")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS,
                         help="training steps of the tiny preset at its own batch size (default %(default)s)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes under torchrun (default 2)")
@@ -107,6 +131,9 @@ def run_demo(args: argparse.Namespace) -> int:
     for name in ("episodes", "steps", "nproc", "eval_episodes"):
         if getattr(args, name) < 1:
             raise DemoError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.episodes < DEMO_MIN_EPISODES:
+        raise DemoError(f"--episodes must be at least {DEMO_MIN_EPISODES}, got {args.episodes} (stage 3 splits the "
+                        "episodes into train and validation and needs some of each)")
     out = prepare_output_dir(args.out, args.overwrite)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -56,10 +56,12 @@ def one_line(error: BaseException) -> str:
         for line in reversed(text[1:]):
             head, sep, original = line.partition(": ")
             if sep and (head == name or head.endswith("." + name)):
-                return f"{original.strip()} (in DataLoader {worker.group(2)})"
-    return text[0]
+                return _PATH_REPR.sub(r"'\1'", f"{original.strip()} (in DataLoader {worker.group(2)})")
+    return _PATH_REPR.sub(r"'\1'", text[0])
 
 
+# An OSError given a Path as its filename prints it as PosixPath('...'): a message names the path as text.
+_PATH_REPR = re.compile(r"\b(?:Pure)?(?:Posix|Windows)?G?Path\('((?:[^'\\]|\\.)*)'\)")
 _WORKER_WRAPPED = re.compile(r"^Caught (\w+) in (DataLoader worker process \d+)\.$")
 
 

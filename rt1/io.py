@@ -1,7 +1,9 @@
 """Atomic writes, output-directory checks and directory locks, shared by every stage that writes files.
 
 Write-then-rename: a long job never leaves a truncated file under a final name. `DirectoryLock`: one
-run at a time per output directory (a lock file naming host and PID; a stale one is taken over).
+run at a time per output directory (a lock file naming host and PID; a stale one is taken over);
+`locked_output_dir` is that lock for the data stages. `worker_pool`: a stage's worker processes, stopped
+with it when it stops (Ctrl-C, SIGTERM, an error) instead of running on as orphans.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -18,6 +21,7 @@ from pathlib import Path
 from rt1.errors import RT1Error
 
 TEMP_MARKER = ".partial-"
+STAGE_LOCK = "stage.lock"  # the lock file of a data stage's output directory (training's is train.lock)
 
 
 def temporary_path(final: Path) -> Path:
@@ -70,6 +74,22 @@ def check_writable_dir(directory: Path) -> None:
         raise PermissionError(f"cannot create output directory {directory}: {e.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"output directory {directory} is not writable")
+
+
+class OutputPathError(RT1Error, ValueError):
+    """An output-directory option names a file (or a path under one); the message names the option."""
+
+
+def check_output_dir_option(directory: Path, option: str = "--out") -> None:
+    """Refuse at start-up an output directory that is a file or lies under one (mkdir would fail only at the
+    end, with a bare errno naming no option)."""
+    path = Path(directory)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise OutputPathError(f"{option} {directory} exists and is not a directory" if existing == path
+                                      else f"{option} {directory} cannot be created: {existing} is a file")
+            return
 
 
 class DiskFullError(RT1Error, OSError):
@@ -230,6 +250,62 @@ class DirectoryLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def locked_output_dir(directory: Path, what: str):
+    """Hold `directory/STAGE_LOCK` for the block (`DirectoryLockedError` if a live run holds it): take it before
+    removing stale temporaries, so a starting run never deletes a live run's temporary file."""
+    lock = DirectoryLock(directory, STAGE_LOCK, what=what)
+    stale = lock.acquire()
+    if stale is not None:
+        print(f"took over the stale lock {lock.path} of a run that is gone ({stale})", file=sys.stderr, flush=True)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+# ---- worker processes that stop with their parent --------------------------------------------------
+
+
+def _init_worker() -> None:
+    """In each worker: Ctrl-C (sent to the whole process group) is the parent's to answer, and SIGTERM kills
+    (a forked worker would otherwise inherit the parent's handler and carry on)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def stop_workers(pool) -> None:
+    """Cancel what has not started and terminate the workers of a `ProcessPoolExecutor` now.
+
+    A killed worker leaves at most a temporary file (`temporary_path`), which the next run removes.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, mp_context=None):
+    """A `ProcessPoolExecutor` whose workers end with the block: on any exception in the parent (an error,
+    `KeyboardInterrupt`, `Terminated`) they are terminated before it propagates, never left running."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp_context, initializer=_init_worker)
+    try:
+        yield pool
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def outermost_missing(path: Path) -> Path | None:

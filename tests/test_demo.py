@@ -57,13 +57,17 @@ def test_an_earlier_demo_output_is_reused_removing_only_the_demo_outputs(tmp_pat
     assert (out / "my_notes.txt").read_text() == "keep me"
 
 
-def test_overwrite_replaces_only_the_demo_outputs_of_a_foreign_directory(tmp_path):
+def test_overwrite_adds_the_demo_outputs_to_a_foreign_directory_and_deletes_nothing(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    (out / "plots").mkdir()
     prepare_output_dir(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == sorted([DEMO_MARKER, "notes.txt"])
+    (out / DEMO_MARKER).unlink()
+    (out / "plots").mkdir()  # the user's, though named like a demo output: refused, kept
+    with pytest.raises(DemoError, match="plots.*not written by the demo"):
+        prepare_output_dir(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "plots"]
 
 
 def test_bad_counts_are_refused_before_any_output(tmp_path):

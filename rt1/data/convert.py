@@ -9,6 +9,8 @@ episodes under the same `source_index`. Images stay the JPEG bytes of the TFReco
 Each segment is written to a temporary name and renamed when complete. A rerun re-reads the source
 of every segment: a finished one is verified (its episodes' indices and content fingerprints must
 equal the source's) and skipped, a missing one is written. Free space is checked before each write.
+One run per output directory (`stage.lock`, as training's `train.lock`); a stop (Ctrl-C, SIGTERM) stops
+the worker processes too and leaves only finished segments and temporaries the next run removes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import multiprocessing
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,9 +29,11 @@ import numpy as np
 from rt1.data.filters import get_filter
 from rt1.data.rlds_reader import num_episodes, open_builder, read_episodes
 from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
-from rt1.data.segment_schema import Episode, segment_file_name, stored_episodes, write_segment
-from rt1.errors import RT1Error, one_line, run_cli
-from rt1.io import check_free_space, check_writable_dir, remove_stale_temporaries
+from rt1.data.segment_schema import FILE_SUFFIX, Episode, segment_file_name, stored_episodes, write_segment
+from rt1.errors import RT1Error, install_sigterm_handler, one_line, run_cli
+from rt1.io import (
+    check_free_space, check_writable_dir, locked_output_dir, remove_stale_temporaries, worker_pool,
+)
 from rt1.progress import progress_bar
 
 
@@ -141,6 +146,32 @@ def _check_matches_source(path: Path, stored: list[tuple[int, str]], read: list[
                                   "older run's output; delete it (or use another --out-dir) and rerun")
 
 
+_SEGMENT_NAME = re.compile(r"^(\d+)-(\d+)" + re.escape(FILE_SUFFIX) + "$")
+
+
+def check_one_segmentation(out_dir: Path, ranges: list[tuple[int, int]], episodes_per_segment: int) -> None:
+    """Refuse a plan whose ranges overlap a segment file of another range in `out_dir` (a run with another
+    --episode-sec-len): its episodes would be stored twice, which only stage 3 would notice."""
+    existing = []
+    for path in out_dir.iterdir():
+        match = _SEGMENT_NAME.match(path.name)
+        if match:
+            existing.append((int(match.group(1)), int(match.group(2)), path))
+    planned = set(ranges)
+    overlapping = sorted((a, b, path) for a, b, path in existing if (a, b) not in planned
+                         and any(a < end and start < b for start, end in ranges))
+    if overlapping:
+        a, b, path = overlapping[0]
+        length = max(b - a for a, b, _ in existing)
+        if length == episodes_per_segment:  # same length, cut at another --start/--end-episode
+            raise ConversionError(f"{path} covers source episodes [{a}, {b}), part of a segment this run writes whole: "
+                                  "its episodes would be stored a second time; delete it (an earlier run's partial "
+                                  "segment) or use another --out-dir")
+        raise ConversionError(f"{out_dir} holds segments of {length} episodes (e.g. {path.name}, source episodes "
+                              f"[{a}, {b})): this run's --episode-sec-len {episodes_per_segment} would store those "
+                              f"episodes a second time; rerun with --episode-sec-len {length} or use another --out-dir")
+
+
 def convert_run(builder, cfg: ConvertConfig, tasks: list[SegmentTask], on_episode=None) -> list[SegmentResult]:
     """Convert (or verify) consecutive segments, reading their episodes as one canonical-order stream."""
     keep = get_filter(cfg.task_filter)
@@ -217,27 +248,30 @@ def convert(cfg: ConvertConfig, progress: bool = True) -> ConvertSummary:
     builder = open_builder(cfg.data_dir)
     ranges = plan_segments(num_episodes(builder), cfg)
     check_writable_dir(cfg.out_dir)
-    for stale in remove_stale_temporaries(cfg.out_dir):
-        print(f"removed unfinished {stale.name} from an interrupted run", file=sys.stderr, flush=True)
-    # Every file in the way is checked before any work: an unrelated file is refused, never overwritten.
-    tasks = [SegmentTask(r, stored_episodes(cfg.out_dir / segment_file_name(*r), r, cfg.task_filter)) for r in ranges]
-    summary = ConvertSummary()
-    start = time.perf_counter()
-    total = sum(b - a for a, b in ranges)
-    with progress_bar(total, unit="episode", desc=f"convert[{cfg.task_filter}]", enabled=progress) as bar:
-        if cfg.workers == 1 or len(tasks) <= 1:
-            for result in convert_run(builder, cfg, tasks, on_episode=lambda: bar.update(1)):
-                summary.add(result)
-        else:
-            # Two runs per worker: long enough to amortise TFDS pipeline set-up, short enough to balance load.
-            runs = _contiguous_runs(tasks, max_len=-(-len(tasks) // (2 * cfg.workers)))
-            context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
-            with concurrent.futures.ProcessPoolExecutor(cfg.workers, mp_context=context) as pool:
-                futures = [pool.submit(_convert_in_worker, cfg, run) for run in runs]
-                for future in concurrent.futures.as_completed(futures):
-                    for result in future.result():
-                        summary.add(result)
-                        bar.update(result.episodes_read)
+    with locked_output_dir(cfg.out_dir, "stage-1 run"):  # one run per directory, before touching its files
+        for stale in remove_stale_temporaries(cfg.out_dir):
+            print(f"removed unfinished {stale.name} from an interrupted run", file=sys.stderr, flush=True)
+        check_one_segmentation(cfg.out_dir, ranges, cfg.episodes_per_segment)
+        # Every file in the way is checked before any work: an unrelated file is refused, never overwritten.
+        tasks = [SegmentTask(r, stored_episodes(cfg.out_dir / segment_file_name(*r), r, cfg.task_filter))
+                 for r in ranges]
+        summary = ConvertSummary()
+        start = time.perf_counter()
+        total = sum(b - a for a, b in ranges)
+        with progress_bar(total, unit="episode", desc=f"convert[{cfg.task_filter}]", enabled=progress) as bar:
+            if cfg.workers == 1 or len(tasks) <= 1:
+                for result in convert_run(builder, cfg, tasks, on_episode=lambda: bar.update(1)):
+                    summary.add(result)
+            else:
+                # Two runs per worker: long enough to amortise TFDS pipeline set-up, short enough to balance load.
+                runs = _contiguous_runs(tasks, max_len=-(-len(tasks) // (2 * cfg.workers)))
+                context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
+                with worker_pool(cfg.workers, mp_context=context) as pool:  # a stop stops the workers too
+                    futures = [pool.submit(_convert_in_worker, cfg, run) for run in runs]
+                    for future in concurrent.futures.as_completed(futures):
+                        for result in future.result():
+                            summary.add(result)
+                            bar.update(result.episodes_read)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -266,6 +300,7 @@ def main(argv: list[str] | None = None, task_filter: str = "all") -> int:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
     def run(_) -> int:
+        install_sigterm_handler()  # SIGTERM unwinds: workers stopped, temporaries removed, exit 143
         cfg = ConvertConfig(args.data_dir, args.out_dir, task_filter, args.episode_sec_len, args.start_episode,
                             args.end_episode, args.workers)
         summary = convert(cfg, progress=not args.no_progress)

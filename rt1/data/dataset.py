@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rt1.config import DEFAULT_WINDOW
-from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes, read_index
+from rt1.data.index import IndexEpisode, WindowIndexError, check_files_confined, index_episodes, read_index
 from rt1.data.preprocessed_schema import PreprocessedFile, PreprocessedFormatError, WindowError
 from rt1.errors import RT1Error
 
@@ -98,6 +98,7 @@ class RT1Dataset(Dataset):
         self.max_open_files = max(1, int(max_open_files))
         try:
             index = read_index(self.index_csv)
+            check_files_confined(index, self.data_dir)  # before any file it names is opened
         except WindowIndexError as e:
             raise DatasetError(str(e)) from None
         meta = index.meta or {}

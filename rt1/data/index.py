@@ -31,7 +31,7 @@ import argparse
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -175,6 +175,8 @@ def build_index(data_dir: Path, out_dir: Path | None = None, *, val_fraction: fl
         raise WindowIndexError(f"--val-fraction must be in [0, 1) (0: no validation split), got {val_fraction}")
     if window < 1:
         raise WindowIndexError(f"--window must be at least 1, got {window}")
+    if not isinstance(seed, int) or seed < 0:  # numpy's generator takes only non-negative seeds
+        raise WindowIndexError(f"--seed must be >= 0, got {seed}")
     files, episodes = _scan(data_dir)
     if not files:
         raise WindowIndexError(f"no preprocessed files (*.h5) in {data_dir}: run DataPreprocess_batch_*.py first")
@@ -260,6 +262,30 @@ def sidecar_path(index_csv: Path) -> Path:
     return Path(index_csv).with_suffix(".json")
 
 
+# What every sidecar holds (the loader, plots and the train/val check use them), with its JSON type.
+_SIDECAR_FIELDS = {"split": str, "num_windows": int, "files": list, "episodes": list}
+
+
+def read_sidecar(index_csv: Path) -> dict | None:
+    """The sidecar of an index CSV, checked to be one of this format; None if the CSV has none."""
+    sidecar = sidecar_path(index_csv)
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except ValueError as e:
+        raise WindowIndexError(f"{sidecar}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT \
+            or meta.get("format_version") != INDEX_FORMAT_VERSION:
+        raise WindowIndexError(f"{sidecar}: not an rt1 window index sidecar of format_version "
+                               f"{INDEX_FORMAT_VERSION}")
+    for key, kind in _SIDECAR_FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            raise WindowIndexError(f"{sidecar}: its '{key}' is missing or not a JSON {kind.__name__}: rebuild the "
+                                   "index with data_emerge.py")
+    return meta
+
+
 def read_index(index_csv: Path) -> WindowIndex:
     """Read an index CSV (and its sidecar, when present)."""
     index_csv = Path(index_csv)
@@ -286,21 +312,55 @@ def read_index(index_csv: Path) -> WindowIndex:
                 files.append(name)
             starts.append(value)
             file_ids.append(ids[name])
-    meta = None
-    sidecar = sidecar_path(index_csv)
-    if sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except ValueError as e:
-            raise WindowIndexError(f"{sidecar}: not valid JSON ({e})") from None
-        if meta.get("format") != INDEX_FORMAT or meta.get("format_version") != INDEX_FORMAT_VERSION:
-            raise WindowIndexError(f"{sidecar}: not an rt1 window index sidecar of format_version "
-                                   f"{INDEX_FORMAT_VERSION}")
+    meta = read_sidecar(index_csv)
+    if meta is not None:
+        sidecar = sidecar_path(index_csv)
         if meta.get("num_windows") != len(starts):
             raise WindowIndexError(f"{index_csv} has {len(starts)} windows but its sidecar {sidecar.name} says "
                                    f"{meta.get('num_windows')}: the CSV was edited or truncated, rebuild it with "
                                    "data_emerge.py")
     return WindowIndex(index_csv, np.asarray(starts, np.int64), np.asarray(file_ids, np.int32), files, meta)
+
+
+def check_files_confined(index: WindowIndex, data_dir: Path) -> None:
+    """Every file `index` names must lie inside `data_dir` (a relative path without '..') and, when the index
+    has a sidecar, be one of the files it lists: an edited CSV never trains on a file from elsewhere."""
+    listed = None
+    if index.meta is not None:
+        listed = {entry.get("file") for entry in index.meta["files"] if isinstance(entry, dict)}
+    for name in index.files:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in parts:
+            raise WindowIndexError(f"{index.csv} names {name}, which is outside the data directory {data_dir}: "
+                                   "an index names files relative to --data-dir; rebuild it with data_emerge.py")
+        if listed is not None and name not in listed:
+            raise WindowIndexError(f"{index.csv} names {name}, which is not listed in its sidecar "
+                                   f"{sidecar_path(index.csv).name}: the CSV was edited; rebuild it with "
+                                   "data_emerge.py")
+
+
+def check_train_val(train_csv: Path, val_csv: Path | None) -> None:
+    """Refuse a validation index that is the training index, a swapped pair, or a pair of two builds (whose
+    episodes may overlap), from what the sidecars record. Without a sidecar only the same file is caught."""
+    if val_csv is None:
+        return
+    train_csv, val_csv = Path(train_csv), Path(val_csv)
+    if train_csv.resolve() == val_csv.resolve():
+        raise WindowIndexError(f"--train-index {train_csv} is also --val-index: validation would measure the "
+                               "training windows; pass the val_idx_*.csv data_emerge.py wrote with it")
+    metas = {}
+    for option, csv, split in (("--train-index", train_csv, "train"), ("--val-index", val_csv, "val")):
+        metas[split] = meta = read_sidecar(csv)
+        if meta is not None and meta["split"] != split:
+            raise WindowIndexError(f"{option} {csv} is the split '{meta['split']}' (its sidecar says so), not "
+                                   f"'{split}': are --train-index and --val-index swapped?")
+    if metas["train"] is not None and metas["val"] is not None:
+        for key in ("fingerprint", "seed", "val_fraction", "window"):
+            ours, theirs = metas["train"].get(key), metas["val"].get(key)
+            if ours != theirs:
+                raise WindowIndexError(f"--train-index {train_csv} and --val-index {val_csv} come from different "
+                                       f"builds ({key} {ours} vs {theirs}), so their episodes may overlap: use the "
+                                       "pair one data_emerge.py run wrote")
 
 
 def index_episodes(index_csv: Path) -> list[IndexEpisode]:
@@ -351,4 +411,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["IndexEpisode", "IndexResult", "WindowIndex", "WindowIndexError", "build_index", "read_index",
-           "index_episodes", "window_starts", "list_preprocessed_files", "main"]
+           "read_sidecar", "check_files_confined", "check_train_val", "index_episodes", "window_starts",
+           "list_preprocessed_files", "main"]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rt1.data.rlds_spec import DATASET_NAME, DATASET_VERSION
 from rt1.errors import RT1Error, run_cli
+from rt1.io import outermost_missing, remove_empty_dirs
 from rt1.sim.record import record_episode
 from rt1.sim.scene import instruction_embedding  # noqa: F401  (re-exported: the embedding of the data)
 
@@ -103,6 +104,10 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
     """Write the dataset under `out`; returns the version directory to pass to builder_from_directory."""
     if episodes < 1:
         raise MiniFractalError(f"--episodes must be at least 1, got {episodes}")
+    if seed < 0:  # numpy's generator takes only non-negative seeds
+        raise MiniFractalError(f"--seed must be >= 0, got {seed}")
+    if shards is not None and shards < 1:
+        raise MiniFractalError(f"--shards must be at least 1, got {shards}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
@@ -110,17 +115,23 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
         raise FileExistsError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
     import tensorflow_datasets as tfds
 
+    created = outermost_missing(out)
     out.mkdir(parents=True, exist_ok=True)
     shards = shards or default_shards(episodes)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".mini_fractal-") as tmp:
-        builder = _builder_class()(episodes=episodes, seed=seed, data_dir=tmp)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            num_shards=shards, try_download_gcs=False))
-        _read_like_the_real_dataset(Path(tmp) / DATASET_NAME / DATASET_VERSION)
-        final = out / DATASET_NAME
-        if final.exists():
-            shutil.rmtree(final)
-        (Path(tmp) / DATASET_NAME).rename(final)
+    try:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".mini_fractal-") as tmp:
+            builder = _builder_class()(episodes=episodes, seed=seed, data_dir=tmp)
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                num_shards=shards, try_download_gcs=False))
+            _read_like_the_real_dataset(Path(tmp) / DATASET_NAME / DATASET_VERSION)
+            final = out / DATASET_NAME
+            if final.exists():
+                shutil.rmtree(final)
+            (Path(tmp) / DATASET_NAME).rename(final)
+    except BaseException:
+        if created is not None:  # a failed run leaves no directories it made
+            remove_empty_dirs(out, created)
+        raise
     return out / DATASET_NAME / DATASET_VERSION
 
 

@@ -7,7 +7,8 @@ actions with the fixed RT-1 bounds, and writes one output file of the same name.
 
 - Atomic: an output appears under its final name only when complete (temp name + rename).
 - Resumable: a rerun skips outputs that are complete and still match their input, redoes the others,
-  and removes temporaries left by an interrupted run. One run per output directory at a time.
+  and removes temporaries left by an interrupted run. One run per output directory at a time
+  (`stage.lock`); a stop (Ctrl-C, SIGTERM) stops the worker processes too.
 - `delete_input`: an input is deleted only after its output was re-opened and checked whole
   (layout, content digest, every frame decodes).
 - Errors are `PreprocessError` with a one-line message naming the file.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +29,17 @@ import numpy as np
 from rt1.actions import flatten_actions, tokenize
 from rt1.config import DEFAULT_IMAGE_SIZE
 from rt1.data.filters import TASK_FILTERS, get_filter
+from rt1.data.h5files import existing_output
 from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, resize_jpeg
 from rt1.data.preprocessed_schema import (
     FORMAT, PreprocessedEpisode, PreprocessedFormatError, open_preprocessed, verify_preprocessed, write_preprocessed,
 )
 from rt1.data.rlds_spec import EMBEDDING_DIM
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
-from rt1.errors import RT1Error, one_line, run_cli
-from rt1.io import check_free_space, check_writable_dir, remove_stale_temporaries
+from rt1.errors import RT1Error, install_sigterm_handler, one_line, run_cli
+from rt1.io import (
+    check_free_space, check_writable_dir, locked_output_dir, remove_stale_temporaries, worker_pool,
+)
 from rt1.progress import progress_bar as new_progress
 
 
@@ -112,16 +116,10 @@ def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str
     a preprocessed file at all: a rerun must not overwrite it silently.
     """
     out_path = Path(out_path)
-    if not out_path.exists():
-        return False
-    try:
-        with h5py.File(out_path, "r") as f:
-            fmt = f.attrs.get("format")
-    except OSError:
-        return False  # unreadable (e.g. truncated): redo
-    if fmt != FORMAT:
-        raise PreprocessError(f"{out_path} exists and is not a preprocessed file (format attribute {fmt!r}): "
-                              "refusing to overwrite it, choose another --out-dir")
+    found = check_output_in_the_way(out_path)
+    if found is None:
+        return False  # absent, or an HDF5 file too damaged to open (truncated): redo
+    found.close()
     try:
         with open_preprocessed(out_path) as f:
             attrs = {k: f.attrs[k] for k in ("task_filter", "image_size", "jpeg_quality", "source_file",
@@ -155,6 +153,11 @@ def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str
     except (KeyError, OSError) as e:
         raise PreprocessError(f"{in_path}: corrupt segment file ({one_line(e)})") from None
     return same
+
+
+def check_output_in_the_way(out_path: Path) -> h5py.File | None:
+    """The check stage 1 makes too (`existing_output`): a preprocessed HDF5 file under the name, None, or refused."""
+    return existing_output(out_path, FORMAT, "a preprocessed file", PreprocessError, redo_damaged=True)
 
 
 def estimate_output_bytes(episodes: list[PreprocessedEpisode]) -> int:
@@ -313,33 +316,34 @@ def preprocess_dir(in_dir: Path, out_dir: Path, *, task_filter: str = "all", ima
         raise PreprocessError(f"--out-dir {out_dir} is the input directory: outputs keep the input names, "
                               "so they need a directory of their own")
     summary = Summary(in_dir, out_dir, task_filter, image_size)
-    summary.stale_removed = len(remove_stale_temporaries(out_dir))
-    tasks = [_Task(p, out_dir / p.name, task_filter, image_size, jpeg_quality, delete_input) for p in inputs]
+    with locked_output_dir(out_dir, "stage-2 run"):  # one run per directory, before touching its files
+        summary.stale_removed = len(remove_stale_temporaries(out_dir))
+        tasks = [_Task(p, out_dir / p.name, task_filter, image_size, jpeg_quality, delete_input) for p in inputs]
+        for task in tasks:  # every file in the way is refused before any work, as stage 1 does
+            found = check_output_in_the_way(task.out_path)
+            if found is not None:
+                found.close()
 
-    def bar():
-        return new_progress(len(tasks), unit="file", desc=f"preprocess ({task_filter})", enabled=progress)
+        def bar():
+            return new_progress(len(tasks), unit="file", desc=f"preprocess ({task_filter})", enabled=progress)
 
-    def done(progress_bar, result: FileResult) -> None:
-        summary.files.append(result)
-        progress_bar.set_postfix(episodes=summary.episodes, steps=summary.steps, refresh=False)
-        progress_bar.update()
+        def done(progress_bar, result: FileResult) -> None:
+            summary.files.append(result)
+            progress_bar.set_postfix(episodes=summary.episodes, steps=summary.steps, refresh=False)
+            progress_bar.update()
 
-    if workers == 1 or len(tasks) == 1:
-        with bar() as progress_bar:
-            for task in tasks:
-                done(progress_bar, _run_task(task))
-    else:
-        # Workers are started (forked) before the progress bar starts its monitor thread.
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            futures = [pool.submit(_run_task, task) for task in tasks]
-            try:
+        if workers == 1 or len(tasks) == 1:
+            with bar() as progress_bar:
+                for task in tasks:
+                    done(progress_bar, _run_task(task))
+        else:
+            # Workers are started (forked) before the progress bar starts its monitor thread; a stop (or an
+            # error) terminates them before it propagates.
+            with worker_pool(min(workers, len(tasks))) as pool:
+                futures = [pool.submit(_run_task, task) for task in tasks]
                 with bar() as progress_bar:
                     for future in as_completed(futures):
                         done(progress_bar, future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
     summary.files.sort(key=lambda r: r.name)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -378,6 +382,7 @@ def build_arg_parser(task_filter: str, prog: str | None = None) -> argparse.Argu
 def main(argv: list[str] | None = None, *, task_filter: str = "all", prog: str | None = None) -> int:
     """Command line of the DataPreprocess_batch_*.py scripts; returns the exit status."""
     def run(argv: list[str] | None) -> int:
+        install_sigterm_handler()  # SIGTERM unwinds: workers stopped, temporaries removed, exit 143
         args = build_arg_parser(task_filter, prog).parse_args(argv)
         summary = preprocess_dir(args.in_dir, args.out_dir, task_filter=task_filter, image_size=args.image_size,
                                  workers=args.workers, delete_input=args.delete_input,

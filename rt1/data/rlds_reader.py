@@ -15,6 +15,7 @@ and a slice `[a, b)` is exactly source episodes a..b-1, whatever slices a run is
 from __future__ import annotations
 
 import bisect
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -55,11 +56,22 @@ def open_builder(data_dir: Path):
         builder = tfds.builder_from_directory(str(rlds_dir))
     except Exception as e:  # TFDS raises several types for unreadable metadata
         raise RLDSReadError(f"{rlds_dir}: cannot read the TFDS dataset ({type(e).__name__}: {e})") from None
+    name, version = builder.info.name, str(builder.info.version)
+    for what, found, expected in (("name", name, DATASET_NAME), ("version", version, DATASET_VERSION)):
+        if found != expected:  # caught here, not later as a "corrupt shard" or as a wrong feature
+            raise RLDSReadError(f"{rlds_dir}: a dataset of {what} '{found}' (dataset_info.json), this code reads "
+                                f"{DATASET_NAME}/{DATASET_VERSION}")
     problems = spec_mismatches(builder.info.features)
     if problems:
         raise RLDSReadError(f"{rlds_dir}: features are not the fractal spec: {'; '.join(problems)}")
     if SPLIT not in builder.info.splits:
         raise RLDSReadError(f"{rlds_dir}: no '{SPLIT}' split")
+    shards = builder.info.splits[SPLIT].filepaths
+    for shard in shards:
+        exists = getattr(shard, "exists", None)  # TFDS gives epath objects (local or gs://)
+        if not (exists() if exists is not None else Path(shard).is_file()):
+            raise RLDSReadError(f"{os.fspath(shard)}: TFRecord shard missing ({rlds_dir}/dataset_info.json lists "
+                                f"{len(shards)} shards of the {SPLIT} split): copy the dataset again")
     return builder
 
 

@@ -50,7 +50,8 @@ import h5py
 import numpy as np
 
 from rt1.data.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM, OBSERVATION_VECTORS
-from rt1.errors import RT1Error
+from rt1.data.h5files import existing_output
+from rt1.errors import RT1Error, one_line
 from rt1.io import atomic_output
 
 FORMAT = "rt1-segment"
@@ -218,25 +219,23 @@ def stored_episodes(path: Path, episode_range: tuple[int, int], task_filter: str
     under a segment's name that is not a finished segment of this range, filter and format version
     raises `SegmentFormatError`: it is never overwritten silently.
     """
-    path = Path(path)
-    if not path.exists():
+    f = existing_output(path, FORMAT, "an rt1 segment", SegmentFormatError)
+    if f is None:
         return None
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise SegmentFormatError(f"{path} exists and is not an HDF5 file: it has a segment's name but is not "
-                                 "one; move it away or use another --out-dir") from None
     with f:
-        fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
-        if fmt != FORMAT:
-            raise SegmentFormatError(f"{path} exists and is not an rt1 segment (format attribute {fmt!r}); "
-                                     "move it away or use another --out-dir")
+        version = f.attrs.get("format_version")
         if version != FORMAT_VERSION:
             raise SegmentFormatError(
                 f"{path} is a segment of format_version {version}, this code writes {FORMAT_VERSION} (version 1 "
                 "could hold episodes out of order): delete the old segments and convert again")
-        found_filter = str(f.attrs["task_filter"])
-        found_range = tuple(int(x) for x in f.attrs["episode_range"])
+        try:
+            found_filter = str(f.attrs["task_filter"])
+            found_range = tuple(int(x) for x in f.attrs["episode_range"])
+            ep = f["episodes"]
+            stored = [(int(i), fp.decode()) for i, fp in zip(ep["source_index"][:], ep["fingerprint"][:])]
+        except (KeyError, OSError, ValueError, TypeError) as e:
+            raise SegmentFormatError(f"{path} has a segment's format attributes but is not a complete segment "
+                                     f"({one_line(e)}); move it away or use another --out-dir") from None
         if found_filter != task_filter:
             raise SegmentFormatError(f"{path} was written with task filter '{found_filter}', this run uses "
                                      f"'{task_filter}': use a separate --out-dir per filter")
@@ -244,5 +243,4 @@ def stored_episodes(path: Path, episode_range: tuple[int, int], task_filter: str
             raise SegmentFormatError(f"{path} covers source episodes {list(found_range)}, this run's segment of that "
                                      f"name covers {list(episode_range)}: use the same --episode-sec-len as the "
                                      "run that wrote it, or another --out-dir")
-        ep = f["episodes"]
-        return [(int(i), fp.decode()) for i, fp in zip(ep["source_index"][:], ep["fingerprint"][:])]
+        return stored

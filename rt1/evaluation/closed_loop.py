@@ -41,7 +41,7 @@ import numpy as np
 from rt1.data.images import JPEG_QUALITY, training_frame
 from rt1.data.rlds_spec import ACTION_SPEC
 from rt1.errors import RT1Error, run_cli
-from rt1.io import atomic_output
+from rt1.io import atomic_output, check_output_dir_option
 from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv
 from rt1.sim.expert import ScriptedExpert, noop_policy
 from rt1.sim.scene import TASK_FAMILIES
@@ -356,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     def run(_) -> int:
         if args.videos < 0 or args.threads < 1 or args.max_steps < 1 or not 1 <= args.jpeg_quality <= 100:
             raise ClosedLoopError("--videos must be >= 0, --threads and --max-steps >= 1, --jpeg-quality 1..100")
+        if not math.isfinite(args.cond_scale):  # NaN would "succeed" with 0% and write invalid JSON
+            raise ClosedLoopError(f"--cond-scale must be a finite number, got {args.cond_scale}")
+        check_output_dir_option(args.out)
         evaluation_episodes(args.episodes, args.task_family, args.seed)  # bad values fail before loading torch
         import torch
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes, read_index
 from rt1.errors import RT1Error, one_line, run_cli
-from rt1.io import atomic_output, outermost_missing, remove_empty_dirs
+from rt1.io import atomic_output, check_output_dir_option, outermost_missing, remove_empty_dirs
 from rt1.progress import progress_bar
 from rt1.evaluation import metrics
 from rt1.evaluation.plots import plot_episode, plot_error_summary
@@ -58,6 +58,7 @@ class EvalConfig:
             raise EvaluationError(f"--cond-scale must be a finite number, got {self.cond_scale!r}")
         if self.out is None:
             object.__setattr__(self, "out", default_out_dir(self.checkpoint))
+        check_output_dir_option(self.out)
 
 
 def default_out_dir(checkpoint: Path) -> Path:

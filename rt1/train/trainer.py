@@ -39,6 +39,7 @@ from torch import nn
 from rt1.actions import ACTION_DIM_NAMES
 from rt1.config import RT1Config, TrainConfig
 from rt1.data.dataset import RT1Dataset
+from rt1.data.index import check_train_val
 from rt1.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NON_FINITE_LOSS, EXIT_TERMINATED, EXIT_USAGE, RT1Error,
                         acknowledge_stop, one_line, signal_name, signals_deferred, stop_requested)
 from rt1.io import DirectoryLock, DirectoryLockedError, outermost_missing, remove_empty_dirs
@@ -356,6 +357,7 @@ class Trainer:
 
         # Data first, so a wrong image size fails before the model is built.
         pin = self.device.type == "cuda"
+        check_train_val(cfg.train_index, cfg.val_index)  # not the same file, not swapped, one build
         self.train_set = RT1Dataset(cfg.train_index, cfg.data_dir, augment=cfg.augment)
         check_data_fits(self.train_set, self.model_config, "training", cfg)
         self.train_loader, self.train_sampler = make_train_loader(
