@@ -38,6 +38,7 @@ The client (`PolicyClient`, `ServedEnvPolicy`) needs numpy, msgpack and websocke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -481,6 +482,57 @@ class ServedEnvPolicy:
             self.client.reset(instruction_embedding=obs["natural_language_embedding"], cond_scale=self.cond_scale)
             self._started = True
         return self.client.act(obs)
+
+
+# ---- a server process on this machine (tests, benchmarks) ---------------------------------------------
+
+
+@contextlib.contextmanager
+def local_server(model: Path, *args: str, startup_timeout: float = 120.0, stop_timeout: float = 20.0):
+    """Run `python -m rt1.serve --model MODEL --host 127.0.0.1 --port 0 ARGS` and yield (uri, process).
+
+    Waits (bounded) for the "serving ..." line; the process is stopped with SIGTERM when the block ends
+    and killed if it has not exited within `stop_timeout` seconds, whatever happens in the block.
+    """
+    import queue
+    import re
+    import subprocess
+    import tempfile
+    import threading
+
+    cmd = [sys.executable, "-m", "rt1.serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", *args]
+    errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")  # end of output: the process exited
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        try:
+            first = lines.get(timeout=startup_timeout)
+        except queue.Empty:
+            raise ServeError(f"the policy server did not start within {startup_timeout:.0f} s") from None
+        found = re.search(r"ws://127\.0\.0\.1:(\d+)", first)
+        if not found:
+            proc.wait(timeout=stop_timeout)
+            errors.seek(0)
+            raise ServeError(f"the policy server did not start: {first.strip()} {errors.read().strip()}")
+        proc.lines = lines  # later stdout lines, e.g. "stopped on signal 15"
+        yield f"ws://127.0.0.1:{found.group(1)}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=stop_timeout)
+        errors.close()
 
 
 # ---- command line -----------------------------------------------------------------------------------
