@@ -403,7 +403,8 @@ class PolicyClient:
         self.last_tokens: np.ndarray | None = None
         try:
             self._ws = connect(uri, open_timeout=timeout, close_timeout=min(timeout, 10.0), compression=None,
-                               max_size=max_message_bytes * HARD_LIMIT_FACTOR, proxy=None)
+                               max_size=max_message_bytes * HARD_LIMIT_FACTOR, proxy=None,
+                               legacy=True)  # the client owns the connection (closed by close())
         except Exception as e:  # noqa: BLE001 - OSError (refused), InvalidURI, InvalidHandshake, TimeoutError
             raise ServerError(f"cannot connect to policy server {uri} ({type(e).__name__}: {one_line(e)})") from None
 
