@@ -15,7 +15,8 @@ map {"dtype": numpy dtype string ("|u1", "<f4", "<i4", ...), "shape": [...], "da
        | "instruction": text (models whose config names
        the mini-fractal embedding), ["cond_scale": float]}
     {"type": "act", "observation": RLDS observation map}       {"type": "action", "action": {RLDS key: array},
-       (`image` uint8 (H, W, 3) required; any other key of     "tokens": [11 ints], "step": t}
+       (`image` uint8 (H, W, 3) required; any other key of     "tokens": [11 ints], "step": t,
+                                                                "compute_ms": server time of the step}
        the fractal observation spec checked if present)
     {"type": "close"}                                          {"type": "closed"}, then the server closes
 
@@ -41,6 +42,7 @@ import argparse
 import contextlib
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -245,10 +247,12 @@ class Session:
         if given is not None and not np.array_equal(given, self.embedding):
             raise ProtocolError("act: observation/natural_language_embedding is not the episode's instruction; "
                                 "send reset for a new instruction")
+        start = time.perf_counter()
         frame = training_frame(observation["image"], self.server.config.image_size, self.server.jpeg_quality)
         action, tokens = self.policy.step(frame, self.embedding, return_tokens=True)
         return {"type": "action", "action": {k: pack_array(np.asarray(action[k], ACTION_SPEC[k].dtype)) for k in ACTION_KEYS},
-                "tokens": [int(t) for t in tokens], "step": self.policy.t}
+                "tokens": [int(t) for t in tokens], "step": self.policy.t,
+                "compute_ms": (time.perf_counter() - start) * 1e3}  # preprocessing + inference, for latency budgets
 
     def free(self) -> None:
         self.policy = self.embedding = None
@@ -259,7 +263,7 @@ class PolicyServer:
 
     def __init__(self, model_path: Path, device: str = "cpu", jpeg_quality: int | None = None,
                  embedding_source: str | None = None, workers: int = 1,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
@@ -297,7 +301,10 @@ class PolicyServer:
             self.embed_text = instruction_embedding
         self.model_path = model_path
         self.max_message_bytes = int(max_message_bytes)
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rt1-inference")
+        # The intra-op thread count is per OS thread (OpenMP): set it in each worker, not only in main.
+        threads = threads or torch.get_num_threads()
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rt1-inference",
+                                           initializer=torch.set_num_threads, initargs=(threads,))
         self.sessions: set[Session] = set()
 
     def new_policy(self, cond_scale: float):
@@ -401,6 +408,7 @@ class PolicyClient:
 
         self.uri, self.timeout = uri, timeout
         self.last_tokens: np.ndarray | None = None
+        self.last_compute_ms = math.nan  # the server's preprocessing + inference time of the last act
         try:
             self._ws = connect(uri, open_timeout=timeout, close_timeout=min(timeout, 10.0), compression=None,
                                max_size=max_message_bytes * HARD_LIMIT_FACTOR, proxy=None,
@@ -449,6 +457,7 @@ class PolicyClient:
         if not isinstance(tokens, list) or len(tokens) != NUM_ACTION_TOKENS:
             raise ServerError(f"policy server {self.uri} sent tokens {tokens!r}")
         self.last_tokens = np.array(tokens, np.int64)
+        self.last_compute_ms = float(reply.get("compute_ms", math.nan))
         return action
 
     def close(self) -> None:
@@ -572,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         torch.set_num_threads(args.threads)
         server = PolicyServer(args.model, args.device, args.jpeg_quality, args.embedding_source, args.workers,
-                              args.max_message_bytes)
+                              args.max_message_bytes, args.threads)
 
         def ready(port: int) -> None:
             print(f"serving {args.model} on ws://{args.host}:{port} (SIGTERM or Ctrl-C stops)", flush=True)
