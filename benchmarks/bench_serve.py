@@ -42,7 +42,7 @@ def observations(count: int) -> list[list[dict]]:
     env = FractalSimEnv(max_steps=EPISODE_STEPS)
     expert = ScriptedExpert(env, noise_std=0.0)
     episodes, seed = [], 0
-    while sum(map(len, episodes)) < count:
+    while sum(len(e) - 1 for e in episodes) < count:  # an episode's first step (with the reset) is not measured
         obs, _ = env.reset(seed=seed)
         expert.reset()
         episode, done = [obs], False
