@@ -366,16 +366,18 @@ class PolicyServer:
             self.sessions.discard(session)
             session.free()
 
-    async def serve(self, host: str, port: int, ready=None) -> int:
-        """Serve until SIGTERM/SIGINT; `ready(port)` is called once listening. Returns the signal number."""
+    async def serve(self, host: str, port: int, ready=None, stop=None) -> int:
+        """Serve until SIGTERM/SIGINT (or until the future `stop` is done: then no signal handlers are
+        installed); `ready(port)` is called once listening. Returns the signal number (stop's result)."""
         import asyncio
         import signal
 
         from websockets.asyncio.server import serve
 
         loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
+        stop = loop.create_future() if stop is None else stop
+        for signum in signals:
             loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
         try:
             # No per-message deflate: camera frames do not compress and it would cost milliseconds a step.
@@ -386,7 +388,7 @@ class PolicyServer:
                     ready(bound)
                 received = await stop
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in signals:
                 loop.remove_signal_handler(signum)
             self.executor.shutdown(wait=True)
         return received

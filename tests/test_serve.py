@@ -283,3 +283,56 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
     assert eval_main(["--server", "ws://127.0.0.1:9", "--episodes", "1", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot connect to policy server ws://127.0.0.1:9") and len(err.splitlines()) == 1
+
+
+def test_inference_does_not_block_other_connections(exported, monkeypatch):
+    """While one session's step is held in the worker thread, another connection is answered."""
+    import asyncio
+
+    from rt1.serve import PolicyServer, Session
+
+    gate, started = threading.Event(), threading.Event()
+    act = Session.act
+
+    def held_act(self, observation):
+        started.set()
+        assert gate.wait(60), "the test never released the step"
+        return act(self, observation)
+
+    monkeypatch.setattr(Session, "act", held_act)
+    server = PolicyServer(exported, threads=1)
+
+    async def scenario():
+        stop = asyncio.get_running_loop().create_future()
+        ports: list[int] = []
+        serving = asyncio.create_task(server.serve("127.0.0.1", 0, ready=ports.append, stop=stop))
+        for _ in range(600):
+            if ports:
+                break
+            await asyncio.sleep(0.05)
+        uri = f"ws://127.0.0.1:{ports[0]}"
+
+        def held_client():
+            with PolicyClient(uri, timeout=60) as client:
+                client.reset(instruction_embedding=EMBEDDING)
+                return client.act({"image": IMAGE})
+
+        def other_client():
+            assert started.wait(60)
+            with PolicyClient(uri, timeout=10) as client:
+                info = client.info()
+                client.reset(instruction_embedding=EMBEDDING)  # a reset needs no worker: answered too
+            return info, gate.is_set()
+
+        held = asyncio.create_task(asyncio.to_thread(held_client))
+        info, released = await asyncio.to_thread(other_client)
+        assert not released and not held.done() and info["sessions"] == 2
+        gate.set()
+        action = await asyncio.wait_for(held, 60)
+        stop.set_result(0)
+        await asyncio.wait_for(serving, 30)
+        return action
+
+    action = asyncio.run(scenario())
+    assert set(action) == {"world_vector", "rotation_delta", "gripper_closedness_action", "base_displacement_vector",
+                           "base_displacement_vertical_rotation", "terminate_episode"}
