@@ -199,8 +199,15 @@ def _sessions(uri) -> int:
         return probe.info()["sessions"] - 1  # not counting the probe
 
 
+def _wait_for_no_sessions(uri, seconds: float = 30.0) -> int:
+    deadline = time.monotonic() + seconds
+    while (count := _sessions(uri)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return count
+
+
 def test_a_client_that_disconnects_mid_episode_frees_its_session(server):
-    assert _sessions(server) == 0
+    assert _wait_for_no_sessions(server) == 0  # earlier tests' sessions are gone
     clients = [PolicyClient(server, timeout=60) for _ in range(2)]
     for client in clients:
         client.reset(instruction_embedding=EMBEDDING)
@@ -208,10 +215,7 @@ def test_a_client_that_disconnects_mid_episode_frees_its_session(server):
     assert _sessions(server) == 2
     clients[0]._ws.socket.close()  # gone without a close frame: a robot losing power
     clients[1]._ws.close()         # a WebSocket close without the protocol's "close" request
-    deadline = time.monotonic() + 30
-    while _sessions(server) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _sessions(server) == 0
+    assert _wait_for_no_sessions(server) == 0
 
 
 def test_sigterm_stops_the_server_cleanly(exported):

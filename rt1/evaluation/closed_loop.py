@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS,
                         help="step limit per episode (default %(default)s)")
     parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
-                        help="stage 2's --jpeg-quality of the training data (default %(default)s)")
+                        help="stage 2's --jpeg-quality of the training data (default %(default)s; with --server "
+                             "the server's own setting applies)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: one small-batch step gains nothing from more)")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json and videos/")
