@@ -16,14 +16,13 @@ map {"dtype": numpy dtype string ("|u1", "<f4", "<i4", ...), "shape": [...], "da
        the mini-fractal embedding), ["cond_scale": float]}
     {"type": "act", "observation": RLDS observation map}       {"type": "action", "action": {RLDS key: array},
        (`image` uint8 (H, W, 3) required; any other key of     "tokens": [11 ints], "step": t,
-                                                                "compute_ms": server time of the step}
-       the fractal observation spec checked if present)
+       the fractal observation spec checked if present)        "compute_ms": server time of the step}
     {"type": "close"}                                          {"type": "closed"}, then the server closes
 
 Any bad message (not msgpack, a text frame, wrong or missing keys, shapes, dtypes, a message over
 `--max-message-bytes`, act before reset, another instruction within an episode) gets
 {"type": "error", "error": one line} and the session goes on as it was. A message over 4x the limit is
-refused by the WebSocket layer itself (close code 1009, "message too big"): the server never buffers it.
+refused by the WebSocket layer itself: it closes that connection (code 1009, "message too big").
 
 The camera image goes through the model's image preprocessing (`rt1.data.images.training_frame`, the
 JPEG quality from config.json or --jpeg-quality) and then `RT1Policy.step`: the same calls as in-process

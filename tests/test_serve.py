@@ -340,3 +340,13 @@ def test_inference_does_not_block_other_connections(exported, monkeypatch):
     action = asyncio.run(scenario())
     assert set(action) == {"world_vector", "rotation_delta", "gripper_closedness_action", "base_displacement_vector",
                            "base_displacement_vertical_rotation", "terminate_episode"}
+
+
+def test_the_client_imports_without_torch():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = "import sys\nimport rt1.serve\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
