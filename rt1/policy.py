@@ -1,6 +1,6 @@
 """RT1Policy: closed-loop inference with a per-episode cache of learned frame tokens.
 
-    policy = RT1Policy(model, cond_scale=1.0)
+    policy = RT1Policy(model, cond_scale=1.0)        # or RT1Policy.from_path(checkpoint file or exported dir)
     policy.reset()                                   # at the start of every episode
     action = policy.step(image, text_embed)          # image uint8 (H, W, 3) at the model's size
     action, tokens = policy.step(image, text_embed, return_tokens=True)
@@ -59,6 +59,13 @@ class RT1Policy:
         self.last_tokens: np.ndarray | None = None   # (num_actions,) int64, the last step's tokens
         self.last_logits: Tensor | None = None       # (num_actions, num_bins), the last step's logits
         self.reset()
+
+    @classmethod
+    def from_path(cls, path, cond_scale: float = 1.0, device: torch.device | str = "cpu", **kwargs) -> RT1Policy:
+        """A policy of a checkpoint file or a directory of `python -m rt1.export` (`rt1.model.load_model`)."""
+        from rt1.model import load_model
+
+        return cls(load_model(path, device)[0], cond_scale=cond_scale, device=device, **kwargs)
 
     @property
     def guided(self) -> bool:

@@ -16,7 +16,9 @@ LAYERS = [
     ["rt1.data", "rt1.model", "rt1.sim"],
     # The bundled-dataset generator records rt1.sim's expert with rt1.data's RLDS spec: it needs both layer-1
     # packages, so it sits above them (and nothing in rt1.data imports it).
-    ["rt1.policy", "rt1.train", "rt1.data.mini_fractal"],
+    ["rt1.policy", "rt1.train", "rt1.data.mini_fractal", "rt1.export"],
+    # The policy server runs RT1Policy sessions; closed-loop evaluation can act through its client.
+    ["rt1.serve"],
     ["rt1.evaluation"],
     ["rt1.demo"],
 ]

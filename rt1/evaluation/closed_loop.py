@@ -336,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python eval_closed_loop.py",
         description="Closed-loop success rates of a trained RT-1 policy in the simulated fractal scene, "
                     "next to the scripted expert and a no-op policy on the same evaluation seeds.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint-{epoch}.pt from train_ddp.py")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path,
+                        help="checkpoint-{epoch}.pt from train_ddp.py, or a model directory from python -m rt1.export")
+    source.add_argument("--server", help="act through a policy server (python -m rt1.serve) instead, e.g. "
+                                         "ws://127.0.0.1:8000; it applies its model's image preprocessing")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy (default 100)")
     parser.add_argument("--task-family", nargs="+", choices=TASK_FAMILIES, default=list(TASK_FAMILIES),
                         metavar="F", help=f"task families, taken in turn (default: all seven: {', '.join(TASK_FAMILIES)})")
@@ -347,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS,
                         help="step limit per episode (default %(default)s)")
     parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
-                        help="stage 2's --jpeg-quality of the training data (default %(default)s)")
+                        help="stage 2's --jpeg-quality of the training data (default %(default)s; with --server "
+                             "the server's own setting applies)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: one small-batch step gains nothing from more)")
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json and videos/")
@@ -360,17 +365,27 @@ def main(argv: list[str] | None = None) -> int:
             raise ClosedLoopError(f"--cond-scale must be a finite number, got {args.cond_scale}")
         check_output_dir_option(args.out)
         evaluation_episodes(args.episodes, args.task_family, args.seed)  # bad values fail before loading torch
-        import torch
+        common = (args.episodes, args.task_family, args.seed, args.max_steps, args.out, args.videos)
+        if args.server:
+            from rt1.serve import PolicyClient, ServedEnvPolicy
 
-        from rt1.model import load_model
+            with PolicyClient(args.server) as client:
+                served = client.info()["model"]
+                results = closed_loop_evaluation(
+                    lambda env: ServedEnvPolicy(client, args.cond_scale), *common,
+                    settings={"server": args.server, "model": served["path"], "cond_scale": args.cond_scale,
+                              "jpeg_quality": served["jpeg_quality"]})
+        else:
+            import torch
 
-        torch.set_num_threads(args.threads)
-        model, _config, _train_args = load_model(args.checkpoint)
-        results = closed_loop_evaluation(
-            rt1_policy_factory(model, args.cond_scale, args.jpeg_quality), args.episodes, args.task_family,
-            args.seed, args.max_steps, args.out, args.videos,
-            settings={"checkpoint": str(args.checkpoint), "cond_scale": args.cond_scale,
-                      "jpeg_quality": args.jpeg_quality})
+            from rt1.model import load_model
+
+            torch.set_num_threads(args.threads)
+            model, _config, _train_args = load_model(args.checkpoint)
+            results = closed_loop_evaluation(
+                rt1_policy_factory(model, args.cond_scale, args.jpeg_quality), *common,
+                settings={"checkpoint": str(args.checkpoint), "cond_scale": args.cond_scale,
+                          "jpeg_quality": args.jpeg_quality})
         print(format_table(results))
         print(f"wrote {args.out / 'results.json'}")
         for path in results["policy"].get("videos", []):

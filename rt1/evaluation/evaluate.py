@@ -147,10 +147,10 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     written atomically.
     """
     from rt1.data.preprocessed_schema import PreprocessedFile
-    from rt1.model import load_model, read_checkpoint
+    from rt1.model import check_model_path, load_model
     from rt1.policy import RT1Policy
 
-    read_checkpoint(cfg.checkpoint)  # a missing or unreadable checkpoint fails before any output is made
+    check_model_path(cfg.checkpoint)  # a missing or unreadable checkpoint fails before any output is made
     try:
         available = index_episodes(cfg.index)
     except (WindowIndexError, OSError) as e:
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="plot_actions.py",
         description="Run a trained RT-1 checkpoint over recorded episodes as a robot would (6-frame history, "
                     "frame-token cache) and plot predicted (orange) vs ground-truth (blue) actions.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint-{epoch}.pt from train_ddp.py")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="checkpoint-{epoch}.pt from train_ddp.py, or a model directory from python -m rt1.export")
     parser.add_argument("--data-dir", type=Path, required=True, help="preprocessed data directory (PRE_DIR)")
     parser.add_argument("--index", type=Path, required=True, help="index CSV from data_emerge.py, e.g. val_idx_M.csv")
     select = parser.add_mutually_exclusive_group()

@@ -8,7 +8,8 @@ A checkpoint file is a dict of plain types and tensors, read with `torch.load(we
     train_args                 TrainConfig.to_dict() of the run that wrote it (empty for a converted checkpoint)
     ...                        the training state (rt1/train/checkpoint.py documents those keys)
 
-`load_model(path)` needs only the first four keys.
+`load_model(path)` needs only the first four keys; it also takes a directory written by `python -m rt1.export`
+(`rt1.model.pretrained`).
 """
 
 from __future__ import annotations
@@ -51,8 +52,24 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     return state
 
 
+def check_model_path(path: Path) -> None:
+    """Fail early (one-line error) unless `path` is a readable checkpoint file or exported model directory."""
+    if Path(path).is_dir():
+        from rt1.model.pretrained import read_pretrained_config
+
+        read_pretrained_config(path)
+    else:
+        read_checkpoint(path)
+
+
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RT1, RT1Config, dict]:
-    """-> (RT1 in eval mode on `device`, its RT1Config, the train_args dict of the run that wrote it)."""
+    """A checkpoint file or an exported directory -> (RT1 in eval mode on `device`, its RT1Config, the
+    train_args dict of the run that wrote it)."""
+    if Path(path).is_dir():
+        from rt1.model.pretrained import load_pretrained
+
+        model, config, exported = load_pretrained(path, device)
+        return model, config, dict((exported.get("training") or {}).get("train_args") or {})
     state = read_checkpoint(path, map_location="cpu")
     try:
         config = RT1Config.from_dict(state["model_config"])

@@ -1,0 +1,150 @@
+"""Exported models: the Hugging Face directory layout `python -m rt1.export` writes, and loading it.
+
+    DIR/model.safetensors   the state_dict of the bare RT1 (safetensors: tensors and a JSON header, no pickle)
+    DIR/config.json         what a user of the weights needs besides them (below)
+    DIR/README.md           a short model card
+
+config.json (plain JSON):
+
+    format, format_version   "rt1-pretrained", 1 (a directory of another version is refused)
+    model_type               "rt1"
+    preset                   the preset the model config is (or was trained from), or null
+    model_config             RT1Config.to_dict()
+    action_tokenizer         num_bins, the token order (`names`), and per RLDS action key its token slice
+                             and bounds: the fixed ones of `rt1.actions` (a mismatch is refused, this code
+                             detokenizes with its own)
+    image_preprocessing      camera frame -> model input: JPEG at the dataset's quality, squash-resize to
+                             image_size, JPEG at stage 2's quality, decode (`rt1.data.images.training_frame`),
+                             then `pixel_scaling`
+    instruction_embedding    dim and `source`: "universal-sentence-encoder" (fractal20220817_data; callers send
+                             the embedding) or "mini-fractal" (the bundled dataset's word-hash embedding,
+                             `rt1.sim.scene.instruction_embedding`; the server also takes instruction text)
+    training                 the run that wrote the checkpoint: train_args, epoch, global_step, metrics
+    source_checkpoint        file name of the checkpoint it was exported from
+
+`load_pretrained(DIR)` checks the format version, the tokenizer, and that the tensors are exactly the
+model's (names, shapes, dtypes); anything else is a one-line `PretrainedError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_BINS, NUM_TERMINATE_CLASSES, TERMINATE_KEY
+from rt1.config import RT1Config
+from rt1.errors import RT1Error, one_line
+from rt1.model.rt1 import RT1
+
+PRETRAINED_FORMAT = "rt1-pretrained"
+PRETRAINED_FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+EMBEDDING_SOURCES = ("universal-sentence-encoder", "mini-fractal")
+
+
+class PretrainedError(RT1Error, RuntimeError):
+    """An exported model directory cannot be read or does not fit (the message names the file)."""
+
+
+def tokenizer_spec() -> dict:
+    """The action tokenizer of `rt1.actions` as config.json stores it."""
+    keys, start = [], 0
+    for spec in CONTINUOUS_KEYS:
+        keys.append({"key": spec.key, "tokens": [start, start + spec.dims], "low": spec.low, "high": spec.high})
+        start += spec.dims
+    keys.append({"key": TERMINATE_KEY, "tokens": [start, start + 1], "classes": NUM_TERMINATE_CLASSES,
+                 "decode": "one-hot of the token, clipped to the classes"})
+    return {"num_bins": NUM_BINS, "names": list(ACTION_DIM_NAMES), "keys": keys,
+            "encode": "token = floor((clip(a, low, high) - low) / (high - low) * (num_bins - 1))",
+            "decode": "a = token / (num_bins - 1) * (high - low) + low"}
+
+
+def read_pretrained_config(directory: Path) -> dict:
+    """DIR/config.json, checked: format and version, model config, tokenizer; raises PretrainedError."""
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise PretrainedError(f"model directory {directory} does not exist")
+    if not path.is_file():
+        raise PretrainedError(f"{directory} is not an exported rt1 model: no {CONFIG_NAME}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PretrainedError(f"{path} cannot be read ({one_line(e)})") from None
+    if not isinstance(config, dict) or config.get("format") != PRETRAINED_FORMAT:
+        found = f" (format {config.get('format')!r})" if isinstance(config, dict) else ""
+        raise PretrainedError(f"{path} is not an rt1 pretrained config{found}")
+    if config.get("format_version") != PRETRAINED_FORMAT_VERSION:
+        raise PretrainedError(f"{path} has format_version {config.get('format_version')!r}, "
+                              f"this code reads {PRETRAINED_FORMAT_VERSION}")
+    tokenizer = config.get("action_tokenizer")
+    if not _same_tokenizer(tokenizer, tokenizer_spec()):
+        raise PretrainedError(f"{path}: action_tokenizer differs from this code's (rt1.actions: {NUM_BINS} bins, "
+                              f"order {list(ACTION_DIM_NAMES)} and its fixed bounds)")
+    source = (config.get("instruction_embedding") or {}).get("source")
+    if source not in EMBEDDING_SOURCES:
+        raise PretrainedError(f"{path}: instruction_embedding.source must be one of {list(EMBEDDING_SOURCES)}, "
+                              f"got {source!r}")
+    try:
+        model_config_of(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PretrainedError(f"{path}: bad model_config ({one_line(e)})") from None
+    return config
+
+
+def _same_tokenizer(found, expected) -> bool:
+    """Equal as JSON, bounds compared as floats (json round-trips them, but be lenient on 1e-12 noise)."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        return found.keys() == expected.keys() and all(_same_tokenizer(found[k], expected[k]) for k in expected)
+    if isinstance(found, list) and isinstance(expected, list):
+        return len(found) == len(expected) and all(map(_same_tokenizer, found, expected))
+    if isinstance(expected, float) and isinstance(found, (int, float)) and not isinstance(found, bool):
+        return math.isclose(found, expected, rel_tol=0, abs_tol=1e-12)
+    return type(found) is type(expected) and found == expected
+
+
+def model_config_of(config: dict) -> RT1Config:
+    return RT1Config.from_dict(config["model_config"])
+
+
+def load_pretrained(directory: Path, device: torch.device | str = "cpu") -> tuple[RT1, RT1Config, dict]:
+    """-> (RT1 in eval mode on `device`, its RT1Config, the whole config.json dict); raises PretrainedError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config = read_pretrained_config(directory)
+    model_config = model_config_of(config)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise PretrainedError(f"{directory} has no {WEIGHTS_NAME}")
+    try:
+        tensors = load_file(weights, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PretrainedError(f"{weights} cannot be read ({one_line(e)})") from None
+    model = RT1(model_config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        names = missing or unexpected
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        what = "missing tensor" if missing else "unexpected tensor"
+        raise PretrainedError(f"{weights}: {what} {names[0]!r}{more} for its {CONFIG_NAME}'s model_config")
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise PretrainedError(f"{weights}: tensor {name!r} is {got.dtype} {tuple(got.shape)}, the model_config "
+                                  f"needs {want.dtype} {tuple(want.shape)}")
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), model_config, config
+
+
+__all__ = ["PretrainedError", "PRETRAINED_FORMAT", "PRETRAINED_FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME",
+           "CARD_NAME", "EMBEDDING_SOURCES", "tokenizer_spec", "read_pretrained_config", "model_config_of",
+           "load_pretrained"]
