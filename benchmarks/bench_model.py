@@ -76,7 +76,7 @@ def training_inputs(config: RT1Config, batch: int, seed: int = 0):
     video_u8 = torch.randint(0, 256, (batch, 3, f, s, s), generator=g, dtype=torch.uint8)
     text = torch.randn(batch, config.text_embed_dim, generator=g)
     tokens = torch.randint(0, config.num_bins, (batch, f, config.num_actions), generator=g)
-    return normalize_video(video_u8, scaling=config.pixel_scaling), text, tokens
+    return video_u8, text, tokens  # our model scales its uint8 input itself
 
 
 def build(kind: str, config: RT1Config) -> nn.Module:
@@ -87,10 +87,12 @@ def build(kind: str, config: RT1Config) -> nn.Module:
     return RT1(config.replace(activation_checkpointing=kind == "ours-ckpt")).train()
 
 
-def train_step(kind: str, model: nn.Module, video, text, tokens, cond_drop_prob: float) -> float:
+def train_step(kind: str, model: nn.Module, video, text, tokens, config: RT1Config) -> float:
+    cond_drop_prob = config.cond_drop_prob
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    if kind == "reference":
+    if kind == "reference":  # the reference takes float pixels, scaled as our config says
+        video = normalize_video(video, config.pixel_scaling)
         logits = model(video, text_embeds=text, cond_drop_prob=cond_drop_prob)
     else:
         logits = model(video, text, cond_drop_prob=cond_drop_prob)
@@ -175,7 +177,7 @@ def section_equivalence(have_ref: bool, text_dim: int) -> None:
     ours = RT1(config)
     ours.load_state_dict(convert_state_dict(sd, config))
     ours.eval()
-    video = normalize_video(video_u8, scaling=config.pixel_scaling)
+    video = video_u8  # ours scales it as its config says (raw for a converted original)
     with torch.no_grad():
         for cond_scale in (1.0, 3.0):
             theirs = ref(video_u8.float(), text_embeds=text, cond_scale=cond_scale)
@@ -194,10 +196,10 @@ def section_train(config: RT1Config, kinds: list[str], batch: int, repeats: int)
     models = {k: build(k, config) for k in kinds}
     times = {k: [] for k in kinds}
     for k in kinds:  # warm-up
-        train_step(k, models[k], video, text, tokens, config.cond_drop_prob)
+        train_step(k, models[k], video, text, tokens, config)
     for i in range(repeats):  # interleaved: background load hits all alike
         for k in kinds:
-            times[k].append(train_step(k, models[k], video, text, tokens, config.cond_drop_prob))
+            times[k].append(train_step(k, models[k], video, text, tokens, config))
         print(f"  repeat {i + 1}: " + "  ".join(f"{k} {t[-1]:.2f} s" for k, t in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in kinds:
@@ -240,7 +242,7 @@ def memory_worker(kind: str, preset: str, batch: int) -> None:
         reset = True
     except OSError:
         reset = False
-    seconds = train_step(kind, model, video, text, tokens, config.cond_drop_prob)  # gradients freed after
+    seconds = train_step(kind, model, video, text, tokens, config)  # gradients freed after
     peak = _hwm_bytes()
     print(json.dumps({"kind": kind, "batch": batch, "delta": peak - before, "before": before, "peak": peak,
                       "hwm_reset": reset, "seconds": seconds, "params": count(model)}))
@@ -325,7 +327,7 @@ def calibrated_model(config: RT1Config) -> RT1:
             bn.reset_running_stats()
             bn.momentum = None
         video = torch.randint(0, 256, (1, 3, config.num_frames, s, s), generator=g, dtype=torch.uint8)
-        model.train()(normalize_video(video, scaling=config.pixel_scaling),
+        model.train()(video,
                       torch.randn(1, config.text_embed_dim, generator=g), cond_drop_prob=0.0)
         for bn in bns:
             bn.momentum = 0.1

@@ -185,6 +185,13 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 # ---- RNG state as tensors (weights_only-safe) -----------------------------------------------------
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) in this process."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng_state() -> dict:
     """This process's python, numpy, torch (and CUDA) RNG states as tensors and ints."""
     version, mt, gauss = random.getstate()
@@ -214,8 +221,19 @@ def restore_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
 
 
-__all__ = [
+def restore_rng(contents: dict, rank: int, world_size: int, reseed: int, log) -> None:
+    """This rank's RNG state from a checkpoint; with another number of processes, seed `reseed` (with a warning)."""
+    rng = contents.get("rng") or []
+    if len(rng) == world_size:
+        restore_rng_state(rng[rank])
+    else:
+        log.warning(f"checkpoint has RNG states of {len(rng)} processes, this run has {world_size}: "
+                    "reseeding (the run is not bit-identical to an uninterrupted one)")
+        seed_everything(reseed)
+
+
+__all__ = ["restore_rng", 
     "CheckpointError", "CheckpointWriteError", "tensor_bytes", "TrainState", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
     "remove_stale_temporaries", "save_checkpoint", "checkpoint_contents", "load_checkpoint", "train_state_of",
-    "unwrap_model", "capture_rng_state", "restore_rng_state",
+    "unwrap_model", "seed_everything", "capture_rng_state", "restore_rng_state",
 ]
