@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import reference_model  # noqa: E402
-from rt1.config import PRESETS, RT1Config  # noqa: E402
+from rt1.config import PRESETS, RT1Config, model_preset  # noqa: E402
 from rt1.model import RT1, action_loss, normalize_video  # noqa: E402
 from rt1.policy import RT1Policy  # noqa: E402
 
@@ -232,7 +232,7 @@ def _hwm_bytes() -> int:
 
 def memory_worker(kind: str, preset: str, batch: int) -> None:
     """In its own process: peak RSS of one training step above the RSS before it (JSON on stdout)."""
-    config = RT1Config.preset(preset)
+    config = model_preset(preset)
     model = build(kind, config)
     video, text, tokens = training_inputs(config, batch)
     before = _rss_bytes()
@@ -351,7 +351,7 @@ def section_policy(presets: list[str], steps: int, cond_scale: float) -> None:
     print(f"\n== policy step (batch 1, {torch.get_num_threads()} threads, cond_scale {cond_scale:g}, "
           f"{steps} steps after the 6-frame history is full) ==")
     for preset in presets:
-        config = RT1Config.preset(preset)
+        config = model_preset(preset)
         model = calibrated_model(config)
         policies = {
             "optimised": RT1Policy(model, cond_scale=cond_scale),
@@ -421,7 +421,7 @@ def main(argv=None) -> None:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
-    config = RT1Config.preset(args.preset)
+    config = model_preset(args.preset)
     have_ref, why = (False, "--no-reference") if args.no_reference else reference_model.available()
     if have_ref and args.preset == "tiny":
         have_ref, why = False, "the tiny preset is not expressible by the reference (cond_dim, film_mult, dim_head)"

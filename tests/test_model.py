@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rt1.actions import NUM_ACTION_TOKENS, NUM_BINS
-from rt1.config import PRESETS
+from rt1.config import PRESETS, model_preset
 from rt1.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -185,10 +185,10 @@ def test_window_attention_memory_key_values():
 
 def test_presets_and_overrides():
     assert set(PRESETS) >= {"rt1", "tiny"}
-    assert RT1Config.preset("tiny") is PRESETS["tiny"].model
-    assert RT1Config.preset("tiny", transformer_depth=3).transformer_depth == 3
+    assert model_preset("tiny") is PRESETS["tiny"].model
+    assert model_preset("tiny", transformer_depth=3).transformer_depth == 3
     with pytest.raises(ValueError, match="available presets.*rt1.*tiny|available presets.*tiny"):
-        RT1Config.preset("huge")
+        model_preset("huge")
     config = RT1Config(depth=[1, 1], image_size=64, attention_window=4)  # lists become tuples
     assert config.depth == (1, 1) and hash(config)
     assert RT1Config.from_dict(TINY.to_dict()) == TINY

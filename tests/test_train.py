@@ -108,6 +108,19 @@ def test_cli_maps_to_config_with_preset_defaults(paths):
         config_from_args(parser.parse_args(base + ["--weight-decay", "-1"]))
 
 
+def test_cli_overrides_any_model_field_of_the_preset(paths):
+    parser = build_arg_parser()
+    base = ["--data-dir", str(paths["data_dir"]), "--train-index", str(paths["train_index"]), "--preset", "tiny"]
+    cfg = config_from_args(parser.parse_args(base + ["--model.image-size", "128", "--model.depth", "1,1,1"]))
+    assert cfg.model_config == PRESETS["tiny"].model.replace(image_size=128, depth=(1, 1, 1))
+    assert cfg.to_dict()["model_overrides"] == {"image_size": 128, "depth": [1, 1, 1]}  # weights_only-loadable
+    assert config_from_args(parser.parse_args(base)).model_config == PRESETS["tiny"].model
+    with pytest.raises(ValueError, match="--model.transformer-depth must be a positive integer, got 0"):
+        config_from_args(parser.parse_args(base + ["--model.transformer-depth", "0"]))
+    with pytest.raises(ValueError, match="model_overrides"):
+        TrainConfig(**paths, model_overrides={"num_bins": 10})
+
+
 def test_train_ddp_help_and_usage_errors(paths):
     out = run_script("train_ddp.py", "--help").stdout
     for option in ("--data-dir", "--train-index", "--val-index", "--save-dir", "--epochs", "--batch-size", "--lr",

@@ -13,16 +13,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rt1.model_config import PIXEL_SCALINGS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize_video(video: Tensor, scaling: str, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 (B, 3, F, H, W) or (N, 3, H, W) -> float of the same shape, scaled per `scaling` (RT1Config checked it)."""
+    """uint8 (B, 3, F, H, W) or (N, 3, H, W) -> float of the same shape, scaled per `scaling`."""
     if video.ndim < 3 or video.shape[1] != 3:
         raise ValueError(f"expected the channel axis (3) at dim 1, got shape {tuple(video.shape)}")
     if video.is_floating_point():
         raise TypeError(f"normalize_video expects uint8 pixels, got {video.dtype} (already normalised?)")
+    if scaling not in PIXEL_SCALINGS:
+        raise ValueError(f"pixel scaling must be one of {', '.join(map(repr, PIXEL_SCALINGS))}, got {scaling!r}")
     if scaling == "raw":
         return video.to(dtype)
     shape = (1, 3) + (1,) * (video.ndim - 2)

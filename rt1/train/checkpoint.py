@@ -139,7 +139,7 @@ def checkpoint_contents(state: TrainState, *, model: torch.nn.Module, model_conf
     """The dict a checkpoint file holds (format above)."""
     return {
         "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model": unwrap_model(model).state_dict(), "model_config": model_config, "train_args": train_args,
+        "model": model.state_dict(), "model_config": model_config, "train_args": train_args,
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "epoch": state.epoch, "epoch_complete": state.epoch_complete, "step_in_epoch": state.step_in_epoch,
@@ -169,17 +169,6 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def train_state_of(contents: dict) -> TrainState:
     return TrainState(int(contents["epoch"]), int(contents["step_in_epoch"]), int(contents["global_step"]),
                       bool(contents["epoch_complete"]), dict(contents.get("metrics", {})))
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 # ---- RNG state as tensors (weights_only-safe) -----------------------------------------------------
@@ -235,5 +224,5 @@ def restore_rng(contents: dict, rank: int, world_size: int, reseed: int, log) ->
 __all__ = ["restore_rng", 
     "CheckpointError", "CheckpointWriteError", "tensor_bytes", "TrainState", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
     "remove_stale_temporaries", "save_checkpoint", "checkpoint_contents", "load_checkpoint", "train_state_of",
-    "unwrap_model", "seed_everything", "capture_rng_state", "restore_rng_state",
+    "seed_everything", "capture_rng_state", "restore_rng_state",
 ]

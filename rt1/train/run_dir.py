@@ -23,7 +23,8 @@ LOCK_FILE = "train.lock"
 # Fields of TrainConfig that may change between a run and its resumption without a warning.
 _RESUME_FREE_FIELDS = {"epochs", "max_steps", "resume", "num_workers", "log_every", "val_every", "progress",
                        "tensorboard", "dist_timeout", "keep_checkpoints", "device", "data_dir", "train_index",
-                       "val_index", "save_dir", "compile", "save_every"}
+                       "val_index", "save_dir", "compile", "save_every",
+                       "model_overrides"}  # a changed model is refused by the model config check itself
 
 
 class ResumeError(RT1Error, RuntimeError):
