@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from rt1.errors import EXIT_ERROR, install_stop_handlers, run_cli
+from rt1.errors import EXIT_ERROR, run_cli
 
 
 def _rank() -> int:
@@ -36,6 +36,7 @@ def _train(argv=None) -> int:
     except ConfigError as e:
         parser.error(str(e))
 
+    from rt1.train.stopping import install_stop_handlers
     from rt1.train.trainer import NonFiniteLossError, StoppedBySignal, train
 
     # SIGTERM (a scheduler, torchrun) and SIGINT (Ctrl-C): the run stops at the next step boundary on every

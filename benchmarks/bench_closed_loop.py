@@ -95,15 +95,20 @@ def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max
 
     from rt1.data.dataset import RT1Dataset
     from rt1.evaluation.closed_loop import evaluate_policy, rt1_policy_factory
-    from rt1.model import RT1, action_loss
-    from rt1.train.trainer import cosine_factor, seed_everything, to_device
+    from rt1.config import TrainConfig
+    from rt1.model import RT1
+    from rt1.train.checkpoint import seed_everything
+    from rt1.train.optim import build_optimizer, build_scheduler
+    from rt1.train.step import train_step
 
     torch.set_num_threads(1)
     seed_everything(seed)
     config, train = TINY.model, TINY.train
+    # The tiny preset's run as train_ddp.py --preset tiny configures it (lrf 0.1 over --max-steps).
+    cfg = TrainConfig(preset="tiny", data_dir=data_dir, train_index=train_index, max_steps=max_steps)
     model = RT1(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, max_steps, 0.1))
+    optimizer = build_optimizer(model, cfg, cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg, cfg.lr, max_steps)
     dataset = RT1Dataset(train_index, data_dir, augment=train["augment"])
     loader = DataLoader(dataset, batch_size=train["batch_size"], shuffle=True, drop_last=True, num_workers=0,
                         generator=torch.Generator().manual_seed(seed))
@@ -129,12 +134,8 @@ def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max
             tick = time.perf_counter()
             if tokenisation == "original":
                 batch["action_tokens"] = original_tokens(batch["actions"])
-            video, text, tokens = to_device(batch, torch.device("cpu"), config.pixel_scaling)
-            loss = action_loss(model(video, text), tokens)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss = train_step(model, iter([batch]), optimizer, device=torch.device("cpu"), scheduler=scheduler,
+                              loss_reduction=cfg.loss_reduction)
             step += 1
             losses.append(loss.item())
             train_seconds += time.perf_counter() - tick

@@ -76,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.data_dir is None:
-            from rt1.data.mini_fractal import write_dataset
+            from rt1.sim.mini_fractal import write_dataset
 
             print(f"building the bundled dataset ({args.episodes} episodes) ...", flush=True)
             rlds_dir = write_dataset(tmp / "rlds", args.episodes, seed=0)

@@ -45,7 +45,7 @@ from rt1.data import images  # noqa: E402
 from rt1.data.dataset import RT1Dataset  # noqa: E402
 from rt1.data.index import build_index, list_preprocessed_files  # noqa: E402
 from rt1.data.preprocess import preprocess_dir  # noqa: E402
-from rt1.data.preprocessed_schema import PreprocessedFile  # noqa: E402
+from rt1.data.preprocessed_file import PreprocessedFile  # noqa: E402
 from synthetic_segments import NOT_PICK, PICK, jpeg_bytes, textured_frame, write_synthetic_segments  # noqa: E402
 
 WINDOW = 6

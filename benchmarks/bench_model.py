@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import reference_model  # noqa: E402
-from rt1.config import PRESETS, RT1Config  # noqa: E402
+from rt1.config import PRESETS, RT1Config, model_preset  # noqa: E402
 from rt1.model import RT1, action_loss, normalize_video  # noqa: E402
 from rt1.policy import RT1Policy  # noqa: E402
 
@@ -76,7 +76,7 @@ def training_inputs(config: RT1Config, batch: int, seed: int = 0):
     video_u8 = torch.randint(0, 256, (batch, 3, f, s, s), generator=g, dtype=torch.uint8)
     text = torch.randn(batch, config.text_embed_dim, generator=g)
     tokens = torch.randint(0, config.num_bins, (batch, f, config.num_actions), generator=g)
-    return normalize_video(video_u8, scaling=config.pixel_scaling), text, tokens
+    return video_u8, text, tokens  # our model scales its uint8 input itself
 
 
 def build(kind: str, config: RT1Config) -> nn.Module:
@@ -87,10 +87,12 @@ def build(kind: str, config: RT1Config) -> nn.Module:
     return RT1(config.replace(activation_checkpointing=kind == "ours-ckpt")).train()
 
 
-def train_step(kind: str, model: nn.Module, video, text, tokens, cond_drop_prob: float) -> float:
+def train_step(kind: str, model: nn.Module, video, text, tokens, config: RT1Config) -> float:
+    cond_drop_prob = config.cond_drop_prob
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    if kind == "reference":
+    if kind == "reference":  # the reference takes float pixels, scaled as our config says
+        video = normalize_video(video, config.pixel_scaling)
         logits = model(video, text_embeds=text, cond_drop_prob=cond_drop_prob)
     else:
         logits = model(video, text, cond_drop_prob=cond_drop_prob)
@@ -175,7 +177,7 @@ def section_equivalence(have_ref: bool, text_dim: int) -> None:
     ours = RT1(config)
     ours.load_state_dict(convert_state_dict(sd, config))
     ours.eval()
-    video = normalize_video(video_u8, scaling=config.pixel_scaling)
+    video = video_u8  # ours scales it as its config says (raw for a converted original)
     with torch.no_grad():
         for cond_scale in (1.0, 3.0):
             theirs = ref(video_u8.float(), text_embeds=text, cond_scale=cond_scale)
@@ -194,10 +196,10 @@ def section_train(config: RT1Config, kinds: list[str], batch: int, repeats: int)
     models = {k: build(k, config) for k in kinds}
     times = {k: [] for k in kinds}
     for k in kinds:  # warm-up
-        train_step(k, models[k], video, text, tokens, config.cond_drop_prob)
+        train_step(k, models[k], video, text, tokens, config)
     for i in range(repeats):  # interleaved: background load hits all alike
         for k in kinds:
-            times[k].append(train_step(k, models[k], video, text, tokens, config.cond_drop_prob))
+            times[k].append(train_step(k, models[k], video, text, tokens, config))
         print(f"  repeat {i + 1}: " + "  ".join(f"{k} {t[-1]:.2f} s" for k, t in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in kinds:
@@ -230,7 +232,7 @@ def _hwm_bytes() -> int:
 
 def memory_worker(kind: str, preset: str, batch: int) -> None:
     """In its own process: peak RSS of one training step above the RSS before it (JSON on stdout)."""
-    config = RT1Config.preset(preset)
+    config = model_preset(preset)
     model = build(kind, config)
     video, text, tokens = training_inputs(config, batch)
     before = _rss_bytes()
@@ -240,7 +242,7 @@ def memory_worker(kind: str, preset: str, batch: int) -> None:
         reset = True
     except OSError:
         reset = False
-    seconds = train_step(kind, model, video, text, tokens, config.cond_drop_prob)  # gradients freed after
+    seconds = train_step(kind, model, video, text, tokens, config)  # gradients freed after
     peak = _hwm_bytes()
     print(json.dumps({"kind": kind, "batch": batch, "delta": peak - before, "before": before, "peak": peak,
                       "hwm_reset": reset, "seconds": seconds, "params": count(model)}))
@@ -325,7 +327,7 @@ def calibrated_model(config: RT1Config) -> RT1:
             bn.reset_running_stats()
             bn.momentum = None
         video = torch.randint(0, 256, (1, 3, config.num_frames, s, s), generator=g, dtype=torch.uint8)
-        model.train()(normalize_video(video, scaling=config.pixel_scaling),
+        model.train()(video,
                       torch.randn(1, config.text_embed_dim, generator=g), cond_drop_prob=0.0)
         for bn in bns:
             bn.momentum = 0.1
@@ -349,7 +351,7 @@ def section_policy(presets: list[str], steps: int, cond_scale: float) -> None:
     print(f"\n== policy step (batch 1, {torch.get_num_threads()} threads, cond_scale {cond_scale:g}, "
           f"{steps} steps after the 6-frame history is full) ==")
     for preset in presets:
-        config = RT1Config.preset(preset)
+        config = model_preset(preset)
         model = calibrated_model(config)
         policies = {
             "optimised": RT1Policy(model, cond_scale=cond_scale),
@@ -419,7 +421,7 @@ def main(argv=None) -> None:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
-    config = RT1Config.preset(args.preset)
+    config = model_preset(args.preset)
     have_ref, why = (False, "--no-reference") if args.no_reference else reference_model.available()
     if have_ref and args.preset == "tiny":
         have_ref, why = False, "the tiny preset is not expressible by the reference (cond_dim, film_mult, dim_head)"

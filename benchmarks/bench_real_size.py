@@ -3,7 +3,7 @@
     python benchmarks/bench_real_size.py [--episodes 24] [--workers 1 8 32] [--quick]
 
 Stage 1 and stage 2 are measured on RLDS data whose frames are the real size: the bundled dataset
-(rt1.data.mini_fractal) is written, then its TFRecords are rewritten with every frame replaced by a
+(rt1.sim.mini_fractal) is written, then its TFRecords are rewritten with every frame replaced by a
 textured 256x320 JPEG of ~28-29 KB (tests/synthetic_segments.textured_frame at quality 95: 1/f noise
 plus grain, calibrated to the real dataset's mean of 111 GiB of TFRecords for 3.79 M steps; flat frames
 compress far better and would flatter both time and disk). Each stage runs in one process, and its rate
@@ -50,7 +50,7 @@ def real_size_rlds(out: Path, episodes: int, distinct_frames: int) -> tuple[Path
     """The bundled dataset with every frame replaced by a real-size textured JPEG; -> (dir, mean JPEG bytes)."""
     import tensorflow as tf
 
-    from rt1.data.mini_fractal import write_dataset
+    from rt1.sim.mini_fractal import write_dataset
     from synthetic_segments import jpeg_bytes, textured_frame
 
     rlds = write_dataset(out, episodes, seed=0)
@@ -89,7 +89,8 @@ def checkpoint_sizes() -> dict[str, dict]:
         out[name] = {"params": params, "optimizer": preset.train["optimizer"], "bytes": size}
         if name == "tiny":  # check the formula against a real checkpoint-like save
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            model(torch.zeros(1, 3, preset.model.num_frames, preset.model.image_size, preset.model.image_size),
+            model(torch.zeros(1, 3, preset.model.num_frames, preset.model.image_size, preset.model.image_size,
+                              dtype=torch.uint8),
                   torch.zeros(1, preset.model.text_embed_dim)).float().mean().backward()
             optimizer.step()
             buffer = io.BytesIO()

@@ -22,7 +22,7 @@ def build_bundled_data(work: Path, episodes: int, *, image_size: int, episodes_p
                        val_fraction: float, label: str) -> tuple[Path, Path]:
     """The bundled dataset through stages 1-3 with the demo's commands -> (preprocessed dir, train index CSV)."""
     py, env = sys.executable, {"TF_CPP_MIN_LOG_LEVEL": "2"}
-    run([py, "-m", "rt1.data.mini_fractal", "--out", work / "rlds", "--episodes", episodes, "--seed", 0], env,
+    run([py, "-m", "rt1.sim.mini_fractal", "--out", work / "rlds", "--episodes", episodes, "--seed", 0], env,
         label=label)
     run([py, "data_preprocessing/rt_data_generator_all.py", "--data-dir", work / "rlds/fractal20220817_data/0.1.0",
          "--out-dir", work / "segments", "--episode-sec-len", episodes_per_segment, "--no-progress"], env, label=label)

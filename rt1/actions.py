@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rt1.data.rlds_spec import ACTION_SPEC
+from rt1.rlds_spec import ACTION_SPEC
 
 NUM_BINS = 256
 TERMINATE_KEY = "terminate_episode"

@@ -1,6 +1,6 @@
 """One torch-free home for the pipeline's configuration: the model, the training run, and the presets.
 
-    RT1Config     every hyper-parameter of the model (frozen, validated)
+    RT1Config     every hyper-parameter of the model (frozen, validated; defined in `rt1.model_config`)
     TrainConfig   every setting of a training run; `train_ddp.py`'s command line is generated from its
                   fields (flag, group and help text in each field's metadata, defaults shown from values)
     PRESETS       named presets, each a model config together with its training defaults:
@@ -16,7 +16,7 @@
         tiny      small enough to train on 2 CPU cores in minutes (64 x 64 input, ~0.68 M parameters)
 
 Values defined once elsewhere and only derived here: the 11 action tokens and 256 bins (`rt1.actions`),
-the 512-d instruction embedding (`rt1.data.rlds_spec`). The window length of the index (`data_emerge.py
+the 512-d instruction embedding (`rt1.rlds_spec`). The window length of the index (`data_emerge.py
 --window`) and the image size of preprocessing (`--image-size`) default to the default preset's
 `num_frames` and `image_size`; training checks that the data fits the model.
 
@@ -32,181 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from rt1.actions import NUM_ACTION_TOKENS, NUM_BINS
-from rt1.data.rlds_spec import EMBEDDING_DIM
-from rt1.errors import RT1Error
-
-
-class ConfigError(RT1Error, ValueError):
-    """A configuration value is invalid; the message names the field and the value."""
-
-
-# ---- the model ------------------------------------------------------------------------------------
-
-TOKEN_LEARNER_POOLINGS = ("softmax", "mean")
-TRANSFORMER_KV_SOURCES = ("modulated", "input")
-PIXEL_SCALINGS = ("imagenet", "raw")
-RUNTIME_ONLY_FIELDS = ("activation_checkpointing",)  # how to compute, not what: not compared, not persisted
-
-
-@dataclass(frozen=True)
-class RT1Config:
-    """Every hyper-parameter of the RT-1 model; the defaults are the original configuration."""
-
-    # image encoder (MaxViT)
-    image_size: int = 224               # square input images, H = W = image_size
-    channels: int = 3
-    conv_stem_dim: int = 64             # width of the stride-2 convolutional stem
-    dim: int = 96                       # width of the first MaxViT stage; stage i has dim * 2**i
-    dim_head: int = 32                  # MaxViT attention head width (heads = stage width / dim_head)
-    depth: tuple[int, ...] = (2, 2, 5, 2)  # MaxViT blocks per stage; every stage halves the feature map
-    attention_window: int = 7           # block and grid attention over attention_window x attention_window cells
-    mbconv_expansion: int = 4
-    mbconv_shrinkage: float = 0.25      # squeeze-excitation hidden width = shrinkage * expanded width
-    dropout: float = 0.1                # MaxViT attention and feed-forward dropout
-    attention_memory_kv: int = 0        # learned memory key/value pairs per MaxViT attention (original: 4)
-    # action head: fixed by the tokenizer (rt1.actions), checked
-    num_actions: int = NUM_ACTION_TOKENS
-    num_bins: int = NUM_BINS
-    # temporal transformer
-    num_frames: int = 6                 # frames per training window (the history length); data_emerge's default
-    transformer_depth: int = 6
-    transformer_heads: int = 8          # query heads; keys and values use one shared head (multi-query)
-    transformer_dim_head: int = 64
-    transformer_dropout: float = 0.0
-    ff_mult: int = 4                    # feed-forward hidden width multiplier (MaxViT and transformer)
-    num_learned_tokens: int = 8         # TokenLearner tokens per frame
-    token_learner_ff_mult: int = 2
-    token_learner_pooling: str = "softmax"  # "softmax" (Google, with LayerNorm) | "mean" (original, no norm)
-    transformer_kv_source: str = "modulated"  # "modulated": k, v from FiLM(LN(x)) | "input": from x (original)
-    # text conditioning (FiLM + classifier-free guidance)
-    text_embed_dim: int = EMBEDDING_DIM  # the dataset's Universal Sentence Encoder embedding (512)
-    cond_dim: int = 1024                # width of the shared text MLP stem feeding every FiLM layer
-    film_mult: int = 4                  # hidden width of each FiLM generator = film_mult * its feature width
-    cond_drop_prob: float = 0.2         # training probability of replacing the text by the null embedding
-    # input
-    pixel_scaling: str = "imagenet"     # uint8 pixels -> model input: "imagenet" mean/std | "raw" 0..255 floats
-    # training-time trade-off, not part of the model function: recompute each MaxViT block's and transformer
-    # layer's activations in the backward pass instead of storing them (same outputs and gradients, less
-    # memory, more time). Left out of equality and of to_dict(), so checkpoints written with and without it
-    # are interchangeable (resume, load_model).
-    activation_checkpointing: bool = field(default=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Accept lists (e.g. from JSON/YAML) for `depth`, store a tuple so the config stays hashable.
-        if not isinstance(self.depth, tuple):
-            object.__setattr__(self, "depth", tuple(self.depth))
-        positive = (
-            "image_size", "channels", "conv_stem_dim", "dim", "dim_head", "attention_window", "mbconv_expansion",
-            "num_actions", "num_bins", "num_frames", "transformer_depth", "transformer_heads",
-            "transformer_dim_head", "ff_mult", "num_learned_tokens", "token_learner_ff_mult",
-            "text_embed_dim", "cond_dim", "film_mult",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"RT1Config.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.activation_checkpointing, bool):
-            raise ConfigError(f"RT1Config.activation_checkpointing must be True or False, "
-                              f"got {self.activation_checkpointing!r}")
-        value = self.attention_memory_kv
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"RT1Config.attention_memory_kv must be a non-negative integer, got {value!r}")
-        for name, choices in (("token_learner_pooling", TOKEN_LEARNER_POOLINGS),
-                              ("transformer_kv_source", TRANSFORMER_KV_SOURCES), ("pixel_scaling", PIXEL_SCALINGS)):
-            value = getattr(self, name)
-            if value not in choices:
-                raise ConfigError(f"RT1Config.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        if (self.num_actions, self.num_bins) != (NUM_ACTION_TOKENS, NUM_BINS):
-            raise ConfigError(f"RT1Config.num_actions/num_bins must be the tokenizer's {NUM_ACTION_TOKENS}/{NUM_BINS} "
-                             f"(rt1.actions), got {self.num_actions}/{self.num_bins}")
-        if len(self.depth) == 0 or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.depth):
-            raise ConfigError(f"RT1Config.depth must be a non-empty tuple of positive integers, got {self.depth!r}")
-        for name in ("dropout", "transformer_dropout", "cond_drop_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"RT1Config.{name} must be in [0, 1], got {value!r}")
-        if not 0.0 < self.mbconv_shrinkage <= 1.0:
-            raise ConfigError(f"RT1Config.mbconv_shrinkage must be in (0, 1], got {self.mbconv_shrinkage!r}")
-        if int(self.mbconv_expansion * self.dim * self.mbconv_shrinkage) < 1:
-            raise ConfigError(
-                f"RT1Config.mbconv_shrinkage={self.mbconv_shrinkage} leaves no squeeze-excitation width "
-                f"for expanded width {self.mbconv_expansion * self.dim}"
-            )
-        for stage, width in enumerate(self.stage_dims):
-            if width % self.dim_head:
-                raise ConfigError(
-                    f"MaxViT stage {stage} has width {width} (dim={self.dim} * 2**{stage}), "
-                    f"which dim_head={self.dim_head} does not divide"
-                )
-        # The stem halves the image, then every stage halves it again (stride-2 MBConv).
-        size = self.image_size
-        if size % 2:
-            raise ConfigError(f"image_size={size} must be even (the convolutional stem has stride 2)")
-        size //= 2
-        for stage in range(len(self.depth)):
-            if size % 2:
-                raise ConfigError(
-                    f"image_size={self.image_size}: the feature map entering MaxViT stage {stage} is "
-                    f"{size}x{size}, which the stride-2 downsampling cannot halve"
-                )
-            size //= 2
-            if size % self.attention_window:
-                raise ConfigError(
-                    f"image_size={self.image_size}: MaxViT stage {stage} has a {size}x{size} feature map, "
-                    f"which attention_window={self.attention_window} does not divide"
-                )
-
-    # ---- derived values ---------------------------------------------------------------------------
-
-    @property
-    def stage_dims(self) -> tuple[int, ...]:
-        """Width of each MaxViT stage."""
-        return tuple(self.dim * 2**i for i in range(len(self.depth)))
-
-    @property
-    def embed_dim(self) -> int:
-        """Width of the image tokens, the transformer and the action head (last MaxViT stage width)."""
-        return self.stage_dims[-1]
-
-    @property
-    def feature_map_sizes(self) -> tuple[int, ...]:
-        """Side of the square feature map in each MaxViT stage."""
-        return tuple(self.image_size // 2 ** (i + 2) for i in range(len(self.depth)))
-
-    @property
-    def tokens_per_window(self) -> int:
-        return self.num_frames * self.num_learned_tokens
-
-    # ---- construction -----------------------------------------------------------------------------
-
-    def replace(self, **changes) -> RT1Config:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON-friendly: depth becomes a list), without the run-time-only fields
-        (activation_checkpointing): what checkpoints store and resuming compares."""
-        out = dataclasses.asdict(self)
-        out["depth"] = list(self.depth)
-        for name in RUNTIME_ONLY_FIELDS:
-            del out[name]
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict) -> RT1Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown RT1Config fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> RT1Config:
-        """The model of the named preset (see `PRESETS`), with optional field overrides."""
-        config = get_preset(name).model
-        return config.replace(**overrides) if overrides else config
-
+from rt1.model_config import (PIXEL_SCALINGS, RUNTIME_ONLY_FIELDS, TOKEN_LEARNER_POOLINGS,  # noqa: F401 (re-exported)
+                              TRANSFORMER_KV_SOURCES, ConfigError, RT1Config)
 
 # ---- the training run -----------------------------------------------------------------------------
 
@@ -221,6 +48,12 @@ def option(default, help: str, *, group: str, flag: str | None = None, choices=N
     """A TrainConfig field with its command-line metadata (read by rt1.train.cli)."""
     return field(default=default, metadata={"help": help, "group": group, "flag": flag, "choices": choices,
                                             "per_preset": per_preset, "required": required})
+
+
+# RT1Config fields a run may override (`--model.FIELD` on the command line): every field of the model function;
+# cond_drop_prob and activation_checkpointing have their own options, the action head is the tokenizer's.
+MODEL_OVERRIDABLE = tuple(f.name for f in dataclasses.fields(RT1Config)
+                          if f.name not in ("cond_drop_prob", "num_actions", "num_bins", *RUNTIME_ONLY_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -244,6 +77,8 @@ class TrainConfig:
     freeze_bn: bool = option(False, "BatchNorm layers use their running statistics and do not update them",
                              group="model")
     compile: bool = option(False, "torch.compile the model", group="model")
+    model_overrides: dict = field(default_factory=dict, hash=False, metadata={
+        "group": "model", "help": "RT1Config fields that replace the preset's (--model.FIELD VALUE)", "cli": False})
     activation_checkpointing: bool = option(False, "recompute each MaxViT block's and transformer layer's "
                                                    "activations in the backward pass instead of storing them "
                                                    "(same gradients; far less memory, more step time)",
@@ -365,11 +200,15 @@ class TrainConfig:
                 fail(name, "must be an existing file")
         if self.save_dir.exists() and not self.save_dir.is_dir():
             fail("save_dir", "exists and is not a directory")
+        if not isinstance(self.model_overrides, dict) or set(self.model_overrides) - set(MODEL_OVERRIDABLE):
+            fail("model_overrides", f"must map fields of {', '.join(MODEL_OVERRIDABLE)} to values")
+        _ = self.model_config  # the overridden model validates itself (a ConfigError naming the field)
 
     @property
     def model_config(self) -> RT1Config:
-        """The preset's model, with this run's condition dropout when given and activation checkpointing."""
-        model = PRESETS[self.preset].model.replace(activation_checkpointing=self.activation_checkpointing)
+        """The preset's model with this run's overrides, condition dropout (when given) and activation checkpointing."""
+        model = PRESETS[self.preset].model.replace(**self.model_overrides,
+                                                   activation_checkpointing=self.activation_checkpointing)
         return model if self.cond_drop_prob is None else model.replace(cond_drop_prob=self.cond_drop_prob)
 
     def replace(self, **changes) -> TrainConfig:
@@ -377,7 +216,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain types only (paths as strings): stored in checkpoints, loadable with weights_only=True."""
-        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in dataclasses.fields(self)}
+        out = {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in dataclasses.fields(self)}
+        out["model_overrides"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_overrides.items()}
+        return out
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -447,3 +288,9 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available presets: {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def model_preset(name: str, **overrides) -> RT1Config:
+    """The model of the named preset (see `PRESETS`), with optional field overrides (validated)."""
+    config = get_preset(name).model
+    return config.replace(**overrides) if overrides else config

@@ -148,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
     _run("bundled dataset (fractal20220817_data format, recorded in the simulated scene)",
-         [py, "-m", "rt1.data.mini_fractal", "--out", out / "rlds", "--episodes", args.episodes, "--seed", 0])
+         [py, "-m", "rt1.sim.mini_fractal", "--out", out / "rlds", "--episodes", args.episodes, "--seed", 0])
     _run("stage 1: RLDS -> segment HDF5 (all tasks)",
          [py, "data_preprocessing/rt_data_generator_all.py", "--data-dir", rlds, "--out-dir", seg_all,
           "--episode-sec-len", 20])

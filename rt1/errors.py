@@ -6,16 +6,12 @@ file or value. Every entry point runs through `run_cli`, which turns them into
     error: <message>          on stderr, exit status `error.exit_code` (EXIT_USAGE = 2 unless the class says)
 
 and an `OSError` (disk full, permissions) into the same one line, so no traceback reaches a user for
-bad input. Ctrl-C exits 130 and SIGTERM (as `Terminated`, raised by `install_sigterm_handler`) 143.
-
-`install_stop_handlers` + `signals_deferred()` let a long job answer SIGTERM/SIGINT at a safe point
-instead (training: the next step boundary, after saving that step): inside the block the first signal
-is only recorded (`stop_requested()`), the job stops by itself and calls `acknowledge_stop()`.
+bad input. Ctrl-C exits 130 and SIGTERM (as `Terminated`) 143; training answers them at a step boundary
+instead (`rt1.train.stopping`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
 import sys
@@ -37,6 +33,16 @@ class RT1Error(Exception):
 
 class Terminated(BaseException):
     """SIGTERM (a scheduler or torchrun stopping the job) as an exception, so cleanup code runs."""
+
+
+def install_sigterm_handler() -> None:
+    """Raise `Terminated` on SIGTERM, so a data stage unwinds (workers stopped, temporaries removed).
+
+    Entry points only: it changes process state. Training uses `rt1.train.stopping` instead."""
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def one_line(error: BaseException) -> str:
@@ -63,73 +69,6 @@ def one_line(error: BaseException) -> str:
 # An OSError given a Path as its filename prints it as PosixPath('...'): a message names the path as text.
 _PATH_REPR = re.compile(r"\b(?:Pure)?(?:Posix|Windows)?G?Path\('((?:[^'\\]|\\.)*)'\)")
 _WORKER_WRAPPED = re.compile(r"^Caught (\w+) in (DataLoader worker process \d+)\.$")
-
-
-def install_sigterm_handler() -> None:
-    """Raise `Terminated` on SIGTERM (entry points only: it changes process state)."""
-    def on_sigterm(signum, frame):
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-# ---- stop requests: SIGTERM / SIGINT answered at a safe point ---------------------------------------
-
-_STOP = {"installed": False, "deferring": 0, "received": None}
-
-
-def _raise_for(signum: int):
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-
-
-def _on_stop_signal(signum, frame):
-    if not _STOP["deferring"]:
-        _raise_for(signum)  # not in a deferring section: stop now
-    if _STOP["received"] is None:
-        _STOP["received"] = signum  # answered at the next safe point (see `stop_requested`)
-    elif signum == signal.SIGINT and _STOP["received"] == signal.SIGINT:
-        _raise_for(signum)  # Ctrl-C twice: stop now
-    # A repeated SIGTERM changes nothing: torchrun forwards the scheduler's SIGTERM to processes that
-    # already got it (the whole job's process group), and the scheduler's SIGKILL comes after its grace time.
-
-
-def install_stop_handlers() -> None:
-    """SIGTERM and SIGINT raise `Terminated` / `KeyboardInterrupt`, except inside `signals_deferred()`,
-    where the first one is only recorded and a second SIGINT (Ctrl-C twice) raises (entry points only: it
-    changes process state)."""
-    signal.signal(signal.SIGTERM, _on_stop_signal)
-    signal.signal(signal.SIGINT, _on_stop_signal)
-    _STOP["installed"] = True
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Within the block, the first SIGTERM/SIGINT sets `stop_requested()` instead of raising (a second SIGINT
-    raises, a repeated SIGTERM is ignored). A signal recorded but not acted on is raised when the block exits. Without
-    `install_stop_handlers` this changes nothing."""
-    _STOP["deferring"] += 1
-    try:
-        yield
-    finally:
-        _STOP["deferring"] -= 1
-    received = _STOP["received"]
-    if received is not None and not _STOP["deferring"]:
-        _STOP["received"] = None
-        _raise_for(received)
-
-
-def stop_requested() -> int | None:
-    """The signal number of a recorded, not yet answered SIGTERM/SIGINT, or None."""
-    return _STOP["received"]
-
-
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
-def acknowledge_stop() -> None:
-    """The recorded signal was answered (the caller stops by itself): `signals_deferred` will not re-raise it."""
-    _STOP["received"] = None
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,

@@ -57,7 +57,7 @@ def _plain(value):
 def build_config(state: dict, model_config, checkpoint: Path, embedding_source: str, jpeg_quality: int) -> dict:
     """The config.json of an export (format in rt1.model.pretrained)."""
     from rt1.data.images import DATASET_JPEG_QUALITY, RESIZE_DESCRIPTION
-    from rt1.data.rlds_spec import IMAGE_SHAPE
+    from rt1.rlds_spec import IMAGE_SHAPE
     from rt1.model import IMAGENET_MEAN, IMAGENET_STD
     from rt1.model.pretrained import PRETRAINED_FORMAT, PRETRAINED_FORMAT_VERSION, tokenizer_spec
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from rt1.actions import detokenize
-from rt1.model import RT1, Conditioning, guided_logits, normalize_video
+from rt1.model import RT1, Conditioning, guided_logits
 from rt1.model.inference import inference_model
 
 
@@ -83,7 +83,7 @@ class RT1Policy:
     # ---- input conversion -------------------------------------------------------------------------
 
     def _frames(self, images) -> Tensor:
-        """uint8 (..., H, W, 3) numpy/tensor -> normalised float (N, 3, H, W) on the device."""
+        """uint8 (..., H, W, 3) numpy/tensor -> uint8 (N, 3, H, W) on the device (the model scales the pixels)."""
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
         if x.dtype != torch.uint8:
             raise TypeError(f"images must be uint8 (H, W, 3), got dtype {x.dtype}")
@@ -92,7 +92,7 @@ class RT1Policy:
         if tuple(x.shape[1:]) != (size, size, 3):
             raise ValueError(f"images must be ({size}, {size}, 3) uint8 (resize before the policy), "
                              f"got {tuple(x.shape[1:])}")
-        return normalize_video(x.to(self.device).permute(0, 3, 1, 2), scaling=self.config.pixel_scaling)
+        return x.to(self.device).permute(0, 3, 1, 2)
 
     def _texts(self, text_embed) -> Tensor:
         """(E,) -> (k, E): the instruction, plus the null embedding when guiding."""

@@ -49,7 +49,7 @@ import msgpack
 import numpy as np
 
 from rt1.actions import ACTION_KEYS, NUM_ACTION_TOKENS
-from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
+from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
 from rt1.errors import RT1Error, one_line, run_cli
 
 PROTOCOL_VERSION = 1

@@ -36,7 +36,7 @@ def run_script(*args, check=True, timeout=600, **kwargs) -> subprocess.Completed
 @pytest.fixture(scope="session")
 def rlds_dir(tmp_path_factory) -> Path:
     """The bundled dataset: TFDS directory .../fractal20220817_data/0.1.0."""
-    from rt1.data.mini_fractal import write_dataset
+    from rt1.sim.mini_fractal import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("rlds"), episodes=BUNDLED_EPISODES, seed=BUNDLED_SEED,
                          shards=BUNDLED_SHARDS)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rt1.data.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
+from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
 from rt1.data.segment_schema import Episode, segment_file_name, write_segment
 
 PICK = ("pick coke can", "pick brown chip bag", "pick blue plastic bottle")

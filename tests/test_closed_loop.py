@@ -73,7 +73,7 @@ def test_wilson_interval():
 
 def test_dataset_jpeg_is_the_bytes_tfds_stores():
     pytest.importorskip("tensorflow_datasets")
-    from rt1.data.rlds_spec import tfds_features
+    from rt1.rlds_spec import tfds_features
 
     feature = tfds_features()["steps"]["observation"]["image"]
     steps = record_episode(3, seed=0)["steps"]
@@ -86,7 +86,7 @@ def test_training_frame_is_the_frame_stage_2_stored(preprocessed_dir):
     """Env image -> training_frame equals the loader's decode of the preprocessed bundled data."""
     import h5py
 
-    from rt1.data.preprocessed_schema import read_episodes
+    from rt1.data.preprocessed_file import read_episodes
 
     path = sorted(preprocessed_dir.glob("*.h5"))[0]
     with h5py.File(path, "r") as f:

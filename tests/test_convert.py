@@ -14,9 +14,9 @@ from conftest import BUNDLED_EPISODES, BUNDLED_SEED, BUNDLED_SHARDS, REPO, SEGME
 
 from rt1.data.convert import ConversionError, ConvertConfig, convert
 from rt1.data.filters import TASK_FILTERS, is_pick_object
-from rt1.data.mini_fractal import make_episode
+from rt1.sim.mini_fractal import make_episode
 from rt1.data.rlds_reader import open_builder, read_episodes
-from rt1.data.rlds_spec import ACTION_SPEC, OBSERVATION_VECTORS
+from rt1.rlds_spec import ACTION_SPEC, OBSERVATION_VECTORS
 from rt1.data.segment_schema import FORMAT_VERSION, read_segment, write_segment
 from rt1.io import TEMP_MARKER
 

@@ -16,7 +16,8 @@ from rt1.data import images
 from rt1.data.dataset import DatasetError, RT1Dataset, random_shift
 from rt1.data.index import build_index
 from rt1.data.preprocess import preprocess_dir
-from rt1.data.preprocessed_schema import FORMAT_VERSION, PreprocessedFile, read_episodes
+from rt1.data.preprocessed_file import PreprocessedFile, read_episodes
+from rt1.data.preprocessed_schema import FORMAT_VERSION
 
 try:
     from tests.synthetic_segments import DEFAULT_LAYOUT, embedding_of, step_colour, synthetic_actions, \

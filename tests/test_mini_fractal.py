@@ -7,8 +7,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import BUNDLED_EPISODES, flatten_dict, run_script
-from rt1.data.mini_fractal import instruction_embedding, make_episode
-from rt1.data.rlds_spec import EPISODE_METADATA_SPEC, STEP_SPEC
+from rt1.sim.mini_fractal import instruction_embedding, make_episode
+from rt1.rlds_spec import EPISODE_METADATA_SPEC, STEP_SPEC
 
 
 
@@ -113,17 +113,17 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     (["--episodes", "-3"], "--episodes must be at least 1"),
 ])
 def test_bad_episode_count_is_refused(tmp_path, args, message):
-    proc = run_script("-m", "rt1.data.mini_fractal", "--out", tmp_path / "out", *args, check=False)
+    proc = run_script("-m", "rt1.sim.mini_fractal", "--out", tmp_path / "out", *args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_non_empty_output_is_refused_unless_overwrite(tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
-    proc = run_script("-m", "rt1.data.mini_fractal", "--out", tmp_path, "--episodes", "2", check=False)
+    proc = run_script("-m", "rt1.sim.mini_fractal", "--out", tmp_path, "--episodes", "2", check=False)
     assert proc.returncode == 2 and "not empty" in proc.stderr and "--overwrite" in proc.stderr
     assert (tmp_path / "keep.txt").read_text() == "user data"
-    run_script("-m", "rt1.data.mini_fractal", "--out", tmp_path, "--episodes", "2", "--overwrite")
+    run_script("-m", "rt1.sim.mini_fractal", "--out", tmp_path, "--episodes", "2", "--overwrite")
     builder = tfds.builder_from_directory(str(tmp_path / "fractal20220817_data" / "0.1.0"))
     assert builder.info.splits["train"].num_examples == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mini_fractal-")]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rt1.actions import NUM_ACTION_TOKENS, NUM_BINS
-from rt1.config import PRESETS
+from rt1.config import PRESETS, model_preset
 from rt1.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,7 +49,7 @@ def model() -> RT1:
 def inputs(config: RT1Config, batch: int = 2, frames: int | None = None, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     f = frames or config.num_frames
-    video = torch.randn(batch, 3, f, config.image_size, config.image_size, generator=g)
+    video = torch.randint(0, 256, (batch, 3, f, config.image_size, config.image_size), generator=g, dtype=torch.uint8)
     text = torch.randn(batch, config.text_embed_dim, generator=g)
     return video, text
 
@@ -185,10 +185,10 @@ def test_window_attention_memory_key_values():
 
 def test_presets_and_overrides():
     assert set(PRESETS) >= {"rt1", "tiny"}
-    assert RT1Config.preset("tiny") is PRESETS["tiny"].model
-    assert RT1Config.preset("tiny", transformer_depth=3).transformer_depth == 3
+    assert model_preset("tiny") is PRESETS["tiny"].model
+    assert model_preset("tiny", transformer_depth=3).transformer_depth == 3
     with pytest.raises(ValueError, match="available presets.*rt1.*tiny|available presets.*tiny"):
-        RT1Config.preset("huge")
+        model_preset("huge")
     config = RT1Config(depth=[1, 1], image_size=64, attention_window=4)  # lists become tuples
     assert config.depth == (1, 1) and hash(config)
     assert RT1Config.from_dict(TINY.to_dict()) == TINY
@@ -244,7 +244,7 @@ def test_frame_causal_mask():
 def test_causality_over_time(model):
     video, text = inputs(model.config)
     changed = video.clone()
-    changed[:, :, 3:] = torch.randn_like(changed[:, :, 3:])
+    changed[:, :, 3:] = torch.randint_like(changed[:, :, 3:], 0, 256)
     with torch.no_grad():
         a, b = model(video, text), model(changed, text)
     torch.testing.assert_close(a[:, :3], b[:, :3], atol=1e-5, rtol=1e-5)
@@ -385,18 +385,18 @@ def test_token_accuracy_and_counts():
 def test_normalize_video():
     video = torch.zeros(1, 3, 2, 4, 4, dtype=torch.uint8)
     video[:, :, 1] = 255
-    out = normalize_video(video)
+    out = normalize_video(video, "imagenet")
     assert out.dtype == torch.float32 and out.shape == video.shape
     for c in range(3):
         assert out[0, c, 0, 0, 0].item() == pytest.approx(-IMAGENET_MEAN[c] / IMAGENET_STD[c], rel=1e-5)
         assert out[0, c, 1, 0, 0].item() == pytest.approx((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rel=1e-5)
-    assert normalize_video(video[:, :, 0]).shape == (1, 3, 4, 4)
+    assert normalize_video(video[:, :, 0], "imagenet").shape == (1, 3, 4, 4)
     with pytest.raises(TypeError):
-        normalize_video(out)
-    raw = normalize_video(video, scaling="raw")  # the original pipeline's input: 0..255 floats
+        normalize_video(out, "imagenet")
+    raw = normalize_video(video, "raw")  # the original pipeline's input: 0..255 floats
     assert raw.dtype == torch.float32 and torch.equal(raw, video.float())
     with pytest.raises(ValueError, match="'unit'"):
-        normalize_video(video, scaling="unit")
+        normalize_video(video, "unit")
 
 
 def test_dropout_keeps_the_expected_fraction_and_is_unbiased():

@@ -372,7 +372,7 @@ def test_data_emerge_refuses_a_negative_seed(tiny_data, tmp_path):
 
 def test_mini_fractal_refuses_a_negative_seed_and_leaves_no_directory(tmp_path):
     out = tmp_path / "new" / "rlds"
-    proc = run([sys.executable, "-m", "rt1.data.mini_fractal", "--out", str(out), "--episodes", "2", "--seed", "-1"])
+    proc = run([sys.executable, "-m", "rt1.sim.mini_fractal", "--out", str(out), "--episodes", "2", "--seed", "-1"])
     assert_one_line_error(proc, 2, "--seed must be >= 0, got -1")
     assert not (tmp_path / "new").exists()
 

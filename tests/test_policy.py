@@ -8,7 +8,7 @@ import torch
 
 from rt1.actions import ACTION_KEYS, NUM_ACTION_TOKENS, detokenize
 from rt1.config import PRESETS
-from rt1.model import RT1, normalize_video
+from rt1.model import RT1
 from rt1.policy import RT1Policy
 
 TINY = PRESETS["tiny"].model
@@ -37,7 +37,7 @@ def episode():
 def reference_logits(model: RT1, images: np.ndarray, text: np.ndarray, cond_scale: float = 1.0) -> torch.Tensor:
     """Per-step logits from full training-window forwards: the window starting at step 0 for t < 6,
     else the window ending at t (its last frame)."""
-    video = normalize_video(torch.from_numpy(images).permute(3, 0, 1, 2)[None])  # (1, 3, T, H, W)
+    video = torch.from_numpy(images).permute(3, 0, 1, 2)[None]  # uint8 (1, 3, T, H, W)
     text = torch.from_numpy(text)[None]
     f = model.config.num_frames
     with torch.no_grad():
@@ -185,7 +185,7 @@ def test_inference_model_shares_weights_and_cannot_train():
     with pytest.raises(RuntimeError, match="cannot train"):
         fast.train()
     fast.eval()  # allowed
-    video = normalize_video(torch.randint(0, 256, (2, 3, 6, 64, 64), dtype=torch.uint8))
+    video = torch.randint(0, 256, (2, 3, 6, 64, 64), dtype=torch.uint8)
     text = torch.randn(2, TINY.text_embed_dim)
     with torch.no_grad():
         torch.testing.assert_close(fast(video, text, cond_scale=3.0), model(video, text, cond_scale=3.0),

@@ -13,7 +13,8 @@ import pytest
 from rt1.actions import flatten_actions, tokenize
 from rt1.data import preprocess as pp
 from rt1.data.preprocess import PreprocessError, main, preprocess_dir
-from rt1.data.preprocessed_schema import FORMAT_VERSION, PreprocessedFile, read_episodes, verify_preprocessed
+from rt1.data.preprocessed_file import PreprocessedFile, read_episodes
+from rt1.data.preprocessed_schema import FORMAT_VERSION, verify_preprocessed
 from rt1.data.segment_schema import read_segment, write_segment
 
 try:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rt1.data.rlds_spec import IMAGE_SHAPE
+from rt1.rlds_spec import IMAGE_SHAPE
 from rt1.evaluation.closed_loop import RT1EnvPolicy
 from rt1.export import export
 from rt1.policy import RT1Policy

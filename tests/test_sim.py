@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import flatten_dict
-from rt1.data.rlds_spec import ACTION_SPEC, EPISODE_METADATA_SPEC, OBSERVATION_VECTORS, STEP_SPEC
+from rt1.rlds_spec import ACTION_SPEC, EPISODE_METADATA_SPEC, OBSERVATION_VECTORS, STEP_SPEC
 from rt1.sim.env import FractalSimEnv, register_env
 from rt1.sim.expert import ScriptedExpert, make_action, noop_policy
 from rt1.sim.record import episode_seeds, record_episode
@@ -69,7 +69,7 @@ def test_gymnasium_env_checker_passes():
 
 
 def test_instruction_embedding_is_the_bundled_datasets():
-    # Values of rt1.data.mini_fractal.instruction_embedding, which recorded data must keep.
+    # Values of rt1.sim.mini_fractal.instruction_embedding, which recorded data must keep.
     e = instruction_embedding("pick coke can")
     assert np.allclose(e[:4], [0.04451552, -0.07819158, -0.03510684, 0.01523583], atol=1e-7)
     assert abs(np.linalg.norm(e) - 1) < 1e-5
@@ -278,7 +278,7 @@ def test_record_episode_has_the_tfds_example_layout_and_is_deterministic():
 
 def test_record_episode_encodes_with_the_real_tfds_features():
     pytest.importorskip("tensorflow_datasets")
-    from rt1.data.rlds_spec import tfds_features
+    from rt1.rlds_spec import tfds_features
 
     features = tfds_features()
     for index in range(3):
@@ -307,7 +307,7 @@ def test_recorded_data_is_what_the_env_returns_when_its_actions_are_replayed():
 
 
 def test_make_episode_is_the_recorded_expert_rollout():
-    from rt1.data.mini_fractal import make_episode
+    from rt1.sim.mini_fractal import make_episode
 
     a, b = make_episode(4, 0), record_episode(4, 0)
     assert a["attributes"] == b["attributes"] and len(a["steps"]) == len(b["steps"])

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from rt1.train.checkpoint import latest_checkpoint, list_checkpoints, load_check
 from rt1.train.cli import build_arg_parser, config_from_args
 from rt1.train.loaders import EpochSampler, SeededWindows, ShardSampler, batches_per_epoch, sample_seed
 from rt1.train.runlog import truncate_metrics
-from rt1.train.trainer import cosine_factor
+from rt1.train.optim import lr_factor
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,19 @@ def test_cli_maps_to_config_with_preset_defaults(paths):
         config_from_args(parser.parse_args(base + ["--weight-decay", "-1"]))
 
 
+def test_cli_overrides_any_model_field_of_the_preset(paths):
+    parser = build_arg_parser()
+    base = ["--data-dir", str(paths["data_dir"]), "--train-index", str(paths["train_index"]), "--preset", "tiny"]
+    cfg = config_from_args(parser.parse_args(base + ["--model.image-size", "128", "--model.depth", "1,1,1"]))
+    assert cfg.model_config == PRESETS["tiny"].model.replace(image_size=128, depth=(1, 1, 1))
+    assert cfg.to_dict()["model_overrides"] == {"image_size": 128, "depth": [1, 1, 1]}  # weights_only-loadable
+    assert config_from_args(parser.parse_args(base)).model_config == PRESETS["tiny"].model
+    with pytest.raises(ValueError, match="--model.transformer-depth must be a positive integer, got 0"):
+        config_from_args(parser.parse_args(base + ["--model.transformer-depth", "0"]))
+    with pytest.raises(ValueError, match="model_overrides"):
+        TrainConfig(**paths, model_overrides={"num_bins": 10})
+
+
 def test_train_ddp_help_and_usage_errors(paths):
     out = run_script("train_ddp.py", "--help").stdout
     for option in ("--data-dir", "--train-index", "--val-index", "--save-dir", "--epochs", "--batch-size", "--lr",
@@ -139,11 +153,11 @@ def test_importing_rt1_train_has_no_side_effects():
 
 def test_cosine_schedule_runs_from_one_to_lrf():
     total = 50
-    factors = [cosine_factor(s, total, 0.1) for s in range(total)]
+    factors = [lr_factor(s, total, SimpleNamespace(lrf=0.1)) for s in range(total)]
     assert factors[0] == 1.0 and math.isclose(factors[-1], 0.1)
     assert all(a >= b for a, b in zip(factors, factors[1:]))
     assert math.isclose(factors[total // 2], 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 25 / 49)))
-    assert cosine_factor(1000, total, 0.1) == pytest.approx(0.1)
+    assert lr_factor(1000, total, SimpleNamespace(lrf=0.1)) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("shuffle", [False, True])

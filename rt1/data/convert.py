@@ -28,7 +28,7 @@ import numpy as np
 
 from rt1.data.filters import get_filter
 from rt1.data.rlds_reader import num_episodes, open_builder, read_episodes
-from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
+from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, OBSERVATION_VECTORS
 from rt1.data.segment_schema import FILE_SUFFIX, Episode, segment_file_name, stored_episodes, write_segment
 from rt1.errors import RT1Error, install_sigterm_handler, one_line, run_cli
 from rt1.io import (

@@ -16,7 +16,7 @@ An item is a dict:
     row            int                  the item's row in the index
 
 Rows are looked up directly (arrays indexed by row, no scan). Files are opened lazily in the process
-that reads them and kept open (at most `max_open_files`, least recently used closed first); a
+that reads them and kept open (at most `MAX_OPEN_FILES`, least recently used closed first); a
 handle opened in another process (the parent of a forked DataLoader worker) is never used, and
 pickling drops handles, so the dataset works with `num_workers > 0`, `persistent_workers`,
 `pin_memory` and `DistributedSampler`. Each window is checked to lie inside one episode, and each
@@ -42,7 +42,8 @@ from torch.utils.data import Dataset
 
 from rt1.config import DEFAULT_WINDOW
 from rt1.data.index import IndexEpisode, WindowIndexError, check_files_confined, index_episodes, read_index
-from rt1.data.preprocessed_schema import PreprocessedFile, PreprocessedFormatError, WindowError
+from rt1.data.preprocessed_file import PreprocessedFile, WindowError
+from rt1.data.preprocessed_schema import PreprocessedFormatError
 from rt1.errors import RT1Error
 
 # RT-1's pad_then_crop padding for 256x320 frames, as fractions of the frame height and width.
@@ -85,17 +86,17 @@ def random_shift(frames: np.ndarray, max_shift: tuple[int, int], generator: torc
     return np.ascontiguousarray(to_video(frames, random_offset(max_shift, generator)).transpose(1, 2, 3, 0))
 
 
+MAX_OPEN_FILES = 64  # preprocessed files a loader process keeps open
+
+
 class RT1Dataset(Dataset):
     """Windows of preprocessed files listed by an index CSV of `data_emerge.py` (see the module docstring)."""
 
     def __init__(self, index_csv: str | os.PathLike, data_dir: str | os.PathLike, *, augment: bool = False,
-                 window: int | None = None, shift_fraction: tuple[float, float] = RT1_SHIFT_FRACTION,
-                 max_open_files: int = 64, check_files: bool = True):
+                 window: int | None = None, check_files: bool = True):
         self.index_csv = Path(index_csv)
         self.data_dir = Path(data_dir)
         self.augment = augment
-        self.shift_fraction = tuple(shift_fraction)
-        self.max_open_files = max(1, int(max_open_files))
         try:
             index = read_index(self.index_csv)
             check_files_confined(index, self.data_dir)  # before any file it names is opened
@@ -162,7 +163,7 @@ class RT1Dataset(Dataset):
             raise DatasetError(f"{path} changed after {self.index_csv} was built (content digest differs): "
                                "rebuild the index with data_emerge.py")
         self._open[file_id] = handle
-        while len(self._open) > self.max_open_files:
+        while len(self._open) > MAX_OPEN_FILES:
             _, oldest = self._open.popitem(last=False)
             oldest.close()
         return handle
@@ -205,8 +206,8 @@ class RT1Dataset(Dataset):
         offset = (0, 0)
         if self.augment:
             height, width = frames.shape[1:3]
-            offset = random_offset((int(round(height * self.shift_fraction[0])),
-                                    int(round(width * self.shift_fraction[1]))))
+            offset = random_offset((int(round(height * RT1_SHIFT_FRACTION[0])),
+                                    int(round(width * RT1_SHIFT_FRACTION[1]))))
         video = to_video(frames, offset)  # (3, 6, H, W)
         return {
             "video": torch.from_numpy(video),

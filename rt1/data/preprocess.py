@@ -34,7 +34,7 @@ from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, 
 from rt1.data.preprocessed_schema import (
     FORMAT, PreprocessedEpisode, PreprocessedFormatError, open_preprocessed, verify_preprocessed, write_preprocessed,
 )
-from rt1.data.rlds_spec import EMBEDDING_DIM
+from rt1.rlds_spec import EMBEDDING_DIM
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
 from rt1.errors import RT1Error, install_sigterm_handler, one_line, run_cli
 from rt1.io import (

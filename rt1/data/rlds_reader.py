@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from rt1.data.rlds_spec import DATASET_NAME, DATASET_VERSION, spec_mismatches
+from rt1.rlds_spec import DATASET_NAME, DATASET_VERSION, spec_mismatches
 from rt1.errors import RT1Error
 
 SPLIT = "train"

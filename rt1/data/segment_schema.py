@@ -49,7 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rt1.data.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM, OBSERVATION_VECTORS
+from rt1.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM, OBSERVATION_VECTORS
 from rt1.data.h5files import existing_output
 from rt1.errors import RT1Error, one_line
 from rt1.io import atomic_output

@@ -12,7 +12,7 @@ baselines (scripted expert, no-op) on the same episodes, writes `results.json` a
 Evaluation episodes (`evaluation_episodes`): episode i of evaluation seed S has task family
 `families[i % len(families)]` and env seed drawn from
 `np.random.default_rng(np.random.SeedSequence(S, spawn_key=(EVAL_STREAM, i)))`. The training data
-(`rt1.data.mini_fractal`, `rt1.sim.record.episode_seeds`) draws episode `index` of seed S' from
+(`rt1.sim.mini_fractal`, `rt1.sim.record.episode_seeds`) draws episode `index` of seed S' from
 `np.random.default_rng([S', index])`. NumPy pads a short entropy with zeros to 4 words before any
 spawn key, so the evaluation key is the 6+ words [S, 0, 0, 0, EVAL_STREAM, i] while a training key
 [S', index] (each < 2**64) is at most 4 words: the two streams never share a key, for any seeds.
@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rt1.data.images import JPEG_QUALITY, training_frame
-from rt1.data.rlds_spec import ACTION_SPEC
+from rt1.rlds_spec import ACTION_SPEC
 from rt1.errors import RT1Error, run_cli
 from rt1.io import atomic_output, check_output_dir_option
 from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv

@@ -91,7 +91,8 @@ def check_index_matches_data(episodes: list[IndexEpisode], index_csv: Path, data
     An index built from another data directory names the same files but other content: without this
     check its episode K would be plotted from whatever episode sits at that row. Returns {file: image_size}.
     """
-    from rt1.data.preprocessed_schema import PreprocessedFile, PreprocessedFormatError
+    from rt1.data.preprocessed_file import PreprocessedFile
+    from rt1.data.preprocessed_schema import PreprocessedFormatError
 
     meta = read_index(index_csv).meta or {}
     digests = {f["file"]: f["content_digest"] for f in meta.get("files", [])}
@@ -146,8 +147,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     checkpoint, the device, the image size), so a refused run leaves no directory behind; outputs are
     written atomically.
     """
-    from rt1.data.preprocessed_schema import PreprocessedFile
-    from rt1.model import check_model_path, load_model
+    from rt1.data.preprocessed_file import PreprocessedFile
+    from rt1.model import check_model_path, load_model, read_checkpoint
     from rt1.policy import RT1Policy
 
     check_model_path(cfg.checkpoint)  # a missing or unreadable checkpoint fails before any output is made

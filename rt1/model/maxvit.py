@@ -132,9 +132,13 @@ def gated_linear(x: Tensor, gate: Tensor, weight: Tensor) -> Tensor:
 
     The gate scales the weight of each sample instead of its whole feature map: one batched matmul,
     no gated copy of x in the forward pass and no elementwise gradient passes over it in the backward
-    (squeeze-excitation then 1x1 projection, as MBConv does).
+    (squeeze-excitation then 1x1 projection, as MBConv does). On an accelerator, where the late stages'
+    per-sample weights (N, C_in, C_out) would be larger than the gated map (N, H*W, C_in) they replace,
+    the map is gated instead (the CPU, where the batched matmul was measured faster, always takes it).
     """
     n, h, w, c = x.shape
+    if x.device.type != "cpu" and h * w < weight.shape[0]:
+        return (x * gate[:, None, None, :]) @ weight.t()
     per_sample = weight.t()[None] * gate[:, :, None]  # (N, C_in, C_out)
     return torch.bmm(x.reshape(n, h * w, c), per_sample).view(n, h, w, -1)
 
@@ -213,14 +217,15 @@ class WindowAttention(nn.Module):
             k = torch.cat((mem_k.expand(n, -1, -1, -1), k), dim=2)  # (n, heads, M + t, dim_head)
             v = torch.cat((mem_v.expand(n, -1, -1, -1), v), dim=2)
         bias = (self.position_bias() if self.fixed_bias is None else self.fixed_bias).to(x.dtype)
-        if self.training and self.dropout > 0.0:
+        p = self.dropout if self.training else 0.0
+        if p > 0.0 and x.device.type == "cpu":
             # What SDPA computes, written out: with dropout its CPU kernels fall back to a generic path
-            # (bernoulli masks, -inf row checks) that costs more than these five ops.
+            # (bernoulli masks, -inf row checks) that costs more than these five ops. Accelerators use SDPA.
             scores = torch.add(bias, torch.matmul(q, k.transpose(-1, -2)), alpha=self.dim_head**-0.5)
-            probs = dropout(scores.softmax(dim=-1), self.dropout, True)
+            probs = dropout(scores.softmax(dim=-1), p, True)
             out = torch.matmul(probs, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (n, heads, t, dim_head)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (n, heads, t, dim_head)
         return self.to_out(out.transpose(1, 2).reshape(n, t, -1))
 
 

@@ -4,8 +4,8 @@
     "raw":      x = float(pixel), 0..255 (what the original pipeline fed its model: the `original` preset)
 
 The channel axis is dim 1, so the same function takes a video (B, 3, F, H, W) and a batch of
-frames (N, 3, H, W). Call it on the training device (a uint8 batch is 4x smaller to move), with
-`scaling=config.pixel_scaling` of the model that will see the result.
+frames (N, 3, H, W); the memory layout of the input is kept. The model calls it itself with its own
+`config.pixel_scaling` (RT1.encode_frames): callers pass uint8 pixels, which are 4x smaller to move to the device.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rt1.config import PIXEL_SCALINGS
+from rt1.model_config import PIXEL_SCALINGS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize_video(video: Tensor, dtype: torch.dtype = torch.float32, scaling: str = "imagenet") -> Tensor:
+def normalize_video(video: Tensor, scaling: str, dtype: torch.dtype = torch.float32) -> Tensor:
     """uint8 (B, 3, F, H, W) or (N, 3, H, W) -> float of the same shape, scaled per `scaling`."""
     if video.ndim < 3 or video.shape[1] != 3:
         raise ValueError(f"expected the channel axis (3) at dim 1, got shape {tuple(video.shape)}")

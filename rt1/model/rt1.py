@@ -1,6 +1,7 @@
 """RT1: the whole model. MaxViT + TokenLearner per frame, causal transformer over frames, action head.
 
-    video (B, 3, F, H, W) float (`normalize_video(..., scaling=config.pixel_scaling)`), text_embeds (B, E)
+    video (B, 3, F, H, W) uint8 pixels, text_embeds (B, E)
+      pixels:        uint8 -> float as config.pixel_scaling says (`normalize_video`), inside encode_frames
       condition:     text -> shared MLP stem -> FiLM modulations of every layer (`Conditioning`)
       encode_frames: every frame -> MaxViT (FiLM) -> TokenLearner -> tokens (B*F, n, D)
       decode:        tokens (B, F, n, D) -> causal Transformer (FiLM) -> mean over the n tokens
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from rt1.config import RT1Config
 from rt1.model.film import Conditioning, TextConditioner
 from rt1.model.maxvit import MaxViT
+from rt1.model.normalize import normalize_video
 from rt1.model.token_learner import TokenLearner
 from rt1.model.transformer import Transformer
 
@@ -65,12 +67,13 @@ class RT1(nn.Module):
         return Conditioning(self.vit.modulations(cond), self.transformer.modulations(cond))
 
     def encode_frames(self, frames: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
-        """frames (N, 3, H, W) float, text_embeds (N, E) or its Conditioning -> tokens (N, n, D).
+        """frames (N, 3, H, W) uint8, text_embeds (N, E) or its Conditioning -> tokens (N, n, D).
 
-        n = num_learned_tokens, D = embed_dim. Pass `null_text_embed` rows to encode unconditioned.
+        n = num_learned_tokens, D = embed_dim. Pass `null_text_embed` rows to encode unconditioned. The
+        pixels are scaled here, from the model's own config (a float input is refused: already scaled?).
         """
         cond = self._conditioning(text_embeds, frames.shape[0])
-        return self.token_learner(self.vit(frames, cond.vit))
+        return self.token_learner(self.vit(normalize_video(frames, self.config.pixel_scaling), cond.vit))
 
     def decode(self, tokens: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
         """tokens (B, F, n, D), text_embeds (B, E) or its Conditioning -> logits (B, F, num_actions, num_bins).
@@ -88,7 +91,7 @@ class RT1(nn.Module):
 
     def forward(self, video: Tensor, text_embeds: Tensor, cond_drop_prob: float | None = None,
                 cond_scale: float = 1.0) -> Tensor:
-        """video (B, 3, F, H, W) float, text_embeds (B, E) -> logits (B, F, num_actions, num_bins).
+        """video (B, 3, F, H, W) uint8, text_embeds (B, E) -> logits (B, F, num_actions, num_bins).
 
         cond_drop_prob: probability of replacing each sample's text by the null embedding; default
         config.cond_drop_prob in training mode and 0 in eval mode.
@@ -113,7 +116,8 @@ class RT1(nn.Module):
 
         cond = self.condition(text_embeds)  # (B', ...) once per sample, shared by its frames
         bb = video.shape[0]
-        # (B', 3, F, H, W) -> (B' * F, 3, H, W) in channels_last memory: the one copy of the input.
+        # (B', 3, F, H, W) -> (B' * F, 3, H, W) in channels_last memory: one uint8 copy; scaling to float
+        # keeps that layout.
         frames = video.permute(0, 2, 3, 4, 1).reshape(bb * f, h, w, channels).permute(0, 3, 1, 2)
         tokens = self.encode_frames(frames, cond.repeat_interleave(f))  # (B' * F, n, D)
         logits = self.decode(tokens.view(bb, f, *tokens.shape[1:]), cond)

@@ -20,7 +20,7 @@ Modules:
                     success predicate per task family, reward 1 on success
     rt1.sim.expert  ScriptedExpert (privileged, solves every family) and noop_policy: `obs -> action`
     rt1.sim.record  record_episode(index, seed): one noisy expert rollout as a TFDS example dict;
-                    `python -m rt1.data.mini_fractal` writes the bundled dataset from it
+                    `python -m rt1.sim.mini_fractal` writes the bundled dataset from it
 
 One model of the world: every observation in the bundled dataset is what FractalSimEnv returned
 (state fields included: `gripper_closedness_commanded` is the last gripper command applied,

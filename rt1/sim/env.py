@@ -4,7 +4,7 @@
     obs, info = env.reset(seed=3, options={"task_family": "open_drawer"})
     obs, reward, terminated, truncated, info = env.step(action)   # action: an RLDS action dict
 
-Observations are in the RLDS observation layout of `fractal20220817_data` (`rt1.data.rlds_spec`):
+Observations are in the RLDS observation layout of `fractal20220817_data` (`rt1.rlds_spec`):
 `image` uint8 (256, 320, 3), `natural_language_instruction` str, `natural_language_embedding`
 float32 (512,) and the float32 state vectors of `OBSERVATION_VECTORS`. Actions are RLDS action dicts
 (`ACTION_SPEC` keys and shapes). A policy is any callable `obs -> action dict`.
@@ -38,7 +38,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rt1.data.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
+from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
 from rt1.sim.scene import (
     COUNTER, DRAWER_TRAVEL, STEP_SIZE, TASK_FAMILIES, WORKSPACE_HIGH, WORKSPACE_LOW, Scene,
     SceneObject, SimError, Task, drawer_handle, instruction_embedding, quaternion, render, sample_scene,

@@ -1,6 +1,6 @@
 """Recording the scripted expert's rollouts in `FractalSimEnv` as TFDS example dicts (RLDS layout).
 
-`record_episode(index, seed)` is the drop-in replacement of `rt1.data.mini_fractal.make_episode`:
+`record_episode(index, seed)` is the drop-in replacement of `rt1.sim.mini_fractal.make_episode`:
 same dict layout (aspects, attributes, steps with observation / action / is_first / is_last /
 is_terminal / reward), same family distribution, and ~8% of episodes cut to 2..5 steps as aborted
 real episodes are. Step t holds the observation before action t; the last step holds the final

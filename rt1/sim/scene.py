@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rt1.data.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
+from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 from rt1.errors import RT1Error
 
 # name -> (RGB colour, shape); names are real fractal objects.

@@ -139,7 +139,7 @@ def checkpoint_contents(state: TrainState, *, model: torch.nn.Module, model_conf
     """The dict a checkpoint file holds (format above)."""
     return {
         "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model": unwrap_model(model).state_dict(), "model_config": model_config, "train_args": train_args,
+        "model": model.state_dict(), "model_config": model_config, "train_args": train_args,
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "epoch": state.epoch, "epoch_complete": state.epoch_complete, "step_in_epoch": state.step_in_epoch,
@@ -171,18 +171,14 @@ def train_state_of(contents: dict) -> TrainState:
                       bool(contents["epoch_complete"]), dict(contents.get("metrics", {})))
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 # ---- RNG state as tensors (weights_only-safe) -----------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) in this process."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng_state() -> dict:
@@ -214,8 +210,19 @@ def restore_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
 
 
-__all__ = [
+def restore_rng(contents: dict, rank: int, world_size: int, reseed: int, log) -> None:
+    """This rank's RNG state from a checkpoint; with another number of processes, seed `reseed` (with a warning)."""
+    rng = contents.get("rng") or []
+    if len(rng) == world_size:
+        restore_rng_state(rng[rank])
+    else:
+        log.warning(f"checkpoint has RNG states of {len(rng)} processes, this run has {world_size}: "
+                    "reseeding (the run is not bit-identical to an uninterrupted one)")
+        seed_everything(reseed)
+
+
+__all__ = ["restore_rng", 
     "CheckpointError", "CheckpointWriteError", "tensor_bytes", "TrainState", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
     "remove_stale_temporaries", "save_checkpoint", "checkpoint_contents", "load_checkpoint", "train_state_of",
-    "unwrap_model", "capture_rng_state", "restore_rng_state",
+    "seed_everything", "capture_rng_state", "restore_rng_state",
 ]

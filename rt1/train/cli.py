@@ -1,8 +1,10 @@
 """The command line of train_ddp.py, generated from `TrainConfig`'s fields (flag, group and help in metadata).
 
 Each field becomes `--field-name` (or its metadata's `flag`); booleans get `--x/--no-x`; the default shown
-in the help is the field's value, or each preset's for the per-preset fields. `config_from_args` builds the
-TrainConfig and names the option (not the field) in its errors.
+in the help is the field's value, or each preset's for the per-preset fields. Every overridable `RT1Config`
+field becomes `--model.field-name` (a tuple as comma-separated values, e.g. `--model.depth 1,1`), replacing
+the preset's value for this run. `config_from_args` builds the TrainConfig and names the option (not the
+field) in its errors.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from rt1.config import PRESETS, ConfigError, TrainConfig
+from rt1.config import MODEL_OVERRIDABLE, PRESETS, ConfigError, RT1Config, TrainConfig
 
 GROUPS = ("data", "model", "optimisation", "output", "processes")
 _TYPES = {"Path": Path, "int": int, "float": float, "str": str}
@@ -51,6 +53,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
+        if meta.get("cli") is False:
+            continue
         shown = f.default is not None or meta.get("per_preset")  # a None default is explained in the help
         help_text = f"{meta['help']} (default: {_default_text(f)})" if shown else meta["help"]
         kwargs: dict = {"dest": f.name, "help": help_text}
@@ -64,18 +68,40 @@ def build_arg_parser() -> argparse.ArgumentParser:
             if meta.get("required"):
                 kwargs["help"] = meta["help"]
         groups[meta["group"]].add_argument(option_flag(f), **kwargs)
+    model_hints = typing.get_type_hints(RT1Config)
+    for name in MODEL_OVERRIDABLE:
+        kind = model_hints[name]
+        parse = _int_tuple if typing.get_origin(kind) is tuple else kind
+        groups["model"].add_argument(_model_flag(name), dest=f"model.{name}", type=parse, default=None,
+                                     metavar=name.upper(), help=f"RT1Config.{name} for this run (default: the preset's)")
     # torch.distributed.launch without --use_env passes --local-rank; LOCAL_RANK in the environment wins.
     groups["processes"].add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
                                      help=argparse.SUPPRESS)
     return p
 
 
+def _model_flag(name: str) -> str:
+    return "--model." + name.replace("_", "-")
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed arguments (per-preset fields left unset take the preset's). Raises ConfigError."""
+    values = {name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)}
+    values["model_overrides"] = {name: value for name in MODEL_OVERRIDABLE
+                                 if (value := getattr(args, f"model.{name}", None)) is not None}
     try:
-        return TrainConfig(**{name: getattr(args, name) for name in TrainConfig.field_names()})
+        return TrainConfig(**values)
     except ConfigError as e:
         message = str(e)
+        for name in MODEL_OVERRIDABLE:
+            message = message.replace(f"RT1Config.{name} ", f"{_model_flag(name)} ")
         for f in dataclasses.fields(TrainConfig):  # name the option the user typed, not the field
             message = message.replace(f"TrainConfig.{f.name} ", f"{option_flag(f)} ")
         raise ConfigError(message) from None

@@ -177,8 +177,32 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def wrap_model(model: torch.nn.Module, info: DistInfo, *, sync_bn: bool, find_unused_parameters: bool,
+               compile: bool, log) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """The bare model -> (the bare model on the device, the module to call for training, DDP's no_sync or None).
+
+    SyncBatchNorm (sync_bn, NCCL only) -> channels_last on the device -> DDP (world > 1) -> torch.compile.
+    """
+    if sync_bn and info.distributed:
+        if supports_sync_batchnorm(info):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log.warning(f"--syncBN: SyncBatchNorm needs CUDA (NCCL); with the {info.backend} backend on "
+                        f"{info.device.type} each process normalises with its own batch statistics")
+    # The model runs its convolutions channels_last; matching the weights avoids a copy of every conv
+    # gradient into the DDP buckets (and DDP's "grad strides do not match bucket view strides" warning).
+    model = model.to(info.device, memory_format=torch.channels_last)
+    forward, no_sync = model, None
+    if info.distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
+        no_sync = forward.no_sync
+    return model, torch.compile(forward) if compile else forward, no_sync
+
+
 __all__ = [
-    "DistInfo", "DistributedSetupError", "init_distributed", "cleanup", "select_device", "is_initialized",
+    "wrap_model", "DistInfo", "DistributedSetupError", "init_distributed", "cleanup", "select_device", "is_initialized",
     "get_rank", "get_world_size", "is_main_process", "supports_sync_batchnorm", "barrier", "all_reduce_sum",
     "all_gather_object", "broadcast_object",
 ]

@@ -22,9 +22,16 @@ from __future__ import annotations
 
 import math
 import signal
+import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from rt1.config import RT1Config, TrainConfig
+from rt1.data.dataset import RT1Dataset
+from rt1.data.index import check_train_val
+from rt1.errors import EXIT_ERROR, RT1Error
 
 _MASK63 = (1 << 63) - 1
 
@@ -162,6 +169,93 @@ def make_val_loader(dataset: Dataset, *, rank: int, world_size: int, batch_size:
     )
 
 
-__all__ = ["SeededWindows", "EpochSampler", "ShardSampler", "collate_windows", "batches_per_epoch",
+
+class TrainSetupError(RT1Error, ValueError):
+    """The data does not fit the model (image size, empty index...)."""
+
+    exit_code = EXIT_ERROR
+
+
+def check_data_fits(dataset: RT1Dataset, config: RT1Config, what: str, cfg: TrainConfig) -> None:
+    if len(dataset) == 0:
+        raise TrainSetupError(f"{what} index {dataset.index_csv} lists no windows")
+    shape = tuple(dataset[0]["video"].shape)
+    if shape[-2:] != (config.image_size, config.image_size) or shape[1] != config.num_frames:
+        raise TrainSetupError(
+            f"{what} windows from {cfg.data_dir} are {shape[1]} frames of {shape[-2]}x{shape[-1]}, but preset "
+            f"{cfg.preset!r} expects {config.num_frames} frames of {config.image_size}x{config.image_size}: "
+            f"preprocess with DataPreprocess_batch_*.py --image-size {config.image_size} and index with "
+            f"data_emerge.py --window {config.num_frames}")
+
+
+@dataclass
+class RunData:
+    """A run's datasets and loaders on this rank; `close()` stops the workers and closes the files."""
+
+    train_set: RT1Dataset
+    train_loader: DataLoader
+    train_sampler: EpochSampler
+    val_set: RT1Dataset | None = None
+    val_loader: DataLoader | None = None
+    batches_per_epoch: int = 0
+    steps_per_epoch: int = 0
+
+    @staticmethod
+    def open(cfg: TrainConfig, config: RT1Config, rank: int, world_size: int, *, pin_memory: bool) -> RunData:
+        """Open the run's data and check that it fits the model (TrainSetupError); closes what it opened on failure."""
+        check_train_val(cfg.train_index, cfg.val_index)  # not the same file, not swapped, one build
+        train_set, val_set = RT1Dataset(cfg.train_index, cfg.data_dir, augment=cfg.augment), None
+        try:
+            check_data_fits(train_set, config, "training", cfg)
+            train_loader, sampler = make_train_loader(
+                train_set, rank=rank, world_size=world_size, batch_size=cfg.batch_size, shuffle=cfg.shuffle,
+                seed=cfg.seed, num_workers=cfg.num_workers, pin_memory=pin_memory)
+            data = RunData(train_set, train_loader, sampler)
+            if cfg.val_index is not None and cfg.val_every > 0:
+                val_set = RT1Dataset(cfg.val_index, cfg.data_dir, augment=False)
+                check_data_fits(val_set, config, "validation", cfg)
+                data.val_set, data.val_loader = val_set, make_val_loader(
+                    val_set, rank=rank, world_size=world_size, batch_size=cfg.batch_size,
+                    num_workers=cfg.num_workers, pin_memory=pin_memory)
+        except BaseException:
+            for dataset in (train_set, val_set):
+                if dataset is not None:
+                    dataset.close()
+            raise
+        data.batches_per_epoch = batches_per_epoch(len(train_set), world_size, cfg.batch_size)
+        data.steps_per_epoch = math.ceil(data.batches_per_epoch / cfg.grad_accum)
+        return data
+
+    def close(self) -> None:
+        for loader in (self.train_loader, self.val_loader):
+            shutdown_workers(loader)  # workers ignore SIGTERM: never leave them to the interpreter's exit
+        for dataset in (self.train_set, self.val_set):
+            if dataset is not None:
+                dataset.close()
+
+
+class TimedBatches:
+    """An iterator over a loader's batches that counts the windows (times `world_size`) and the seconds spent
+    waiting for them since the last `reset()`."""
+
+    def __init__(self, loader: DataLoader, world_size: int) -> None:
+        self.batches, self.world_size = iter(loader), world_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.windows, self.wait = 0, 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        start = time.perf_counter()
+        batch = next(self.batches)
+        self.wait += time.perf_counter() - start
+        self.windows += batch["video"].shape[0] * self.world_size
+        return batch
+
+
+__all__ = ["TimedBatches", "TrainSetupError", "check_data_fits", "RunData", "SeededWindows", "EpochSampler", "ShardSampler", "collate_windows", "batches_per_epoch",
            "make_train_loader", "make_val_loader", "sample_seed", "ignore_stop_signals",
            "shutdown_workers"]

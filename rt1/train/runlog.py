@@ -19,11 +19,14 @@ checkpoint's step are dropped first, so the file reads as one uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 
 from rt1.io import atomic_output
+from rt1.progress import stderr_is_terminal
 from rt1.train.distributed import is_main_process
 
 METRICS_FILE = "metrics.jsonl"
@@ -168,4 +171,123 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-__all__ = ["RunLog", "METRICS_FILE", "read_metrics", "truncate_metrics"]
+# ---- what the trainer reports: throughput, progress, one line per interval / epoch / validation ---------
+
+
+class ThroughputMeter:
+    """Windows per second and time waiting for data, per logging interval and per epoch."""
+
+    def __init__(self) -> None:
+        now = time.perf_counter()
+        self.epoch_start, self.interval_start = now, now
+        self.epoch_windows, self.epoch_wait = 0, 0.0
+        self.interval_windows, self.interval_loss, self.interval_steps = 0, 0.0, 0
+
+    def add_step(self, windows: int, loss: float, data_wait: float) -> None:
+        self.epoch_windows += windows
+        self.epoch_wait += data_wait
+        self.interval_windows += windows
+        self.interval_loss += loss
+        self.interval_steps += 1
+
+    def take_interval(self) -> tuple[float, float]:
+        """(mean loss, windows/s) since the last call; starts a new interval."""
+        now = time.perf_counter()
+        result = (self.interval_loss / max(self.interval_steps, 1),
+                  self.interval_windows / max(now - self.interval_start, 1e-9))
+        self.interval_start, self.interval_windows, self.interval_loss, self.interval_steps = now, 0, 0.0, 0
+        return result
+
+    def epoch_summary(self) -> tuple[float, float, float]:
+        """(seconds, windows/s, fraction of the time spent waiting for data) of the epoch so far."""
+        seconds = max(time.perf_counter() - self.epoch_start, 1e-9)
+        return seconds, self.epoch_windows / seconds, self.epoch_wait / seconds
+
+
+@contextlib.contextmanager
+def progress_bar(run_log, enabled: bool, total: int, initial: int, desc: str):
+    """A tqdm bar on the main process when stderr is a terminal and `enabled`; else None."""
+    bar = None
+    if run_log.active and enabled and stderr_is_terminal():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=initial, unit="step", leave=True, desc=desc, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def setup_message(cfg, model, info, data, lr: float, total_steps: int) -> str:
+    """The one line that describes a run before it starts (`data` a loaders.RunData, `info` a DistInfo)."""
+    world_size, val_windows = info.world_size, len(data.val_set) if data.val_set is not None else 0
+    parts = [
+        f"RT-1 preset {cfg.preset}: {model.num_parameters() / 1e6:.2f} M parameters",
+        f"{world_size} process(es), backend {info.backend or 'none'}, device {info.device}",
+        f"{len(data.train_set)} training windows, {val_windows} validation windows",
+        f"{data.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+        + (f", at most {cfg.max_steps} steps" if cfg.max_steps else ""),
+        f"lr schedule over {total_steps} steps in total",
+        f"batch {cfg.batch_size} x {cfg.grad_accum} accum x {world_size} = "
+        f"{cfg.batch_size * cfg.grad_accum * world_size} windows/step",
+        f"{cfg.optimizer} lr {lr:g} (= {cfg.lr:g} x {world_size}) -> {lr * cfg.lrf:g}",
+        f"trains on the {cfg.loss_reduction} loss reduction (the logged loss is the per-token mean)",
+        f"augmentation {'on' if cfg.augment else 'off'}",
+        f"condition dropout {model.config.cond_drop_prob:g}",
+        f"pixels {model.config.pixel_scaling}",
+        f"save dir {cfg.save_dir}",
+    ]
+    return "; ".join(parts)
+
+
+def report_step(run_log, meter: ThroughputMeter, bar, state, loss: float, lr: float, seconds: float, batches, cfg,
+                steps_per_epoch: int, total_steps: int, tokens_per_window: int) -> None:
+    """After every optimizer step: its metrics.jsonl line, and every --log-every steps the interval's report."""
+    meter.add_step(batches.windows, loss, batches.wait)
+    run_log.record("train", step=state.global_step, epoch=state.epoch, loss=loss, lr=lr, seconds=round(seconds, 5),
+                   data_wait=round(batches.wait, 5))
+    if state.global_step % cfg.log_every == 0 or state.step_in_epoch == steps_per_epoch:
+        report_interval(run_log, meter, lr, bar, state, tokens_per_window, total_steps, cfg.epochs, steps_per_epoch)
+    if bar is not None:
+        bar.update()
+
+
+def report_interval(run_log, meter: ThroughputMeter, lr: float, bar, state, tokens_per_window: int,
+                    total_steps: int, epochs: int, steps_per_epoch: int) -> None:
+    """TensorBoard scalars of the last --log-every steps, and the bar's numbers or one progress line."""
+    loss, rate = meter.take_interval()
+    run_log.scalars(state.global_step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate})
+    tokens = rate * tokens_per_window
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", tok_s=f"{tokens:.0f}",
+                        refresh=False)
+    else:  # no bar (not a terminal, or --no-progress): one line per --log-every steps carries the progress
+        run_log.info(f"step {state.global_step}/{total_steps} (epoch {state.epoch}/{epochs}, "
+                     f"{state.step_in_epoch}/{steps_per_epoch}): loss {loss:.4f}, lr {lr:.3e}, "
+                     f"{rate:.1f} windows/s ({tokens:.0f} action tokens/s)")
+
+
+def report_epoch(run_log, meter: ThroughputMeter, state, tokens_per_window: int) -> None:
+    seconds, rate, wait = meter.epoch_summary()
+    run_log.record("epoch", step=state.global_step, epoch=state.epoch, steps=state.step_in_epoch,
+                   samples=meter.epoch_windows, seconds=round(seconds, 3), samples_per_s=rate,
+                   data_wait_fraction=wait, data_wait_seconds=round(meter.epoch_wait, 3))
+    run_log.scalars(state.global_step, {"train/epoch_samples_per_s": rate, "train/data_wait_fraction": wait})
+    run_log.info(f"epoch {state.epoch}: {meter.epoch_windows} windows in {seconds:.1f} s ({rate:.1f} windows/s, "
+                 f"{rate * tokens_per_window:.0f} action tokens/s, waiting for data {100 * wait:.1f}% of it)")
+
+
+def report_validation(run_log, metrics: dict, state, seconds: float) -> None:
+    run_log.record("val", step=state.global_step, epoch=state.epoch, **metrics)
+    per_dim = metrics["token_accuracy_per_dim"]
+    scalars = {"val/loss": metrics["loss"], "val/token_accuracy": metrics["token_accuracy"]}
+    scalars.update({f"val/token_accuracy/{name}": acc for name, acc in per_dim.items()})
+    run_log.scalars(state.global_step, scalars)
+    run_log.info(f"validation after step {state.global_step} (epoch {state.epoch}): loss {metrics['loss']:.4f}, "
+                 f"token accuracy {metrics['token_accuracy']:.4f} over {metrics['windows']} windows "
+                 f"({seconds:.1f} s)")
+
+
+__all__ = ["RunLog", "METRICS_FILE", "read_metrics", "truncate_metrics", "ThroughputMeter", "progress_bar",
+           "setup_message", "report_step", "report_interval", "report_epoch", "report_validation"]

@@ -1,9 +1,9 @@
 """A small, learnable dataset in exactly the on-disk format of `fractal20220817_data` 0.1.0.
 
-    python -m rt1.data.mini_fractal --out DIR --episodes N [--seed S] [--overwrite]
+    python -m rt1.sim.mini_fractal --out DIR --episodes N [--seed S] [--overwrite]
 
 writes `DIR/fractal20220817_data/0.1.0/` (dataset_info.json, features.json, TFRecord shards of the
-`train` split) with the real dataset's feature spec (`rt1.data.rlds_spec`), so that
+`train` split) with the real dataset's feature spec (`rt1.rlds_spec`), so that
 `tfds.builder_from_directory(DIR/fractal20220817_data/0.1.0)` reads it as it reads the real one.
 
 Each episode is a rollout of the scripted expert (`rt1.sim.expert`, with action noise) in the
@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rt1.data.rlds_spec import DATASET_NAME, DATASET_VERSION
+from rt1.rlds_spec import DATASET_NAME, DATASET_VERSION
 from rt1.errors import RT1Error, run_cli
 from rt1.io import outermost_missing, remove_empty_dirs
 from rt1.sim.record import record_episode
@@ -51,7 +51,7 @@ def make_episode(index: int, seed: int) -> dict:
 def _builder_class():
     import tensorflow_datasets as tfds
 
-    from rt1.data.rlds_spec import tfds_features
+    from rt1.rlds_spec import tfds_features
 
     class MiniFractal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = DATASET_NAME
@@ -64,7 +64,7 @@ def _builder_class():
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                description="Synthetic table-top episodes in the format of fractal20220817_data (rt1.data.mini_fractal).",
+                description="Synthetic table-top episodes in the format of fractal20220817_data (rt1.sim.mini_fractal).",
                 features=tfds_features(),
                 disable_shuffling=True,  # write in generation order: episode i of the split is make_episode(i, seed)
                 homepage="https://ai.googleblog.com/2022/12/rt-1-robotics-transformer-for-real.html",
@@ -137,7 +137,7 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rt1.data.mini_fractal",
+        prog="python -m rt1.sim.mini_fractal",
         description="Write a small learnable dataset in the exact TFDS/RLDS format of fractal20220817_data 0.1.0.")
     parser.add_argument("--out", type=Path, required=True, help="directory to create; the dataset goes to OUT/fractal20220817_data/0.1.0")
     parser.add_argument("--episodes", type=int, required=True, help="number of episodes (>= 1)")

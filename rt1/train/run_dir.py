@@ -1,0 +1,133 @@
+"""The run directory (--save-dir): one run at a time holds its lock, the checkpoint to resume is found in it,
+and a checkpoint is checked to fit the run before anything is built from it.
+
+    take_save_dir      rank 0 creates the directory and takes train.lock (a stale lock is taken over)
+    find_resume        --resume, else the newest checkpoint-*.pt; the same path on every rank
+    check_resume_fits  same model config (else ResumeError), changed training settings warned about
+    check_position     a mid-epoch checkpoint resumes only at the same steps per epoch
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rt1.config import RT1Config, TrainConfig
+from rt1.errors import EXIT_ERROR, EXIT_USAGE, RT1Error, one_line
+from rt1.io import DirectoryLock, DirectoryLockedError, outermost_missing, remove_empty_dirs
+from rt1.train import checkpoint as ckpt
+from rt1.train import distributed as D
+from rt1.train.checkpoint import TrainState
+
+LOCK_FILE = "train.lock"
+# Fields of TrainConfig that may change between a run and its resumption without a warning.
+_RESUME_FREE_FIELDS = {"epochs", "max_steps", "resume", "num_workers", "log_every", "val_every", "progress",
+                       "tensorboard", "dist_timeout", "keep_checkpoints", "device", "data_dir", "train_index",
+                       "val_index", "save_dir", "compile", "save_every",
+                       "model_overrides"}  # a changed model is refused by the model config check itself
+
+
+class ResumeError(RT1Error, RuntimeError):
+    """A checkpoint does not fit this run (different model, world size mismatch that matters...)."""
+
+    exit_code = EXIT_ERROR
+
+
+class SaveDirInUseError(RT1Error, RuntimeError):
+    """Another live run holds --save-dir's lock; the message names it (host, PID, command)."""
+
+    exit_code = EXIT_USAGE
+
+
+def take_save_dir(cfg: TrainConfig) -> tuple[DirectoryLock | None, Path | None]:
+    """Collective: rank 0 creates --save-dir if needed and takes its lock before any rank touches it.
+
+    -> (the lock on rank 0, None elsewhere; the outermost directory this run created, or None). Every rank raises
+    SaveDirInUseError when another live run holds the lock. A stale lock (its process is dead) is taken
+    over with a warning. Leftover temporaries of killed writes are removed only once the lock is ours.
+    """
+    lock, created, outcome = None, None, None
+    if D.is_main_process():
+        created = outermost_missing(cfg.save_dir)
+        try:
+            cfg.save_dir.mkdir(parents=True, exist_ok=True)
+            lock = DirectoryLock(cfg.save_dir, LOCK_FILE, what="training run")
+            stale = lock.acquire()
+            if stale is not None:
+                logging.getLogger("rt1.train").warning(
+                    f"took over the stale lock {lock.path} of a run that is gone ({stale})")
+            ckpt.remove_stale_temporaries(cfg.save_dir)
+        except (DirectoryLockedError, OSError) as e:
+            outcome = one_line(e) if isinstance(e, DirectoryLockedError) else f"{cfg.save_dir}: {one_line(e)}"
+            if lock is not None:
+                lock.release()
+            if created is not None:
+                remove_empty_dirs(cfg.save_dir, created)
+            lock = None
+    outcome = D.broadcast_object(outcome)
+    if outcome is not None:
+        raise SaveDirInUseError(outcome)
+    return lock, created
+
+
+def find_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from (decided on rank 0, the same path on every rank)."""
+    path = None
+    if D.is_main_process():
+        latest = cfg.resume if cfg.resume is not None else ckpt.latest_checkpoint(cfg.save_dir)
+        path = str(latest) if latest is not None else None
+    path = D.broadcast_object(path)
+    if path is not None and not Path(path).is_file():
+        raise ResumeError(f"rank {D.get_rank()} cannot see checkpoint {path}: resuming a multi-node run needs "
+                          "--save-dir (or --resume) on a filesystem every node shares")
+    return Path(path) if path is not None else None
+
+
+def check_resume_fits(contents: dict, path: Path, cfg: TrainConfig, model_config: RT1Config, log) -> None:
+    saved, current = contents["model_config"], model_config.to_dict()
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
+        raise ResumeError(f"{path} was trained with a different model config ({details}); use another --save-dir "
+                          "or the same --preset/--cond-drop-prob")
+    old, new = contents.get("train_args", {}), cfg.to_dict()
+    changed = sorted(k for k in cfg.field_names() if k not in _RESUME_FREE_FIELDS and k in old and old[k] != new[k])
+    if changed:
+        log.warning("resuming with changed settings: " + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed))
+
+
+def load_weights(model, contents: dict | None, path: Path | None):
+    """`model` with the checkpoint's weights (none: as it is); ResumeError when they do not fit."""
+    if contents is None:
+        return model
+    try:
+        model.load_state_dict(contents["model"])
+    except RuntimeError as e:
+        raise ResumeError(f"{path}: its weights do not fit the current RT1 code ({one_line(e)}); resume with the "
+                          "code that wrote it, or start a new --save-dir") from None
+    return model
+
+
+def check_position(contents: dict, path: Path, state: TrainState, steps_per_epoch: int) -> None:
+    """A checkpoint written mid-epoch resumes only when this run has the same steps per epoch."""
+    saved = int(contents.get("steps_per_epoch", steps_per_epoch))
+    if saved != steps_per_epoch and not state.epoch_complete:
+        raise ResumeError(f"{path} stopped in the middle of epoch {state.epoch} with {saved} steps per "
+                          f"epoch; this run has {steps_per_epoch} (other data, batch size, grad accumulation "
+                          "or number of processes), so the position in the epoch cannot be resumed: resume with "
+                          "the same settings, or from an end-of-epoch checkpoint")
+
+
+def report_resume(log, contents: dict, path: Path, state: TrainState, steps_per_epoch: int, total_steps: int,
+                  lrf: float) -> None:
+    saved_spe = contents.get("steps_per_epoch", steps_per_epoch)
+    if int(contents.get("total_steps", total_steps)) != total_steps:
+        log.warning(f"the lr schedule now spans {total_steps} steps (checkpoint: {contents['total_steps']}; "
+                    f"{steps_per_epoch} steps/epoch now, {saved_spe} in the checkpoint): the lr continues from step "
+                    f"{state.global_step} of the new schedule and reaches {lrf:g} x lr at step {total_steps}")
+    log.info(f"resumed from {path} at step {state.global_step} (epoch {state.epoch}, step {state.step_in_epoch} "
+             "of it)")
+
+
+__all__ = ["load_weights", "report_resume", "LOCK_FILE", "ResumeError", "SaveDirInUseError", "take_save_dir", "find_resume", "check_resume_fits",
+           "check_position"]

@@ -1,0 +1,116 @@
+"""One optimizer step and one pass of evaluation, on `rt1.model.loss` only: what the trainer, the benchmarks and
+a notebook call.
+
+    train_step   `accumulate` micro-batches: forward (autocast), the loss, backward (GradScaler; DDP no_sync
+                 on all but the last), then optionally a check of the loss on every rank, gradient
+                 clipping, the optimizer and scheduler steps
+    evaluate     loss and token accuracy over a loader, summed over every rank's windows before dividing
+
+Batches are the loader's dicts: "video" uint8 (B, 3, F, H, W), "text_embed" (B, E), "action_tokens"
+(B, F, 11); the model normalises the pixels itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from rt1.actions import ACTION_DIM_NAMES
+from rt1.model import action_loss, token_correct_counts
+from rt1.train import distributed as D
+
+
+def amp_context(device: torch.device, amp: str):
+    """autocast for --amp fp16/bf16, nothing for off."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """model.train(), with BatchNorm layers left in eval mode (running statistics) when freeze_bn."""
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A collated batch -> (uint8 video (B, 3, F, H, W), text_embed (B, E), action_tokens (B, F, 11)) on device."""
+    return tuple(batch[k].to(device, non_blocking=True) for k in ("video", "text_embed", "action_tokens"))
+
+
+def train_step(model: nn.Module, batches: Iterator[dict], optimizer: torch.optim.Optimizer, *,
+               device: torch.device, accumulate: int = 1, scheduler=None, scaler: torch.amp.GradScaler | None = None,
+               loss_reduction: str = "mean", amp: str = "off", clip_grad_norm: float | None = None,
+               no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+               before_update: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """One optimizer step over the next `accumulate` batches of `batches`; -> the mean per-token loss () float.
+
+    The optimizer minimises `loss_reduction` (rt1.model.loss), each micro-batch's loss scaled by 1/accumulate;
+    the returned loss is always the per-token mean (what is logged). `no_sync` (DDP's) skips the gradient
+    all-reduce on all but the last micro-batch. `before_update(loss)` runs after the backward passes and before
+    any weight changes (the trainer agrees on the loss across ranks there, and raises on a non-finite one).
+    """
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accumulate):
+        video, text, tokens = to_device(next(batches), device)
+        last = micro == accumulate - 1
+        with contextlib.nullcontext() if (last or no_sync is None) else no_sync():
+            with amp_context(device, amp):
+                logits = model(video, text)
+                loss = action_loss(logits, tokens, loss_reduction)
+            scaler.scale(loss * (1.0 / accumulate)).backward()
+        loss_sum += loss.detach().float() if loss_reduction == "mean" else action_loss(logits.detach(), tokens).float()
+    mean_loss = loss_sum / accumulate
+    if before_update is not None:
+        before_update(mean_loss)
+    if clip_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    return mean_loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str = "off") -> dict:
+    """Mean per-token loss and token accuracy over `loader` (all ranks' windows); {} when it has none. `model` is the
+    bare RT1 (evaluation needs no gradient sync).
+
+    -> {"loss", "token_accuracy", "token_accuracy_per_dim": {action dim: accuracy}, "windows"}. Puts the model in
+    eval mode; the caller restores its training mode.
+    """
+    model.eval()
+    num_actions = len(ACTION_DIM_NAMES)
+    sums = torch.zeros(2 + num_actions, dtype=torch.float64, device=device)  # [loss, frames, correct per dim]
+    for batch in loader:
+        video, text, tokens = to_device(batch, device)
+        with amp_context(device, amp):
+            logits = model(video, text)
+        sums[0] += action_loss(logits, tokens).double() * tokens.numel()  # the per-token mean, summed
+        correct, frames = token_correct_counts(logits, tokens)
+        sums[1] += frames.double()
+        sums[2:] += correct.double()
+    D.all_reduce_sum(sums)
+    frames = float(sums[1])
+    if frames == 0:
+        return {}
+    return {
+        "loss": float(sums[0]) / (frames * num_actions),
+        "token_accuracy": float(sums[2:].sum()) / (frames * num_actions),
+        "token_accuracy_per_dim": dict(zip(ACTION_DIM_NAMES, (sums[2:] / frames).tolist())),
+        "windows": int(round(frames / model.config.num_frames)),
+    }
+
+
+__all__ = ["amp_context", "set_train_mode", "to_device", "train_step", "evaluate"]
