@@ -348,7 +348,7 @@ def test_training_refuses_a_val_index_equal_to_or_swapped_with_the_train_index(t
 
 
 def test_index_pair_of_two_builds_is_refused(tiny_data, tmp_path):
-    from rt1.data.index import check_train_val
+    from rt1.data.index_checks import check_train_val
 
     val = tmp_path / tiny_data.val_index.name
     shutil.copy(tiny_data.val_index, val)

@@ -41,7 +41,8 @@ import torch
 from torch.utils.data import Dataset
 
 from rt1.config import DEFAULT_WINDOW
-from rt1.data.index import IndexEpisode, WindowIndexError, check_files_confined, index_episodes, read_index
+from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes, read_index
+from rt1.data.index_checks import check_files_confined
 from rt1.data.preprocessed_file import PreprocessedFile, WindowError
 from rt1.data.preprocessed_schema import PreprocessedFormatError
 from rt1.errors import RT1Error

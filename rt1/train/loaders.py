@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rt1.config import RT1Config, TrainConfig
 from rt1.data.dataset import RT1Dataset
-from rt1.data.index import check_train_val
+from rt1.data.index_checks import check_train_val
 from rt1.errors import EXIT_ERROR, RT1Error
 
 _MASK63 = (1 << 63) - 1

@@ -1,0 +1,8 @@
+"""python -m rt1.serve: see `rt1.serve`."""
+
+import sys
+
+from rt1.serve.server import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The policy server: one `Session` (its own RT1Policy) per connection, `PolicyServer`, and `main`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rt1.actions import ACTION_KEYS
+from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
+from rt1.errors import one_line, run_cli
+from rt1.serve.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, HARD_LIMIT_FACTOR, PROTOCOL_VERSION, ProtocolError, ServeError, _kind, check_observation, check_request, decode, encode, pack_array, unpack_array,
+)
+
+
+
+
+# ---- the server -------------------------------------------------------------------------------------
+
+
+class Session:
+    """One connection's episode: its own RT1Policy over the server's shared (folded) model."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self.server = server
+        self.policy = None
+        self.embedding: np.ndarray | None = None
+
+    def reset(self, message: dict) -> dict:
+        server = self.server
+        has_embedding, has_text = "instruction_embedding" in message, "instruction" in message
+        if has_embedding == has_text:
+            raise ProtocolError("reset: give exactly one of instruction_embedding and instruction")
+        if has_text:
+            text = message["instruction"]
+            if not isinstance(text, str) or not text.strip():
+                raise ProtocolError(f"reset: instruction must be non-empty text, got {_kind(text)}")
+            if server.embed_text is None:
+                raise ProtocolError(f"reset: this model's instruction embeddings come from {server.embedding_source}, "
+                                    "which the server cannot compute: send instruction_embedding")
+            embedding = server.embed_text(text)
+        else:
+            embedding = unpack_array(message["instruction_embedding"], "reset: instruction_embedding")
+            dim = server.config.text_embed_dim
+            if embedding.dtype != np.float32 or embedding.shape != (dim,):
+                raise ProtocolError(f"reset: instruction_embedding must be float32 ({dim},), "
+                                    f"got {embedding.dtype} {tuple(embedding.shape)}")
+            if not np.isfinite(embedding).all():
+                raise ProtocolError("reset: instruction_embedding has non-finite values")
+        cond_scale = message.get("cond_scale", 1.0)
+        if not isinstance(cond_scale, (int, float)) or isinstance(cond_scale, bool) or not math.isfinite(cond_scale):
+            raise ProtocolError(f"reset: cond_scale must be a finite number, got {cond_scale!r}")
+        if self.policy is None or self.policy.cond_scale != float(cond_scale):
+            self.policy = server.new_policy(float(cond_scale))
+        self.policy.reset()
+        self.embedding = np.array(embedding, dtype=np.float32)
+        return {"type": "reset", "step": 0}
+
+    def act(self, observation: dict) -> dict:
+        """Runs in a worker thread."""
+        from rt1.data.images import training_frame
+
+        if self.policy is None or self.embedding is None:
+            raise ProtocolError("act before reset: send reset with the episode's instruction first")
+        given = observation.get("natural_language_embedding")
+        if given is not None and not np.array_equal(given, self.embedding):
+            raise ProtocolError("act: observation/natural_language_embedding is not the episode's instruction; "
+                                "send reset for a new instruction")
+        start = time.perf_counter()
+        frame = training_frame(observation["image"], self.server.config.image_size, self.server.jpeg_quality)
+        action, tokens = self.policy.step(frame, self.embedding, return_tokens=True)
+        return {"type": "action", "action": {k: pack_array(np.asarray(action[k], ACTION_SPEC[k].dtype)) for k in ACTION_KEYS},
+                "tokens": [int(t) for t in tokens], "step": self.policy.t,
+                "compute_ms": (time.perf_counter() - start) * 1e3}  # preprocessing + inference, for latency budgets
+
+    def free(self) -> None:
+        self.policy = self.embedding = None
+
+
+class PolicyServer:
+    """The model and settings behind every session; `serve()` runs the WebSocket server until SIGTERM/SIGINT."""
+
+    def __init__(self, model_path: Path, device: str = "cpu", jpeg_quality: int | None = None,
+                 embedding_source: str | None = None, workers: int = 1,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        from rt1.data.images import JPEG_QUALITY
+        from rt1.model import check_model_path, load_model
+        from rt1.model.inference import inference_model
+        from rt1.model.pretrained import EMBEDDING_SOURCES, read_pretrained_config
+
+        if workers < 1 or max_message_bytes < 1024:
+            raise ServeError(f"--workers must be >= 1 and --max-message-bytes >= 1024, got {workers}, "
+                             f"{max_message_bytes}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ServeError(f"--device {device}: CUDA is not available on this machine")
+        model_path = Path(model_path)
+        check_model_path(model_path)
+        exported = read_pretrained_config(model_path) if model_path.is_dir() else {}
+        model, self.config, _ = load_model(model_path, device)
+        # One folded copy for every session (RT1Policy would fold one per session): same actions.
+        self.model = inference_model(model)
+        self.device = device
+        self.jpeg_quality = int(jpeg_quality or exported.get("image_preprocessing", {}).get("jpeg_quality")
+                                or JPEG_QUALITY)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ServeError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
+        self.embedding_source = (embedding_source or exported.get("instruction_embedding", {}).get("source")
+                                 or EMBEDDING_SOURCES[0])
+        if self.embedding_source not in EMBEDDING_SOURCES:
+            raise ServeError(f"--embedding-source must be one of {', '.join(EMBEDDING_SOURCES)}, "
+                             f"got {self.embedding_source!r}")
+        self.embed_text = None
+        if self.embedding_source == "mini-fractal" and self.config.text_embed_dim == EMBEDDING_DIM:
+            from rt1.sim.scene import instruction_embedding
+
+            self.embed_text = instruction_embedding
+        self.model_path = model_path
+        self.max_message_bytes = int(max_message_bytes)
+        # The intra-op thread count is per OS thread (OpenMP): set it in each worker, not only in main.
+        threads = threads or torch.get_num_threads()
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rt1-inference",
+                                           initializer=torch.set_num_threads, initargs=(threads,))
+        self.sessions: set[Session] = set()
+
+    def new_policy(self, cond_scale: float):
+        from rt1.policy import RT1Policy
+
+        return RT1Policy(self.model, cond_scale=cond_scale, device=self.device, fold_batch_norms=False)
+
+    def info(self) -> dict:
+        c = self.config
+        return {"type": "info", "protocol": PROTOCOL_VERSION, "sessions": len(self.sessions),
+                "max_message_bytes": self.max_message_bytes,
+                "model": {"path": str(self.model_path), "image_size": c.image_size, "num_frames": c.num_frames,
+                          "text_embed_dim": c.text_embed_dim, "embedding_source": self.embedding_source,
+                          "accepts_instruction_text": self.embed_text is not None,
+                          "jpeg_quality": self.jpeg_quality}}
+
+    async def answer(self, session: Session, data) -> tuple[dict, bool]:
+        """One frame -> (reply, close the connection after it)."""
+        import asyncio
+
+        kind = None
+        try:
+            if len(data) > self.max_message_bytes:
+                raise ProtocolError(f"message of {len(data)} bytes is over the limit of {self.max_message_bytes}")
+            message = decode(data)
+            kind = check_request(message)
+            if kind == "info":
+                return self.info(), False
+            if kind == "close":
+                return {"type": "closed"}, True
+            if kind == "reset":
+                return session.reset(message), False
+            observation = check_observation(message["observation"], self.config.text_embed_dim)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, session.act, observation), False
+        except ProtocolError as e:
+            return {"type": "error", "error": one_line(e), "request": kind}, False
+        except Exception as e:  # noqa: BLE001 - a failed step must not take the server down
+            import logging
+
+            logging.getLogger("rt1.serve").exception("request %s failed", kind)
+            return {"type": "error", "error": f"{kind} failed: {type(e).__name__}: {one_line(e)}",
+                    "request": kind}, False
+
+    async def handler(self, websocket) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        session = Session(self)
+        self.sessions.add(session)
+        try:
+            async for data in websocket:
+                reply, close = await self.answer(session, data)
+                await websocket.send(encode(reply))
+                if close:
+                    break
+        except ConnectionClosed:
+            pass  # the client went away mid-episode: its session is freed below
+        finally:
+            self.sessions.discard(session)
+            session.free()
+
+    async def serve(self, host: str, port: int, ready=None, stop=None) -> int:
+        """Serve until SIGTERM/SIGINT (or until the future `stop` is done: then no signal handlers are
+        installed); `ready(port)` is called once listening. Returns the signal number (stop's result)."""
+        import asyncio
+        import signal
+
+        from websockets.asyncio.server import serve
+
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
+        stop = loop.create_future() if stop is None else stop
+        for signum in signals:
+            loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
+        try:
+            # No per-message deflate: camera frames do not compress and it would cost milliseconds a step.
+            async with serve(self.handler, host, port, max_size=self.max_message_bytes * HARD_LIMIT_FACTOR,
+                             compression=None) as server:
+                bound = server.sockets[0].getsockname()[1]
+                if ready is not None:
+                    ready(bound)
+                received = await stop
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            self.executor.shutdown(wait=True)
+        return received
+
+
+# ---- the client -------------------------------------------------------------------------------------
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rt1.serve",
+        description="Serve a trained RT-1 policy over WebSocket (msgpack binary frames): one episode session "
+                    "per connection, RLDS observation in, RLDS action out.")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="checkpoint-{epoch}.pt or a model directory from python -m rt1.export")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="inference threads (default 1: steps of all sessions run one at a time, in order)")
+    parser.add_argument("--jpeg-quality", type=int, default=None,
+                        help="stage 2's --jpeg-quality of the training data (default: the exported config's, else 90)")
+    parser.add_argument("--embedding-source", default=None, choices=("universal-sentence-encoder", "mini-fractal"),
+                        help="instruction embeddings of the training data (default: the exported config's, else "
+                             "universal-sentence-encoder); mini-fractal lets clients send instruction text")
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help=f"larger requests get an error reply (default {DEFAULT_MAX_MESSAGE_BYTES})")
+    args = parser.parse_args(argv)
+
+    def run(_) -> int:
+        import asyncio
+        import logging
+
+        import torch
+
+        if not 0 <= args.port <= 65535 or args.threads < 1:
+            raise ServeError(f"--port must be 0..65535 and --threads >= 1, got {args.port}, {args.threads}")
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        torch.set_num_threads(args.threads)
+        server = PolicyServer(args.model, args.device, args.jpeg_quality, args.embedding_source, args.workers,
+                              args.max_message_bytes, args.threads)
+
+        def ready(port: int) -> None:
+            print(f"serving {args.model} on ws://{args.host}:{port} (SIGTERM or Ctrl-C stops)", flush=True)
+
+        try:
+            signum = asyncio.run(server.serve(args.host, args.port, ready))
+        except OSError as e:
+            raise ServeError(f"cannot listen on {args.host}:{args.port} ({one_line(e)})") from None
+        print(f"stopped on signal {signum}", flush=True)
+        return 0
+
+    return run_cli(run)
+
