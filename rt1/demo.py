@@ -30,17 +30,19 @@ from rt1.config import PRESETS
 from rt1.errors import EXIT_ERROR, RT1Error, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_IMAGE_SIZE = PRESETS["tiny"].model.image_size
+DEMO_PRESET = "demo"      # the tiny model on 32x32 frames, no condition dropout, no shift (rt1/config.py)
+DEMO_IMAGE_SIZE = PRESETS[DEMO_PRESET].model.image_size
 DEMO_MARKER = ".rt1-demo-output"
 # Everything the demo writes under --out; nothing else there is touched.
 DEMO_OUTPUTS = ("rlds", "segments_all", "segments_pick", "preprocessed", "index", "save", "plots", "closed_loop")
 
 
-DEMO_EPISODES = 160       # bundled dataset size
+DEMO_EPISODES = 400       # bundled dataset size (DART-recorded: rt1.sim.record)
 DEMO_MIN_EPISODES = 10    # below this, stage 3's train/val split (20% validation) can leave val empty
-DEMO_STEPS = 300          # training steps of the tiny preset (2 processes x its batch)
+DEMO_STEPS = 2000         # training steps of the demo preset (2 processes x batch 8)
 DEMO_EVAL_EPISODES = 56   # closed-loop episodes: 8 per task family
 DEMO_VIDEOS = 3           # rollout GIFs of the policy
+DEMO_REPLAY = 4           # training episodes replayed open loop next to their closed-loop rollouts
 
 
 class DemoError(RT1Error):
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=DEMO_EPISODES,
                         help=f"episodes in the bundled dataset (at least {DEMO_MIN_EPISODES}; default %(default)s)")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS,
-                        help="training steps of the tiny preset at its own batch size (default %(default)s)")
+                        help=f"training steps of the {DEMO_PRESET} preset at its own batch size per process (default %(default)s)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes under torchrun (default 2)")
     parser.add_argument("--eval-episodes", type=int, default=DEMO_EVAL_EPISODES,
                         help="closed-loop evaluation episodes of the trained policy (default %(default)s)")
@@ -142,7 +144,7 @@ def run_demo(args: argparse.Namespace) -> int:
     seg_all, seg_pick = out / "segments_all", out / "segments_pick"
     pre = out / "preprocessed"
     index = out / "index"
-    save = out / "save" / "rt1_tiny_demo"
+    save = out / "save" / f"{PRESETS[DEMO_PRESET].run_name}_demo"
     plots = out / "plots"
     closed_loop = out / "closed_loop"
     start = time.perf_counter()
@@ -157,14 +159,14 @@ def run_demo(args: argparse.Namespace) -> int:
           "--episode-sec-len", 20])
     _run("stage 2: preprocess (resize frames, tokenize actions)",
          [py, "DataPreprocess_batch_all.py", "--in-dir", seg_all, "--out-dir", pre,
-          "--image-size", TINY_IMAGE_SIZE, "--workers", 2])
+          "--image-size", DEMO_IMAGE_SIZE, "--workers", 2])
     _run("stage 3: train/val window index",
          [py, "data_emerge.py", "--data-dir", pre, "--out-dir", index, "--val-fraction", 0.2, "--seed", 0])
     train_index = next(index.glob("train_idx_*.csv"))
     val_index = next(index.glob("val_idx_*.csv"))
-    _run(f"training: tiny preset, {args.nproc} CPU processes under torchrun (gloo)",
+    _run(f"training: {DEMO_PRESET} preset, {args.nproc} CPU processes under torchrun (gloo)",
          [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "train_ddp.py",
-          "--preset", "tiny", "--data-dir", pre, "--train-index", train_index, "--val-index", val_index,
+          "--preset", DEMO_PRESET, "--data-dir", pre, "--train-index", train_index, "--val-index", val_index,
           "--save-dir", save, "--max-steps", args.steps, "--epochs", 1000, "--num-workers", 1],
          env={"OMP_NUM_THREADS": "1"})
     checkpoint = max(save.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
@@ -173,7 +175,7 @@ def run_demo(args: argparse.Namespace) -> int:
           "--max-episodes", 3, "--out", plots])
     _run("closed-loop evaluation: the policy acts in the simulated scene (new seeds), next to the baselines",
          [py, "eval_closed_loop.py", "--checkpoint", checkpoint, "--episodes", args.eval_episodes,
-          "--videos", DEMO_VIDEOS, "--out", closed_loop],
+          "--videos", DEMO_VIDEOS, "--replay", DEMO_REPLAY, "--out", closed_loop],
          env={"OMP_NUM_THREADS": "1"})
 
     print(f"\nDemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs:")

@@ -226,3 +226,75 @@ def test_cli_writes_results_json_with_the_three_policies(tmp_path, capsys, one_t
     for name in ("policy", "expert", "noop"):
         assert set(stored[name]["overall"]) == SUMMARY_KEYS and list(stored[name]["per_family"]) == ["knock_over"]
     assert stored["settings"]["checkpoint"] == str(checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------
+# Open-loop replay
+
+
+class _ScriptPolicy:
+    """Answers the recorded actions of one episode in order (exact replay), or a constant action."""
+
+    def __init__(self, actions=None):
+        self.actions, self.t = actions, 0
+
+    def reset(self):
+        self.t = 0
+
+    def __call__(self, obs):
+        from rt1.sim.expert import make_action
+
+        if self.actions is None:
+            return make_action()
+        action = self.actions[min(self.t, len(self.actions) - 1)]
+        self.t += 1
+        return action
+
+
+def test_replay_errors_are_zero_for_the_recorded_actions_and_the_actions_themselves_for_a_noop():
+    from rt1.evaluation.closed_loop import REPLAY_DIMS, format_replay, replay_episode, replay_summary
+
+    index = next(i for i in range(20) if record_episode(i, 0)["attributes"]["task_family_name"] == "pick"
+                 and len(record_episode(i, 0)["steps"]) > 8)
+    steps = record_episode(index, 0)["steps"]
+    actions = [s["action"] for s in steps]
+    exact = replay_episode(lambda env: _ScriptPolicy(actions), index, data_seed=0)
+    assert exact["steps"] == len(steps) and exact["family"] == "pick" and set(exact["abs_error"]) == set(REPLAY_DIMS)
+    assert all(max(v) == 0.0 for v in exact["abs_error"].values())
+    # Replaying the labels in closed loop from the same scene: DART's noise is not executed, the task still succeeds.
+    assert exact["closed_loop"]["success"]
+    noop = replay_episode(lambda env: _ScriptPolicy(None), index, data_seed=0)
+    recorded_x = [abs(float(a["world_vector"][0])) for a in actions]
+    assert np.allclose(noop["abs_error"]["world_x"], recorded_x, atol=1e-4)
+    assert noop["abs_error"]["terminate"][-1] == 1.0 and noop["abs_error"]["terminate"][0] == 0.0
+    assert noop["abs_error"]["gripper"][0] == 0.0 and max(noop["abs_error"]["gripper"]) == 2.0
+    assert not noop["closed_loop"]["success"] and noop["closed_loop"]["steps"] == 80
+    summary = replay_summary([exact, noop])
+    assert summary["by_step"]["step 0"]["world_x"] == round(recorded_x[0] / 2, 4)
+    assert summary["closed_loop"]["success_rate"] == 0.5
+    text = format_replay({"data_seed": 0, "episodes": [exact, noop], "summary": summary})
+    assert "steps 6+" in text and "success" in text
+
+
+def test_cli_replay_writes_the_replay_next_to_the_evaluation(tmp_path, capsys, one_thread):
+    from rt1.config import PRESETS
+    from rt1.evaluation.closed_loop import main
+    from rt1.model import RT1
+    from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
+
+    torch.manual_seed(0)
+    config = PRESETS["tiny"].model
+    checkpoint = tmp_path / "checkpoint-1.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
+                "model": RT1(config).state_dict(), "model_config": config.to_dict(), "train_args": {}}, checkpoint)
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(checkpoint), "--episodes", "1", "--task-family", "pick", "--max-steps", "5",
+                 "--replay", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "open-loop replay" in printed and "steps 1-5" in printed
+    replay = json.loads((out / "results.json").read_text())["replay"]
+    assert [e["index"] for e in replay["episodes"]] == [0, 1]
+    for e in replay["episodes"]:
+        assert len(e["abs_error"]["world_x"]) == len(record_episode(e["index"], 0)["steps"])
+        assert e["closed_loop"]["steps"] <= 5
+    assert main(["--checkpoint", str(checkpoint), "--episodes", "1", "--replay", "-1", "--out", str(out)]) == 2

@@ -11,7 +11,7 @@ from conftest import flatten_dict
 from rt1.rlds_spec import ACTION_SPEC, EPISODE_METADATA_SPEC, OBSERVATION_VECTORS, STEP_SPEC
 from rt1.sim.env import FractalSimEnv, register_env
 from rt1.sim.expert import ScriptedExpert, make_action, noop_policy
-from rt1.sim.record import episode_seeds, record_episode
+from rt1.sim.record import DART_STD, episode_seeds, record_episode, record_rollout
 from rt1.sim.scene import TASK_FAMILIES, drawer_handle, instruction_embedding
 
 
@@ -71,8 +71,11 @@ def test_gymnasium_env_checker_passes():
 def test_instruction_embedding_is_the_bundled_datasets():
     # Values of rt1.sim.mini_fractal.instruction_embedding, which recorded data must keep.
     e = instruction_embedding("pick coke can")
-    assert np.allclose(e[:4], [0.04451552, -0.07819158, -0.03510684, 0.01523583], atol=1e-7)
+    assert np.allclose(e[:4], [0.07632937, -0.03921415, -0.01740611, 0.00672644], atol=1e-7)
     assert abs(np.linalg.norm(e) - 1) < 1e-5
+    # Word order matters: which object to move is in the order of the names (words alone gave cosine 1.0).
+    a, b = instruction_embedding("move coke can near pepsi can"), instruction_embedding("move pepsi can near coke can")
+    assert float(a @ b) < 0.9
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,11 +288,13 @@ def test_record_episode_encodes_with_the_real_tfds_features():
         features.encode_example(record_episode(index, seed=0))
 
 
-def test_recorded_data_is_what_the_env_returns_when_its_actions_are_replayed():
-    """data == env: every recorded observation field, the operator-side ones included."""
+def test_recorded_data_is_what_the_env_returns_when_its_executed_actions_are_replayed():
+    """data == env: every recorded observation field, the operator-side ones included (DART: the executed
+    actions are the labels plus noise on world_vector only, so replaying the labels would not do)."""
     checked = set()
     for index in range(12):
-        episode = record_episode(index, seed=0)
+        episode, executed = record_rollout(index, seed=0)
+        assert len(executed) == len(episode["steps"]) - 1
         env = FractalSimEnv()
         obs, _ = env.reset(seed=episode_seeds(index, 0)[0])
         for t, step in enumerate(episode["steps"]):
@@ -298,12 +303,35 @@ def test_recorded_data_is_what_the_env_returns_when_its_actions_are_replayed():
             for key in obs:
                 assert np.array_equal(np.asarray(recorded[key]), np.asarray(obs[key])), (index, t, key)
             if t + 1 < len(episode["steps"]):
-                obs, *_ = env.step({**step["action"], "terminate_episode": np.array([0, 1, 0], np.int32)})
+                run = executed[t]
+                for key in ACTION_SPEC:
+                    if key not in ("world_vector", "terminate_episode"):
+                        assert np.array_equal(run[key], step["action"][key]), (index, t, key)
+                obs, *_ = env.step({**run, "terminate_episode": np.array([0, 1, 0], np.int32)})
         checked.add(episode["attributes"]["task_family_name"])
         commanded = [s["observation"]["gripper_closedness_commanded"][0] for s in episode["steps"]]
         applied = [s["action"]["gripper_closedness_action"][0] for s in episode["steps"]]
         assert commanded[0] == -1.0 and commanded[1:] == applied[:-1]  # the last command applied
     assert len(checked) >= 5
+
+
+def test_dart_recording_labels_the_clean_expert_action_at_states_off_its_path():
+    """Executed world_vector = label + N(0, DART_STD) noise; the label is the noise-free expert's action
+    at the visited state, so labels are the expert's -1/0/+1 per-axis commands, executed motion is not."""
+    labels, noise = [], []
+    for index in range(10):
+        episode, executed = record_rollout(index, seed=0)
+        for step, run in zip(episode["steps"], executed):
+            labels.append(step["action"]["world_vector"])
+            noise.append(run["world_vector"] - step["action"]["world_vector"])
+    labels, noise = np.array(labels), np.array(noise)
+    saturated = np.isclose(np.abs(labels), 1.0) | np.isclose(labels, 0.0)
+    assert saturated.mean() > 0.55  # the axis control law: most components are -1, 0 or +1 (measured 0.63)
+    unclipped = noise[np.abs(labels) < 0.5]
+    assert 0.7 * DART_STD < unclipped.std() < 1.3 * DART_STD and abs(unclipped.mean()) < 0.1
+    clean, clean_executed = record_rollout(2, seed=0, dart_std=0.0)
+    assert all(np.array_equal(s["action"]["world_vector"], r["world_vector"])
+               for s, r in zip(clean["steps"], clean_executed))
 
 
 def test_make_episode_is_the_recorded_expert_rollout():

@@ -19,13 +19,13 @@ Modules:
                     256x320x3, instruction, 512-d embedding, state vectors), RLDS action dicts, one
                     success predicate per task family, reward 1 on success
     rt1.sim.expert  ScriptedExpert (privileged, solves every family) and noop_policy: `obs -> action`
-    rt1.sim.record  record_episode(index, seed): one noisy expert rollout as a TFDS example dict;
+    rt1.sim.record  record_episode(index, seed): one DART-recorded expert rollout as a TFDS example dict;
                     `python -m rt1.sim.mini_fractal` writes the bundled dataset from it
 
 One model of the world: every observation in the bundled dataset is what FractalSimEnv returned
 (state fields included: `gripper_closedness_commanded` is the last gripper command applied,
-`vector_to_go` and `rotation_delta_to_go` are zeros), and replaying a recorded episode's actions in
-the env from its seed gives back its observations (tests/test_sim.py).
+`vector_to_go` and `rotation_delta_to_go` are zeros), and replaying a recorded episode's executed actions
+(`record_rollout`) in the env from its seed gives back its observations (tests/test_sim.py).
 
 Seeds: dataset episode `index` of seed S comes from `np.random.default_rng([S, index])`
 (`rt1.sim.record.episode_seeds`); closed-loop evaluation (`rt1.evaluation.closed_loop`) draws its

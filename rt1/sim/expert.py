@@ -15,7 +15,12 @@ A grasp that closed on the wrong thing restarts the plan, and so does a plan tha
 success (at most `MAX_RESTARTS` times). Once the task succeeds or the plan is given up, the expert
 stops: zero motion and `terminate_episode` [1, 0, 0]; every other action has [0, 1, 0]. With
 `noise_std` > 0 the commanded `world_vector` gets N(0, noise_std) noise from the expert's own rng, as
-the bundled dataset's actions do.
+the bundled dataset's actions did before DART-style recording (`rt1.sim.record`).
+
+Control law (`control`): "axis" (the default) moves each axis toward the goal at up to full speed,
+`world_vector = clip(delta / STEP_SIZE, -1, 1)`, so during an approach every component is -1, 0 or +1
+until the last step lands on the goal: actions a 256-bin tokenizer learns as a few classes. "line"
+is the earlier law: constant speed 1 along the straight line, components like 0.37 or -0.81.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from rt1.sim.scene import COUNTER, DRAWER_FAMILIES, STEP_SIZE, drawer_handle
 
 Goal = Callable[[FractalSimEnv, np.ndarray], np.ndarray]  # (env, tool position at phase start) -> (3,) point
 MAX_RESTARTS = 2
+CONTROL_LAWS = ("axis", "line")
 TERMINATE = np.array([1, 0, 0], np.int32)
 CONTINUE = np.array([0, 1, 0], np.int32)
 
@@ -124,8 +130,12 @@ class ScriptedExpert:
     `expert(obs)` returns the next RLDS action dict.
     """
 
-    def __init__(self, env: FractalSimEnv, noise_std: float = 0.03, seed: int | None = None) -> None:
+    def __init__(self, env: FractalSimEnv, noise_std: float = 0.03, seed: int | None = None,
+                 control: str = "axis") -> None:
+        if control not in CONTROL_LAWS:
+            raise ValueError(f"control must be one of {CONTROL_LAWS}, got {control!r}")
         self.env = env
+        self.control = control
         self.noise_std = noise_std
         self.rng = np.random.default_rng(seed)
         self._phases: list[Phase] = []
@@ -168,10 +178,15 @@ class ScriptedExpert:
             self._anchor = env.scene.gripper.copy()
         if phase.goal is not None:
             delta = phase.goal(env, self._anchor) - env.scene.gripper
-            distance = float(np.linalg.norm(delta))
-            # Constant speed along the straight line to the goal; the last step lands on it.
-            world_vector = delta / max(distance, STEP_SIZE)
-            finished = distance <= STEP_SIZE
+            if self.control == "axis":
+                # Each axis at up to full speed toward the goal; the last step lands on it.
+                world_vector = np.clip(delta / STEP_SIZE, -1.0, 1.0)
+                finished = float(np.abs(delta).max()) <= STEP_SIZE
+            else:
+                distance = float(np.linalg.norm(delta))
+                # Constant speed along the straight line to the goal; the last step lands on it.
+                world_vector = delta / max(distance, STEP_SIZE)
+                finished = distance <= STEP_SIZE
         else:
             world_vector = np.zeros(3)
             finished = self._phase_step + 1 >= phase.steps

@@ -6,7 +6,8 @@ writes `DIR/fractal20220817_data/0.1.0/` (dataset_info.json, features.json, TFRe
 `train` split) with the real dataset's feature spec (`rt1.rlds_spec`), so that
 `tfds.builder_from_directory(DIR/fractal20220817_data/0.1.0)` reads it as it reads the real one.
 
-Each episode is a rollout of the scripted expert (`rt1.sim.expert`, with action noise) in the
+Each episode is a rollout of the scripted expert (`rt1.sim.expert`), recorded DART-style (noise on
+the executed world_vector, the clean expert action as the label; `--dart-std`, 0 for none) in the
 closed-loop environment `rt1.sim.env.FractalSimEnv`, recorded by `rt1.sim.record.record_episode`:
 the data and the environment are one model of the world, and every recorded observation is what the
 environment returned. The scene: a table, a cabinet with three drawers and two or three coloured
@@ -31,7 +32,7 @@ from pathlib import Path
 from rt1.rlds_spec import DATASET_NAME, DATASET_VERSION
 from rt1.errors import RT1Error, run_cli
 from rt1.io import outermost_missing, remove_empty_dirs
-from rt1.sim.record import record_episode
+from rt1.sim.record import DART_STD, record_episode
 from rt1.sim.scene import instruction_embedding  # noqa: F401  (re-exported: the embedding of the data)
 
 
@@ -39,9 +40,9 @@ class MiniFractalError(RT1Error, ValueError):
     """A bad argument of the generator (the message names it)."""
 
 
-def make_episode(index: int, seed: int) -> dict:
+def make_episode(index: int, seed: int, dart_std: float = DART_STD) -> dict:
     """Episode `index` of the dataset for `seed`, as a TFDS example dict (RLDS layout)."""
-    return record_episode(index, seed)
+    return record_episode(index, seed, dart_std=dart_std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,8 +58,8 @@ def _builder_class():
         name = DATASET_NAME
         VERSION = tfds.core.Version(DATASET_VERSION)
 
-        def __init__(self, *, episodes: int, seed: int, **kwargs):
-            self._episodes, self._seed = episodes, seed
+        def __init__(self, *, episodes: int, seed: int, dart_std: float, **kwargs):
+            self._episodes, self._seed, self._dart_std = episodes, seed, dart_std
             super().__init__(**kwargs)
 
         def _info(self):
@@ -75,7 +76,7 @@ def _builder_class():
 
         def _generate_examples(self):
             for i in range(self._episodes):
-                yield i, make_episode(i, self._seed)
+                yield i, make_episode(i, self._seed, self._dart_std)
 
     return MiniFractal
 
@@ -100,7 +101,8 @@ def _read_like_the_real_dataset(version_dir: Path) -> None:
     info_path.write_text(json.dumps(info, indent=2))
 
 
-def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = False, shards: int | None = None) -> Path:
+def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = False, shards: int | None = None,
+                  dart_std: float = DART_STD) -> Path:
     """Write the dataset under `out`; returns the version directory to pass to builder_from_directory."""
     if episodes < 1:
         raise MiniFractalError(f"--episodes must be at least 1, got {episodes}")
@@ -108,6 +110,8 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
         raise MiniFractalError(f"--seed must be >= 0, got {seed}")
     if shards is not None and shards < 1:
         raise MiniFractalError(f"--shards must be at least 1, got {shards}")
+    if not dart_std >= 0:
+        raise MiniFractalError(f"--dart-std must be >= 0, got {dart_std}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
@@ -120,7 +124,7 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
     shards = shards or default_shards(episodes)
     try:
         with tempfile.TemporaryDirectory(dir=out, prefix=".mini_fractal-") as tmp:
-            builder = _builder_class()(episodes=episodes, seed=seed, data_dir=tmp)
+            builder = _builder_class()(episodes=episodes, seed=seed, dart_std=dart_std, data_dir=tmp)
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
                 num_shards=shards, try_download_gcs=False))
             _read_like_the_real_dataset(Path(tmp) / DATASET_NAME / DATASET_VERSION)
@@ -143,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, required=True, help="number of episodes (>= 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset (default 0)")
     parser.add_argument("--shards", type=int, default=None, help=f"TFRecord shards (default: about {EPISODES_PER_SHARD} episodes per shard)")
+    parser.add_argument("--dart-std", type=float, default=DART_STD,
+                        help="std of the noise on the executed world_vector; labels are the clean expert action "
+                             "(default %(default)s; 0: the noise-free expert)")
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     args = parser.parse_args(argv)
 
     def run(_) -> int:
-        path = write_dataset(args.out, args.episodes, args.seed, args.overwrite, args.shards)
+        path = write_dataset(args.out, args.episodes, args.seed, args.overwrite, args.shards, args.dart_std)
         print(f"wrote {args.episodes} episodes to {path}")
         return 0
 

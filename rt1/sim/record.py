@@ -6,8 +6,15 @@ is_terminal / reward), same family distribution, and ~8% of episodes cut to 2..5
 real episodes are. Step t holds the observation before action t; the last step holds the final
 observation and the expert's stop action (terminate_episode [1, 0, 0]; [0, 1, 0] before it).
 Every recorded observation is exactly what `FractalSimEnv` returned (state fields included), so the
-data and the environment agree field by field: replaying an episode's actions in
-`FractalSimEnv().reset(seed=episode_seeds(index, seed)[0])` gives back its observations.
+data and the environment agree field by field: replaying an episode's *executed* actions
+(`record_rollout`) in `FractalSimEnv().reset(seed=episode_seeds(index, seed)[0])` gives back its
+observations.
+
+DART-style recording (Laskey et al. 2017): the env executes the expert's action with N(0, `DART_STD`)
+noise on its `world_vector`, and the step is labelled with the expert's clean action at the state the
+noisy one led to. So the data shows states off the expert's straight path together with the action
+that recovers from them, and the labels carry no noise. (Before: the noise was on the label itself and
+the executed path stayed the expert's.) `dart_std=0` records the noise-free expert.
 
 Seeds: episode `index` of the dataset for `seed` draws everything from
 `np.random.default_rng([seed, index])` (see `episode_seeds`). Closed-loop evaluation draws its
@@ -23,7 +30,7 @@ from rt1.sim.expert import CONTINUE, TERMINATE, ScriptedExpert
 from rt1.sim.scene import TASK_FAMILIES
 
 TRUNCATE_PROBABILITY = 0.08  # fraction of episodes cut to 2..5 steps
-NOISE_STD = 0.03  # expert world_vector noise in recorded episodes
+DART_STD = 0.3  # world_vector noise of the executed action (the label is the expert's clean action)
 
 
 def _record_step(obs: dict, action: dict) -> dict:
@@ -37,24 +44,39 @@ def episode_seeds(index: int, seed: int) -> tuple[int, int, np.random.Generator]
     return env_seed, noise_seed, rng
 
 
-def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS) -> dict:
-    """Episode `index` of the dataset for `seed`: one noisy expert rollout, as a TFDS example dict.
+def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS, *, dart_std: float = DART_STD,
+                   control: str = "axis") -> dict:
+    """Episode `index` of the dataset for `seed`: one DART-noised expert rollout, as a TFDS example dict.
 
-    Deterministic in (index, seed). The environment seed, the expert's noise and the truncation draw
-    all come from `np.random.default_rng([seed, index])`.
+    Deterministic in (index, seed). The environment seed, the executed actions' noise and the
+    truncation draw all come from `np.random.default_rng([seed, index])`.
     """
+    return record_rollout(index, seed, max_steps, dart_std=dart_std, control=control)[0]
+
+
+def record_rollout(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS, *, dart_std: float = DART_STD,
+                   control: str = "axis") -> tuple[dict, list[dict]]:
+    """(the TFDS example dict of `record_episode`, the actions the env executed after each recorded step)."""
+    if dart_std < 0:
+        raise ValueError(f"dart_std must be >= 0, got {dart_std}")
     env_seed, noise_seed, rng = episode_seeds(index, seed)
     env = FractalSimEnv(max_steps=max_steps)
-    expert = ScriptedExpert(env, noise_std=NOISE_STD, seed=noise_seed)
+    expert = ScriptedExpert(env, noise_std=0.0, control=control)
+    noise = np.random.default_rng(noise_seed)
     obs, info = env.reset(seed=env_seed)
     expert.reset()
-    steps = []
+    steps, executed = [], []
     while True:
         action = expert(obs)
         steps.append(_record_step(obs, action))
         if action["terminate_episode"][0] == 1:
             break
-        obs, _reward, terminated, truncated, info = env.step(action)
+        run = dict(action)
+        if dart_std > 0:
+            run["world_vector"] = np.clip(action["world_vector"] + noise.normal(0.0, dart_std, size=3),
+                                          -1.0, 1.0).astype(np.float32)
+        executed.append(run)
+        obs, _reward, terminated, truncated, info = env.step(run)
         if terminated or truncated:
             # The final observation, with the expert's stop (it terminates once the task succeeded).
             steps.append(_record_step(obs, expert.stop_action()))
@@ -82,4 +104,4 @@ def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS) ->
             "task_family": TASK_FAMILIES.index(family), "task_family_name": family,
         },
         "steps": steps,
-    }
+    }, executed[: len(steps) - 1]

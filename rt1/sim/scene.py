@@ -71,10 +71,15 @@ def instruction_text(family: str, target: str | None, other: str | None, drawer:
 
 
 def instruction_embedding(instruction: str) -> np.ndarray:
-    """Deterministic unit-norm float32 (512,) embedding: normalised sum of per-word random vectors."""
+    """Deterministic unit-norm float32 (512,) embedding: normalised sum of per-word and per-bigram random vectors.
+
+    The bigrams make it order-sensitive: with words alone, "move coke can near pepsi can" and "move pepsi can
+    near coke can" had the same embedding (cosine 1.0), so no policy could tell which object to move.
+    """
+    words = instruction.split()
     total = np.zeros(EMBEDDING_DIM, np.float64)
-    for word in instruction.split():
-        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+    for term in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+        seed = int.from_bytes(hashlib.sha256(term.encode()).digest()[:8], "little")
         total += np.random.default_rng(seed).standard_normal(EMBEDDING_DIM)
     return (total / np.linalg.norm(total)).astype(np.float32)
 
