@@ -10,7 +10,7 @@ directory of `python -m rt1.export`; with --server the policy acts through `pyth
 
 import sys
 
-from rt1.evaluation.closed_loop import main
+from rt1.evaluation.closed_loop_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

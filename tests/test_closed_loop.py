@@ -191,7 +191,7 @@ def test_tiny_random_model_writes_results_and_a_readable_gif(tmp_path, one_threa
 
 
 def test_cli_bad_input_is_a_one_line_error(tmp_path, capsys):
-    from rt1.evaluation.closed_loop import main
+    from rt1.evaluation.closed_loop_cli import main
 
     missing = tmp_path / "nope.pt"
     assert main(["--checkpoint", str(missing), "--episodes", "2", "--out", str(tmp_path / "out")]) == 2
@@ -209,7 +209,7 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path, capsys):
 
 def test_cli_writes_results_json_with_the_three_policies(tmp_path, capsys, one_thread):
     from rt1.config import PRESETS
-    from rt1.evaluation.closed_loop import main
+    from rt1.evaluation.closed_loop_cli import main
     from rt1.model import RT1
     from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 
@@ -252,7 +252,7 @@ class _ScriptPolicy:
 
 
 def test_replay_errors_are_zero_for_the_recorded_actions_and_the_actions_themselves_for_a_noop():
-    from rt1.evaluation.closed_loop import REPLAY_DIMS, format_replay, replay_episode, replay_summary
+    from rt1.evaluation.replay import REPLAY_DIMS, format_replay, replay_episode, replay_summary
 
     index = next(i for i in range(20) if record_episode(i, 0)["attributes"]["task_family_name"] == "pick"
                  and len(record_episode(i, 0)["steps"]) > 8)
@@ -278,7 +278,7 @@ def test_replay_errors_are_zero_for_the_recorded_actions_and_the_actions_themsel
 
 def test_cli_replay_writes_the_replay_next_to_the_evaluation(tmp_path, capsys, one_thread):
     from rt1.config import PRESETS
-    from rt1.evaluation.closed_loop import main
+    from rt1.evaluation.closed_loop_cli import main
     from rt1.model import RT1
     from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 

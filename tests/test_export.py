@@ -156,7 +156,7 @@ BROKEN = {
 
 @pytest.mark.parametrize("kind", list(BROKEN))
 def test_a_broken_directory_is_a_one_line_error(exported, tmp_path, capsys, kind):
-    from rt1.evaluation.closed_loop import main
+    from rt1.evaluation.closed_loop_cli import main
 
     directory = _copy(exported, tmp_path)
     damage, expected = BROKEN[kind]

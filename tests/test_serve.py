@@ -231,7 +231,7 @@ def test_sigterm_stops_the_server_cleanly(exported):
 
 
 def test_closed_loop_evaluation_through_the_server_equals_in_process(server, exported, tmp_path, capsys):
-    from rt1.evaluation.closed_loop import main
+    from rt1.evaluation.closed_loop_cli import main
 
     common = ["--episodes", "2", "--task-family", "pick", "knock_over", "--max-steps", "12", "--seed", "5"]
     assert main(["--server", server, *common, "--out", str(tmp_path / "served")]) == 0
@@ -275,7 +275,7 @@ def test_closed_loop_actions_through_the_server_are_the_in_process_ones(server, 
 
 
 def test_cli_help_and_one_line_errors(tmp_path, capsys):
-    from rt1.evaluation.closed_loop import main as eval_main
+    from rt1.evaluation.closed_loop_cli import main as eval_main
     from rt1.serve import main
 
     with pytest.raises(SystemExit) as info:

@@ -40,8 +40,8 @@ import numpy as np
 
 from rt1.data.images import JPEG_QUALITY, training_frame
 from rt1.rlds_spec import ACTION_SPEC
-from rt1.errors import RT1Error, run_cli
-from rt1.io import atomic_output, check_output_dir_option
+from rt1.errors import RT1Error
+from rt1.io import atomic_output
 from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv
 from rt1.sim.expert import ScriptedExpert, noop_policy
 from rt1.sim.scene import TASK_FAMILIES
@@ -292,92 +292,6 @@ def format_table(results: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Open-loop replay of recorded episodes, next to closed-loop rollouts of the same scenes
-
-REPLAY_DIMS = ("world_x", "world_y", "world_z", "roll", "pitch", "yaw", "gripper", "terminate")
-REPLAY_STEP_BUCKETS = (("step 0", 0, 1), ("steps 1-5", 1, 6), ("steps 6+", 6, None))
-
-
-def replay_episode(make_policy_fn: PolicyFactory, index: int, data_seed: int = 0,
-                   max_steps: int = MAX_EPISODE_STEPS) -> dict[str, Any]:
-    """Recorded episode `index` of the bundled dataset for `data_seed`, open loop and closed loop.
-
-    Open loop: the recorded frames (through `training_frame`, as the policy sees live ones) are fed to
-    a fresh policy in order and each action is compared with the recorded action of that step.
-    Closed loop: the same policy acts from the same scene (the episode's env seed and family).
-    Returns {index, family, instruction, steps, abs_error {dim: (steps,)}, closed_loop {success, steps,
-    outcome}}; terminate's error is 1 where the predicted class differs.
-    """
-    from rt1.actions import ACTION_DIM_NAMES, flatten_actions
-    from rt1.sim.record import episode_seeds, record_episode
-
-    episode = record_episode(index, data_seed)
-    env = FractalSimEnv(max_steps=max_steps)
-    policy = make_policy_fn(env)
-    if hasattr(policy, "reset"):
-        policy.reset()
-    predicted, recorded = [], []
-    for step in episode["steps"]:
-        predicted.append(flatten_actions(env_action(policy(step["observation"]))))
-        recorded.append(flatten_actions(step["action"]))
-    error = np.abs(np.stack(predicted) - np.stack(recorded))
-    columns = [ACTION_DIM_NAMES.index(d) for d in REPLAY_DIMS]
-    error[:, ACTION_DIM_NAMES.index("terminate")] = error[:, ACTION_DIM_NAMES.index("terminate")] > 0
-    family = episode["attributes"]["task_family_name"]
-    scene = EvalEpisode(index, family, episode_seeds(index, data_seed)[0])
-    record, _frames = run_episode(env, policy, scene)
-    return {"index": index, "family": family, "instruction": record["instruction"], "steps": len(predicted),
-            "abs_error": {d: error[:, c].round(4).tolist() for d, c in zip(REPLAY_DIMS, columns)},
-            "closed_loop": {k: record[k] for k in ("success", "steps", "outcome")}}
-
-
-def replay_summary(episodes: Sequence[dict]) -> dict[str, Any]:
-    """Mean absolute error per dimension over all replayed steps and per step bucket, and closed-loop success."""
-    summary: dict[str, Any] = {"mean_abs_error": {}, "by_step": {}}
-    for dim in REPLAY_DIMS:
-        values = np.concatenate([e["abs_error"][dim] for e in episodes])
-        summary["mean_abs_error"][dim] = round(float(values.mean()), 4)
-    for name, lo, hi in REPLAY_STEP_BUCKETS:
-        row = {}
-        for dim in REPLAY_DIMS:
-            values = [v for e in episodes for v in e["abs_error"][dim][lo:hi]]
-            row[dim] = round(float(np.mean(values)), 4) if values else None
-        summary["by_step"][name] = row
-    summary["closed_loop"] = summarize([e["closed_loop"] for e in episodes])
-    return summary
-
-
-def replay_recorded(make_policy_fn: PolicyFactory, count: int, data_seed: int = 0,
-                    max_steps: int = MAX_EPISODE_STEPS) -> dict[str, Any]:
-    """`replay_episode` for recorded episodes 0..count-1 -> {"episodes": [...], "summary": ..., "data_seed"}."""
-    if count < 1:
-        raise ClosedLoopError(f"--replay must be at least 1 episode, got {count}")
-    episodes = [replay_episode(make_policy_fn, i, data_seed, max_steps) for i in range(count)]
-    return {"data_seed": data_seed, "episodes": episodes, "summary": replay_summary(episodes)}
-
-
-def format_replay(replay: dict) -> str:
-    """Per-episode and per-step-bucket open-loop errors next to each scene's closed-loop outcome."""
-    dims = REPLAY_DIMS
-    header = f"{'episode':<42}" + "".join(f"{d:>9}" for d in dims) + "   closed loop"
-    lines = [f"open-loop replay of recorded episodes (data seed {replay['data_seed']}): mean |predicted - recorded| "
-             "per dimension (terminate: wrong-class rate)", header, "-" * len(header)]
-    for e in replay["episodes"]:
-        label = f"{e['index']:>3} {e['instruction'][:30]:<30} {e['steps']:>3} st"
-        cells = "".join(f"{np.mean(e['abs_error'][d]):>9.3f}" for d in dims)
-        c = e["closed_loop"]
-        lines.append(f"{label:<42}{cells}   {c['outcome']} ({c['steps']} st)")
-    summary = replay["summary"]
-    lines.append("-" * len(header))
-    for name, row in summary["by_step"].items():
-        lines.append(f"{'all episodes, ' + name:<42}" + "".join(
-            f"{row[d]:>9.3f}" if row[d] is not None else f"{'-':>9}" for d in dims))
-    lines.append(f"{'all episodes, all steps':<42}" + "".join(f"{summary['mean_abs_error'][d]:>9.3f}" for d in dims)
-                 + f"   {summary['closed_loop']['success_rate']:.0%} success")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
 # Rollout animations
 
 
@@ -409,87 +323,3 @@ def write_rollout_gif(path: Path, frames: Sequence[np.ndarray], instruction: str
     durations = [GIF_FRAME_MS] * (len(images) - 1) + [GIF_LAST_FRAME_MS]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False)
     return path
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python eval_closed_loop.py",
-        description="Closed-loop success rates of a trained RT-1 policy in the simulated fractal scene, "
-                    "next to the scripted expert and a no-op policy on the same evaluation seeds.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path,
-                        help="checkpoint-{epoch}.pt from train_ddp.py, or a model directory from python -m rt1.export")
-    source.add_argument("--server", help="act through a policy server (python -m rt1.serve) instead, e.g. "
-                                         "ws://127.0.0.1:8000; it applies its model's image preprocessing")
-    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy (default 100)")
-    parser.add_argument("--task-family", nargs="+", choices=TASK_FAMILIES, default=list(TASK_FAMILIES),
-                        metavar="F", help=f"task families, taken in turn (default: all seven: {', '.join(TASK_FAMILIES)})")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="evaluation seed (default 0); evaluation scenes are never training episodes")
-    parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
-    parser.add_argument("--videos", type=int, default=0, help="GIF rollouts of the first K policy episodes (default 0)")
-    parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS,
-                        help="step limit per episode (default %(default)s)")
-    parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
-                        help="stage 2's --jpeg-quality of the training data (default %(default)s; with --server "
-                             "the server's own setting applies)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: one small-batch step gains nothing from more)")
-    parser.add_argument("--replay", type=int, default=0, metavar="N",
-                        help="also replay the first N recorded episodes of the bundled dataset open loop (per-dimension "
-                             "action error against the recorded actions) next to closed-loop rollouts of the same "
-                             "scenes; written to results.json under 'replay' (default 0: none)")
-    parser.add_argument("--replay-seed", type=int, default=0,
-                        help="the bundled dataset's --seed the replayed episodes come from (default 0, the demo's)")
-    parser.add_argument("--out", type=Path, required=True, help="directory for results.json and videos/")
-    args = parser.parse_args(argv)
-
-    def run(_) -> int:
-        if args.videos < 0 or args.threads < 1 or args.max_steps < 1 or not 1 <= args.jpeg_quality <= 100:
-            raise ClosedLoopError("--videos must be >= 0, --threads and --max-steps >= 1, --jpeg-quality 1..100")
-        if not math.isfinite(args.cond_scale):  # NaN would "succeed" with 0% and write invalid JSON
-            raise ClosedLoopError(f"--cond-scale must be a finite number, got {args.cond_scale}")
-        check_output_dir_option(args.out)
-        if args.replay < 0 or args.replay_seed < 0:
-            raise ClosedLoopError("--replay and --replay-seed must be >= 0")
-        evaluation_episodes(args.episodes, args.task_family, args.seed)  # bad values fail before loading torch
-        common = (args.episodes, args.task_family, args.seed, args.max_steps, args.out, args.videos)
-        if args.server:
-            from rt1.serve import PolicyClient, ServedEnvPolicy
-
-            with PolicyClient(args.server) as client:
-                served = client.info()["model"]
-                results = closed_loop_evaluation(
-                    lambda env: ServedEnvPolicy(client, args.cond_scale), *common,
-                    settings={"server": args.server, "model": served["path"], "cond_scale": args.cond_scale,
-                              "jpeg_quality": served["jpeg_quality"]})
-        else:
-            import torch
-
-            from rt1.model import load_model
-
-            torch.set_num_threads(args.threads)
-            model, _config, _train_args = load_model(args.checkpoint)
-            results = closed_loop_evaluation(
-                rt1_policy_factory(model, args.cond_scale, args.jpeg_quality), *common,
-                settings={"checkpoint": str(args.checkpoint), "cond_scale": args.cond_scale,
-                          "jpeg_quality": args.jpeg_quality})
-        print(format_table(results))
-        if args.replay:
-            factory = rt1_policy_factory(model, args.cond_scale, args.jpeg_quality)
-            results["replay"] = replay_recorded(factory, args.replay, args.replay_seed, args.max_steps)
-            write_results(args.out / "results.json", results)
-            print()
-            print(format_replay(results["replay"]))
-        print(f"wrote {args.out / 'results.json'}")
-        for path in results["policy"].get("videos", []):
-            print(f"  {path}")
-        return 0
-
-    return run_cli(run)

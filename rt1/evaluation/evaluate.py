@@ -148,7 +148,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     written atomically.
     """
     from rt1.data.preprocessed_file import PreprocessedFile
-    from rt1.model import check_model_path, load_model, read_checkpoint
+    from rt1.model import check_model_path, load_model
     from rt1.policy import RT1Policy
 
     check_model_path(cfg.checkpoint)  # a missing or unreadable checkpoint fails before any output is made
