@@ -305,6 +305,20 @@ def test_an_index_row_naming_a_file_its_sidecar_does_not_list_is_refused(tiny_da
         RT1Dataset(csv, data_dir)
 
 
+# ---- 6. resuming with another --optimizer is refused up front --------------------------------------------
+
+
+def test_resume_with_another_optimizer_is_refused_before_anything_is_written(tiny_data, tmp_path):
+    save = tmp_path / "save"
+    first = run(train_cmd(tiny_data, save, "--max-steps", "1"))  # the tiny preset trains with AdamW
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.stat().st_size for p in save.iterdir()}
+    proc = run(train_cmd(tiny_data, save, "--max-steps", "2", "--optimizer", "sgd"))
+    line = assert_one_line_error(proc, 1, "--optimizer adamw, this run asks for --optimizer sgd")
+    assert "checkpoint-" in line
+    assert {p.name: p.stat().st_size for p in save.iterdir()} == before  # metrics.jsonl untouched, no new files
+
+
 # ---- 7. eval_closed_loop refuses a non-finite --cond-scale ------------------------------------------------
 
 

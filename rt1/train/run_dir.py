@@ -96,6 +96,26 @@ def check_resume_fits(contents: dict, path: Path, cfg: TrainConfig, model_config
         log.warning("resuming with changed settings: " + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed))
 
 
+def load_resume(cfg: TrainConfig) -> tuple[Path | None, dict | None]:
+    """(the checkpoint to resume, its contents), or (None, None) for a fresh run; checked before anything is written."""
+    path = find_resume(cfg)
+    if path is None:
+        return None, None
+    contents = ckpt.load_checkpoint(path)
+    check_same_optimizer(contents, path, cfg)
+    return path, contents
+
+
+def check_same_optimizer(contents: dict, path: Path, cfg: TrainConfig) -> None:
+    """A checkpoint's optimizer state fits only the optimizer that wrote it: another --optimizer is refused
+    before anything is written (starting it fresh would silently drop the momentum the run had built)."""
+    saved = contents.get("train_args", {}).get("optimizer")
+    if saved is not None and saved != cfg.optimizer:
+        raise ResumeError(f"{path} was trained with --optimizer {saved}, this run asks for --optimizer "
+                          f"{cfg.optimizer}: its optimizer state cannot be resumed by another optimizer; resume with "
+                          f"--optimizer {saved}, or start a new --save-dir")
+
+
 def load_weights(model, contents: dict | None, path: Path | None):
     """`model` with the checkpoint's weights (none: as it is); ResumeError when they do not fit."""
     if contents is None:
@@ -129,5 +149,6 @@ def report_resume(log, contents: dict, path: Path, state: TrainState, steps_per_
              "of it)")
 
 
-__all__ = ["load_weights", "report_resume", "LOCK_FILE", "ResumeError", "SaveDirInUseError", "take_save_dir", "find_resume", "check_resume_fits",
+__all__ = ["load_weights", "report_resume", "LOCK_FILE", "ResumeError", "SaveDirInUseError", "take_save_dir", "find_resume", "load_resume", "check_same_optimizer",
+           "check_resume_fits",
            "check_position"]

@@ -30,7 +30,7 @@ from rt1.train import distributed as D
 from rt1.train.checkpoint import TrainState, seed_everything
 from rt1.train.loaders import RunData, TimedBatches, TrainSetupError
 from rt1.train.optim import Optimisation, schedule_length
-from rt1.train.run_dir import (ResumeError, SaveDirInUseError, check_position, check_resume_fits, find_resume,
+from rt1.train.run_dir import (ResumeError, SaveDirInUseError, check_position, check_resume_fits, load_resume,
                                load_weights, report_resume, take_save_dir)
 from rt1.train.runlog import (RunLog, ThroughputMeter, progress_bar, report_epoch, report_step, report_validation,
                               setup_message)
@@ -59,7 +59,7 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
     lock, created, started = None, None, False
     try:
         lock, created = take_save_dir(cfg)
-        contents = ckpt.load_checkpoint(resume_path) if (resume_path := find_resume(cfg)) is not None else None
+        resume_path, contents = load_resume(cfg)
         with Trainer(cfg, info, resume_path, contents) as trainer:
             started = True
             return trainer.run()
