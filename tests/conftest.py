@@ -107,3 +107,14 @@ def index_dir(preprocessed_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("index")
     build_index(preprocessed_dir, out, val_fraction=0.2, seed=0)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (closed-loop rollouts and tiny training: faster, and repeatable)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

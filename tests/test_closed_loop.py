@@ -150,14 +150,6 @@ def test_expert_and_noop_baselines_on_the_same_seeds():
     assert all(s["episodes"] == 2 and set(s) == SUMMARY_KEYS for s in expert["per_family"].values())
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tiny_random_model_writes_results_and_a_readable_gif(tmp_path, one_thread):
     from PIL import Image
 
@@ -207,17 +199,23 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_writes_results_json_with_the_three_policies(tmp_path, capsys, one_thread):
+def _random_tiny_checkpoint(path):
+    """A checkpoint of the tiny preset with seeded random weights, as training writes it."""
     from rt1.config import PRESETS
-    from rt1.evaluation.closed_loop_cli import main
     from rt1.model import RT1
     from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 
     torch.manual_seed(0)
     config = PRESETS["tiny"].model
-    checkpoint = tmp_path / "checkpoint-1.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-                "model": RT1(config).state_dict(), "model_config": config.to_dict(), "train_args": {}}, checkpoint)
+                "model": RT1(config).state_dict(), "model_config": config.to_dict(), "train_args": {}}, path)
+    return path
+
+
+def test_cli_writes_results_json_with_the_three_policies(tmp_path, capsys, one_thread):
+    from rt1.evaluation.closed_loop_cli import main
+
+    checkpoint = _random_tiny_checkpoint(tmp_path / "checkpoint-1.pt")
     out = tmp_path / "eval"
     assert main(["--checkpoint", str(checkpoint), "--episodes", "2", "--task-family", "knock_over",
                  "--max-steps", "10", "--out", str(out)]) == 0
@@ -277,16 +275,9 @@ def test_replay_errors_are_zero_for_the_recorded_actions_and_the_actions_themsel
 
 
 def test_cli_replay_writes_the_replay_next_to_the_evaluation(tmp_path, capsys, one_thread):
-    from rt1.config import PRESETS
     from rt1.evaluation.closed_loop_cli import main
-    from rt1.model import RT1
-    from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 
-    torch.manual_seed(0)
-    config = PRESETS["tiny"].model
-    checkpoint = tmp_path / "checkpoint-1.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-                "model": RT1(config).state_dict(), "model_config": config.to_dict(), "train_args": {}}, checkpoint)
+    checkpoint = _random_tiny_checkpoint(tmp_path / "checkpoint-1.pt")
     out = tmp_path / "eval"
     assert main(["--checkpoint", str(checkpoint), "--episodes", "1", "--task-family", "pick", "--max-steps", "5",
                  "--replay", "2", "--out", str(out)]) == 0

@@ -24,14 +24,6 @@ pytestmark = pytest.mark.slow
 OVERFIT = {"preset": "demo", "episodes": 4, "data_seed": 18, "lr": 2e-3, "batch_size": 16, "steps": 300}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_policy_solves_the_scenes_of_the_episodes_it_memorised(tmp_path, one_thread):
     from rt1.data.convert import ConvertConfig, convert
     from rt1.data.dataset import RT1Dataset

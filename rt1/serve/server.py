@@ -17,8 +17,6 @@ from rt1.serve.protocol import (
 )
 
 
-
-
 # ---- the server -------------------------------------------------------------------------------------
 
 
@@ -215,10 +213,6 @@ class PolicyServer:
                 loop.remove_signal_handler(signum)
             self.executor.shutdown(wait=True)
         return received
-
-
-# ---- the client -------------------------------------------------------------------------------------
-
 
 
 def main(argv: list[str] | None = None) -> int:
