@@ -342,3 +342,14 @@ def test_make_episode_is_the_recorded_expert_rollout():
     for x, y in zip(a["steps"], b["steps"]):
         fx, fy = flatten_dict(x), flatten_dict(y)
         assert all(np.array_equal(fx[k], fy[k]) for k in fx)
+
+
+def test_instruction_embeddings_tell_which_object_moves_near_which():
+    # A bag of words gave "move A near B" and "move B near A" the same embedding (cosine 1.0): the policy could
+    # not know which object to move. Word pairs make the embedding order-sensitive.
+    from rt1.sim.scene import instruction_embedding
+
+    a = instruction_embedding("move coke can near pepsi can")
+    b = instruction_embedding("move pepsi can near coke can")
+    assert float(a @ b) < 0.95
+    assert np.array_equal(a, instruction_embedding("move coke can near pepsi can"))  # deterministic
