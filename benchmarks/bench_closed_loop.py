@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from bundled_data import build_bundled_data, run as run_command  # noqa: E402
 from rt1.config import PRESETS  # noqa: E402
 
-TINY = PRESETS["demo"]  # the demo's recipe (issue #18)
+DEMO = PRESETS["demo"]  # the demo's recipe (issue #18)
 DEMO_PROCESSES = 2  # the demo's step: its per-process batch and lr times the demo's 2 processes, in one process
 TOKENISATIONS = ("ours", "original")
 
@@ -55,7 +55,7 @@ def _run(args: list, env: dict | None = None) -> None:
 
 def build_data(work: Path, episodes: int) -> tuple[Path, Path]:
     """The bundled dataset through stages 1-3 (the demo's commands)."""
-    return build_bundled_data(work, episodes, image_size=TINY.model.image_size, episodes_per_segment=20, val_fraction=0.05,
+    return build_bundled_data(work, episodes, image_size=DEMO.model.image_size, episodes_per_segment=20, val_fraction=0.05,
                               label="bench_closed_loop")
 
 
@@ -105,15 +105,14 @@ def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max
 
     torch.set_num_threads(1)
     seed_everything(seed)
-    config, train = TINY.model, TINY.train
     # The demo preset's run as train_ddp.py --preset demo configures it (lrf 0.1 over --max-steps).
-    cfg = TrainConfig(preset="demo", data_dir=data_dir, train_index=train_index, max_steps=max_steps)
-    model = RT1(config)
+    cfg = TrainConfig(preset=DEMO.name, data_dir=data_dir, train_index=train_index, max_steps=max_steps)
+    model = RT1(cfg.model_config)
     lr = peak_lr(cfg, DEMO_PROCESSES)  # the demo's 2 processes' step, taken by one process
     optimizer = build_optimizer(model, cfg, lr)
     scheduler = build_scheduler(optimizer, cfg, lr, max_steps)
-    dataset = RT1Dataset(train_index, data_dir, augment=train["augment"])
-    loader = DataLoader(dataset, batch_size=train["batch_size"] * DEMO_PROCESSES, shuffle=True, drop_last=True, num_workers=0,
+    dataset = RT1Dataset(train_index, data_dir, augment=cfg.augment)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size * DEMO_PROCESSES, shuffle=True, drop_last=True, num_workers=0,
                         generator=torch.Generator().manual_seed(seed))
     history = []
 
