@@ -57,6 +57,10 @@ class RT1Config:
     num_learned_tokens: int = 8         # TokenLearner tokens per frame
     token_learner_ff_mult: int = 2
     token_learner_pooling: str = "softmax"  # "softmax" (Google, with LayerNorm) | "mean" (original, no norm)
+    # A learned embedding of each feature-map position, added before TokenLearner pools the map, so the tokens
+    # say where what they pooled is (MaxViT's relative attention bias and the pooling are translation-blind).
+    # Neither the original nor RT-1 has it; the demo preset does (issue #18).
+    feature_position_embedding: bool = False
     transformer_kv_source: str = "modulated"  # "modulated": k, v from FiLM(LN(x)) | "input": from x (original)
     # text conditioning (FiLM + classifier-free guidance)
     text_embed_dim: int = EMBEDDING_DIM  # the dataset's Universal Sentence Encoder embedding (512)
@@ -85,9 +89,9 @@ class RT1Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RT1Config.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.activation_checkpointing, bool):
-            raise ConfigError(f"RT1Config.activation_checkpointing must be True or False, "
-                              f"got {self.activation_checkpointing!r}")
+        for name in ("activation_checkpointing", "feature_position_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"RT1Config.{name} must be True or False, got {getattr(self, name)!r}")
         value = self.attention_memory_kv
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"RT1Config.attention_memory_kv must be a non-negative integer, got {value!r}")

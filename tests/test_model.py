@@ -259,6 +259,24 @@ def test_time_embedding_makes_position_matter(model):
     assert (logits[:, 0] - logits[:, 5]).abs().max() > 1e-4
 
 
+def test_feature_position_embedding_is_added_before_the_token_learner():
+    config = TINY.replace(feature_position_embedding=True)
+    side = config.feature_map_sizes[-1]
+    torch.manual_seed(0)
+    model = randomize_film(RT1(config)).eval()
+    assert model.feature_position.shape == (side, side, config.embed_dim)
+    assert "feature_position" not in RT1(TINY).state_dict()
+    video, text = inputs(config, batch=1, frames=1)
+    frames = video[:, :, 0]
+    with torch.no_grad():
+        before = model.encode_frames(frames, text)
+        model.feature_position.normal_(0.0, 1.0)
+        after = model.encode_frames(frames, text)
+    assert (before - after).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="feature_position_embedding must be True or False, got 'yes'"):
+        TINY.replace(feature_position_embedding="yes")
+
+
 # ---- classifier-free guidance ---------------------------------------------------------------------
 
 

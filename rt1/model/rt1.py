@@ -3,7 +3,7 @@
     video (B, 3, F, H, W) uint8 pixels, text_embeds (B, E)
       pixels:        uint8 -> float as config.pixel_scaling says (`normalize_video`), inside encode_frames
       condition:     text -> shared MLP stem -> FiLM modulations of every layer (`Conditioning`)
-      encode_frames: every frame -> MaxViT (FiLM) -> TokenLearner -> tokens (B*F, n, D)
+      encode_frames: every frame -> MaxViT (FiLM) [+ position embedding] -> TokenLearner -> tokens (B*F, n, D)
       decode:        tokens (B, F, n, D) -> causal Transformer (FiLM) -> mean over the n tokens
                      -> LayerNorm -> Linear -> logits (B, F, num_actions, num_bins)
 
@@ -42,6 +42,9 @@ class RT1(nn.Module):
         self.config = config = config if config is not None else RT1Config()
         self.conditioner = TextConditioner(config.text_embed_dim, config.cond_dim)
         self.vit = MaxViT(config)
+        if config.feature_position_embedding:
+            side = config.feature_map_sizes[-1]
+            self.feature_position = nn.Parameter(torch.zeros(side, side, config.embed_dim))
         self.token_learner = TokenLearner(config.embed_dim, config.num_learned_tokens, config.token_learner_ff_mult,
                                           config.token_learner_pooling)
         self.transformer = Transformer(config)
@@ -73,7 +76,10 @@ class RT1(nn.Module):
         pixels are scaled here, from the model's own config (a float input is refused: already scaled?).
         """
         cond = self._conditioning(text_embeds, frames.shape[0])
-        return self.token_learner(self.vit(normalize_video(frames, self.config.pixel_scaling), cond.vit))
+        features = self.vit(normalize_video(frames, self.config.pixel_scaling), cond.vit)  # (N, h, w, D)
+        if self.config.feature_position_embedding:
+            features = features + self.feature_position
+        return self.token_learner(features)
 
     def decode(self, tokens: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
         """tokens (B, F, n, D), text_embeds (B, E) or its Conditioning -> logits (B, F, num_actions, num_bins).
