@@ -281,10 +281,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # no condition dropout (there is no guidance in the demo, and dropping the instruction 20% of the time
     # hides the only signal of which object to go to), no random shift. lr 1e-3 and batch 8 per process: under
     # the demo's 2 processes that is lr 2e-3 on 16 windows per step, the single-process setting measured.
-    _preset("demo", "rt1_demo", "the demo's recipe: the tiny model on 32x32 frames, no condition dropout, no shift",
+    # A learned position embedding of the 4x4 feature map before TokenLearner (`feature_position_embedding`):
+    # without it the pooled tokens do not say where the gripper and the named object are (README, issue #18).
+    _preset("demo", "rt1_demo", "the demo's recipe: the tiny model on 32x32 frames with a feature-map position embedding, "
+            "no condition dropout, no shift",
             RT1Config(image_size=32, conv_stem_dim=16, dim=32, dim_head=16, depth=(1, 1), attention_window=4,
                       mbconv_expansion=2, dropout=0.0, transformer_depth=2, transformer_heads=4,
-                      transformer_dim_head=16, cond_dim=128, film_mult=2, token_learner_ff_mult=1, cond_drop_prob=0.0),
+                      transformer_dim_head=16, cond_dim=128, film_mult=2, token_learner_ff_mult=1, cond_drop_prob=0.0,
+                      feature_position_embedding=True),
             optimizer="adamw", lr=1e-3, weight_decay=1e-2, batch_size=8, epochs=10, loss_reduction="mean",
             augment=False),
 )}

@@ -39,7 +39,7 @@ DEMO_OUTPUTS = ("rlds", "segments_all", "segments_pick", "preprocessed", "index"
 
 DEMO_EPISODES = 400       # bundled dataset size (DART-recorded: rt1.sim.record)
 DEMO_MIN_EPISODES = 10    # below this, stage 3's train/val split (20% validation) can leave val empty
-DEMO_STEPS = 2000         # training steps of the demo preset (2 processes x batch 8)
+DEMO_STEPS = 4000         # training steps of the demo preset (2 processes x batch 8); the cosine schedule spans them
 DEMO_EVAL_EPISODES = 56   # closed-loop episodes: 8 per task family
 DEMO_VIDEOS = 3           # rollout GIFs of the policy
 DEMO_REPLAY = 4           # training episodes replayed open loop next to their closed-loop rollouts
