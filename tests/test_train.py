@@ -78,6 +78,7 @@ def test_config_defaults_follow_the_original_run(paths):
     ("cond_drop_prob", 2.0, ["cond_drop_prob", "2.0"]),
     ("preset", "huge", ["preset", "'huge'", "tiny"]),
     ("sync_bn", "yes", ["sync_bn", "'yes'"]),
+    ("loss_reduction", "sum", ["loss_reduction", "'sum'", "mean"]),  # checked here once; action_loss trusts it
 ])
 def test_config_rejects_bad_values_naming_them(paths, field, value, words):
     with pytest.raises(ValueError) as info:

@@ -8,7 +8,8 @@ from rt1.config import RT1Config
 from rt1.model.film import Conditioning
 from rt1.model.load import CheckpointError, check_model_path, load_model, read_checkpoint
 from rt1.model.pretrained import PretrainedError, load_pretrained
-from rt1.model.loss import LOSS_REDUCTIONS, action_loss, token_accuracy, token_correct_counts
+from rt1.config import LOSS_REDUCTIONS
+from rt1.model.loss import action_loss, token_accuracy, token_correct_counts
 from rt1.model.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_video
 from rt1.model.rt1 import RT1, guided_logits
 

@@ -6,6 +6,7 @@ RT-1 trains on every frame of the window. `action_loss` reductions (`LOSS_REDUCT
     "mean"                     the mean cross-entropy over all B x F x num_actions tokens
     "sum_frames_mean_tokens"   the original pipeline's: for each of the B x F frames the mean over its
                                num_actions tokens, summed over the frames (= B * F x "mean"; 48x at B=8, F=6)
+`reduction` is checked once, by TrainConfig.loss_reduction (rt1.config.LOSS_REDUCTIONS).
 `token_correct_counts` returns plain tensors (correct per action dimension, number of frames) so a
 trainer can all_reduce them across DDP ranks before dividing.
 """
@@ -15,8 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from rt1.config import LOSS_REDUCTIONS
 
 
 def _check(logits: Tensor, tokens: Tensor) -> None:
@@ -30,9 +29,6 @@ def _check(logits: Tensor, tokens: Tensor) -> None:
 def action_loss(logits: Tensor, tokens: Tensor, reduction: str = "mean") -> Tensor:
     """Cross-entropy of every frame's action tokens -> scalar, reduced as `reduction` says (see above)."""
     _check(logits, tokens)
-    if reduction not in LOSS_REDUCTIONS:
-        raise ValueError(f"action_loss reduction must be one of {', '.join(map(repr, LOSS_REDUCTIONS))}, "
-                         f"got {reduction!r}")
     flat_logits, flat_tokens = logits.reshape(-1, logits.shape[-1]).float(), tokens.reshape(-1).long()
     if reduction == "mean":
         return F.cross_entropy(flat_logits, flat_tokens)

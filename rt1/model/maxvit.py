@@ -18,6 +18,8 @@ biases before BatchNorms, dropout masks drawn cheaply and fused with the residua
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -65,6 +67,34 @@ def relative_position_index(w: int) -> Tensor:
     return rel[0] * (2 * w - 1) + rel[1]
 
 
+def _sync_group(bn: nn.BatchNorm2d):
+    """The process group whose batch a SyncBatchNorm normalises over, or None to use this process's batch
+    (a plain BatchNorm, or SyncBatchNorm outside a multi-process run: what nn.SyncBatchNorm itself does)."""
+    if not (isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized()):
+        return None
+    group = bn.process_group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _sync_moments(mean: Tensor, var: Tensor, rows: int, shift: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
+    """This rank's batch mean and biased variance (C,) of `rows` rows -> those of the batch of all ranks.
+
+    One all_reduce of 2C + 1 float32 values, [R (m - c), R (v + (m - c)^2), R], the moments about a shift c
+    every rank shares (the running mean), so E[(x - c)^2] - (M - c)^2 does not cancel once c tracks M.
+    The collective is differentiable (torch.distributed.nn): its backward sums the statistics' gradients
+    over the ranks, as SyncBatchNorm's backward does. rows comes back as a 0-dim tensor (no host sync).
+    """
+    with torch.autocast(mean.device.type, enabled=False):
+        dtype = torch.float64 if mean.dtype == torch.float64 else torch.float32
+        offset = mean.to(dtype) - shift.detach().to(dtype)
+        stats = torch.cat([offset * rows, (var.to(dtype) + offset * offset) * rows, offset.new_full((1,), float(rows))])
+        stats = dist_nn.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
+        c, total = mean.shape[0], stats[-1].detach()
+        offset_all = stats[:c] / total
+        var_all = (stats[c:-1] / total - offset_all * offset_all).clamp(min=0.0)
+    return (offset_all + shift.detach().to(dtype)).to(mean.dtype), var_all.to(var.dtype), total
+
+
 def linear_batch_norm(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     """bn(x @ weight.T) for a channels-last x (..., C_in) -> (..., C_out), as one matmul.
 
@@ -74,21 +104,25 @@ def linear_batch_norm(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     and then bn(x W^T) = x (W * s)^T + (beta - mean * s) with s = gamma / sqrt(var + eps).
     Same outputs, gradients (the statistics stay differentiable functions of x and W) and running
     statistics update as the two-step version, without BatchNorm's passes over the wide output
-    (MBConv's expansion has C_out = 4-8 x C_in). A SyncBatchNorm (multi-GPU) takes the plain path.
+    (MBConv's expansion has C_out = 4-8 x C_in). A SyncBatchNorm (the multi-GPU default) takes the same
+    path, its per-rank output moments combined over its process group (`_sync_moments`).
     """
-    if isinstance(bn, nn.SyncBatchNorm) or not bn.track_running_stats:
+    if not bn.track_running_stats:
         return _batch_norm_nhwc(bn, x @ weight.t())
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if bn.training:
-        rows = x2.shape[0]
-        if rows < 2:
+        group = _sync_group(bn)
+        if group is None and x2.shape[0] < 2:
             raise ValueError("BatchNorm in training mode needs more than one value per channel")
+        rows = x2.shape[0]
         mean_x = x2.sum(dim=0) / rows  # = mean; sum's backward is a broadcast view, mean's a full-size copy
         centered = x2 - mean_x
         cov = centered.t() @ centered / rows
         mean = weight @ mean_x
         var = ((weight @ cov) * weight).sum(dim=1).clamp(min=0.0)
+        if group is not None:  # the C_out output moments travel, not the C_in x C_in covariance
+            mean, var, rows = _sync_moments(mean, var, rows, bn.running_mean, group)
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)

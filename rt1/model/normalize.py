@@ -6,14 +6,13 @@
 The channel axis is dim 1, so the same function takes a video (B, 3, F, H, W) and a batch of
 frames (N, 3, H, W); the memory layout of the input is kept. The model calls it itself with its own
 `config.pixel_scaling` (RT1.encode_frames): callers pass uint8 pixels, which are 4x smaller to move to the device.
+`scaling` is one of `PIXEL_SCALINGS`, checked once by RT1Config.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from rt1.model_config import PIXEL_SCALINGS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,8 +24,6 @@ def normalize_video(video: Tensor, scaling: str, dtype: torch.dtype = torch.floa
         raise ValueError(f"expected the channel axis (3) at dim 1, got shape {tuple(video.shape)}")
     if video.is_floating_point():
         raise TypeError(f"normalize_video expects uint8 pixels, got {video.dtype} (already normalised?)")
-    if scaling not in PIXEL_SCALINGS:
-        raise ValueError(f"pixel scaling must be one of {', '.join(map(repr, PIXEL_SCALINGS))}, got {scaling!r}")
     if scaling == "raw":
         return video.to(dtype)
     shape = (1, 3) + (1,) * (video.ndim - 2)

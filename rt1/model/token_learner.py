@@ -24,14 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rt1.config import TOKEN_LEARNER_POOLINGS
-
-
 class TokenLearner(nn.Module):
     def __init__(self, dim: int, num_tokens: int = 8, ff_mult: int = 2, pooling: str = "softmax") -> None:
         super().__init__()
-        if pooling not in TOKEN_LEARNER_POOLINGS:
-            raise ValueError(f"TokenLearner pooling must be one of {TOKEN_LEARNER_POOLINGS}, got {pooling!r}")
         self.num_tokens = num_tokens
         self.hidden = dim * ff_mult
         self.pooling = pooling

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rt1.config import TRANSFORMER_KV_SOURCES, RT1Config
+from rt1.config import RT1Config
 from rt1.model.checkpointing import checkpointed
 from rt1.model.dropout import dropout, residual_dropout
 from rt1.model.film import FiLM, modulate
@@ -59,8 +59,6 @@ class CausalAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, cond_dim: int, film_mult: int, dropout: float,
                  kv_source: str = "modulated") -> None:
         super().__init__()
-        if kv_source not in TRANSFORMER_KV_SOURCES:
-            raise ValueError(f"CausalAttention kv_source must be one of {TRANSFORMER_KV_SOURCES}, got {kv_source!r}")
         self.heads, self.dim_head, self.dropout, self.kv_source = heads, dim_head, dropout, kv_source
         self.norm = nn.LayerNorm(dim, bias=False)
         self.film = FiLM(cond_dim, dim, film_mult)
