@@ -89,6 +89,7 @@ class GpuCheck:
         self.gpus = torch.cuda.device_count() if self.device == "cuda" else 0
         self.budget = cfg.budget_s or (QUICK_BUDGET_S if cfg.quick else FULL_BUDGET_S)
         self.results: list[dict] = []
+        self.run_ctx = None
         self.measurements: dict = {"training": [], "loader": [], "policy": []}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
                     "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -127,31 +128,38 @@ class GpuCheck:
 
     # ---- 2: training through torchrun -------------------------------------------------------------------
 
-    def training(self) -> None:
+    def training(self, modes: tuple[str, ...]) -> None:
+        """Train `modes` through torchrun; run first for fp32/bf16/fp16 and last for --compile (its compilation is
+        the slowest part of a GPU run, so it gets the time the measurements left)."""
         from rt1.gpu_check.runs import RunContext, train_check
 
         nproc = max(self.gpus, 1) if self.device == "cuda" else 2
-        ctx = RunContext(REPO, self.cfg.out, self.train_data, self.device, nproc, steps=10 if self.cfg.quick else 30,
-                         batch_size=2 if self.cfg.quick else 4, env=self.env)
-        self.run_ctx = ctx
-        if self.device == "cuda" and self.gpus < 2:
-            self.add("multi-GPU NCCL", "skipped", f"only {self.gpus} GPU visible: NCCL ran with one process")
-        for mode in ("fp32", "bf16", "fp16", "compile"):
+        if self.run_ctx is None:
+            self.run_ctx = RunContext(REPO, self.cfg.out, self.train_data, self.device, nproc,
+                                      steps=10 if self.cfg.quick else 30, batch_size=2 if self.cfg.quick else 4,
+                                      env=self.env)
+            if self.device == "cuda" and self.gpus < 2:
+                self.add("multi-GPU NCCL", "skipped", f"only {self.gpus} GPU visible: NCCL ran with one process")
+        ctx = self.run_ctx
+        for mode in modes:
             name = f"train {mode} ({nproc} x {self.device}, {'nccl' if self.device == 'cuda' else 'gloo'})"
             if mode == "bf16" and self.device == "cuda" and not environment("cuda")["bf16_supported"]:
                 self.add(name, "skipped", "this GPU has no bf16 support (compute capability below 8.0)")
                 continue
             if mode == "compile" and self.cfg.quick and self.device == "cpu":
                 self.add(name, "skipped", "--quick on CPU: torch.compile's inductor build takes minutes on a CPU "
-                                          "(measured > 1 min for the tiny model); checked by the full mode on CUDA")
+                                          "(measured 85 s for the tiny model); checked by the full mode on CUDA")
                 continue
             if self.out_of_time(name, reserve=20):
                 continue
-            resume = not self.cfg.quick or mode == "fp32"
-            # --quick: the amp modes without the resume check, in 6 steps (fp16 autocast is slow on a CPU)
-            r = train_check(ctx if resume else dataclasses.replace(ctx, steps=6), mode, resume=resume)
-            if not resume:
-                r["detail"] += " (--quick: the resume check runs for fp32 only)"
+            if mode == "compile":  # the resume check (two more compilations) only if it fits the budget
+                r = train_check(ctx, mode, resume=lambda first: self.elapsed() + 2.5 * first < self.budget,
+                                no_resume_reason="resume not checked: two more compiled runs would exceed the budget")
+            elif self.cfg.quick and mode != "fp32":  # --quick: the amp modes in 6 steps (fp16 is slow on a CPU)
+                r = train_check(dataclasses.replace(ctx, steps=6), mode, resume=False,
+                                no_resume_reason="resume not checked (--quick: the resume check runs for fp32 only)")
+            else:
+                r = train_check(ctx, mode, resume=True)
             self.add(name, r.pop("status"), r.pop("detail"), **r)
 
     # ---- 3: measurements -----------------------------------------------------------------------------------
@@ -258,10 +266,11 @@ class GpuCheck:
               f"output {self.cfg.out}", flush=True)
         env = environment(self.device)
         self.make_data()
-        self.training()
+        self.training(("fp32", "bf16", "fp16"))
         self.measure_training()
         self.measure_loader()
         self.measure_policy()
+        self.training(("compile",))
         failed = [r for r in self.results if r["status"] == "failed"]
         json_path, md_path = write_report(self.cfg.out, mode=mode, env=env, results=self.results,
                                           measurements=self.measurements, seconds=self.elapsed())

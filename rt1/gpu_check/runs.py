@@ -162,8 +162,9 @@ def check_resume(ctx: RunContext, mode: str, reference: Path, work: Path) -> dic
             "max_abs_weight_diff": weight_diff}
 
 
-def train_check(ctx: RunContext, mode: str, *, resume: bool) -> dict:
-    """One precision mode: the uninterrupted run, then (if `resume`) the SIGTERM-and-rerun check.
+def train_check(ctx: RunContext, mode: str, *, resume, no_resume_reason: str = "resume not checked") -> dict:
+    """One precision mode: the uninterrupted run, then the SIGTERM-and-rerun check if `resume` (a bool, or a
+    function of the first run's seconds: whether two more runs fit the time left).
     -> {"status": "passed"|"failed", "detail": one line, ...}."""
     work = ctx.out_dir / "runs" / mode
     work.mkdir(parents=True, exist_ok=True)
@@ -174,6 +175,7 @@ def train_check(ctx: RunContext, mode: str, *, resume: bool) -> dict:
         if run(ctx, ctx.command(work / "reference", MODES[mode]), work / "reference.log") != 0:
             raise CheckFailed(f"train_ddp.py failed: {last_error(work / 'reference.log')}")
         out.update(check_run(mode, work / "reference", ctx.steps))
+        resume = resume(time.monotonic() - start) if callable(resume) else resume
         if resume:
             out["resume"] = check_resume(ctx, mode, work / "reference", work)
         out["status"] = "passed"
@@ -181,7 +183,7 @@ def train_check(ctx: RunContext, mode: str, *, resume: bool) -> dict:
                          (f"; resumed from step {out['resume']['resumed_from_step']}: "
                           + ("bit for bit equal" if out["resume"]["bitwise_equal"] else
                              f"losses within {out['resume']['max_rel_loss_diff']:.2g}") if resume else
-                          "; resume not checked"))
+                          f"; {no_resume_reason}"))
     except CheckFailed as e:
         out.update(status="failed", detail=str(e))
     out["seconds"] = time.monotonic() - start
