@@ -109,7 +109,8 @@ class GpuCheck:
         return entry
 
     def out_of_time(self, name: str, reserve: float = 0.0) -> bool:
-        if self.elapsed() + reserve <= self.budget:
+        """Skip `name` when it would start less than `reserve` (plus the mode's margin) before the budget ends."""
+        if self.elapsed() + reserve + (5.0 if self.cfg.quick else 30.0) <= self.budget:
             return False
         self.add(name, "skipped", f"the {self.budget:.0f} s budget ran out ({self.elapsed():.0f} s used)")
         return True
@@ -122,7 +123,7 @@ class GpuCheck:
         t = time.monotonic()
         self.train_data = write_check_dataset(self.cfg.out / "data_64", image_size=64, episodes=16, steps=16)
         self.loader_data = self.train_data if self.cfg.quick else \
-            write_check_dataset(self.cfg.out / "data_224", image_size=224, episodes=16, steps=24)
+            write_check_dataset(self.cfg.out / "data_224", image_size=224, episodes=48, steps=24)
         self.add("dataset", "passed", f"stage-2 files and index written in {time.monotonic() - t:.1f} s "
                                       f"({self.train_data.train_windows} training windows at 64x64)")
 
@@ -222,8 +223,9 @@ class GpuCheck:
             if self.out_of_time(name, reserve=10):
                 continue
             save = self.cfg.out / "loader" / f"workers_{workers}"
-            cmd = ctx.command(save, [], preset=preset, max_steps=steps, num_workers=workers, batch_size=batch,
-                              data=self.loader_data)
+            # Full size: with activation checkpointing, so batch 8 of `original` fits a 16 GB GPU (README).
+            cmd = ctx.command(save, [] if quick else ["--activation-checkpointing"], preset=preset, max_steps=steps,
+                              num_workers=workers, batch_size=batch, data=self.loader_data)
             save.mkdir(parents=True, exist_ok=True)
             if run(ctx, cmd, save / "train.log") != 0 or len(losses(save)) != steps:
                 from rt1.gpu_check.runs import last_error
@@ -237,6 +239,7 @@ class GpuCheck:
             share = wait / seconds
             self.measurements["loader"].append({"preset": preset, "num_workers": workers, "batch": batch,
                                                 "processes": ctx.nproc, "pin_memory": self.device == "cuda",
+                                                "activation_checkpointing": not quick,
                                                 "data_wait_share": share, "ms_per_step": 1000 * seconds / len(rows)})
             self.add(name, "passed", f"waiting for data {100 * share:.1f}% of a step ({preset}, batch {batch}, "
                                      f"pin_memory {'on' if self.device == 'cuda' else 'off (CPU)'})")
