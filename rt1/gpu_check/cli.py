@@ -167,7 +167,8 @@ class GpuCheck:
 
     def _child(self, spec: dict, log: Path) -> dict:
         cmd = [sys.executable, "-m", "rt1.gpu_check.measure", json.dumps(spec)]
-        proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=600)
+        timeout = max(60.0, self.budget - self.elapsed() + 60.0)  # a hung child cannot take the whole machine's slot
+        proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
         log.write_text(proc.stdout + proc.stderr)
         for line in proc.stdout.splitlines():
             if line.startswith("RESULT "):
@@ -214,7 +215,7 @@ class GpuCheck:
                     self.add(name, "passed", f"{r['windows_per_s']:.2f} windows/s, peak {_gib(r)}")
 
     def measure_loader(self) -> None:
-        from rt1.gpu_check.runs import losses, run
+        from rt1.gpu_check.runs import CheckFailed, last_error, losses, run
 
         ctx, quick = self.run_ctx, self.cfg.quick
         preset, batch, steps, warmup = ("tiny", 4, 6, 2) if quick else ("original", 8, 14, 4)
@@ -227,10 +228,11 @@ class GpuCheck:
             cmd = ctx.command(save, [] if quick else ["--activation-checkpointing"], preset=preset, max_steps=steps,
                               num_workers=workers, batch_size=batch, data=self.loader_data)
             save.mkdir(parents=True, exist_ok=True)
-            if run(ctx, cmd, save / "train.log") != 0 or len(losses(save)) != steps:
-                from rt1.gpu_check.runs import last_error
-
-                self.add(name, "failed", f"train_ddp.py failed: {last_error(save / 'train.log')}")
+            try:
+                if run(ctx, cmd, save / "train.log") != 0 or len(losses(save)) != steps:
+                    raise CheckFailed(f"train_ddp.py failed: {last_error(save / 'train.log')}")
+            except CheckFailed as e:
+                self.add(name, "failed", str(e))
                 continue
             from rt1.train.runlog import read_metrics
 
