@@ -117,3 +117,19 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
                                str(tmp_path / "new")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith("gpu_check: error: --device cuda was asked for"), proc.stderr
+
+
+@pytest.mark.parametrize("losses,message", [([5.0, 5.0, 5.0, 5.0, 5.0], "the loss did not fall"),
+                                            ([5.0, 4.0, float("nan"), 3.0, 2.0], "non-finite loss at step 3"),
+                                            ([5.0, 4.0, 3.0], "are not 1..5")])
+def test_a_run_whose_loss_is_flat_non_finite_or_short_fails_its_check(tmp_path, losses, message):
+    from rt1.gpu_check.runs import CheckFailed, check_run
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"event": "train", "step": i + 1, "loss": loss}) + "\n"
+                                                    for i, loss in enumerate(losses)))
+    with pytest.raises(CheckFailed, match=message):
+        check_run("fp32", tmp_path, 5)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"event": "train", "step": i + 1, "loss": 5.0 - i})
+                                                    + "\n" for i in range(5)))
+    with pytest.raises(CheckFailed, match="no checkpoint written"):  # a falling loss still needs its checkpoint
+        check_run("fp32", tmp_path, 5)
