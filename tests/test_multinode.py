@@ -4,12 +4,14 @@ rendezvous on 127.0.0.1), as the README's multi-node command starts them.
 - a two-node run trains exactly as one node with two processes (the same checkpoint, bit for bit)
 - a node that dies (its agent and worker killed) makes the other node stop within --dist-timeout with one line
   naming the lost peer, and rerunning both nodes' commands resumes exactly from the last checkpoint
+- so does killing only a node's torchrun agent (its worker is stopped by SIGTERM, with a checkpoint)
 
 The dataset is the GPU check's synthetic one (stage-2 writer, stage-3 index): no TensorFlow needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -102,6 +104,15 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def running(pid: int) -> bool:
+    """A process `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def one_node_reference(data, tmp_path_factory):
     """One node, two processes: the run the two-node runs must equal."""
@@ -126,8 +137,12 @@ def test_two_nodes_train_exactly_as_one_node_with_two_processes(data, one_node_r
     assert losses[-1] < losses[0] - 0.5, losses  # it trained: equal runs that did nothing would prove nothing
 
 
-def test_a_lost_node_stops_the_other_with_one_line_naming_it_and_both_resume_exactly(data, one_node_reference,
-                                                                                    tmp_path):
+@pytest.mark.parametrize("victim", ["node", "agent"])
+def test_a_lost_node_or_agent_stops_the_other_with_one_line_naming_it_and_both_resume_exactly(
+        data, one_node_reference, tmp_path, victim):
+    """victim "node": node B's agent and worker are killed (the machine died): node A's rank loses its peer in a
+    collective. victim "agent": only node B's torchrun agent is killed: its worker (in a session of its own) gets
+    SIGTERM from the kernel (PR_SET_PDEATHSIG), and every rank stops after the same step with a checkpoint."""
     save, logs, port = tmp_path / "save", [tmp_path / "node_a.log", tmp_path / "node_b.log"], _free_port()
     nodes = start_nodes(port, data, save, logs)
     try:
@@ -136,26 +151,38 @@ def test_a_lost_node_stops_the_other_with_one_line_naming_it_and_both_resume_exa
             assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), \
                 "".join(log.read_text()[-2000:] for log in logs)
             time.sleep(0.05)
-        victims = descendants(nodes[1].pid)  # node B: its agent and its worker, as when a machine dies
-        workers = [p for p in victims if p != nodes[1].pid]
+        tree = descendants(nodes[1].pid)  # node B: its agent and its worker
+        workers = [p for p in tree if p != nodes[1].pid]
         assert workers, "node B's worker process not found"
-        for pid in victims:
+        for pid in tree if victim == "node" else [nodes[1].pid]:
             os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         nodes[0].wait(timeout=DIST_TIMEOUT + 60)
         elapsed = time.monotonic() - killed_at
+        while any(running(pid) for pid in workers):
+            assert time.monotonic() - killed_at < 60, "node B's worker outlived its agent"
+            time.sleep(0.05)
     finally:
         kill_all(nodes)
-    text = logs[0].read_text()
+        for pid in workers if victim == "agent" else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    text = "".join(log.read_text() for log in logs)
     assert nodes[0].returncode != 0, text[-3000:]
-    assert elapsed < DIST_TIMEOUT, f"node A took {elapsed:.0f} s to stop after node B died"
+    assert elapsed < DIST_TIMEOUT, f"node A took {elapsed:.0f} s to stop after node B's {victim} died"
     errors = [line for line in text.splitlines() if line.startswith("error")]
     assert len(errors) == 1, text[-4000:]
-    assert "lost contact with the peer rank" in errors[0] and any(f"PID {pid}, gone" in errors[0] for pid in workers), \
-        errors[0]
+    if victim == "node":
+        assert "lost contact with the peer rank" in errors[0], errors[0]
+        assert any(f"PID {pid}, gone" in errors[0] for pid in workers), errors[0]
+    else:
+        assert "terminated by SIGTERM (the torchrun agent of rank" in errors[0] and "died)" in errors[0], errors[0]
     assert not [line for line in text.splitlines() if line.strip().startswith("File") and "/rt1/" in line], text[-3000:]
     saved = load_checkpoint(sorted(save.glob("checkpoint-*.pt"))[-1])["global_step"]
-    assert saved >= 10 and saved % SAVE_EVERY == 0, saved
+    if victim == "node":  # the last --save-every checkpoint
+        assert saved >= 10 and saved % SAVE_EVERY == 0, saved
+    else:  # the step every rank stopped after
+        assert 12 <= saved < STEPS and f"holds step {saved}" in errors[0], (saved, errors[0])
 
     # Both nodes rerun their commands (a new rendezvous): the run resumes from the last checkpoint, exactly.
     rerun = [tmp_path / "rerun_a.log", tmp_path / "rerun_b.log"]
