@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
+GPU_CHECK_DIR ?= gpu_check_output/$(shell date +%Y%m%d-%H%M%S)
+GPU_CHECK_ARGS ?=
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -30,6 +32,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The GPU check needs no install: the venv's python when there is one, else the machine's own python3 (with its
+# preinstalled CUDA torch). GPU_CHECK_ARGS=--quick for the CPU mode.
+gpu-check:
+	@if [ -x $(PY) ]; then P=$(PY); else P=$(PYTHON); fi; \
+		echo "$$P benchmarks/gpu_check.py --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)"; \
+		$$P benchmarks/gpu_check.py --out $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -36,12 +36,13 @@ def _train(argv=None) -> int:
     except ConfigError as e:
         parser.error(str(e))
 
-    from rt1.train.stopping import install_stop_handlers
+    from rt1.train.stopping import install_stop_handlers, stop_when_the_launcher_dies
     from rt1.train.trainer import NonFiniteLossError, StoppedBySignal, train
 
     # SIGTERM (a scheduler, torchrun) and SIGINT (Ctrl-C): the run stops at the next step boundary on every
     # rank and saves that step; Ctrl-C twice stops at once.
     install_stop_handlers()
+    stop_when_the_launcher_dies()  # a killed torchrun agent stops its worker too (torchrun gives them own sessions)
     try:
         train(cfg)
     except (NonFiniteLossError, StoppedBySignal) as e:

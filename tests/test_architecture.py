@@ -16,8 +16,9 @@ LAYERS = [
     ["rt1.errors", "rt1.io", "rt1.progress", "rt1.rlds_spec", "rt1.actions", "rt1.model_config", "rt1.config"],
     ["rt1.data", "rt1.model", "rt1.sim"],
     ["rt1.policy", "rt1.train", "rt1.export"],
-    # The policy server runs RT1Policy sessions; closed-loop evaluation can act through its client.
-    ["rt1.serve"],
+    # The policy server runs RT1Policy sessions; closed-loop evaluation can act through its client. The GPU
+    # check drives training (as command lines), the model and the policy.
+    ["rt1.serve", "rt1.gpu_check"],
     ["rt1.evaluation"],
     ["rt1.demo"],
 ]

@@ -23,8 +23,11 @@ TensorBoard, checkpoint writes).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import re
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +40,10 @@ class DistributedSetupError(RT1Error, RuntimeError):
     """The launcher's environment is inconsistent or the process group cannot be created."""
 
 
+class PeerLostError(RT1Error, RuntimeError):
+    """A collective failed because another process of the job died or became unreachable (or timed out)."""
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """What this process is: its rank, the world, its device and the collective backend."""
@@ -46,6 +53,7 @@ class DistInfo:
     local_rank: int
     device: torch.device
     backend: str | None  # "nccl" / "gloo", None without a process group
+    peers: tuple[tuple[str, int], ...] = ()  # (host, PID) of every rank, gathered when the group is created
 
     @property
     def distributed(self) -> bool:
@@ -110,7 +118,60 @@ def init_distributed(device: str = "auto", timeout_s: float = 900.0, local_rank_
     kwargs = {"device_id": dev} if dev.type == "cuda" else {}
     dist.init_process_group(backend=backend, init_method="env://", world_size=world_size, rank=rank,
                             timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-    return DistInfo(rank, world_size, local_rank, dev, backend)
+    peers = [None] * world_size  # who is who, so that a lost peer can be named later
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    return DistInfo(rank, world_size, local_rank, dev, backend, tuple(tuple(p) for p in peers))
+
+
+# What gloo, NCCL and the c10d store say when a peer process is gone, unreachable or too slow.
+_PEER_FAILURE = ("gloo", "nccl", "processgroup", "connection closed by peer", "connection reset", "broken pipe",
+                 "failed to recv", "communicator was aborted")
+
+
+def _process_gone(pid: int) -> bool:
+    """True when no process `pid` runs on this host (a zombie, killed and not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _lost_peer_message(error: BaseException, info: DistInfo) -> str:
+    me, host = info.rank, socket.gethostname()
+    described = []
+    for rank, (peer_host, pid) in enumerate(info.peers):
+        if rank == me:
+            continue
+        state = ("gone" if _process_gone(pid) else "still running") if peer_host == host else "on another host"
+        described.append((state, f"rank {rank} (host {peer_host}, PID {pid}, {state})"))
+    gone = [text for state, text in described if state == "gone"]
+    others = gone or [text for state, text in described if state != "still running"] or [t for _, t in described]
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", cause).split(". ")[0]  # gloo: "[file:line] What happened. Advice."
+    return (f"lost contact with {'the peer' if len(others) == 1 else 'peers'} {', '.join(others)} in a "
+            f"{info.backend} collective (its node or process died, or it did not answer within --dist-timeout): "
+            f"{cause[:300]}; rerun every node's command to resume from the last checkpoint")
+
+
+@contextlib.contextmanager
+def lost_peers_reported(info: DistInfo):
+    """Turn a collective's failure caused by a dead or silent peer into one PeerLostError naming the peer."""
+    try:
+        yield
+    except RuntimeError as e:
+        if isinstance(e, RT1Error) or not info.distributed:
+            raise
+        text = str(e).lower()
+        if isinstance(e, getattr(dist, "DistError", ())) or any(k in text for k in _PEER_FAILURE):
+            raise PeerLostError(_lost_peer_message(e, info)) from None
+        raise
 
 
 def cleanup() -> None:
@@ -202,7 +263,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, *, sync_bn: bool, find_un
 
 
 __all__ = [
-    "wrap_model", "DistInfo", "DistributedSetupError", "init_distributed", "cleanup", "select_device", "is_initialized",
+    "wrap_model", "DistInfo", "DistributedSetupError", "PeerLostError", "lost_peers_reported", "init_distributed", "cleanup", "select_device", "is_initialized",
     "get_rank", "get_world_size", "is_main_process", "supports_sync_batchnorm", "barrier", "all_reduce_sum",
     "all_gather_object", "broadcast_object",
 ]

@@ -10,7 +10,9 @@ and calls `acknowledge_stop()`. Outside the block, SIGTERM raises `rt1.errors.Te
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,11 @@ class StoppedBySignal(RT1Error):
     @classmethod
     def at(cls, signum: int, state, steps_per_epoch: int, checkpoint: Path | None) -> StoppedBySignal:
         what = "interrupted (SIGINT)" if signum == signal.SIGINT else "terminated by SIGTERM"
+        # Collective (every rank raises this after the same agreed step): whose torchrun agent died, if any.
+        lost = [(rank, host) for rank, (gone, host) in enumerate(D.all_gather_object((launcher_lost(), _host())))
+                if gone]
+        if lost:
+            what += " (the torchrun agent of " + ", ".join(f"rank {r} on host {h}" for r, h in lost) + " died)"
         where = (f"{checkpoint} holds step {state.global_step}" if checkpoint is not None
                  else "no checkpoint was written (no step was done)")
         return cls(signum, f"{what} at step {state.global_step} (epoch {state.epoch}, step {state.step_in_epoch} "
@@ -73,6 +80,38 @@ def install_stop_handlers() -> None:
     where the first one is only recorded and a second SIGINT (Ctrl-C twice) raises."""
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)
+
+
+_LAUNCHER = {"parent": None}
+
+
+def launcher_lost() -> bool:
+    """True when `stop_when_the_launcher_dies` watched this process's torchrun agent and it is gone."""
+    return _LAUNCHER["parent"] is not None and os.getppid() != _LAUNCHER["parent"]
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def stop_when_the_launcher_dies() -> None:
+    """Under torchrun (TORCHELASTIC_RUN_ID set), on Linux: SIGTERM this process when its parent, the torchrun
+    agent, dies. torchrun starts its workers in sessions of their own, so a killed agent would leave its worker
+    training with the other nodes and their agents waiting at exit for the dead one; with this the worker
+    stops like any SIGTERM'd run (every rank after the same step, a checkpoint of it), and the job ends."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = _LAUNCHER["parent"] = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -133,4 +172,5 @@ def agree(loss: torch.Tensor | None, device: torch.device) -> Agreement:
 
 
 __all__ = ["NonFiniteLossError", "StoppedBySignal", "install_stop_handlers", "signals_deferred", "stop_requested", "acknowledge_stop", "signal_name",
+           "stop_when_the_launcher_dies", "launcher_lost",
            "Agreement", "agree"]

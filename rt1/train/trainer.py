@@ -60,7 +60,7 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
     try:
         lock, created = take_save_dir(cfg)
         resume_path, contents = load_resume(cfg)
-        with Trainer(cfg, info, resume_path, contents) as trainer:
+        with D.lost_peers_reported(info), Trainer(cfg, info, resume_path, contents) as trainer:
             started = True
             return trainer.run()
     finally:
