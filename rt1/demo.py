@@ -37,12 +37,13 @@ DEMO_MARKER = ".rt1-demo-output"
 DEMO_OUTPUTS = ("rlds", "segments_all", "segments_pick", "preprocessed", "index", "save", "plots", "closed_loop")
 
 
-DEMO_EPISODES = 400       # bundled dataset size (DART-recorded: rt1.sim.record)
-DEMO_MIN_EPISODES = 10    # below this, stage 3's train/val split (20% validation) can leave val empty
-DEMO_STEPS = 4000         # training steps of the demo preset (2 processes x batch 8); the cosine schedule spans them
+DEMO_EPISODES = 800       # bundled dataset size (DART-recorded: rt1.sim.record); 800 solved 20% of 56, 400 (4000 steps) 16%
+DEMO_VAL_FRACTION = 0.1   # stage 3's validation share of the episodes; the rest train
+DEMO_MIN_EPISODES = 20    # below this, stage 3's train/val split can leave val empty
+DEMO_STEPS = 3400         # training steps of the demo preset (2 processes x batch 8); the cosine schedule spans them
 DEMO_EVAL_EPISODES = 56   # closed-loop episodes: 8 per task family
 DEMO_VIDEOS = 3           # rollout GIFs of the policy
-DEMO_REPLAY = 4           # training episodes replayed open loop next to their closed-loop rollouts
+DEMO_REPLAY = 4           # the bundled dataset's first episodes, replayed open loop next to their closed-loop rollouts
 
 
 class DemoError(RT1Error):
@@ -161,7 +162,7 @@ def run_demo(args: argparse.Namespace) -> int:
          [py, "DataPreprocess_batch_all.py", "--in-dir", seg_all, "--out-dir", pre,
           "--image-size", DEMO_IMAGE_SIZE, "--workers", 2])
     _run("stage 3: train/val window index",
-         [py, "data_emerge.py", "--data-dir", pre, "--out-dir", index, "--val-fraction", 0.2, "--seed", 0])
+         [py, "data_emerge.py", "--data-dir", pre, "--out-dir", index, "--val-fraction", DEMO_VAL_FRACTION, "--seed", 0])
     train_index = next(index.glob("train_idx_*.csv"))
     val_index = next(index.glob("val_idx_*.csv"))
     _run(f"training: {DEMO_PRESET} preset, {args.nproc} CPU processes under torchrun (gloo)",
