@@ -96,7 +96,7 @@ def measure(dataset, workers: int, samples: int, batch_size: int, warmup_batches
         next(it)
     count, started = 0, time.perf_counter()
     for batch in it:
-        count += len(batch["video"]) if isinstance(batch, dict) else len(batch)
+        count += len(batch["frames"]) if isinstance(batch, dict) else len(batch)
     wall = time.perf_counter() - started
     del it, loader  # joins the workers
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 
 import reference_model  # noqa: E402
 from rt1.config import PRESETS, RT1Config, model_preset  # noqa: E402
-from rt1.model import RT1, action_loss, normalize_video  # noqa: E402
+from rt1.model import RT1, action_loss, normalize_frames  # noqa: E402
 from rt1.policy import RT1Policy  # noqa: E402
 
 SECTIONS = ("params", "equivalence", "train", "memory", "policy")
@@ -73,10 +73,10 @@ def count(model: nn.Module) -> int:
 def training_inputs(config: RT1Config, batch: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     s, f = config.image_size, config.num_frames
-    video_u8 = torch.randint(0, 256, (batch, 3, f, s, s), generator=g, dtype=torch.uint8)
+    frames = torch.randint(0, 256, (batch, f, s, s, 3), generator=g, dtype=torch.uint8)
     text = torch.randn(batch, config.text_embed_dim, generator=g)
     tokens = torch.randint(0, config.num_bins, (batch, f, config.num_actions), generator=g)
-    return video_u8, text, tokens  # our model scales its uint8 input itself
+    return frames, text, tokens  # our model scales its uint8 input itself
 
 
 def build(kind: str, config: RT1Config) -> nn.Module:
@@ -87,15 +87,15 @@ def build(kind: str, config: RT1Config) -> nn.Module:
     return RT1(config.replace(activation_checkpointing=kind == "ours-ckpt")).train()
 
 
-def train_step(kind: str, model: nn.Module, video, text, tokens, config: RT1Config) -> float:
+def train_step(kind: str, model: nn.Module, frames, text, tokens, config: RT1Config) -> float:
     cond_drop_prob = config.cond_drop_prob
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    if kind == "reference":  # the reference takes float pixels, scaled as our config says
-        video = normalize_video(video, config.pixel_scaling)
+    if kind == "reference":  # the reference takes float pixels (B, 3, F, H, W), scaled as our config says
+        video = normalize_frames(frames, config.pixel_scaling).permute(0, 4, 1, 2, 3)
         logits = model(video, text_embeds=text, cond_drop_prob=cond_drop_prob)
     else:
-        logits = model(video, text, cond_drop_prob=cond_drop_prob)
+        logits = model(frames, text, cond_drop_prob=cond_drop_prob)
     action_loss(logits, tokens).backward()
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)  # three full-size models' gradients would hold ~3 GB between steps
@@ -177,11 +177,11 @@ def section_equivalence(have_ref: bool, text_dim: int) -> None:
     ours = RT1(config)
     ours.load_state_dict(convert_state_dict(sd, config))
     ours.eval()
-    video = video_u8  # ours scales it as its config says (raw for a converted original)
+    frames = video_u8.permute(0, 2, 3, 4, 1)  # ours: (B, F, H, W, 3) uint8, scaled as its config says (raw here)
     with torch.no_grad():
         for cond_scale in (1.0, 3.0):
             theirs = ref(video_u8.float(), text_embeds=text, cond_scale=cond_scale)
-            mine = ours(video, text, cond_scale=cond_scale)
+            mine = ours(frames, text, cond_scale=cond_scale)
             agree = (theirs.argmax(-1) == mine.argmax(-1)).float().mean().item()
             print(f"cond_scale {cond_scale:g}: max |logit diff| {(theirs - mine).abs().max().item():.2e} "
                   f"(|logits| up to {theirs.abs().max().item():.1f}); argmax agreement {agree:.3f}")
@@ -192,14 +192,14 @@ def section_equivalence(have_ref: bool, text_dim: int) -> None:
 def section_train(config: RT1Config, kinds: list[str], batch: int, repeats: int) -> None:
     print(f"\n== forward + backward (training mode, batch {batch} x {config.num_frames} frames x "
           f"{config.image_size}^2, cond_drop_prob {config.cond_drop_prob}, {torch.get_num_threads()} threads) ==")
-    video, text, tokens = training_inputs(config, batch)
+    frames, text, tokens = training_inputs(config, batch)
     models = {k: build(k, config) for k in kinds}
     times = {k: [] for k in kinds}
     for k in kinds:  # warm-up
-        train_step(k, models[k], video, text, tokens, config)
+        train_step(k, models[k], frames, text, tokens, config)
     for i in range(repeats):  # interleaved: background load hits all alike
         for k in kinds:
-            times[k].append(train_step(k, models[k], video, text, tokens, config))
+            times[k].append(train_step(k, models[k], frames, text, tokens, config))
         print(f"  repeat {i + 1}: " + "  ".join(f"{k} {t[-1]:.2f} s" for k, t in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in kinds:
@@ -234,7 +234,7 @@ def memory_worker(kind: str, preset: str, batch: int) -> None:
     """In its own process: peak RSS of one training step above the RSS before it (JSON on stdout)."""
     config = model_preset(preset)
     model = build(kind, config)
-    video, text, tokens = training_inputs(config, batch)
+    frames, text, tokens = training_inputs(config, batch)
     before = _rss_bytes()
     try:  # reset the high-water mark to the current RSS (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
@@ -242,7 +242,7 @@ def memory_worker(kind: str, preset: str, batch: int) -> None:
         reset = True
     except OSError:
         reset = False
-    seconds = train_step(kind, model, video, text, tokens, config)  # gradients freed after
+    seconds = train_step(kind, model, frames, text, tokens, config)  # gradients freed after
     peak = _hwm_bytes()
     print(json.dumps({"kind": kind, "batch": batch, "delta": peak - before, "before": before, "peak": peak,
                       "hwm_reset": reset, "seconds": seconds, "params": count(model)}))
@@ -326,8 +326,8 @@ def calibrated_model(config: RT1Config) -> RT1:
         for bn in bns:
             bn.reset_running_stats()
             bn.momentum = None
-        video = torch.randint(0, 256, (1, 3, config.num_frames, s, s), generator=g, dtype=torch.uint8)
-        model.train()(video,
+        frames = torch.randint(0, 256, (1, config.num_frames, s, s, 3), generator=g, dtype=torch.uint8)
+        model.train()(frames,
                       torch.randn(1, config.text_embed_dim, generator=g), cond_drop_prob=0.0)
         for bn in bns:
             bn.momentum = 0.1

@@ -89,7 +89,7 @@ def checkpoint_sizes() -> dict[str, dict]:
         out[name] = {"params": params, "optimizer": preset.train["optimizer"], "bytes": size}
         if name == "tiny":  # check the formula against a real checkpoint-like save
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            model(torch.zeros(1, 3, preset.model.num_frames, preset.model.image_size, preset.model.image_size,
+            model(torch.zeros(1, preset.model.num_frames, preset.model.image_size, preset.model.image_size, 3,
                               dtype=torch.uint8),
                   torch.zeros(1, preset.model.text_embed_dim)).float().mean().backward()
             optimizer.step()

@@ -83,7 +83,7 @@ class RT1Policy:
     # ---- input conversion -------------------------------------------------------------------------
 
     def _frames(self, images) -> Tensor:
-        """uint8 (..., H, W, 3) numpy/tensor -> uint8 (N, 3, H, W) on the device (the model scales the pixels)."""
+        """uint8 (..., H, W, 3) numpy/tensor -> uint8 (N, H, W, 3) on the device (the model scales the pixels)."""
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
         if x.dtype != torch.uint8:
             raise TypeError(f"images must be uint8 (H, W, 3), got dtype {x.dtype}")
@@ -92,7 +92,7 @@ class RT1Policy:
         if tuple(x.shape[1:]) != (size, size, 3):
             raise ValueError(f"images must be ({size}, {size}, 3) uint8 (resize before the policy), "
                              f"got {tuple(x.shape[1:])}")
-        return x.to(self.device).permute(0, 3, 1, 2)
+        return x.to(self.device)
 
     def _texts(self, text_embed) -> Tensor:
         """(E,) -> (k, E): the instruction, plus the null embedding when guiding."""
@@ -119,14 +119,14 @@ class RT1Policy:
         elif not torch.equal(text, self._text):
             raise ValueError("the instruction embedding changed within an episode; call reset() first")
         cond = self._cond
-        frame = self._frames(image)  # (1, 3, H, W)
+        frame = self._frames(image)  # (1, H, W, 3)
         k = text.shape[0]
         if self.use_cache:
             self._history.append(self.model.encode_frames(frame.expand(k, -1, -1, -1), cond))  # (k, n, D)
             tokens = torch.stack(tuple(self._history), dim=1)  # (k, t', n, D)
         else:
             self._history.append(frame)
-            frames = torch.cat(tuple(self._history), dim=0)  # (t', 3, H, W)
+            frames = torch.cat(tuple(self._history), dim=0)  # (t', H, W, 3)
             f = frames.shape[0]
             encoded = self.model.encode_frames(frames.repeat(k, 1, 1, 1), cond.repeat_interleave(f))
             tokens = encoded.view(k, f, *encoded.shape[1:])
@@ -147,7 +147,7 @@ class RT1Policy:
         episode is encoded once; the transformer then runs once per window (T - 5 windows).
         With return_logits=True also returns the logits (T, num_actions, num_bins) tensor.
         """
-        frames = self._frames(images)  # (T, 3, H, W)
+        frames = self._frames(images)  # (T, H, W, 3)
         text = self._texts(text_embed)  # (k, E)
         cond = self.model.condition(text)
         k, steps, f = text.shape[0], frames.shape[0], self.config.num_frames

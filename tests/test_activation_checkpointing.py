@@ -39,7 +39,7 @@ def perturbed_pair(config: RT1Config) -> tuple[RT1, RT1]:
 def test_checkpointing_gives_the_same_outputs_gradients_and_batch_norm_statistics(name):
     plain, checkpointed = perturbed_pair(VARIANTS[name])
     g = torch.Generator().manual_seed(1)
-    video = torch.randint(0, 256, (2, 3, 6, 64, 64), generator=g, dtype=torch.uint8)
+    video = torch.randint(0, 256, (2, 6, 64, 64, 3), generator=g, dtype=torch.uint8)
     text = torch.randn(2, 512, generator=g)
     tokens = torch.randint(0, 256, (2, 6, 11), generator=g)
     logits = []
@@ -59,7 +59,7 @@ def test_checkpointing_gives_the_same_outputs_gradients_and_batch_norm_statistic
 
 def test_checkpointing_is_inactive_without_gradients_and_in_eval():
     plain, checkpointed = perturbed_pair(VARIANTS["tiny"])
-    video, text = torch.randint(0, 256, (1, 3, 6, 64, 64), dtype=torch.uint8), torch.randn(1, 512)
+    video, text = torch.randint(0, 256, (1, 6, 64, 64, 3), dtype=torch.uint8), torch.randn(1, 512)
     plain.eval(), checkpointed.eval()
     with torch.no_grad():
         assert torch.equal(plain(video, text, cond_scale=2.0), checkpointed(video, text, cond_scale=2.0))

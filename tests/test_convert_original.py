@@ -38,8 +38,9 @@ def converted(fx: dict, **changes) -> RT1:
 
 
 def reference_inputs(fx: dict, config: RT1Config):
-    """The fixture's raw uint8 video (the model scales it as the `original` preset says: raw 0..255 floats)."""
-    return fx["video_uint8"], fx["text_embeds"]
+    """The fixture's raw uint8 video (B, 3, F, H, W), the reference's layout, as our model's frames (B, F, H, W, 3)
+    (the model scales them as the `original` preset says: raw 0..255 floats)."""
+    return fx["video_uint8"].permute(0, 2, 3, 4, 1), fx["text_embeds"]
 
 
 def max_diff(a, b) -> float:

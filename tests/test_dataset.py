@@ -13,7 +13,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from rt1.actions import flatten_actions, tokenize
 from rt1.data import images
-from rt1.data.dataset import DatasetError, RT1Dataset, random_shift
+from rt1.data.dataset import DatasetError, RT1Dataset, random_offset, shifted_frames
 from rt1.data.index import build_index
 from rt1.data.preprocess import preprocess_dir
 from rt1.data.preprocessed_file import PreprocessedFile, read_episodes
@@ -70,15 +70,15 @@ def test_item_content(train, data):
     assert len(train) == data[1].train_windows
     for row in range(len(train)):
         item = train[row]
-        assert item["video"].shape == (3, 6, SIZE, SIZE) and item["video"].dtype == torch.uint8
-        assert item["video"].is_contiguous()
+        assert item["frames"].shape == (6, SIZE, SIZE, 3) and item["frames"].dtype == torch.uint8
+        assert item["frames"].is_contiguous()
         assert item["text_embed"].shape == (512,) and item["text_embed"].dtype == torch.float32
         assert item["action_tokens"].shape == (6, 11) and item["action_tokens"].dtype == torch.int64
         assert item["actions"].shape == (6, 11) and item["actions"].dtype == torch.float32
         src, step = item["source_index"], item["episode_step"]
         # the right frames, in order: each flat frame encodes (episode, step)
         for k in range(6):
-            mean = item["video"][:, k, 20:76, 20:76].float().mean(dim=(1, 2)).numpy()
+            mean = item["frames"][k, 20:76, 20:76].float().mean(dim=(0, 1)).numpy()
             assert np.allclose(mean, step_colour(src, step + k), atol=4), (row, k)
         actions = synthetic_actions(src, LENGTHS[src])
         window = {key: v[step:step + 6] for key, v in actions.items()}
@@ -110,7 +110,7 @@ def test_distributed_sampler_covers_every_window_once(train):
         sampler.set_epoch(1)
         for batch in DataLoader(train, batch_size=3, sampler=sampler, num_workers=2):
             for i, row in enumerate(batch["row"].tolist()):
-                assert torch.equal(batch["video"][i], train[row]["video"])
+                assert torch.equal(batch["frames"][i], train[row]["frames"])
                 seen.append(row)
     assert len(seen) == len(set(seen)) == 2 * (len(train) // 2)
 
@@ -146,9 +146,9 @@ def test_augmentation_shifts_all_frames_alike(data):
     torch.manual_seed(0)
     shifted = 0
     for row in range(0, len(plain), 3):
-        a, b = plain[row]["video"], augmented[row]["video"]
+        a, b = plain[row]["frames"], augmented[row]["frames"]
         assert b.shape == a.shape
-        border = (b == 0).all(dim=0)  # (6, H, W): zero padding brought in by the shift
+        border = (b == 0).all(dim=-1)  # (6, H, W): zero padding brought in by the shift
         assert all(torch.equal(border[0], border[k]) for k in range(6))
         rows_zero = border[0].all(dim=1).sum().item()
         cols_zero = border[0].all(dim=0).sum().item()
@@ -156,19 +156,19 @@ def test_augmentation_shifts_all_frames_alike(data):
         shifted += not torch.equal(a, b)
     assert shifted > 0
     torch.manual_seed(1)
-    first = augmented[5]["video"]
+    first = augmented[5]["frames"]
     torch.manual_seed(1)
-    assert torch.equal(first, augmented[5]["video"])  # reproducible from torch's seed
+    assert torch.equal(first, augmented[5]["frames"])  # reproducible from torch's seed
 
 
-def test_random_shift_moves_content():
+def test_shifted_frames_moves_content():
     """Each output pixel is the input pixel at one offset (the same for every frame), or zero padding."""
     height, width = 8, 10
     ids = np.arange(1, height * width + 1, dtype=np.uint8).reshape(height, width)
     frames = np.stack([np.stack([ids, ids + 100, ids], -1), np.stack([ids, ids + 150, ids], -1)])
     offsets_seen = set()
     for seed in range(30):
-        out = random_shift(frames, (2, 3), generator=torch.Generator().manual_seed(seed))
+        out = shifted_frames(frames, random_offset((2, 3), generator=torch.Generator().manual_seed(seed)))
         offsets = set()
         for k in range(2):
             for y in range(height):
@@ -214,11 +214,11 @@ def test_decoders_agree(data):
 
 
 def test_pillow_fallback_gives_the_same_items(train, monkeypatch):
-    expected = [train[i]["video"] for i in range(0, len(train), 7)]
+    expected = [train[i]["frames"] for i in range(0, len(train), 7)]
     monkeypatch.setattr(images, "_simplejpeg", None)  # as without the optional simplejpeg package
     assert images.decoder_name() == "pillow"
     for k, i in enumerate(range(0, len(train), 7)):
-        assert torch.equal(train[i]["video"], expected[k])
+        assert torch.equal(train[i]["frames"], expected[k])
     with pytest.raises(images.ImageDecodeError, match="undecodable JPEG"):
         images.decode_jpeg(b"\xff\xd8" + b"\0" * 100)
 
@@ -332,7 +332,7 @@ def test_bundled_dataset_end_to_end(segment_dir, preprocessed_dir, index_dir):
             step = item["episode_step"]
             assert 0 <= step <= ep.num_steps - 6
             assert torch.equal(item["action_tokens"], torch.from_numpy(ep.action_tokens[step:step + 6].astype(np.int64)))
-            assert torch.equal(item["video"], torch.from_numpy(ep.images[step:step + 6]).permute(3, 0, 1, 2))
+            assert torch.equal(item["frames"], torch.from_numpy(ep.images[step:step + 6]))
             assert item["instruction"] == ep.instruction
             seen[split].add(item["source_index"])
     assert seen["train"] and seen["val"] and not seen["train"] & seen["val"]

@@ -20,7 +20,7 @@ from rt1.model import (
     RT1,
     RT1Config,
     action_loss,
-    normalize_video,
+    normalize_frames,
     token_accuracy,
     token_correct_counts,
 )
@@ -50,9 +50,9 @@ def model() -> RT1:
 def inputs(config: RT1Config, batch: int = 2, frames: int | None = None, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     f = frames or config.num_frames
-    video = torch.randint(0, 256, (batch, 3, f, config.image_size, config.image_size), generator=g, dtype=torch.uint8)
+    frames = torch.randint(0, 256, (batch, f, config.image_size, config.image_size, 3), generator=g, dtype=torch.uint8)
     text = torch.randn(batch, config.text_embed_dim, generator=g)
-    return video, text
+    return frames, text
 
 
 # ---- config --------------------------------------------------------------------------------------
@@ -126,9 +126,9 @@ def test_both_variants_have_the_state_dict_layout_and_train(variant):
         **({"attention_memory_kv": 4, "token_learner_pooling": "mean"} if variant == "rt1" else {}))).state_dict()
     either = set(keys) | set(other)
     assert set(keys) ^ set(other) == {k for k in either if k.endswith("mem_kv")} | {"token_learner.norm.weight"}
-    video, text = inputs(config, batch=2)
+    frames_u8, text = inputs(config, batch=2)
     tokens = torch.randint(0, NUM_BINS, (2, config.num_frames, NUM_ACTION_TOKENS))
-    loss = action_loss(model(video, text), tokens)
+    loss = action_loss(model(frames_u8, text), tokens)
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
@@ -209,26 +209,26 @@ def test_rt1_preset_parameter_count_matches_the_original_pipeline():
 
 def test_forward_encode_decode_shapes(model):
     c = model.config
-    video, text = inputs(c)
+    frames_u8, text = inputs(c)
     with torch.no_grad():
-        logits = model(video, text)
+        logits = model(frames_u8, text)
         assert logits.shape == (2, c.num_frames, NUM_ACTION_TOKENS, NUM_BINS)
-        frames = video.transpose(1, 2).reshape(-1, 3, c.image_size, c.image_size)
-        tokens = model.encode_frames(frames, text.repeat_interleave(c.num_frames, dim=0))
+        per_frame = frames_u8.reshape(-1, c.image_size, c.image_size, 3)
+        tokens = model.encode_frames(per_frame, text.repeat_interleave(c.num_frames, dim=0))
         assert tokens.shape == (2 * c.num_frames, c.num_learned_tokens, c.embed_dim)
         decoded = model.decode(tokens.view(2, c.num_frames, *tokens.shape[1:]), text)
         torch.testing.assert_close(decoded, logits, atol=1e-5, rtol=1e-5)
         assert model.decode(tokens.view(2, c.num_frames, *tokens.shape[1:])[:, :2], text).shape[1] == 2
-        short = model(video[:, :, :3], text)
+        short = model(frames_u8[:, :3], text)
         assert short.shape == (2, 3, NUM_ACTION_TOKENS, NUM_BINS)
 
 
 def test_forward_rejects_bad_inputs(model):
-    video, text = inputs(model.config)
+    frames_u8, text = inputs(model.config)
     with pytest.raises(ValueError, match="32x32"):
-        model(video[..., :32, :32], text)
+        model(frames_u8[:, :, :32, :32], text)
     with pytest.raises(ValueError, match="text_embeds"):
-        model(video, text[:, :100])
+        model(frames_u8, text[:, :100])
     with pytest.raises(ValueError, match="num_frames"):
         model.decode(torch.zeros(1, 7, 8, model.config.embed_dim), text[:1])
 
@@ -241,18 +241,18 @@ def test_frame_causal_mask():
 
 
 def test_causality_over_time(model):
-    video, text = inputs(model.config)
-    changed = video.clone()
-    changed[:, :, 3:] = torch.randint_like(changed[:, :, 3:], 0, 256)
+    frames_u8, text = inputs(model.config)
+    changed = frames_u8.clone()
+    changed[:, 3:] = torch.randint_like(changed[:, 3:], 0, 256)
     with torch.no_grad():
-        a, b = model(video, text), model(changed, text)
+        a, b = model(frames_u8, text), model(changed, text)
     torch.testing.assert_close(a[:, :3], b[:, :3], atol=1e-5, rtol=1e-5)
     assert (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3
 
 
 def test_time_embedding_makes_position_matter(model):
-    video, text = inputs(model.config)
-    same = video[:, :, :1].expand_as(video).contiguous()  # the same frame six times
+    frames_u8, text = inputs(model.config)
+    same = frames_u8[:, :1].expand_as(frames_u8).contiguous()  # the same frame six times
     with torch.no_grad():
         logits = model(same, text)
     assert (logits[:, 0] - logits[:, 5]).abs().max() > 1e-4
@@ -265,8 +265,8 @@ def test_feature_position_embedding_is_added_before_the_token_learner():
     model = randomize_film(RT1(config)).eval()
     assert model.feature_position.shape == (side, side, config.embed_dim)
     assert "feature_position" not in RT1(TINY).state_dict()
-    video, text = inputs(config, batch=1, frames=1)
-    frames = video[:, :, 0]
+    frames_u8, text = inputs(config, batch=1, frames=1)
+    frames = frames_u8[:, 0]
     with torch.no_grad():
         before = model.encode_frames(frames, text)
         model.feature_position.normal_(0.0, 1.0)
@@ -280,11 +280,11 @@ def test_feature_position_embedding_is_added_before_the_token_learner():
 
 
 def test_condition_dropout_one_ignores_the_text(model):
-    video, _ = inputs(model.config, batch=1)
+    frames_u8, _ = inputs(model.config, batch=1)
     t1, t2 = torch.randn(1, 512), torch.randn(1, 512)
     with torch.no_grad():
-        dropped = model(video, t1, cond_drop_prob=1.0), model(video, t2, cond_drop_prob=1.0)
-        kept = model(video, t1, cond_drop_prob=0.0), model(video, t2, cond_drop_prob=0.0)
+        dropped = model(frames_u8, t1, cond_drop_prob=1.0), model(frames_u8, t2, cond_drop_prob=1.0)
+        kept = model(frames_u8, t1, cond_drop_prob=0.0), model(frames_u8, t2, cond_drop_prob=0.0)
     torch.testing.assert_close(dropped[0], dropped[1], atol=0, rtol=0)
     assert (kept[0] - kept[1]).abs().max() > 1e-3
 
@@ -302,29 +302,29 @@ def test_condition_dropout_probability():
 
 
 def test_cond_scale_one_is_the_plain_forward_and_guidance_mixes(model):
-    video, text = inputs(model.config)
+    frames_u8, text = inputs(model.config)
     with torch.no_grad():
-        plain = model(video, text)
-        assert torch.equal(model(video, text, cond_scale=1.0), plain)
-        null = model(video, text, cond_drop_prob=1.0)
-        guided = model(video, text, cond_scale=3.0)
+        plain = model(frames_u8, text)
+        assert torch.equal(model(frames_u8, text, cond_scale=1.0), plain)
+        null = model(frames_u8, text, cond_drop_prob=1.0)
+        guided = model(frames_u8, text, cond_scale=3.0)
     torch.testing.assert_close(guided, null + (plain - null) * 3.0, atol=1e-4, rtol=1e-4)
     assert (guided - plain).abs().max() > 1e-3
 
 
 def test_guidance_is_eval_only():
     m = RT1(TINY).train()
-    video, text = inputs(TINY, batch=1)
+    frames_u8, text = inputs(TINY, batch=1)
     with pytest.raises(ValueError, match="eval"):
-        m(video, text, cond_scale=2.0)
+        m(frames_u8, text, cond_scale=2.0)
 
 
 def test_film_starts_as_identity():
     torch.manual_seed(0)
     m = RT1(TINY).eval()
-    video, _ = inputs(TINY, batch=1)
+    frames_u8, _ = inputs(TINY, batch=1)
     with torch.no_grad():
-        assert torch.equal(m(video, torch.randn(1, 512)), m(video, torch.randn(1, 512)))
+        assert torch.equal(m(frames_u8, torch.randn(1, 512)), m(frames_u8, torch.randn(1, 512)))
 
 
 # ---- persistence and training ---------------------------------------------------------------------
@@ -336,22 +336,22 @@ def test_state_dict_round_trip(model):
     buffer.seek(0)
     torch.manual_seed(123)
     other = RT1(model.config).eval()
-    video, text = inputs(model.config)
+    frames_u8, text = inputs(model.config)
     with torch.no_grad():
-        assert not torch.equal(other(video, text), model(video, text))
+        assert not torch.equal(other(frames_u8, text), model(frames_u8, text))
         other.load_state_dict(torch.load(buffer, weights_only=True))
-        assert torch.equal(other(video, text), model(video, text))
+        assert torch.equal(other(frames_u8, text), model(frames_u8, text))
 
 
 def test_a_few_adamw_steps_fit_one_batch():
     torch.manual_seed(0)
     m = RT1(TINY).train()
-    video, text = inputs(TINY, batch=2)
+    frames_u8, text = inputs(TINY, batch=2)
     tokens = torch.randint(0, NUM_BINS, (2, TINY.num_frames, NUM_ACTION_TOKENS))
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
-        loss = action_loss(m(video, text, cond_drop_prob=0.0), tokens)
+        loss = action_loss(m(frames_u8, text, cond_drop_prob=0.0), tokens)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -397,19 +397,21 @@ def test_token_accuracy_and_counts():
     assert correct.dtype == torch.int64 and correct.tolist() == [3] + [6] * 10 and total.item() == 6
 
 
-def test_normalize_video():
-    video = torch.zeros(1, 3, 2, 4, 4, dtype=torch.uint8)
-    video[:, :, 1] = 255
-    out = normalize_video(video, "imagenet")
-    assert out.dtype == torch.float32 and out.shape == video.shape
+def test_normalize_frames():
+    frames_u8 = torch.zeros(1, 2, 4, 4, 3, dtype=torch.uint8)  # (B, F, H, W, 3)
+    frames_u8[:, 1] = 255
+    out = normalize_frames(frames_u8, "imagenet")
+    assert out.dtype == torch.float32 and out.shape == frames_u8.shape
     for c in range(3):
-        assert out[0, c, 0, 0, 0].item() == pytest.approx(-IMAGENET_MEAN[c] / IMAGENET_STD[c], rel=1e-5)
-        assert out[0, c, 1, 0, 0].item() == pytest.approx((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rel=1e-5)
-    assert normalize_video(video[:, :, 0], "imagenet").shape == (1, 3, 4, 4)
+        assert out[0, 0, 0, 0, c].item() == pytest.approx(-IMAGENET_MEAN[c] / IMAGENET_STD[c], rel=1e-5)
+        assert out[0, 1, 0, 0, c].item() == pytest.approx((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rel=1e-5)
+    assert normalize_frames(frames_u8[:, 0], "imagenet").shape == (1, 4, 4, 3)
     with pytest.raises(TypeError):
-        normalize_video(out, "imagenet")
-    raw = normalize_video(video, "raw")  # the original pipeline's input: 0..255 floats
-    assert raw.dtype == torch.float32 and torch.equal(raw, video.float())
+        normalize_frames(out, "imagenet")
+    with pytest.raises(ValueError, match=r"channels-last frames \(\.\.\., H, W, 3\), got shape \(1, 3, 4, 4\)"):
+        normalize_frames(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "imagenet")  # channels-first is refused
+    raw = normalize_frames(frames_u8, "raw")  # the original pipeline's input: 0..255 floats
+    assert raw.dtype == torch.float32 and torch.equal(raw, frames_u8.float())
 
 
 def test_dropout_keeps_the_expected_fraction_and_is_unbiased():
@@ -521,9 +523,9 @@ def test_sync_batch_norm_conversion_keeps_the_model_working():
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(RT1(TINY)).eval()
     synced.load_state_dict(m.state_dict())
     assert any(isinstance(mod, torch.nn.SyncBatchNorm) for mod in synced.modules())
-    video, text = inputs(TINY, batch=1)
+    frames_u8, text = inputs(TINY, batch=1)
     with torch.no_grad():
-        torch.testing.assert_close(synced(video, text), m(video, text), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(synced(frames_u8, text), m(frames_u8, text), atol=1e-5, rtol=1e-5)
     block = MBConv(8, 8, False, 2, 0.25)
     block.train()(torch.randn(2, 4, 4, 8))
     assert block.expand_norm.num_batches_tracked.item() == 1 and block.expand_norm.running_mean.abs().sum() > 0

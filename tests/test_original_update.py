@@ -36,7 +36,7 @@ def _original_step(train_index, data_dir, seed: int) -> dict[str, torch.Tensor]:
     dataset = RT1Dataset(train_index, data_dir, augment=False)
     items = [dataset[i] for i in range(BATCH)]  # --no-shuffle: the first windows in index order
     dataset.close()
-    video = torch.stack([it["video"] for it in items])  # uint8: the model feeds raw 0..255 pixels
+    video = torch.stack([it["frames"] for it in items])  # uint8: the model feeds raw 0..255 pixels
     text = torch.stack([it["text_embed"] for it in items])
     tokens = torch.stack([it["action_tokens"] for it in items]).long()
     logits = model(video, text)

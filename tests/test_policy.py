@@ -37,12 +37,12 @@ def episode():
 def reference_logits(model: RT1, images: np.ndarray, text: np.ndarray, cond_scale: float = 1.0) -> torch.Tensor:
     """Per-step logits from full training-window forwards: the window starting at step 0 for t < 6,
     else the window ending at t (its last frame)."""
-    video = torch.from_numpy(images).permute(3, 0, 1, 2)[None]  # uint8 (1, 3, T, H, W)
+    frames = torch.from_numpy(images)[None]  # uint8 (1, T, H, W, 3)
     text = torch.from_numpy(text)[None]
     f = model.config.num_frames
     with torch.no_grad():
-        first = model(video[:, :, :f], text, cond_scale=cond_scale)[0]
-        rows = [first[t] if t < f else model(video[:, :, t - f + 1:t + 1], text, cond_scale=cond_scale)[0, -1]
+        first = model(frames[:, :f], text, cond_scale=cond_scale)[0]
+        rows = [first[t] if t < f else model(frames[:, t - f + 1:t + 1], text, cond_scale=cond_scale)[0, -1]
                 for t in range(len(images))]
     return torch.stack(rows)
 
@@ -185,7 +185,7 @@ def test_inference_model_shares_weights_and_cannot_train():
     with pytest.raises(RuntimeError, match="cannot train"):
         fast.train()
     fast.eval()  # allowed
-    video = torch.randint(0, 256, (2, 3, 6, 64, 64), dtype=torch.uint8)
+    video = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8)
     text = torch.randn(2, TINY.text_embed_dim)
     with torch.no_grad():
         torch.testing.assert_close(fast(video, text, cond_scale=3.0), model(video, text, cond_scale=3.0),

@@ -4,7 +4,7 @@
     item = ds[0]
 
 An item is a dict:
-    video          uint8 (3, 6, H, W)   the window's frames (convert to float on the device, not here)
+    frames         uint8 (6, H, W, 3)   the window's frames, channels-last as stored (the model scales them)
     text_embed     float32 (512,)       the instruction's embedding
     instruction    str
     action_tokens  int64 (6, 11)        RT-1 action tokens of the 6 steps (the training targets)
@@ -62,8 +62,8 @@ def random_offset(max_shift: tuple[int, int], generator: torch.Generator | None 
     return offset // (2 * pad_w + 1) - pad_h, offset % (2 * pad_w + 1) - pad_w
 
 
-def to_video(frames: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """Frames (n, H, W, C) -> a new contiguous video (C, n, H, W), content moved by `offset` (dy, dx), zero-filled.
+def shifted_frames(frames: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Frames (n, H, W, C) -> a new contiguous array of the same shape, content moved by `offset` (dy, dx), zero-filled.
 
     Moving by (dy, dx) equals padding the frames with zeros and cropping the original size at a shifted
     position (RT-1's pad_then_crop); one offset for all frames.
@@ -71,20 +71,13 @@ def to_video(frames: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray
     n, height, width, channels = frames.shape
     dy, dx = offset
     if dy == 0 and dx == 0:
-        video = np.empty((channels, n, height, width), frames.dtype)
-        video[...] = frames.transpose(3, 0, 1, 2)
-        return video
-    video = np.zeros((channels, n, height, width), frames.dtype)
+        return frames.copy()
+    out = np.zeros_like(frames)
     h, w = height - abs(dy), width - abs(dx)
     if h > 0 and w > 0:
-        video[:, :, max(0, dy):max(0, dy) + h, max(0, dx):max(0, dx) + w] = \
-            frames[:, max(0, -dy):max(0, -dy) + h, max(0, -dx):max(0, -dx) + w].transpose(3, 0, 1, 2)
-    return video
-
-
-def random_shift(frames: np.ndarray, max_shift: tuple[int, int], generator: torch.Generator | None = None) -> np.ndarray:
-    """All frames (n, H, W, C) moved by one random offset of at most `max_shift` (rows, cols), zero-filled."""
-    return np.ascontiguousarray(to_video(frames, random_offset(max_shift, generator)).transpose(1, 2, 3, 0))
+        out[:, max(0, dy):max(0, dy) + h, max(0, dx):max(0, dx) + w] = \
+            frames[:, max(0, -dy):max(0, -dy) + h, max(0, -dx):max(0, -dx) + w]
+    return out
 
 
 MAX_OPEN_FILES = 64  # preprocessed files a loader process keeps open
@@ -209,9 +202,8 @@ class RT1Dataset(Dataset):
             height, width = frames.shape[1:3]
             offset = random_offset((int(round(height * RT1_SHIFT_FRACTION[0])),
                                     int(round(width * RT1_SHIFT_FRACTION[1]))))
-        video = to_video(frames, offset)  # (3, 6, H, W)
         return {
-            "video": torch.from_numpy(video),
+            "frames": torch.from_numpy(shifted_frames(frames, offset)),  # a copy: the buffer is reused
             "text_embed": torch.from_numpy(np.asarray(w["language_embedding"], np.float32)),
             "instruction": w["instruction"],
             "action_tokens": torch.from_numpy(w["action_tokens"].astype(np.int64)),

@@ -29,7 +29,7 @@ import torch
 
 from rt1.config import PRESETS
 from rt1.model import RT1, action_loss
-from rt1.model.normalize import normalize_video
+from rt1.model.normalize import normalize_frames
 from rt1.policy import RT1Policy
 from rt1.train import distributed as D
 from rt1.train.step import amp_context, train_step
@@ -48,12 +48,12 @@ def _sync(device: torch.device) -> None:
 
 def _batches(config, batch: int, device: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    video = torch.randint(0, 256, (batch, 3, config.num_frames, config.image_size, config.image_size), generator=g,
-                          dtype=torch.uint8)
+    frames = torch.randint(0, 256, (batch, config.num_frames, config.image_size, config.image_size, 3), generator=g,
+                           dtype=torch.uint8)
     text = torch.randn(batch, config.text_embed_dim, generator=g)
     tokens = torch.randint(0, config.num_bins, (batch, config.num_frames, config.num_actions), generator=g)
     while True:  # the same batch every step (no loader in this measurement: only the model's own cost)
-        yield {"video": video, "text_embed": text, "action_tokens": tokens}
+        yield {"frames": frames, "text_embed": text, "action_tokens": tokens}
 
 
 def _memory(device: torch.device) -> dict:
@@ -87,9 +87,9 @@ def measure_train(spec: dict, device: torch.device) -> dict:
         start = time.perf_counter()
         if forward is not None:
             train_step(forward, batches, optimizer, device=device, scaler=scaler, amp=amp)
-        else:  # the reference: float pixels scaled as our config says, the original's call
+        else:  # the reference: float pixels scaled as our config says, in its (B, 3, F, H, W) layout, the original's call
             batch = next(batches)
-            video = normalize_video(batch["video"].to(device), config.pixel_scaling)
+            video = normalize_frames(batch["frames"].to(device), config.pixel_scaling).permute(0, 4, 1, 2, 3)
             with amp_context(device, amp):
                 logits = bare(video, text_embeds=batch["text_embed"].to(device), cond_drop_prob=0.0)
                 loss = action_loss(logits, batch["action_tokens"].to(device))

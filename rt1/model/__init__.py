@@ -10,11 +10,11 @@ from rt1.model.load import CheckpointError, check_model_path, load_model, read_c
 from rt1.model.pretrained import PretrainedError, load_pretrained
 from rt1.config import LOSS_REDUCTIONS
 from rt1.model.loss import action_loss, token_accuracy, token_correct_counts
-from rt1.model.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_video
+from rt1.model.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 from rt1.model.rt1 import RT1, guided_logits
 
 __all__ = [
-    "RT1Config", "RT1", "Conditioning", "guided_logits", "normalize_video", "IMAGENET_MEAN", "IMAGENET_STD",
+    "RT1Config", "RT1", "Conditioning", "guided_logits", "normalize_frames", "IMAGENET_MEAN", "IMAGENET_STD",
     "action_loss", "LOSS_REDUCTIONS", "token_accuracy", "token_correct_counts", "CheckpointError", "load_model", "read_checkpoint",
     "check_model_path", "PretrainedError", "load_pretrained",
 ]

@@ -1,7 +1,7 @@
 """RT1: the whole model. MaxViT + TokenLearner per frame, causal transformer over frames, action head.
 
-    video (B, 3, F, H, W) uint8 pixels, text_embeds (B, E)
-      pixels:        uint8 -> float as config.pixel_scaling says (`normalize_video`), inside encode_frames
+    frames (B, F, H, W, 3) uint8 pixels (channels-last, as stored and as the camera gives them), text_embeds (B, E)
+      pixels:        uint8 -> float as config.pixel_scaling says (`normalize_frames`), inside encode_frames
       condition:     text -> shared MLP stem -> FiLM modulations of every layer (`Conditioning`)
       encode_frames: every frame -> MaxViT (FiLM) [+ position embedding] -> TokenLearner -> tokens (B*F, n, D)
       decode:        tokens (B, F, n, D) -> causal Transformer (FiLM) -> mean over the n tokens
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from rt1.config import RT1Config
 from rt1.model.film import Conditioning, TextConditioner
 from rt1.model.maxvit import MaxViT
-from rt1.model.normalize import normalize_video
+from rt1.model.normalize import normalize_frames
 from rt1.model.token_learner import TokenLearner
 from rt1.model.transformer import Transformer
 
@@ -70,13 +70,15 @@ class RT1(nn.Module):
         return Conditioning(self.vit.modulations(cond), self.transformer.modulations(cond))
 
     def encode_frames(self, frames: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
-        """frames (N, 3, H, W) uint8, text_embeds (N, E) or its Conditioning -> tokens (N, n, D).
+        """frames (N, H, W, 3) uint8, text_embeds (N, E) or its Conditioning -> tokens (N, n, D).
 
         n = num_learned_tokens, D = embed_dim. Pass `null_text_embed` rows to encode unconditioned. The
         pixels are scaled here, from the model's own config (a float input is refused: already scaled?).
         """
         cond = self._conditioning(text_embeds, frames.shape[0])
-        features = self.vit(normalize_video(frames, self.config.pixel_scaling), cond.vit)  # (N, h, w, D)
+        # (N, H, W, 3) -> (N, 3, H, W) as a view: NCHW in channels_last memory, what the convolutions take.
+        pixels = normalize_frames(frames, self.config.pixel_scaling).permute(0, 3, 1, 2)
+        features = self.vit(pixels, cond.vit)  # (N, h, w, D)
         if self.config.feature_position_embedding:
             features = features + self.feature_position
         return self.token_learner(features)
@@ -95,25 +97,25 @@ class RT1(nn.Module):
 
     # ---- full forward -----------------------------------------------------------------------------
 
-    def forward(self, video: Tensor, text_embeds: Tensor, cond_drop_prob: float | None = None,
+    def forward(self, frames: Tensor, text_embeds: Tensor, cond_drop_prob: float | None = None,
                 cond_scale: float = 1.0) -> Tensor:
-        """video (B, 3, F, H, W) uint8, text_embeds (B, E) -> logits (B, F, num_actions, num_bins).
+        """frames (B, F, H, W, 3) uint8, text_embeds (B, E) -> logits (B, F, num_actions, num_bins).
 
         cond_drop_prob: probability of replacing each sample's text by the null embedding; default
         config.cond_drop_prob in training mode and 0 in eval mode.
         cond_scale: classifier-free guidance scale (eval only); 1 = plain conditioned forward.
         """
         c = self.config
-        if video.ndim != 5 or video.shape[1] != c.channels:
-            raise ValueError(f"video must be (B, {c.channels}, F, H, W), got {tuple(video.shape)}")
-        b, channels, f, h, w = video.shape
+        if frames.ndim != 5 or frames.shape[-1] != c.channels:
+            raise ValueError(f"frames must be (B, F, H, W, {c.channels}), got {tuple(frames.shape)}")
+        b, f, h, w, channels = frames.shape
         if h != c.image_size or w != c.image_size:
-            raise ValueError(f"video frames are {h}x{w}, the model expects {c.image_size}x{c.image_size}")
+            raise ValueError(f"frames are {h}x{w}, the model expects {c.image_size}x{c.image_size}")
         self._check_text(text_embeds, b)
         if cond_scale != 1.0:
             if self.training:
                 raise ValueError("cond_scale != 1 (classifier-free guidance) is for eval mode only; call model.eval()")
-            video = torch.cat((video, video), dim=0)
+            frames = torch.cat((frames, frames), dim=0)
             text_embeds = torch.cat((text_embeds, self.null_text_embed.expand_as(text_embeds)), dim=0)
         else:
             if cond_drop_prob is None:
@@ -121,11 +123,8 @@ class RT1(nn.Module):
             text_embeds = self.conditioner.drop(text_embeds, cond_drop_prob)
 
         cond = self.condition(text_embeds)  # (B', ...) once per sample, shared by its frames
-        bb = video.shape[0]
-        # (B', 3, F, H, W) -> (B' * F, 3, H, W) in channels_last memory: one uint8 copy; scaling to float
-        # keeps that layout.
-        frames = video.permute(0, 2, 3, 4, 1).reshape(bb * f, h, w, channels).permute(0, 3, 1, 2)
-        tokens = self.encode_frames(frames, cond.repeat_interleave(f))  # (B' * F, n, D)
+        bb = frames.shape[0]
+        tokens = self.encode_frames(frames.reshape(bb * f, h, w, channels), cond.repeat_interleave(f))  # (B'*F, n, D)
         logits = self.decode(tokens.view(bb, f, *tokens.shape[1:]), cond)
         return guided_logits(logits, cond_scale) if cond_scale != 1.0 else logits
 

@@ -14,8 +14,8 @@ DistributedSampler pads the training list by repeating a few windows when W does
 Validation: `ShardSampler` gives rank r the windows r, r + W, r + 2W, ... with no padding, so the
 sums the trainer all-reduces count every validation window exactly once.
 
-The collate function keeps only what training needs: uint8 video (B, 3, F, H, W), text_embed
-(B, 512), action_tokens (B, F, 11). The video stays uint8 until it is on the device.
+The collate function keeps only what training needs: uint8 frames (B, F, H, W, 3), text_embed
+(B, 512), action_tokens (B, F, 11). The frames stay uint8 until they are on the device.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class ShardSampler(Sampler):
 
 def collate_windows(items: list[dict]) -> dict:
     return {
-        "video": torch.stack([it["video"] for it in items]),
+        "frames": torch.stack([it["frames"] for it in items]),
         "text_embed": torch.stack([it["text_embed"] for it in items]),
         "action_tokens": torch.stack([it["action_tokens"] for it in items]),
     }
@@ -179,10 +179,10 @@ class TrainSetupError(RT1Error, ValueError):
 def check_data_fits(dataset: RT1Dataset, config: RT1Config, what: str, cfg: TrainConfig) -> None:
     if len(dataset) == 0:
         raise TrainSetupError(f"{what} index {dataset.index_csv} lists no windows")
-    shape = tuple(dataset[0]["video"].shape)
-    if shape[-2:] != (config.image_size, config.image_size) or shape[1] != config.num_frames:
+    shape = tuple(dataset[0]["frames"].shape)  # (F, H, W, 3)
+    if shape[1:3] != (config.image_size, config.image_size) or shape[0] != config.num_frames:
         raise TrainSetupError(
-            f"{what} windows from {cfg.data_dir} are {shape[1]} frames of {shape[-2]}x{shape[-1]}, but preset "
+            f"{what} windows from {cfg.data_dir} are {shape[0]} frames of {shape[1]}x{shape[2]}, but preset "
             f"{cfg.preset!r} expects {config.num_frames} frames of {config.image_size}x{config.image_size}: "
             f"preprocess with DataPreprocess_batch_*.py --image-size {config.image_size} and index with "
             f"data_emerge.py --window {config.num_frames}")
@@ -252,7 +252,7 @@ class TimedBatches:
         start = time.perf_counter()
         batch = next(self.batches)
         self.wait += time.perf_counter() - start
-        self.windows += batch["video"].shape[0] * self.world_size
+        self.windows += batch["frames"].shape[0] * self.world_size
         return batch
 
 

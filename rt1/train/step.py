@@ -6,7 +6,7 @@ a notebook call.
                  clipping, the optimizer and scheduler steps
     evaluate     loss and token accuracy over a loader, summed over every rank's windows before dividing
 
-Batches are the loader's dicts: "video" uint8 (B, 3, F, H, W), "text_embed" (B, E), "action_tokens"
+Batches are the loader's dicts: "frames" uint8 (B, F, H, W, 3), "text_embed" (B, E), "action_tokens"
 (B, F, 11); the model normalises the pixels itself.
 """
 
@@ -41,8 +41,8 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A collated batch -> (uint8 video (B, 3, F, H, W), text_embed (B, E), action_tokens (B, F, 11)) on device."""
-    return tuple(batch[k].to(device, non_blocking=True) for k in ("video", "text_embed", "action_tokens"))
+    """A collated batch -> (uint8 frames (B, F, H, W, 3), text_embed (B, E), action_tokens (B, F, 11)) on device."""
+    return tuple(batch[k].to(device, non_blocking=True) for k in ("frames", "text_embed", "action_tokens"))
 
 
 def train_step(model: nn.Module, batches: Iterator[dict], optimizer: torch.optim.Optimizer, *,
@@ -60,11 +60,11 @@ def train_step(model: nn.Module, batches: Iterator[dict], optimizer: torch.optim
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     loss_sum = torch.zeros((), device=device)
     for micro in range(accumulate):
-        video, text, tokens = to_device(next(batches), device)
+        frames, text, tokens = to_device(next(batches), device)
         last = micro == accumulate - 1
         with contextlib.nullcontext() if (last or no_sync is None) else no_sync():
             with amp_context(device, amp):
-                logits = model(video, text)
+                logits = model(frames, text)
                 loss = action_loss(logits, tokens, loss_reduction)
             scaler.scale(loss * (1.0 / accumulate)).backward()
         loss_sum += loss.detach().float() if loss_reduction == "mean" else action_loss(logits.detach(), tokens).float()
@@ -94,22 +94,22 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str = "off"
     num_actions = len(ACTION_DIM_NAMES)
     sums = torch.zeros(2 + num_actions, dtype=torch.float64, device=device)  # [loss, frames, correct per dim]
     for batch in loader:
-        video, text, tokens = to_device(batch, device)
+        frames, text, tokens = to_device(batch, device)
         with amp_context(device, amp):
-            logits = model(video, text)
+            logits = model(frames, text)
         sums[0] += action_loss(logits, tokens).double() * tokens.numel()  # the per-token mean, summed
-        correct, frames = token_correct_counts(logits, tokens)
-        sums[1] += frames.double()
+        correct, counted = token_correct_counts(logits, tokens)
+        sums[1] += counted.double()
         sums[2:] += correct.double()
     D.all_reduce_sum(sums)
-    frames = float(sums[1])
-    if frames == 0:
+    counted = float(sums[1])  # frames evaluated
+    if counted == 0:
         return {}
     return {
-        "loss": float(sums[0]) / (frames * num_actions),
-        "token_accuracy": float(sums[2:].sum()) / (frames * num_actions),
-        "token_accuracy_per_dim": dict(zip(ACTION_DIM_NAMES, (sums[2:] / frames).tolist())),
-        "windows": int(round(frames / model.config.num_frames)),
+        "loss": float(sums[0]) / (counted * num_actions),
+        "token_accuracy": float(sums[2:].sum()) / (counted * num_actions),
+        "token_accuracy_per_dim": dict(zip(ACTION_DIM_NAMES, (sums[2:] / counted).tolist())),
+        "windows": int(round(counted / model.config.num_frames)),
     }
 
 

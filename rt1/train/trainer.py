@@ -1,7 +1,7 @@
 """The training loop: `train(cfg)` runs one training job in this process (one rank of it under DDP).
 
     run dir   run_dir: the save-dir lock, the checkpoint to resume, whether it fits this run
-    data      loaders.RunData: RT1Dataset(train_index) via EpochSampler/DistributedSampler (uint8 video)
+    data      loaders.RunData: RT1Dataset(train_index) via EpochSampler/DistributedSampler (uint8 frames)
     model     RT1(cfg.model_config) -> distributed.wrap_model (SyncBatchNorm, DDP, torch.compile)
     schedule  optim: lr x world_size, per-step cosine to lrf x that (resume: rebuilt at the saved step)
     step      step.train_step; before the update every rank agrees on the loss, a non-finite loss and a
