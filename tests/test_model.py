@@ -501,6 +501,8 @@ for left, right in [(w_mine.grad, w_full.grad), (synced.weight.grad, plain.weigh
 torch.testing.assert_close(synced.running_mean, plain.running_mean)
 torch.testing.assert_close(synced.running_var, plain.running_var)
 open(f"rank{rank}.ok", "w").close()  # a file per rank: their stdout lines interleave
+dist.barrier()
+dist.destroy_process_group()  # exiting with gloo's threads running can abort the process
 """
 
 

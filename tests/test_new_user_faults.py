@@ -28,6 +28,7 @@ from rt1.data.preprocess import main as preprocess_main
 from rt1.data.preprocessed_schema import verify_preprocessed
 from rt1.data.rlds_reader import RLDSReadError, open_builder
 from rt1.data.segment_schema import open_segment
+from rt1.demo import DEMO_MIN_EPISODES
 from rt1.errors import RT1Error
 from rt1.io import TEMP_MARKER
 
@@ -475,6 +476,6 @@ def test_the_demo_refuses_too_few_episodes_at_once(tmp_path):
     out = tmp_path / "demo"
     started = time.perf_counter()
     proc = run([sys.executable, "-m", "rt1.demo", "--out", str(out), "--episodes", "2"], timeout=300)
-    assert_one_line_error(proc, 2, "--episodes must be at least 10, got 2")
+    assert_one_line_error(proc, 2, f"--episodes must be at least {DEMO_MIN_EPISODES}, got 2")
     assert time.perf_counter() - started < 60 and not out.exists()
 

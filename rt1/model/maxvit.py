@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -67,6 +66,24 @@ def relative_position_index(w: int) -> Tensor:
     return rel[0] * (2 * w - 1) + rel[1]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """all_reduce(SUM) over `group` with its gradient: each rank's input gradient is the sum of every rank's
+    output gradient (what torch.distributed.nn.all_reduce does; that module is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
 def _sync_group(bn: nn.BatchNorm2d):
     """The process group whose batch a SyncBatchNorm normalises over, or None to use this process's batch
     (a plain BatchNorm, or SyncBatchNorm outside a multi-process run: what nn.SyncBatchNorm itself does)."""
@@ -81,14 +98,14 @@ def _sync_moments(mean: Tensor, var: Tensor, rows: int, shift: Tensor, group) ->
 
     One all_reduce of 2C + 1 float32 values, [R (m - c), R (v + (m - c)^2), R], the moments about a shift c
     every rank shares (the running mean), so E[(x - c)^2] - (M - c)^2 does not cancel once c tracks M.
-    The collective is differentiable (torch.distributed.nn): its backward sums the statistics' gradients
+    The collective is differentiable (`_AllReduceSum`): its backward sums the statistics' gradients
     over the ranks, as SyncBatchNorm's backward does. rows comes back as a 0-dim tensor (no host sync).
     """
     with torch.autocast(mean.device.type, enabled=False):
         dtype = torch.float64 if mean.dtype == torch.float64 else torch.float32
         offset = mean.to(dtype) - shift.detach().to(dtype)
         stats = torch.cat([offset * rows, (var.to(dtype) + offset * offset) * rows, offset.new_full((1,), float(rows))])
-        stats = dist_nn.all_reduce(stats, op=dist.ReduceOp.SUM, group=group)
+        stats = _AllReduceSum.apply(stats, group)
         c, total = mean.shape[0], stats[-1].detach()
         offset_all = stats[:c] / total
         var_all = (stats[c:-1] / total - offset_all * offset_all).clamp(min=0.0)
