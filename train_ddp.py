@@ -28,9 +28,12 @@ def _train(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
-    logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s [rank " + str(_rank()) + "] %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if _rank() == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s [rank " + str(_rank()) + "] %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     try:
         cfg = config_from_args(args)
     except ConfigError as e:

@@ -41,11 +41,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundled_data import build_bundled_data, run as run_command  # noqa: E402
+from bundled_data import build_bundled_data  # noqa: E402
+from bundled_data import run as run_command
+
 from rt1.config import PRESETS  # noqa: E402
 
 DEMO = PRESETS["demo"]  # the demo's recipe (issue #18)
-DEMO_PROCESSES = 2  # the demo's step: its per-process batch and lr times the demo's 2 processes, in one process
+DEMO_PROCESSES = (
+    2  # the demo's step: its per-process batch and lr times the demo's 2 processes, in one process
+)
 TOKENISATIONS = ("ours", "original")
 
 
@@ -55,8 +59,14 @@ def _run(args: list, env: dict | None = None) -> None:
 
 def build_data(work: Path, episodes: int) -> tuple[Path, Path]:
     """The bundled dataset through stages 1-3 (the demo's commands)."""
-    return build_bundled_data(work, episodes, image_size=DEMO.model.image_size, episodes_per_segment=20, val_fraction=0.05,
-                              label="bench_closed_loop")
+    return build_bundled_data(
+        work,
+        episodes,
+        image_size=DEMO.model.image_size,
+        episodes_per_segment=20,
+        val_fraction=0.05,
+        label="bench_closed_loop",
+    )
 
 
 # ---- the original pipeline's action tokenisation (benchmark only) -------------------------------------
@@ -89,15 +99,26 @@ def original_tokens(actions):
 
 # ---- one policy: train with periodic closed-loop evaluation (a worker process) ------------------------
 
-def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max_steps: int, budget_s: float,
-                       eval_every: int, eval_episodes: int, eval_seed: int, seed: int, out_path: Path) -> None:
+
+def train_and_evaluate(
+    tokenisation: str,
+    data_dir: Path,
+    train_index: Path,
+    max_steps: int,
+    budget_s: float,
+    eval_every: int,
+    eval_episodes: int,
+    eval_seed: int,
+    seed: int,
+    out_path: Path,
+) -> None:
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
 
+    from rt1.config import TrainConfig
     from rt1.data.dataset import RT1Dataset
     from rt1.evaluation.closed_loop import evaluate_policy, rt1_policy_factory
-    from rt1.config import TrainConfig
     from rt1.model import RT1
     from rt1.train.checkpoint import seed_everything
     from rt1.train.optim import build_optimizer, build_scheduler, peak_lr
@@ -112,8 +133,14 @@ def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max
     optimizer = build_optimizer(model, cfg, lr)
     scheduler = build_scheduler(optimizer, cfg, lr, max_steps)
     dataset = RT1Dataset(train_index, data_dir, augment=cfg.augment)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size * DEMO_PROCESSES, shuffle=True, drop_last=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size * DEMO_PROCESSES,
+        shuffle=True,
+        drop_last=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
     history = []
 
     def evaluate(step: int, train_seconds: float, loss: float) -> None:
@@ -121,13 +148,21 @@ def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max
         start = time.perf_counter()
         result = evaluate_policy(rt1_policy_factory(model), eval_episodes, seed=eval_seed)
         model.train()
-        row = {"step": step, "train_seconds": round(train_seconds, 1), "loss": loss,
-               "eval_seconds": round(time.perf_counter() - start, 1), "overall": result["overall"],
-               "per_family": result["per_family"]}
+        row = {
+            "step": step,
+            "train_seconds": round(train_seconds, 1),
+            "loss": loss,
+            "eval_seconds": round(time.perf_counter() - start, 1),
+            "overall": result["overall"],
+            "per_family": result["per_family"],
+        }
         history.append(row)
         out_path.write_text(json.dumps({"tokenisation": tokenisation, "history": history}, indent=1))
-        print(f"[{tokenisation}] step {step:5d}  train {train_seconds / 60:4.1f} min  loss {loss:.3f}  "
-              f"success {result['overall']['success_rate']:.0%}", flush=True)
+        print(
+            f"[{tokenisation}] step {step:5d}  train {train_seconds / 60:4.1f} min  loss {loss:.3f}  "
+            f"success {result['overall']['success_rate']:.0%}",
+            flush=True,
+        )
 
     step, train_seconds, losses = 0, 0.0, []
     model.train()
@@ -136,8 +171,14 @@ def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max
             tick = time.process_time()  # CPU time of this one-thread process: the machine is shared
             if tokenisation == "original":
                 batch["action_tokens"] = original_tokens(batch["actions"])
-            loss = train_step(model, iter([batch]), optimizer, device=torch.device("cpu"), scheduler=scheduler,
-                              loss_reduction=cfg.loss_reduction)
+            loss = train_step(
+                model,
+                iter([batch]),
+                optimizer,
+                device=torch.device("cpu"),
+                scheduler=scheduler,
+                loss_reduction=cfg.loss_reduction,
+            )
             step += 1
             losses.append(loss.item())
             train_seconds += time.process_time() - tick
@@ -151,19 +192,31 @@ def train_and_evaluate(tokenisation: str, data_dir: Path, train_index: Path, max
 
 # ---- the side-by-side run ---------------------------------------------------------------------------
 
+
 def baselines(eval_episodes: int, eval_seed: int) -> dict:
     from rt1.evaluation.closed_loop import evaluate_policy, expert_factory, noop_factory
 
-    return {name: evaluate_policy(factory, eval_episodes, seed=eval_seed, render_images=False)
-            for name, factory in (("expert", expert_factory), ("noop", noop_factory))}
+    return {
+        name: evaluate_policy(factory, eval_episodes, seed=eval_seed, render_images=False)
+        for name, factory in (("expert", expert_factory), ("noop", noop_factory))
+    }
 
 
 def print_tables(runs: dict[str, dict], base: dict) -> None:
     from rt1.sim.scene import TASK_FAMILIES
 
-    short = {"pick": "pick", "pick_from_drawer": "drawer", "move_near": "near", "open_drawer": "open",
-             "close_drawer": "close", "place_upright": "upright", "knock_over": "knock"}
-    header = f"{'policy':<9}{'step':>6}{'train min':>10}{'loss':>7}" + "".join(f"{short[f]:>8}" for f in TASK_FAMILIES)
+    short = {
+        "pick": "pick",
+        "pick_from_drawer": "drawer",
+        "move_near": "near",
+        "open_drawer": "open",
+        "close_drawer": "close",
+        "place_upright": "upright",
+        "knock_over": "knock",
+    }
+    header = f"{'policy':<9}{'step':>6}{'train min':>10}{'loss':>7}" + "".join(
+        f"{short[f]:>8}" for f in TASK_FAMILIES
+    )
     header += f"{'overall':>14}"
     print("\nclosed-loop success vs training steps (the same evaluation seeds for every row)")
     print(header)
@@ -177,23 +230,43 @@ def print_tables(runs: dict[str, dict], base: dict) -> None:
 
     for name, run in runs.items():
         for row in run["history"]:
-            print(f"{name:<9}{row['step']:>6}{row['train_seconds'] / 60:>10.1f}{row['loss']:>7.3f}" + cells(row))
+            print(
+                f"{name:<9}{row['step']:>6}{row['train_seconds'] / 60:>10.1f}{row['loss']:>7.3f}" + cells(row)
+            )
     for name, result in base.items():
         print(f"{name:<9}{'':>6}{'':>10}{'':>7}" + cells(result))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, help="preprocessed tiny-size data (default: build the bundled set)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="preprocessed tiny-size data (default: build the bundled set)"
+    )
     parser.add_argument("--train-index", type=Path, help="its train_idx_N.csv (with --data-dir)")
-    parser.add_argument("--episodes", type=int, default=1200,
-                        help="bundled dataset size when building (default 1200: more scenes kept adding success per CPU-minute)")
-    parser.add_argument("--budget-minutes", type=float, default=30.0,
-                        help="training CPU-minutes per policy (process CPU time), both in parallel on one core each (default 30)")
-    parser.add_argument("--max-steps", type=int, default=15000,
-                        help="step limit and cosine length (default 15000: ~30 CPU-minutes at ~0.12 s per step)")
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=1200,
+        help="bundled dataset size when building (default 1200: more scenes kept adding success per CPU-minute)",
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=30.0,
+        help="training CPU-minutes per policy (process CPU time), both in parallel on one core each (default 30)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=15000,
+        help="step limit and cosine length (default 15000: ~30 CPU-minutes at ~0.12 s per step)",
+    )
     parser.add_argument("--eval-every", type=int, default=5000, help="evaluate every N steps (default 5000)")
-    parser.add_argument("--eval-episodes", type=int, default=28, help="evaluation episodes (default 28: 4 per family)")
+    parser.add_argument(
+        "--eval-episodes", type=int, default=28, help="evaluation episodes (default 28: 4 per family)"
+    )
     parser.add_argument("--eval-seed", type=int, default=0, help="evaluation seed (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--tokenisation", nargs="+", choices=TOKENISATIONS, default=list(TOKENISATIONS))
@@ -203,8 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.worker:
-        train_and_evaluate(args.worker, args.data_dir, args.train_index, args.max_steps, args.budget_minutes * 60,
-                           args.eval_every, args.eval_episodes, args.eval_seed, args.seed, args.worker_out)
+        train_and_evaluate(
+            args.worker,
+            args.data_dir,
+            args.train_index,
+            args.max_steps,
+            args.budget_minutes * 60,
+            args.eval_every,
+            args.eval_episodes,
+            args.eval_seed,
+            args.seed,
+            args.worker_out,
+        )
         return 0
 
     with tempfile.TemporaryDirectory(prefix="bench_closed_loop-") as tmp:
@@ -212,33 +295,66 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if args.data_dir is None:
             data_dir, train_index = build_data(work, args.episodes)
-            print(f"bundled dataset: {args.episodes} episodes through stages 1-3 in "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"bundled dataset: {args.episodes} episodes through stages 1-3 in "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
         else:
             data_dir, train_index = args.data_dir, args.train_index
         procs = {}
         for name in args.tokenisation:
-            command = [sys.executable, __file__, "--worker", name, "--worker-out", work / f"{name}.json",
-                       "--data-dir", data_dir, "--train-index", train_index, "--max-steps", args.max_steps,
-                       "--budget-minutes", args.budget_minutes, "--eval-every", args.eval_every,
-                       "--eval-episodes", args.eval_episodes, "--eval-seed", args.eval_seed, "--seed", args.seed]
-            procs[name] = subprocess.Popen([str(c) for c in command], cwd=REPO,
-                                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--worker-out",
+                work / f"{name}.json",
+                "--data-dir",
+                data_dir,
+                "--train-index",
+                train_index,
+                "--max-steps",
+                args.max_steps,
+                "--budget-minutes",
+                args.budget_minutes,
+                "--eval-every",
+                args.eval_every,
+                "--eval-episodes",
+                args.eval_episodes,
+                "--eval-seed",
+                args.eval_seed,
+                "--seed",
+                args.seed,
+            ]
+            procs[name] = subprocess.Popen(
+                [str(c) for c in command], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            )
         failed = [name for name, proc in procs.items() if proc.wait() != 0]
         if failed:
             raise SystemExit(f"bench_closed_loop: the {', '.join(failed)} run failed")
         runs = {name: json.loads((work / f"{name}.json").read_text()) for name in procs}
         base = baselines(args.eval_episodes, args.eval_seed)
         print_tables(runs, base)
-        print(f"\nwall time {(time.perf_counter() - start) / 60:.1f} min; training budget "
-              f"{args.budget_minutes:g} min per policy (one core each, in parallel); "
-              f"{args.eval_episodes} evaluation episodes per row")
+        print(
+            f"\nwall time {(time.perf_counter() - start) / 60:.1f} min; training budget "
+            f"{args.budget_minutes:g} min per policy (one core each, in parallel); "
+            f"{args.eval_episodes} evaluation episodes per row"
+        )
         if args.out:
-            args.out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
-                                                         for k, v in vars(args).items()},
-                                            "runs": runs,
-                                            "baselines": {n: {k: r[k] for k in ("overall", "per_family")}
-                                                          for n, r in base.items()}}, indent=1))
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                        "runs": runs,
+                        "baselines": {
+                            n: {k: r[k] for k in ("overall", "per_family")} for n, r in base.items()
+                        },
+                    },
+                    indent=1,
+                )
+            )
     return 0
 
 

@@ -27,8 +27,9 @@ def plain_iteration_rate(rlds_dir: Path, limit: int) -> float:
     builder = open_builder(rlds_dir)
     start = time.perf_counter()
     episodes = 0
-    for episode in builder.as_dataset(split=f"train[:{limit}]", shuffle_files=False,
-                                      read_config=canonical_read_config()):
+    for episode in builder.as_dataset(
+        split=f"train[:{limit}]", shuffle_files=False, read_config=canonical_read_config()
+    ):
         for step in episode["steps"]:
             step["observation"]["image"].numpy()
             step["action"]["world_vector"].numpy()
@@ -57,14 +58,20 @@ def worker_startup_seconds(rlds_dir: Path, workers: int) -> float:
     import multiprocessing
 
     start = time.perf_counter()
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         list(pool.map(_open_builder_in_worker, [rlds_dir] * workers))
     return time.perf_counter() - start
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, help="an existing RLDS directory (default: build the bundled one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="an existing RLDS directory (default: build the bundled one)"
+    )
     parser.add_argument("--episodes", type=int, default=60, help="episodes to build/use (default 60)")
     parser.add_argument("--episode-sec-len", type=int, default=10)
     args = parser.parse_args()
@@ -92,7 +99,9 @@ def main() -> None:
             cfg = ConvertConfig(rlds_dir, out, "all", args.episode_sec_len, 0, n, workers)
             summary = convert(cfg, progress=False)
             rates[workers] = summary.episodes_read / summary.seconds
-        rerun = convert(ConvertConfig(rlds_dir, tmp / "seg1", "all", args.episode_sec_len, 0, n), progress=False)
+        rerun = convert(
+            ConvertConfig(rlds_dir, tmp / "seg1", "all", args.episode_sec_len, 0, n), progress=False
+        )
         verify_rate = rerun.episodes_read / rerun.seconds
         startup = worker_startup_seconds(rlds_dir, 2)
         files = sorted(out.glob("*_episode.h5"))
@@ -108,18 +117,30 @@ def main() -> None:
     print(f"plain TFDS iteration (decoded, per step): {plain:8.1f} episodes/s")
     print(f"raw read limit (skip-decoding, batched):  {raw:8.1f} episodes/s")
     for workers, rate in rates.items():
-        print(f"stage 1 with {workers} worker(s):            {rate:8.1f} episodes/s  "
-              f"= {rate / plain:.2f}x plain iteration, {rate / raw:.2f}x raw read")
-    print(f"rerun over finished output (verifies every segment against the source, 1 worker): {verify_rate:8.1f} "
-          f"episodes/s = {verify_rate / raw:.2f}x raw read")
-    remaining = n / rates[2] - startup  # start-up measured separately: under load it can exceed the run itself
+        print(
+            f"stage 1 with {workers} worker(s):            {rate:8.1f} episodes/s  "
+            f"= {rate / plain:.2f}x plain iteration, {rate / raw:.2f}x raw read"
+        )
+    print(
+        f"rerun over finished output (verifies every segment against the source, 1 worker): {verify_rate:8.1f} "
+        f"episodes/s = {verify_rate / raw:.2f}x raw read"
+    )
+    remaining = (
+        n / rates[2] - startup
+    )  # start-up measured separately: under load it can exceed the run itself
     steady = f"{n / remaining:.1f} episodes/s" if remaining > 0 else "not measurable (start-up dominated)"
-    print(f"  (2 workers: {startup:.1f} s of that run is spawning the processes and warming up TensorFlow; "
-          f"without it {steady}. On 2 cores the reader already uses both, so workers pay off "
-          "on machines with more cores and on the full dataset, where start-up is amortised)")
-    print(f"bytes per step: ours {ours:,.0f}, original format {original:,.0f} "
-          f"-> ours is 1/{original / ours:.0f} of the original (target <= 1/40)")
-    print(f"target conversion >= 0.7x plain read with 1 worker: {'met' if rates[1] >= 0.7 * plain else 'NOT met'}")
+    print(
+        f"  (2 workers: {startup:.1f} s of that run is spawning the processes and warming up TensorFlow; "
+        f"without it {steady}. On 2 cores the reader already uses both, so workers pay off "
+        "on machines with more cores and on the full dataset, where start-up is amortised)"
+    )
+    print(
+        f"bytes per step: ours {ours:,.0f}, original format {original:,.0f} "
+        f"-> ours is 1/{original / ours:.0f} of the original (target <= 1/40)"
+    )
+    print(
+        f"target conversion >= 0.7x plain read with 1 worker: {'met' if rates[1] >= 0.7 * plain else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

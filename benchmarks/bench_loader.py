@@ -41,12 +41,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from synthetic_segments import NOT_PICK, PICK, jpeg_bytes, textured_frame, write_synthetic_segments  # noqa: E402
+
 from rt1.data import images  # noqa: E402
 from rt1.data.dataset import RT1Dataset  # noqa: E402
 from rt1.data.index import build_index, list_preprocessed_files  # noqa: E402
 from rt1.data.preprocess import preprocess_dir  # noqa: E402
 from rt1.data.preprocessed_file import PreprocessedFile  # noqa: E402
-from synthetic_segments import NOT_PICK, PICK, jpeg_bytes, textured_frame, write_synthetic_segments  # noqa: E402
 
 WINDOW = 6
 
@@ -74,7 +75,7 @@ def write_original_style(pre_file: Path, out: Path) -> tuple[Path, int, int]:
         for e in range(f.num_episodes):
             start, n = int(f.episodes.step_start[e]), int(f.episodes.num_steps[e])
             frames = f.decode_frames(start, start + n)
-            windows += [torch.from_numpy(frames[s:s + WINDOW].copy()) for s in range(n - WINDOW + 1)]
+            windows += [torch.from_numpy(frames[s : s + WINDOW].copy()) for s in range(n - WINDOW + 1)]
     torch.save(windows, out)
     return out, len(windows), steps
 
@@ -87,10 +88,13 @@ def measure(dataset, workers: int, samples: int, batch_size: int, warmup_batches
     Wall time excludes the warm-up batches (worker start, page cache); worker CPU time includes them.
     """
     total = (warmup_batches * workers + -(-samples // batch_size)) * batch_size
-    sampler = RandomSampler(dataset, replacement=True, num_samples=total,
-                            generator=torch.Generator().manual_seed(len(dataset)))
+    sampler = RandomSampler(
+        dataset, replacement=True, num_samples=total, generator=torch.Generator().manual_seed(len(dataset))
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, prefetch_factor=4)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, prefetch_factor=4
+    )
     it = iter(loader)
     for _ in range(warmup_batches * workers):
         next(it)
@@ -105,15 +109,31 @@ def measure(dataset, workers: int, samples: int, batch_size: int, warmup_batches
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, help="an existing preprocessed directory (default: build one)")
-    parser.add_argument("--samples", type=int, default=1600, help="samples timed per RT1Dataset run (default 1600)")
-    parser.add_argument("--original-batches", type=int, default=2,
-                        help="batches timed for the original-style loader (default 2; ~2-5 s each)")
-    parser.add_argument("--batch-size", type=int, default=8, help="DataLoader batch size (default 8, the seed's)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="an existing preprocessed directory (default: build one)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1600, help="samples timed per RT1Dataset run (default 1600)"
+    )
+    parser.add_argument(
+        "--original-batches",
+        type=int,
+        default=2,
+        help="batches timed for the original-style loader (default 2; ~2-5 s each)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="DataLoader batch size (default 8, the seed's)"
+    )
     parser.add_argument("--episodes", type=int, default=20, help="episodes to synthesise without --data-dir")
-    parser.add_argument("--distinct-frames", type=int, default=160,
-                        help="distinct textured frames the synthetic episodes cycle through (default 160)")
+    parser.add_argument(
+        "--distinct-frames",
+        type=int,
+        default=160,
+        help="distinct textured frames the synthetic episodes cycle through (default 160)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data, split and sampling")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -129,20 +149,26 @@ def main(argv: list[str] | None = None) -> int:
             pool = [jpeg_bytes(textured_frame(rng)) for _ in range(args.distinct_frames)]
             write_synthetic_segments(tmp / "segments", layout, frame_pool=pool)
             seg_bytes = sum(p.stat().st_size for p in (tmp / "segments").iterdir())
-            print(f"synthetic segment: {args.episodes} episodes, {lengths.sum()} steps of textured 256x320 frames, "
-                  f"({args.distinct_frames} distinct), {seg_bytes / lengths.sum() / 1024:.1f} KiB per step as stage-1 JPEG "
-                  f"(real fractal: ~29 KiB) [{time.perf_counter() - t:.1f} s]")
+            print(
+                f"synthetic segment: {args.episodes} episodes, {lengths.sum()} steps of textured 256x320 frames, "
+                f"({args.distinct_frames} distinct), {seg_bytes / lengths.sum() / 1024:.1f} KiB per step as stage-1 JPEG "
+                f"(real fractal: ~29 KiB) [{time.perf_counter() - t:.1f} s]"
+            )
             t = time.perf_counter()
             summary = preprocess_dir(tmp / "segments", tmp / "pre", workers=2, progress=False)
-            print(f"preprocessed: {summary.steps} steps in {time.perf_counter() - t:.1f} s "
-                  f"({summary.steps / (time.perf_counter() - t):.0f} steps/s with 2 workers)")
+            print(
+                f"preprocessed: {summary.steps} steps in {time.perf_counter() - t:.1f} s "
+                f"({summary.steps / (time.perf_counter() - t):.0f} steps/s with 2 workers)"
+            )
             data_dir = tmp / "pre"
         else:
             data_dir = args.data_dir
         result = build_index(data_dir, tmp / "index", val_fraction=0.2, seed=args.seed)
         train_csv = result.train_csv
-        print(f"index: {result.train_windows} train windows, {result.val_windows} val windows; "
-              f"timing RT1Dataset on the train windows, batch {args.batch_size}, random order")
+        print(
+            f"index: {result.train_windows} train windows, {result.val_windows} val windows; "
+            f"timing RT1Dataset on the train windows, batch {args.batch_size}, random order"
+        )
 
         files = list_preprocessed_files(data_dir)
         ours_bytes = sum(p.stat().st_size for p in files)
@@ -154,23 +180,31 @@ def main(argv: list[str] | None = None) -> int:
 
         rates, cpu_rates = {}, {}
         for workers in (1, 2):
-            rates[workers], cpu_rates[workers] = measure(RT1Dataset(train_csv, data_dir), workers, args.samples,
-                                                         args.batch_size, warmup_batches=3)
-            print(f"RT1Dataset, {workers} worker{'s' if workers > 1 else ''}: {rates[workers]:8.1f} samples/s "
-                  f"({cpu_rates[workers]:.0f} samples per worker CPU-second)")
+            rates[workers], cpu_rates[workers] = measure(
+                RT1Dataset(train_csv, data_dir), workers, args.samples, args.batch_size, warmup_batches=3
+            )
+            print(
+                f"RT1Dataset, {workers} worker{'s' if workers > 1 else ''}: {rates[workers]:8.1f} samples/s "
+                f"({cpu_rates[workers]:.0f} samples per worker CPU-second)"
+            )
 
         # The original's format and loader, on the largest file of the same data.
         biggest = max(files, key=lambda p: p.stat().st_size)
         t = time.perf_counter()
         orig_path, num_windows, orig_steps = write_original_style(biggest, tmp / "original_style.pt")
         orig_bytes = orig_path.stat().st_size
-        print(f"original-style file: {num_windows} windows of {biggest.name} saved with torch.save, "
-              f"{orig_bytes / 2**20:.0f} MiB [{time.perf_counter() - t:.1f} s]")
+        print(
+            f"original-style file: {num_windows} windows of {biggest.name} saved with torch.save, "
+            f"{orig_bytes / 2**20:.0f} MiB [{time.perf_counter() - t:.1f} s]"
+        )
         orig = OriginalStyleDataset([(orig_path, k) for k in range(num_windows)])
-        orig_rate, orig_cpu_rate = measure(orig, 1, args.original_batches * args.batch_size, args.batch_size,
-                                           warmup_batches=1)
-        print(f"original-style loader, 1 worker: {orig_rate:8.2f} samples/s "
-              f"({orig_cpu_rate:.2f} samples per worker CPU-second)")
+        orig_rate, orig_cpu_rate = measure(
+            orig, 1, args.original_batches * args.batch_size, args.batch_size, warmup_batches=1
+        )
+        print(
+            f"original-style loader, 1 worker: {orig_rate:8.2f} samples/s "
+            f"({orig_cpu_rate:.2f} samples per worker CPU-second)"
+        )
 
         orig_per_step = orig_bytes / orig_steps
         ratio = rates[1] / orig_rate
@@ -186,21 +220,33 @@ def main(argv: list[str] | None = None) -> int:
         def verdict(ok: bool) -> str:
             return "meets" if ok else "MISSES"
 
-        print(f"one worker core: {cpu_rates[1]:.0f} samples per CPU-second (wall {rates[1]:.0f}/s): "
-              f"{verdict(cpu_rates[1] >= 300)} the target of >= 300")
-        print(f"speed-up over the original style: {cpu_ratio:.0f}x per worker CPU-second (wall {ratio:.0f}x): "
-              f"{verdict(cpu_ratio >= 100)} the target of >= 100x")
-        print(f"size: 1/{size_ratio:.0f} of the original format per step: {verdict(size_ratio >= 40)} the target "
-              "of <= 1/40")
-        print("(targets are judged per worker CPU-second, which other load on the machine changes far less than "
-              "wall time; on an idle machine the wall figures come close to them)")
-        print("note: the frames are synthetic but textured, calibrated to the real dataset's mean JPEG size "
-              "(~29 KiB per 256x320 frame); flat synthetic frames (as in the tests) store ~2 KiB per step and "
-              "would flatter the size figure.")
+        print(
+            f"one worker core: {cpu_rates[1]:.0f} samples per CPU-second (wall {rates[1]:.0f}/s): "
+            f"{verdict(cpu_rates[1] >= 300)} the target of >= 300"
+        )
+        print(
+            f"speed-up over the original style: {cpu_ratio:.0f}x per worker CPU-second (wall {ratio:.0f}x): "
+            f"{verdict(cpu_ratio >= 100)} the target of >= 100x"
+        )
+        print(
+            f"size: 1/{size_ratio:.0f} of the original format per step: {verdict(size_ratio >= 40)} the target "
+            "of <= 1/40"
+        )
+        print(
+            "(targets are judged per worker CPU-second, which other load on the machine changes far less than "
+            "wall time; on an idle machine the wall figures come close to them)"
+        )
+        print(
+            "note: the frames are synthetic but textured, calibrated to the real dataset's mean JPEG size "
+            "(~29 KiB per 256x320 frame); flat synthetic frames (as in the tests) store ~2 KiB per step and "
+            "would flatter the size figure."
+        )
         try:
             load = open("/proc/loadavg").read().split()[0]
-            print(f"machine: {os.cpu_count()} CPUs, load average {load} at the end (other processes slow every "
-                  f"figure), JPEG decoder: {images.decoder_name()}")
+            print(
+                f"machine: {os.cpu_count()} CPUs, load average {load} at the end (other processes slow every "
+                f"figure), JPEG decoder: {images.decoder_name()}"
+            )
         except OSError:
             pass
         ok = cpu_rates[1] >= 300 and cpu_ratio >= 100 and size_ratio >= 40

@@ -45,6 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import reference_model  # noqa: E402
+
 from rt1.config import PRESETS, RT1Config, model_preset  # noqa: E402
 from rt1.model import RT1, action_loss, normalize_frames  # noqa: E402
 from rt1.policy import RT1Policy  # noqa: E402
@@ -113,26 +114,41 @@ def section_params(config: RT1Config, preset: str, have_ref: bool) -> None:
         return
     ref = reference_model.build_reference(config)
     head = count(ref.vit.mlp_head)
-    print(f"robotic-transformer-pytorch 0.2.3:    {count(ref):>13,}  (same text width {config.text_embed_dim})")
+    print(
+        f"robotic-transformer-pytorch 0.2.3:    {count(ref):>13,}  (same text width {config.text_embed_dim})"
+    )
     print(f"  of which its unused MaxViT ImageNet head {head:,}; used in RT-1: {count(ref) - head:,}")
-    folded_biases = sum(m.bias.numel() for name, m in ref.vit.named_modules()
-                        if isinstance(m, nn.Conv2d) and m.bias is not None and ".layers." in f".{name}")
-    print(f"  the reference's conv biases before BatchNorms ({folded_biases:,}) are folded into our BatchNorm "
-          "running means (exact);\n  its LayerNorm beta buffers are constant zeros (ours: LayerNorm(bias=False)).")
+    folded_biases = sum(
+        m.bias.numel()
+        for name, m in ref.vit.named_modules()
+        if isinstance(m, nn.Conv2d) and m.bias is not None and ".layers." in f".{name}"
+    )
+    print(
+        f"  the reference's conv biases before BatchNorms ({folded_biases:,}) are folded into our BatchNorm "
+        "running means (exact);\n  its LayerNorm beta buffers are constant zeros (ours: LayerNorm(bias=False))."
+    )
     diffs = []
     if config.attention_memory_kv == 0:
         diffs.append("no MaxViT attention memory key/values (the reference: 4 per attention)")
     if config.token_learner_pooling != "mean":
-        diffs.append("Google's TokenLearner (LayerNorm + softmax pooling; the reference: unnormalised mean pooling)")
+        diffs.append(
+            "Google's TokenLearner (LayerNorm + softmax pooling; the reference: unnormalised mean pooling)"
+        )
     if config.transformer_kv_source != "input":
-        diffs.append("transformer keys/values from FiLM(LayerNorm(x)) (the reference: from the raw layer input)")
+        diffs.append(
+            "transformer keys/values from FiLM(LayerNorm(x)) (the reference: from the raw layer input)"
+        )
     if diffs:
-        print("  this preset is NOT the reference's function: " + "; ".join(diffs) + ".\n"
-              "  The `original` preset has the reference's variants (see the equivalence section).")
+        print(
+            "  this preset is NOT the reference's function: " + "; ".join(diffs) + ".\n"
+            "  The `original` preset has the reference's variants (see the equivalence section)."
+        )
     else:
-        print("  this preset has the reference's three variants (memory key/values, mean-pooling TokenLearner, "
-              "raw-input keys/values):\n  after rt1.model.convert_original the two compute the same function "
-              "(equivalence section).")
+        print(
+            "  this preset has the reference's three variants (memory key/values, mean-pooling TokenLearner, "
+            "raw-input keys/values):\n  after rt1.model.convert_original the two compute the same function "
+            "(equivalence section)."
+        )
 
 
 def calibrate_batch_norms(model: nn.Module, video: torch.Tensor, text: torch.Tensor) -> None:
@@ -168,8 +184,11 @@ def section_equivalence(have_ref: bool, text_dim: int) -> None:
     g = torch.Generator().manual_seed(0)
     reference_model.perturb(ref, g)
     s = base.image_size
-    calibrate_batch_norms(ref, torch.randint(0, 256, (1, 3, 6, s, s), generator=g).float(),
-                          torch.randn(1, text_dim, generator=g))
+    calibrate_batch_norms(
+        ref,
+        torch.randint(0, 256, (1, 3, 6, s, s), generator=g).float(),
+        torch.randn(1, text_dim, generator=g),
+    )
     video_u8 = torch.randint(0, 256, (1, 3, 6, s, s), generator=g, dtype=torch.uint8)
     text = torch.randn(1, text_dim, generator=g)
     sd = {k: v.detach().clone() for k, v in ref.state_dict().items()}
@@ -177,21 +196,27 @@ def section_equivalence(have_ref: bool, text_dim: int) -> None:
     ours = RT1(config)
     ours.load_state_dict(convert_state_dict(sd, config))
     ours.eval()
-    frames = video_u8.permute(0, 2, 3, 4, 1)  # ours: (B, F, H, W, 3) uint8, scaled as its config says (raw here)
+    frames = video_u8.permute(
+        0, 2, 3, 4, 1
+    )  # ours: (B, F, H, W, 3) uint8, scaled as its config says (raw here)
     with torch.no_grad():
         for cond_scale in (1.0, 3.0):
             theirs = ref(video_u8.float(), text_embeds=text, cond_scale=cond_scale)
             mine = ours(frames, text, cond_scale=cond_scale)
             agree = (theirs.argmax(-1) == mine.argmax(-1)).float().mean().item()
-            print(f"cond_scale {cond_scale:g}: max |logit diff| {(theirs - mine).abs().max().item():.2e} "
-                  f"(|logits| up to {theirs.abs().max().item():.1f}); argmax agreement {agree:.3f}")
+            print(
+                f"cond_scale {cond_scale:g}: max |logit diff| {(theirs - mine).abs().max().item():.2e} "
+                f"(|logits| up to {theirs.abs().max().item():.1f}); argmax agreement {agree:.3f}"
+            )
     del ref, ours
     gc.collect()
 
 
 def section_train(config: RT1Config, kinds: list[str], batch: int, repeats: int) -> None:
-    print(f"\n== forward + backward (training mode, batch {batch} x {config.num_frames} frames x "
-          f"{config.image_size}^2, cond_drop_prob {config.cond_drop_prob}, {torch.get_num_threads()} threads) ==")
+    print(
+        f"\n== forward + backward (training mode, batch {batch} x {config.num_frames} frames x "
+        f"{config.image_size}^2, cond_drop_prob {config.cond_drop_prob}, {torch.get_num_threads()} threads) =="
+    )
     frames, text, tokens = training_inputs(config, batch)
     models = {k: build(k, config) for k in kinds}
     times = {k: [] for k in kinds}
@@ -244,8 +269,20 @@ def memory_worker(kind: str, preset: str, batch: int) -> None:
         reset = False
     seconds = train_step(kind, model, frames, text, tokens, config)  # gradients freed after
     peak = _hwm_bytes()
-    print(json.dumps({"kind": kind, "batch": batch, "delta": peak - before, "before": before, "peak": peak,
-                      "hwm_reset": reset, "seconds": seconds, "params": count(model)}))
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "batch": batch,
+                "delta": peak - before,
+                "before": before,
+                "peak": peak,
+                "hwm_reset": reset,
+                "seconds": seconds,
+                "params": count(model),
+            }
+        )
+    )
 
 
 def _available_bytes() -> int:
@@ -257,15 +294,26 @@ def _available_bytes() -> int:
 
 
 def _run_worker(kind: str, preset: str, batch: int) -> dict | None:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", kind, "--preset", preset,
-           "--batch-size", str(batch)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-worker",
+        kind,
+        "--preset",
+        preset,
+        "--batch-size",
+        str(batch),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         print(f"  {kind} batch {batch}: worker failed ({out.returncode}): {out.stderr.strip()[-300:]}")
         return None
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {kind:10s} batch {batch}: peak above the pre-step RSS {gb(result['delta'])}  "
-          f"({result['seconds']:.1f} s)", flush=True)
+    print(
+        f"  {kind:10s} batch {batch}: peak above the pre-step RSS {gb(result['delta'])}  "
+        f"({result['seconds']:.1f} s)",
+        flush=True,
+    )
     return result
 
 
@@ -300,15 +348,21 @@ def section_memory(preset: str, kinds: list[str], batches: list[int], target: in
     if "reference" in fits:
         for kind in ("ours", "ours-ckpt"):
             if kind in fits:
-                print(f"  {kind} / reference: {fits[kind][0] / fits['reference'][0]:.3f}"
-                      + ("   target <= 0.5" if kind == "ours-ckpt" else ""))
-    print(f"GPU fit at batch {target} per GPU (weights + SGD momentum 2 x 4 B x params, + the step peak above "
-          f"[activations, gradients, workspaces], + ~{CUDA_OVERHEAD_GB:g} GiB CUDA context; CPU bytes as the proxy):")
+                print(
+                    f"  {kind} / reference: {fits[kind][0] / fits['reference'][0]:.3f}"
+                    + ("   target <= 0.5" if kind == "ours-ckpt" else "")
+                )
+    print(
+        f"GPU fit at batch {target} per GPU (weights + SGD momentum 2 x 4 B x params, + the step peak above "
+        f"[activations, gradients, workspaces], + ~{CUDA_OVERHEAD_GB:g} GiB CUDA context; CPU bytes as the proxy):"
+    )
     for kind, (value, _) in fits.items():
         need = (2 * 4 * params[kind] + value) / 2**30 + CUDA_OVERHEAD_GB
         ok = [f"{s}" for s in GPU_SIZES_GB if need <= s * 0.93]  # ~7% for the allocator's fragmentation
-        print(f"  {kind:10s} needs ~{need:5.1f} GiB: fits {', '.join(ok) + ' GB' if ok else 'none of'} "
-              f"(of {', '.join(map(str, GPU_SIZES_GB))} GB)")
+        print(
+            f"  {kind:10s} needs ~{need:5.1f} GiB: fits {', '.join(ok) + ' GB' if ok else 'none of'} "
+            f"(of {', '.join(map(str, GPU_SIZES_GB))} GB)"
+        )
 
 
 def calibrated_model(config: RT1Config) -> RT1:
@@ -327,8 +381,7 @@ def calibrated_model(config: RT1Config) -> RT1:
             bn.reset_running_stats()
             bn.momentum = None
         frames = torch.randint(0, 256, (1, config.num_frames, s, s, 3), generator=g, dtype=torch.uint8)
-        model.train()(frames,
-                      torch.randn(1, config.text_embed_dim, generator=g), cond_drop_prob=0.0)
+        model.train()(frames, torch.randn(1, config.text_embed_dim, generator=g), cond_drop_prob=0.0)
         for bn in bns:
             bn.momentum = 0.1
     return model.eval()
@@ -348,8 +401,10 @@ def section_policy(presets: list[str], steps: int, cond_scale: float) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(2)
-    print(f"\n== policy step (batch 1, {torch.get_num_threads()} threads, cond_scale {cond_scale:g}, "
-          f"{steps} steps after the 6-frame history is full) ==")
+    print(
+        f"\n== policy step (batch 1, {torch.get_num_threads()} threads, cond_scale {cond_scale:g}, "
+        f"{steps} steps after the 6-frame history is full) =="
+    )
     for preset in presets:
         config = model_preset(preset)
         model = calibrated_model(config)
@@ -372,26 +427,36 @@ def section_policy(presets: list[str], steps: int, cond_scale: float) -> None:
                 if t >= f:
                     times[k].append(time.perf_counter() - start)
                 tokens[k].append(tok)
-            max_diff = max(max_diff, (policies["optimised"].last_logits
-                                      - policies["unoptimised"].last_logits).abs().max().item())
-        equal = {k: all(np.array_equal(a, b) for a, b in zip(tokens[k], tokens["unoptimised"])) for k in policies}
+            max_diff = max(
+                max_diff,
+                (policies["optimised"].last_logits - policies["unoptimised"].last_logits).abs().max().item(),
+            )
+        equal = {
+            k: all(np.array_equal(a, b) for a, b in zip(tokens[k], tokens["unoptimised"])) for k in policies
+        }
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"preset {preset} ({s}x{s}, {model.num_parameters():,} parameters):")
         for k in policies:
-            print(f"  {k:12s} median {fmt_ms(med[k])} (min {fmt_ms(min(times[k]))})   "
-                  f"/ re-encode {med[k] / med['re-encode']:.3f}   actions = unoptimised's at all "
-                  f"{len(images)} steps: {equal[k]}")
+            print(
+                f"  {k:12s} median {fmt_ms(med[k])} (min {fmt_ms(min(times[k]))})   "
+                f"/ re-encode {med[k] / med['re-encode']:.3f}   actions = unoptimised's at all "
+                f"{len(images)} steps: {equal[k]}"
+            )
         finite = all(torch.isfinite(p.last_logits).all().item() for p in policies.values())
         print(f"  logits finite: {finite}")
-        print(f"  optimised vs target {POLICY_TARGET_MS:.0f} ms: {med['optimised'] * 1000 / POLICY_TARGET_MS:.2f}x "
-              f"the budget; max |logit diff| optimised vs unoptimised {max_diff:.1e}")
+        print(
+            f"  optimised vs target {POLICY_TARGET_MS:.0f} ms: {med['optimised'] * 1000 / POLICY_TARGET_MS:.2f}x "
+            f"the budget; max |logit diff| optimised vs unoptimised {max_diff:.1e}"
+        )
         flop_counter = FlopCounterMode(display=False)
         with flop_counter:
             policies["optimised"].step(images[0], text)
         flops = flop_counter.get_total_flops()
         rate = matmul_gflops(2)
-        print(f"  one cached step: {flops / 1e9:.1f} GFLOP (matmuls/convolutions); this machine's 1024^3 "
-              f"matmul now: {rate:.0f} GFLOP/s -> floor {flops / rate / 1e6:.0f} ms at that rate")
+        print(
+            f"  one cached step: {flops / 1e9:.1f} GFLOP (matmuls/convolutions); this machine's 1024^3 "
+            f"matmul now: {rate:.0f} GFLOP/s -> floor {flops / rate / 1e6:.0f} ms at that rate"
+        )
         del policies, model
 
 
@@ -401,15 +466,21 @@ def section_policy(presets: list[str], steps: int, cond_scale: float) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="original", choices=sorted(PRESETS))
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="training batch for the timing")
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps (after one warm-up)")
     parser.add_argument("--memory-batches", default="1,2", help="batches measured in separate processes")
-    parser.add_argument("--target-batch", type=int, default=8, help="the per-GPU batch the memory is judged at")
+    parser.add_argument(
+        "--target-batch", type=int, default=8, help="the per-GPU batch the memory is judged at"
+    )
     parser.add_argument("--policy-presets", default="rt1,original")
     parser.add_argument("--policy-steps", type=int, default=8)
     parser.add_argument("--cond-scale", type=float, default=1.0, help="policy guidance scale")
-    parser.add_argument("--text-dim", type=int, default=768, help="text width of the equivalence check (T5: 768)")
+    parser.add_argument(
+        "--text-dim", type=int, default=768, help="text width of the equivalence check (T5: 768)"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip robotic-transformer-pytorch")
     parser.add_argument("--memory-worker", choices=("ours", "ours-ckpt", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -424,11 +495,18 @@ def main(argv=None) -> None:
     config = model_preset(args.preset)
     have_ref, why = (False, "--no-reference") if args.no_reference else reference_model.available()
     if have_ref and args.preset == "tiny":
-        have_ref, why = False, "the tiny preset is not expressible by the reference (cond_dim, film_mult, dim_head)"
-    print(f"RT-1 model benchmark: preset={args.preset} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"load average={os.getloadavg()[0]:.1f} (other processes add noise; compare the ratios)")
-    print("reference robotic-transformer-pytorch 0.2.3: "
-          + ("available" if have_ref else f"not compared ({why}).\n  To compare: {reference_model.INSTALL}"))
+        have_ref, why = (
+            False,
+            "the tiny preset is not expressible by the reference (cond_dim, film_mult, dim_head)",
+        )
+    print(
+        f"RT-1 model benchmark: preset={args.preset} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"load average={os.getloadavg()[0]:.1f} (other processes add noise; compare the ratios)"
+    )
+    print(
+        "reference robotic-transformer-pytorch 0.2.3: "
+        + ("available" if have_ref else f"not compared ({why}).\n  To compare: {reference_model.INSTALL}")
+    )
     kinds = ["ours", "ours-ckpt"] + (["reference"] if have_ref else [])
     if "params" in sections:
         section_params(config, args.preset, have_ref)
@@ -437,7 +515,9 @@ def main(argv=None) -> None:
     if "train" in sections:
         section_train(config, kinds, args.batch_size, args.repeats)
     if "memory" in sections:
-        section_memory(args.preset, kinds, [int(b) for b in args.memory_batches.split(",")], args.target_batch)
+        section_memory(
+            args.preset, kinds, [int(b) for b in args.memory_batches.split(",")], args.target_batch
+        )
     if "policy" in sections:
         section_policy([p for p in args.policy_presets.split(",") if p], args.policy_steps, args.cond_scale)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")

@@ -49,9 +49,9 @@ def cpu_seconds() -> float:
 def real_size_rlds(out: Path, episodes: int, distinct_frames: int) -> tuple[Path, float]:
     """The bundled dataset with every frame replaced by a real-size textured JPEG; -> (dir, mean JPEG bytes)."""
     import tensorflow as tf
+    from synthetic_segments import jpeg_bytes, textured_frame
 
     from rt1.sim.mini_fractal import write_dataset
-    from synthetic_segments import jpeg_bytes, textured_frame
 
     rlds = write_dataset(out, episodes, seed=0)
     rng = np.random.default_rng(0)
@@ -89,9 +89,17 @@ def checkpoint_sizes() -> dict[str, dict]:
         out[name] = {"params": params, "optimizer": preset.train["optimizer"], "bytes": size}
         if name == "tiny":  # check the formula against a real checkpoint-like save
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            model(torch.zeros(1, preset.model.num_frames, preset.model.image_size, preset.model.image_size, 3,
-                              dtype=torch.uint8),
-                  torch.zeros(1, preset.model.text_embed_dim)).float().mean().backward()
+            model(
+                torch.zeros(
+                    1,
+                    preset.model.num_frames,
+                    preset.model.image_size,
+                    preset.model.image_size,
+                    3,
+                    dtype=torch.uint8,
+                ),
+                torch.zeros(1, preset.model.text_embed_dim),
+            ).float().mean().backward()
             optimizer.step()
             buffer = io.BytesIO()
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
@@ -101,12 +109,18 @@ def checkpoint_sizes() -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--episodes", type=int, default=24, help="episodes of real-size frames to measure on")
     parser.add_argument("--distinct-frames", type=int, default=64)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 32], help="worker counts to extrapolate to")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 8, 32], help="worker counts to extrapolate to"
+    )
     parser.add_argument("--image-size", type=int, default=224, help="stage 2 output size (default 224)")
-    parser.add_argument("--quick", action="store_true", help="a few episodes, no checkpoint sizes (for tests)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few episodes, no checkpoint sizes (for tests)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -133,16 +147,28 @@ def main() -> None:
         s2_cpu, s2_wall = cpu_seconds() - cpu, time.perf_counter() - wall
         pre_bytes = sum(p.stat().st_size for p in (tmp / "pre").glob("*.h5"))
 
-    print(f"\n{args.episodes} episodes, {steps} steps; frames: 256x320 JPEG, mean {jpeg / 1024:.1f} KiB "
-          f"(TFRecords: {tfrecord_bytes / steps / 1024:.1f} KiB per step)")
-    rows = [("stage 1 (RLDS -> segments)", steps / s1_cpu, steps / s1_wall, seg_bytes / steps),
-            (f"stage 2 (segments -> {args.image_size}x{args.image_size} JPEG q90)", steps / s2_cpu,
-             steps / s2_wall, pre_bytes / steps)]
+    print(
+        f"\n{args.episodes} episodes, {steps} steps; frames: 256x320 JPEG, mean {jpeg / 1024:.1f} KiB "
+        f"(TFRecords: {tfrecord_bytes / steps / 1024:.1f} KiB per step)"
+    )
+    rows = [
+        ("stage 1 (RLDS -> segments)", steps / s1_cpu, steps / s1_wall, seg_bytes / steps),
+        (
+            f"stage 2 (segments -> {args.image_size}x{args.image_size} JPEG q90)",
+            steps / s2_cpu,
+            steps / s2_wall,
+            pre_bytes / steps,
+        ),
+    ]
     for name, per_cpu, per_wall, per_step in rows:
-        print(f"{name}: {per_cpu:,.0f} steps per CPU-second ({per_wall:,.0f} steps/s wall here), "
-              f"{per_step / 1024:.1f} KiB per step")
-    print(f"\nfull dataset: {REAL_EPISODES:,} episodes, {REAL_STEPS:,} steps "
-          f"(RLDS download: {REAL_STEPS * tfrecord_bytes / steps / 2**30:,.0f} GiB at this frame size; the real one is 111 GiB)")
+        print(
+            f"{name}: {per_cpu:,.0f} steps per CPU-second ({per_wall:,.0f} steps/s wall here), "
+            f"{per_step / 1024:.1f} KiB per step"
+        )
+    print(
+        f"\nfull dataset: {REAL_EPISODES:,} episodes, {REAL_STEPS:,} steps "
+        f"(RLDS download: {REAL_STEPS * tfrecord_bytes / steps / 2**30:,.0f} GiB at this frame size; the real one is 111 GiB)"
+    )
     for name, per_cpu, _, per_step in rows:
         hours = "  ".join(f"{n} worker(s): {REAL_STEPS / (per_cpu * n) / 3600:6.2f} h" for n in args.workers)
         print(f"{name}: output {REAL_STEPS * per_step / 2**30:,.0f} GiB; {hours}")
@@ -151,8 +177,10 @@ def main() -> None:
     print("\ncheckpoint size per preset (model + optimizer state, float32):")
     for name, c in checkpoint_sizes().items():
         measured = f"; measured {c['measured_bytes'] / 2**20:.1f} MiB" if "measured_bytes" in c else ""
-        print(f"  {name:9s} {c['params'] / 1e6:8.2f} M parameters, {c['optimizer']}: {c['bytes'] / 2**30:.2f} GiB "
-              f"({c['bytes'] / 2**20:,.1f} MiB){measured}")
+        print(
+            f"  {name:9s} {c['params'] / 1e6:8.2f} M parameters, {c['optimizer']}: {c['bytes'] / 2**30:.2f} GiB "
+            f"({c['bytes'] / 2**20:,.1f} MiB){measured}"
+        )
 
 
 if __name__ == "__main__":

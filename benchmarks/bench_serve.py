@@ -42,7 +42,9 @@ def observations(count: int) -> list[list[dict]]:
     env = FractalSimEnv(max_steps=EPISODE_STEPS)
     expert = ScriptedExpert(env, noise_std=0.0)
     episodes, seed = [], 0
-    while sum(len(e) - 1 for e in episodes) < count:  # an episode's first step (with the reset) is not measured
+    while (
+        sum(len(e) - 1 for e in episodes) < count
+    ):  # an episode's first step (with the reset) is not measured
         obs, _ = env.reset(seed=seed)
         expert.reset()
         episode, done = [obs], False
@@ -83,8 +85,16 @@ def main() -> int:
     frame_bytes = episodes[0][0]["image"].nbytes
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as work:
         checkpoint = Path(work) / "checkpoint-1.pt"
-        torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-                    "model": RT1(config).state_dict(), "model_config": config.to_dict(), "train_args": {}}, checkpoint)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "format_version": CHECKPOINT_FORMAT_VERSION,
+                "model": RT1(config).state_dict(),
+                "model_config": config.to_dict(),
+                "train_args": {},
+            },
+            checkpoint,
+        )
         model_dir = export(checkpoint, Path(work) / "model")
         local = RT1EnvPolicy(RT1Policy.from_path(model_dir))
         times = {"in-process": [], "served": [], "server compute": []}
@@ -115,22 +125,36 @@ def main() -> int:
                     break
     overhead = np.subtract(times["served"], times["in-process"])
     result = {
-        "preset": args.preset, "steps": len(overhead), "frame_bytes": frame_bytes, "action_mismatches": mismatches,
-        **{f"{name}_ms": {"median": percentile(v, 50), "p99": percentile(v, 99)} for name, v in times.items()},
-        "overhead_ms": {"median": percentile(overhead, 50), "p99": percentile(overhead, 99),
-                        "median_difference": percentile(times["served"], 50) - percentile(times["in-process"], 50)},
+        "preset": args.preset,
+        "steps": len(overhead),
+        "frame_bytes": frame_bytes,
+        "action_mismatches": mismatches,
+        **{
+            f"{name}_ms": {"median": percentile(v, 50), "p99": percentile(v, 99)} for name, v in times.items()
+        },
+        "overhead_ms": {
+            "median": percentile(overhead, 50),
+            "p99": percentile(overhead, 99),
+            "median_difference": percentile(times["served"], 50) - percentile(times["in-process"], 50),
+        },
     }
-    print(f"policy step, {args.preset} preset, {frame_bytes:,}-byte 256x320 frames, {len(overhead)} steps, "
-          "1 torch thread each side, 127.0.0.1")
+    print(
+        f"policy step, {args.preset} preset, {frame_bytes:,}-byte 256x320 frames, {len(overhead)} steps, "
+        "1 torch thread each side, 127.0.0.1"
+    )
     print(f"{'':<28}{'median ms':>12}{'p99 ms':>12}")
     for name in ("in-process", "served", "server compute"):
         print(f"{name:<28}{result[name + '_ms']['median']:>12.2f}{result[name + '_ms']['p99']:>12.2f}")
-    print(f"{'overhead (served - in-proc)':<28}{result['overhead_ms']['median']:>12.2f}"
-          f"{result['overhead_ms']['p99']:>12.2f}")
+    print(
+        f"{'overhead (served - in-proc)':<28}{result['overhead_ms']['median']:>12.2f}"
+        f"{result['overhead_ms']['p99']:>12.2f}"
+    )
     transport = np.subtract(times["served"], times["server compute"])
     result["transport_ms"] = {"median": percentile(transport, 50), "p99": percentile(transport, 99)}
-    print(f"{'served - server compute':<28}{result['transport_ms']['median']:>12.2f}{result['transport_ms']['p99']:>12.2f}"
-          "   (messages, WebSocket, thread hand-offs)")
+    print(
+        f"{'served - server compute':<28}{result['transport_ms']['median']:>12.2f}{result['transport_ms']['p99']:>12.2f}"
+        "   (messages, WebSocket, thread hand-offs)"
+    )
     verdict = "met" if result["overhead_ms"]["median"] <= 5.0 else "NOT met"
     print(f"target: median overhead <= 5 ms: {verdict}; actions equal at every step: {mismatches == 0}")
     if args.out:

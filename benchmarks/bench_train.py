@@ -32,7 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundled_data import build_bundled_data, run as run_command  # noqa: E402
+from bundled_data import build_bundled_data  # noqa: E402
+from bundled_data import run as run_command
+
 from rt1.config import PRESETS  # noqa: E402
 
 TINY = PRESETS["tiny"].model
@@ -45,8 +47,14 @@ def _run(args: list, env: dict | None = None) -> None:
 
 def build_data(work: Path, episodes: int) -> tuple[Path, Path]:
     """The bundled dataset through stages 1-3 (the demo's commands)."""
-    return build_bundled_data(work, episodes, image_size=TINY_IMAGE_SIZE, episodes_per_segment=10, val_fraction=0.2,
-                              label="bench_train")
+    return build_bundled_data(
+        work,
+        episodes,
+        image_size=TINY_IMAGE_SIZE,
+        episodes_per_segment=10,
+        val_fraction=0.2,
+        label="bench_train",
+    )
 
 
 def torch_threads() -> int:
@@ -56,35 +64,79 @@ def torch_threads() -> int:
 
 
 def measure(nproc: int, threads: int | None, data_dir: Path, train_index: Path, save_dir: Path, args) -> dict:
-    launcher = [sys.executable, "train_ddp.py"] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_ddp.py"]
+    launcher = (
+        [sys.executable, "train_ddp.py"]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "train_ddp.py",
+        ]
+    )
     env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
-    _run(launcher + ["--preset", "tiny", "--data-dir", data_dir, "--train-index", train_index, "--save-dir", save_dir,
-                     "--max-steps", args.steps, "--epochs", 1000, "--batch-size", args.batch_size,
-                     "--num-workers", args.num_workers, "--no-progress", "--no-tensorboard", "--val-every", 0,
-                     "--seed", 0], env)
+    _run(
+        launcher
+        + [
+            "--preset",
+            "tiny",
+            "--data-dir",
+            data_dir,
+            "--train-index",
+            train_index,
+            "--save-dir",
+            save_dir,
+            "--max-steps",
+            args.steps,
+            "--epochs",
+            1000,
+            "--batch-size",
+            args.batch_size,
+            "--num-workers",
+            args.num_workers,
+            "--no-progress",
+            "--no-tensorboard",
+            "--val-every",
+            0,
+            "--seed",
+            0,
+        ],
+        env,
+    )
     steps = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [s for s in steps if s["event"] == "train"][args.warmup:]
+    steps = [s for s in steps if s["event"] == "train"][args.warmup :]
     seconds = sum(s["seconds"] for s in steps)
     wait = sum(s["data_wait"] for s in steps)
     windows = len(steps) * args.batch_size * nproc
-    return {"windows_per_s": windows / seconds, "ms_per_step": 1000 * statistics.median(s["seconds"] for s in steps),
-            "data_wait_fraction": wait / seconds}
+    return {
+        "windows_per_s": windows / seconds,
+        "ms_per_step": 1000 * statistics.median(s["seconds"] for s in steps),
+        "data_wait_fraction": wait / seconds,
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, help="preprocessed files at 64x64 (default: build the bundled dataset)")
+    p.add_argument(
+        "--data-dir", type=Path, help="preprocessed files at 64x64 (default: build the bundled dataset)"
+    )
     p.add_argument("--train-index", type=Path, help="train_idx_N.csv for --data-dir")
     p.add_argument("--episodes", type=int, default=48, help="bundled episodes to build (default 48)")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default 60)")
     p.add_argument("--warmup", type=int, default=10, help="first steps not timed (default 10)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per process per step (default 8)")
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per process (default 1)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per configuration; the best is printed (default 1)")
-    p.add_argument("--configs", default="1x,1x1,2x1",
-                   help="PROCESSESxTHREADS per process, comma-separated; an empty THREADS keeps torch's default "
-                        "(all cores) (default 1x,1x1,2x1)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="runs per configuration; the best is printed (default 1)"
+    )
+    p.add_argument(
+        "--configs",
+        default="1x,1x1,2x1",
+        help="PROCESSESxTHREADS per process, comma-separated; an empty THREADS keeps torch's default "
+        "(all cores) (default 1x,1x1,2x1)",
+    )
     args = p.parse_args(argv)
     if args.steps <= args.warmup:
         p.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
@@ -99,21 +151,30 @@ def main(argv=None) -> int:
         else:
             data_dir, train_index = args.data_dir, args.train_index
         windows = sum(1 for _ in open(train_index)) - 1
-        print(f"tiny preset, {windows} training windows, batch {args.batch_size} per process, {args.steps} steps "
-              f"({args.warmup} warm-up steps not timed), {args.num_workers} DataLoader worker(s) per process, "
-              f"{os.cpu_count()} CPU cores")
-        print(f"{'processes':>9}  {'threads':>11}  {'windows/s':>9}  {'tokens/s':>9}  {'ms/step':>8}  {'data wait':>9}")
+        print(
+            f"tiny preset, {windows} training windows, batch {args.batch_size} per process, {args.steps} steps "
+            f"({args.warmup} warm-up steps not timed), {args.num_workers} DataLoader worker(s) per process, "
+            f"{os.cpu_count()} CPU cores"
+        )
+        print(
+            f"{'processes':>9}  {'threads':>11}  {'windows/s':>9}  {'tokens/s':>9}  {'ms/step':>8}  {'data wait':>9}"
+        )
         results = {}
         for spec in args.configs.split(","):
             nproc_text, _, threads_text = spec.partition("x")
             nproc, threads = int(nproc_text), int(threads_text) if threads_text else None
-            runs = [measure(nproc, threads, data_dir, train_index, work / f"save_{spec}_{r}", args)
-                    for r in range(args.repeats)]
+            runs = [
+                measure(nproc, threads, data_dir, train_index, work / f"save_{spec}_{r}", args)
+                for r in range(args.repeats)
+            ]
             best = max(runs, key=lambda r: r["windows_per_s"])
             results[spec] = best
             shown = str(threads) if threads is not None else f"{torch_threads()} (default)"
-            print(f"{nproc:>9}  {shown:>11}  {best['windows_per_s']:>9.1f}  {best['windows_per_s'] * FRAMES * TOKENS:>9.0f}  "
-                  f"{best['ms_per_step']:>8.0f}  {100 * best['data_wait_fraction']:>8.1f}%", flush=True)
+            print(
+                f"{nproc:>9}  {shown:>11}  {best['windows_per_s']:>9.1f}  {best['windows_per_s'] * FRAMES * TOKENS:>9.0f}  "
+                f"{best['ms_per_step']:>8.0f}  {100 * best['data_wait_fraction']:>8.1f}%",
+                flush=True,
+            )
         worst = max(r["data_wait_fraction"] for r in results.values())
         print(f"largest data-wait fraction: {100 * worst:.1f}% (target < 10%)")
     return 0

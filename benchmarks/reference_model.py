@@ -25,15 +25,20 @@ import types
 
 from torch import nn
 
-INSTALL = ("pip install --no-deps robotic-transformer-pytorch==0.2.3 classifier-free-guidance-pytorch==0.7.1 "
-           "beartype (plus torch, numpy, einops), in a separate venv; see benchmarks/reference_model.py")
+INSTALL = (
+    "pip install --no-deps robotic-transformer-pytorch==0.2.3 classifier-free-guidance-pytorch==0.7.1 "
+    "beartype (plus torch, numpy, einops), in a separate venv; see benchmarks/reference_model.py"
+)
 PRECOMPUTED = "precomputed"
 
 
 def available() -> tuple[bool, str]:
     """(True, "") when robotic_transformer_pytorch can be built here, else (False, why)."""
-    missing = [m for m in ("robotic_transformer_pytorch", "classifier_free_guidance_pytorch", "einops", "beartype")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("robotic_transformer_pytorch", "classifier_free_guidance_pytorch", "einops", "beartype")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         return False, f"not installed: {', '.join(missing)}"
     try:
@@ -49,6 +54,7 @@ def _stub_missing_modules() -> None:
             continue
         module = types.ModuleType(name)
         if name == "environs":
+
             class Env:
                 def read_env(self, *args, **kwargs):
                     pass
@@ -58,21 +64,31 @@ def _stub_missing_modules() -> None:
 
             module.Env = Env
         elif name == "transformers":
+
             class _NoHub:
                 @classmethod
                 def from_pretrained(cls, *args, **kwargs):
                     raise RuntimeError("benchmark stub: no text model, no hub")
 
-            for attr in ("T5Tokenizer", "T5EncoderModel", "T5Config", "AutoTokenizer", "AutoModel", "AutoConfig"):
+            for attr in (
+                "T5Tokenizer",
+                "T5EncoderModel",
+                "T5Config",
+                "AutoTokenizer",
+                "AutoModel",
+                "AutoConfig",
+            ):
                 setattr(module, attr, _NoHub)
             module.logging = types.SimpleNamespace(set_verbosity_error=lambda: None)
         elif name == "open_clip":
+
             def _no_clip(*args, **kwargs):
                 raise RuntimeError("benchmark stub: no CLIP model")
 
             module.create_model_and_transforms = _no_clip
             module.get_tokenizer = _no_clip
         elif name == "packaging":
+
             def _parse(v):
                 return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
 
@@ -112,14 +128,27 @@ def build_reference(config, text_embed_dim: int | None = None) -> nn.Module:
     rtp = import_reference()
     c = config
     vit = rtp.MaxViT(
-        num_classes=1000, dim=c.dim, depth=tuple(c.depth), dim_head=c.dim_head, dim_conv_stem=c.conv_stem_dim,
-        window_size=c.attention_window, mbconv_expansion_rate=c.mbconv_expansion,
-        mbconv_shrinkage_rate=c.mbconv_shrinkage, dropout=c.dropout, channels=c.channels,
+        num_classes=1000,
+        dim=c.dim,
+        depth=tuple(c.depth),
+        dim_head=c.dim_head,
+        dim_conv_stem=c.conv_stem_dim,
+        window_size=c.attention_window,
+        mbconv_expansion_rate=c.mbconv_expansion,
+        mbconv_shrinkage_rate=c.mbconv_shrinkage,
+        dropout=c.dropout,
+        channels=c.channels,
     )
     return rtp.RT1(
-        vit=vit, num_actions=c.num_actions, action_bins=c.num_bins, depth=c.transformer_depth,
-        heads=c.transformer_heads, dim_head=c.transformer_dim_head, token_learner_ff_mult=c.token_learner_ff_mult,
-        token_learner_num_output_tokens=c.num_learned_tokens, cond_drop_prob=c.cond_drop_prob,
+        vit=vit,
+        num_actions=c.num_actions,
+        action_bins=c.num_bins,
+        depth=c.transformer_depth,
+        heads=c.transformer_heads,
+        dim_head=c.transformer_dim_head,
+        token_learner_ff_mult=c.token_learner_ff_mult,
+        token_learner_num_output_tokens=c.num_learned_tokens,
+        cond_drop_prob=c.cond_drop_prob,
         conditioner_kwargs=dict(model_types=PRECOMPUTED, model_names=text_embed_dim or c.text_embed_dim),
     )
 

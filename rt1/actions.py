@@ -59,10 +59,16 @@ ACTION_KEYS: tuple[str, ...] = tuple(k.key for k in CONTINUOUS_KEYS) + (TERMINAT
 
 # One readable name per token, used by metrics, logs and plots.
 ACTION_DIM_NAMES: tuple[str, ...] = (
-    "world_x", "world_y", "world_z",
-    "roll", "pitch", "yaw",
+    "world_x",
+    "world_y",
+    "world_z",
+    "roll",
+    "pitch",
+    "yaw",
     "gripper",
-    "base_x", "base_y", "base_yaw",
+    "base_x",
+    "base_y",
+    "base_yaw",
     "terminate",
 )
 
@@ -109,7 +115,9 @@ def tokenize(actions: dict):
         tokens = torch.floor(scaled * (NUM_BINS - 1)).to(torch.int64)
         terminate = actions[TERMINATE_KEY].argmax(dim=-1, keepdim=True).to(torch.int64)
         return torch.cat([tokens, terminate], dim=-1)
-    continuous = np.concatenate([np.asarray(actions[k.key], dtype=np.float64) for k in CONTINUOUS_KEYS], axis=-1)
+    continuous = np.concatenate(
+        [np.asarray(actions[k.key], dtype=np.float64) for k in CONTINUOUS_KEYS], axis=-1
+    )
     scaled = (np.clip(continuous, TOKEN_LOW, TOKEN_HIGH) - TOKEN_LOW) / (TOKEN_HIGH - TOKEN_LOW)
     tokens = np.floor(scaled * (NUM_BINS - 1)).astype(np.uint8)
     terminate = np.argmax(np.asarray(actions[TERMINATE_KEY]), axis=-1)[..., None].astype(np.uint8)
@@ -128,20 +136,24 @@ def detokenize(tokens) -> dict:
 
         low = torch.as_tensor(TOKEN_LOW, device=tokens.device)
         high = torch.as_tensor(TOKEN_HIGH, device=tokens.device)
-        values = (tokens[..., :NUM_CONTINUOUS_TOKENS].to(torch.float64) / (NUM_BINS - 1) * (high - low) + low)
+        values = tokens[..., :NUM_CONTINUOUS_TOKENS].to(torch.float64) / (NUM_BINS - 1) * (high - low) + low
         values = values.to(torch.float32)
         terminate_index = tokens[..., NUM_CONTINUOUS_TOKENS].long().clamp(0, NUM_TERMINATE_CLASSES - 1)
         terminate = torch.nn.functional.one_hot(terminate_index, NUM_TERMINATE_CLASSES).to(torch.int32)
     else:
         tokens = np.asarray(tokens)
-        values = (tokens[..., :NUM_CONTINUOUS_TOKENS].astype(np.float64) / (NUM_BINS - 1) * (TOKEN_HIGH - TOKEN_LOW)
-                  + TOKEN_LOW).astype(np.float32)
-        terminate_index = np.clip(tokens[..., NUM_CONTINUOUS_TOKENS].astype(np.int64), 0, NUM_TERMINATE_CLASSES - 1)
+        values = (
+            tokens[..., :NUM_CONTINUOUS_TOKENS].astype(np.float64) / (NUM_BINS - 1) * (TOKEN_HIGH - TOKEN_LOW)
+            + TOKEN_LOW
+        ).astype(np.float32)
+        terminate_index = np.clip(
+            tokens[..., NUM_CONTINUOUS_TOKENS].astype(np.int64), 0, NUM_TERMINATE_CLASSES - 1
+        )
         terminate = np.eye(NUM_TERMINATE_CLASSES, dtype=np.int32)[terminate_index]
     out = {}
     start = 0
     for spec in CONTINUOUS_KEYS:
-        out[spec.key] = values[..., start:start + spec.dims]
+        out[spec.key] = values[..., start : start + spec.dims]
         start += spec.dims
     out[TERMINATE_KEY] = terminate
     return out

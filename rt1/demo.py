@@ -30,20 +30,31 @@ from rt1.config import PRESETS
 from rt1.errors import EXIT_ERROR, RT1Error, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PRESET = "demo"      # the tiny model on 32x32 frames, no condition dropout, no shift (rt1/config.py)
+DEMO_PRESET = "demo"  # the tiny model on 32x32 frames, no condition dropout, no shift (rt1/config.py)
 DEMO_IMAGE_SIZE = PRESETS[DEMO_PRESET].model.image_size
 DEMO_MARKER = ".rt1-demo-output"
 # Everything the demo writes under --out; nothing else there is touched.
-DEMO_OUTPUTS = ("rlds", "segments_all", "segments_pick", "preprocessed", "index", "save", "plots", "closed_loop")
+DEMO_OUTPUTS = (
+    "rlds",
+    "segments_all",
+    "segments_pick",
+    "preprocessed",
+    "index",
+    "save",
+    "plots",
+    "closed_loop",
+)
 
 
-DEMO_EPISODES = 800       # bundled dataset size (DART-recorded: rt1.sim.record); 800 solved 20% of 56, 400 (4000 steps) 16%
-DEMO_VAL_FRACTION = 0.1   # stage 3's validation share of the episodes; the rest train
-DEMO_MIN_EPISODES = 20    # below this, stage 3's train/val split can leave val empty
-DEMO_STEPS = 3400         # training steps of the demo preset (2 processes x batch 8); the cosine schedule spans them
-DEMO_EVAL_EPISODES = 56   # closed-loop episodes: 8 per task family
-DEMO_VIDEOS = 3           # rollout GIFs of the policy
-DEMO_REPLAY = 4           # the bundled dataset's first episodes, replayed open loop next to their closed-loop rollouts
+DEMO_EPISODES = (
+    800  # bundled dataset size (DART-recorded: rt1.sim.record); 800 solved 20% of 56, 400 (4000 steps) 16%
+)
+DEMO_VAL_FRACTION = 0.1  # stage 3's validation share of the episodes; the rest train
+DEMO_MIN_EPISODES = 20  # below this, stage 3's train/val split can leave val empty
+DEMO_STEPS = 3400  # training steps of the demo preset (2 processes x batch 8); the cosine schedule spans them
+DEMO_EVAL_EPISODES = 56  # closed-loop episodes: 8 per task family
+DEMO_VIDEOS = 3  # rollout GIFs of the policy
+DEMO_REPLAY = 4  # the bundled dataset's first episodes, replayed open loop next to their closed-loop rollouts
 
 
 class DemoError(RT1Error):
@@ -78,16 +89,20 @@ def prepare_output_dir(out: Path, overwrite: bool = False) -> Path:
         raise DemoError(f"--out {out} contains the repository; choose a directory for the demo's outputs")
     has_manifest = (out / DEMO_MARKER).is_file()
     if out.is_dir() and any(out.iterdir()) and not has_manifest and not overwrite:
-        raise DemoError(f"--out {out} is not empty and is not an earlier demo output (no {DEMO_MARKER}); choose "
-                        "another directory, or pass --overwrite to write the demo's outputs next to the files there "
-                        "(nothing there is deleted)")
+        raise DemoError(
+            f"--out {out} is not empty and is not an earlier demo output (no {DEMO_MARKER}); choose "
+            "another directory, or pass --overwrite to write the demo's outputs next to the files there "
+            "(nothing there is deleted)"
+        )
     ours = demo_outputs_of(out) if has_manifest else []
     for name in DEMO_OUTPUTS:
         path = out / name
         if name not in ours and (path.exists() or path.is_symlink()):
-            raise DemoError(f"--out {path} exists and was not written by the demo (not in {out / DEMO_MARKER}); "
-                            "the demo writes its outputs under that name and deletes only its own: move it away or "
-                            "choose another --out")
+            raise DemoError(
+                f"--out {path} exists and was not written by the demo (not in {out / DEMO_MARKER}); "
+                "the demo writes its outputs under that name and deletes only its own: move it away or "
+                "choose another --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
     for name in ours:
         path = out / name
@@ -112,20 +127,40 @@ def _run(title: str, args: list, env: dict | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rt1.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("demo_output"),
-                        help="output directory: new, empty or an earlier demo's (default demo_output)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="use a non-empty --out that is not an earlier demo's output: the demo's outputs go next "
-                             "to the files there, none of which is deleted")
-    parser.add_argument("--episodes", type=int, default=DEMO_EPISODES,
-                        help=f"episodes in the bundled dataset (at least {DEMO_MIN_EPISODES}; default %(default)s)")
-    parser.add_argument("--steps", type=int, default=DEMO_STEPS,
-                        help=f"training steps of the {DEMO_PRESET} preset at its own batch size per process (default %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m rt1.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo_output"),
+        help="output directory: new, empty or an earlier demo's (default demo_output)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="use a non-empty --out that is not an earlier demo's output: the demo's outputs go next "
+        "to the files there, none of which is deleted",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=DEMO_EPISODES,
+        help=f"episodes in the bundled dataset (at least {DEMO_MIN_EPISODES}; default %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=DEMO_STEPS,
+        help=f"training steps of the {DEMO_PRESET} preset at its own batch size per process (default %(default)s)",
+    )
     parser.add_argument("--nproc", type=int, default=2, help="training processes under torchrun (default 2)")
-    parser.add_argument("--eval-episodes", type=int, default=DEMO_EVAL_EPISODES,
-                        help="closed-loop evaluation episodes of the trained policy (default %(default)s)")
+    parser.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=DEMO_EVAL_EPISODES,
+        help="closed-loop evaluation episodes of the trained policy (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     return run_cli(lambda _: run_demo(args))
 
@@ -135,8 +170,10 @@ def run_demo(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise DemoError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.episodes < DEMO_MIN_EPISODES:
-        raise DemoError(f"--episodes must be at least {DEMO_MIN_EPISODES}, got {args.episodes} (stage 3 splits the "
-                        "episodes into train and validation and needs some of each)")
+        raise DemoError(
+            f"--episodes must be at least {DEMO_MIN_EPISODES}, got {args.episodes} (stage 3 splits the "
+            "episodes into train and validation and needs some of each)"
+        )
     out = prepare_output_dir(args.out, args.overwrite)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -150,39 +187,144 @@ def run_demo(args: argparse.Namespace) -> int:
     closed_loop = out / "closed_loop"
     start = time.perf_counter()
 
-    _run("bundled dataset (fractal20220817_data format, recorded in the simulated scene)",
-         [py, "-m", "rt1.sim.mini_fractal", "--out", out / "rlds", "--episodes", args.episodes, "--seed", 0])
-    _run("stage 1: RLDS -> segment HDF5 (all tasks)",
-         [py, "data_preprocessing/rt_data_generator_all.py", "--data-dir", rlds, "--out-dir", seg_all,
-          "--episode-sec-len", 20])
-    _run("stage 1: RLDS -> segment HDF5 (pick-object tasks only)",
-         [py, "data_preprocessing/rt_data_generator_pick_batch.py", "--data-dir", rlds, "--out-dir", seg_pick,
-          "--episode-sec-len", 20])
-    _run("stage 2: preprocess (resize frames, tokenize actions)",
-         [py, "DataPreprocess_batch_all.py", "--in-dir", seg_all, "--out-dir", pre,
-          "--image-size", DEMO_IMAGE_SIZE, "--workers", 2])
-    _run("stage 3: train/val window index",
-         [py, "data_emerge.py", "--data-dir", pre, "--out-dir", index, "--val-fraction", DEMO_VAL_FRACTION, "--seed", 0])
+    _run(
+        "bundled dataset (fractal20220817_data format, recorded in the simulated scene)",
+        [py, "-m", "rt1.sim.mini_fractal", "--out", out / "rlds", "--episodes", args.episodes, "--seed", 0],
+    )
+    _run(
+        "stage 1: RLDS -> segment HDF5 (all tasks)",
+        [
+            py,
+            "data_preprocessing/rt_data_generator_all.py",
+            "--data-dir",
+            rlds,
+            "--out-dir",
+            seg_all,
+            "--episode-sec-len",
+            20,
+        ],
+    )
+    _run(
+        "stage 1: RLDS -> segment HDF5 (pick-object tasks only)",
+        [
+            py,
+            "data_preprocessing/rt_data_generator_pick_batch.py",
+            "--data-dir",
+            rlds,
+            "--out-dir",
+            seg_pick,
+            "--episode-sec-len",
+            20,
+        ],
+    )
+    _run(
+        "stage 2: preprocess (resize frames, tokenize actions)",
+        [
+            py,
+            "DataPreprocess_batch_all.py",
+            "--in-dir",
+            seg_all,
+            "--out-dir",
+            pre,
+            "--image-size",
+            DEMO_IMAGE_SIZE,
+            "--workers",
+            2,
+        ],
+    )
+    _run(
+        "stage 3: train/val window index",
+        [
+            py,
+            "data_emerge.py",
+            "--data-dir",
+            pre,
+            "--out-dir",
+            index,
+            "--val-fraction",
+            DEMO_VAL_FRACTION,
+            "--seed",
+            0,
+        ],
+    )
     train_index = next(index.glob("train_idx_*.csv"))
     val_index = next(index.glob("val_idx_*.csv"))
-    _run(f"training: {DEMO_PRESET} preset, {args.nproc} CPU processes under torchrun (gloo)",
-         [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "train_ddp.py",
-          "--preset", DEMO_PRESET, "--data-dir", pre, "--train-index", train_index, "--val-index", val_index,
-          "--save-dir", save, "--max-steps", args.steps, "--epochs", 1000, "--num-workers", 1],
-         env={"OMP_NUM_THREADS": "1"})
+    _run(
+        f"training: {DEMO_PRESET} preset, {args.nproc} CPU processes under torchrun (gloo)",
+        [
+            py,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.nproc}",
+            "train_ddp.py",
+            "--preset",
+            DEMO_PRESET,
+            "--data-dir",
+            pre,
+            "--train-index",
+            train_index,
+            "--val-index",
+            val_index,
+            "--save-dir",
+            save,
+            "--max-steps",
+            args.steps,
+            "--epochs",
+            1000,
+            "--num-workers",
+            1,
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )
     checkpoint = max(save.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    _run("plots: predicted vs ground-truth actions on validation episodes",
-         [py, "plot_actions.py", "--checkpoint", checkpoint, "--data-dir", pre, "--index", val_index,
-          "--max-episodes", 3, "--out", plots])
-    _run("closed-loop evaluation: the policy acts in the simulated scene (new seeds), next to the baselines",
-         [py, "eval_closed_loop.py", "--checkpoint", checkpoint, "--episodes", args.eval_episodes,
-          "--videos", DEMO_VIDEOS, "--replay", DEMO_REPLAY, "--out", closed_loop],
-         env={"OMP_NUM_THREADS": "1"})
+    _run(
+        "plots: predicted vs ground-truth actions on validation episodes",
+        [
+            py,
+            "plot_actions.py",
+            "--checkpoint",
+            checkpoint,
+            "--data-dir",
+            pre,
+            "--index",
+            val_index,
+            "--max-episodes",
+            3,
+            "--out",
+            plots,
+        ],
+    )
+    _run(
+        "closed-loop evaluation: the policy acts in the simulated scene (new seeds), next to the baselines",
+        [
+            py,
+            "eval_closed_loop.py",
+            "--checkpoint",
+            checkpoint,
+            "--episodes",
+            args.eval_episodes,
+            "--videos",
+            DEMO_VIDEOS,
+            "--replay",
+            DEMO_REPLAY,
+            "--out",
+            closed_loop,
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )
 
     print(f"\nDemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs:")
-    for label, path in [("bundled RLDS dataset", rlds), ("segments (all)", seg_all), ("segments (pick)", seg_pick),
-                        ("preprocessed", pre), ("index CSVs", index), ("checkpoints + TensorBoard", save),
-                        ("plots + metrics.json", plots), ("closed loop: results + GIFs", closed_loop)]:
+    for label, path in [
+        ("bundled RLDS dataset", rlds),
+        ("segments (all)", seg_all),
+        ("segments (pick)", seg_pick),
+        ("preprocessed", pre),
+        ("index CSVs", index),
+        ("checkpoints + TensorBoard", save),
+        ("plots + metrics.json", plots),
+        ("closed loop: results + GIFs", closed_loop),
+    ]:
         print(f"  {label:28s} {path}")
     print(f"  watch training: tensorboard --logdir {save}")
     return 0

@@ -15,14 +15,14 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 EXIT_OK = 0
-EXIT_ERROR = 1           # a run failed (training: a data, checkpoint or process-group problem)
-EXIT_USAGE = 2           # bad input: arguments, files, values
+EXIT_ERROR = 1  # a run failed (training: a data, checkpoint or process-group problem)
+EXIT_USAGE = 2  # bad input: arguments, files, values
 EXIT_NON_FINITE_LOSS = 3
-EXIT_INTERRUPTED = 130   # Ctrl-C
-EXIT_TERMINATED = 143    # SIGTERM
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 class RT1Error(Exception):
@@ -39,6 +39,7 @@ def install_sigterm_handler() -> None:
     """Raise `Terminated` on SIGTERM, so a data stage unwinds (workers stopped, temporaries removed).
 
     Entry points only: it changes process state. Training uses `rt1.train.stopping` instead."""
+
     def on_sigterm(signum, frame):
         raise Terminated()
 
@@ -52,7 +53,9 @@ def one_line(error: BaseException) -> str:
     message "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback ...": the one line
     is then the original message (its last traceback line), with the worker named.
     """
-    message = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError quotes its text
+    message = (
+        error.args[0] if isinstance(error, KeyError) and error.args else error
+    )  # KeyError quotes its text
     text = str(message).strip().splitlines()
     if not text:
         return type(error).__name__
@@ -71,8 +74,13 @@ _PATH_REPR = re.compile(r"\b(?:Pure)?(?:Posix|Windows)?G?Path\('((?:[^'\\]|\\.)*
 _WORKER_WRAPPED = re.compile(r"^Caught (\w+) in (DataLoader worker process \d+)\.$")
 
 
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,
-            label: str = "error", default_exit: int = EXIT_USAGE) -> int:
+def run_cli(
+    main: Callable[[list[str] | None], int | None],
+    argv: list[str] | None = None,
+    *,
+    label: str = "error",
+    default_exit: int = EXIT_USAGE,
+) -> int:
     """Run an entry point's `main(argv)` and map its outcome to an exit status with a one-line message."""
     try:
         return main(argv) or EXIT_OK
@@ -84,9 +92,14 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print(f"{label}: {where}{one_line(e)}", file=sys.stderr, flush=True)
         return default_exit
     except KeyboardInterrupt:
-        print(f"{label}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr, flush=True)
+        print(
+            f"{label}: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr, flush=True
+        )
         return EXIT_INTERRUPTED
     except Terminated:
-        print(f"{label}: terminated by SIGTERM; finished outputs are kept, rerun to resume", file=sys.stderr,
-              flush=True)
+        print(
+            f"{label}: terminated by SIGTERM; finished outputs are kept, rerun to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_TERMINATED

@@ -54,40 +54,52 @@ def _plain(value):
     return str(value)
 
 
-def build_config(state: dict, model_config, checkpoint: Path, embedding_source: str, jpeg_quality: int) -> dict:
+def build_config(
+    state: dict, model_config, checkpoint: Path, embedding_source: str, jpeg_quality: int
+) -> dict:
     """The config.json of an export (format in rt1.model.pretrained)."""
     from rt1.data.images import DATASET_JPEG_QUALITY, RESIZE_DESCRIPTION
-    from rt1.rlds_spec import IMAGE_SHAPE
     from rt1.model import IMAGENET_MEAN, IMAGENET_STD
     from rt1.model.pretrained import PRETRAINED_FORMAT, PRETRAINED_FORMAT_VERSION, tokenizer_spec
+    from rt1.rlds_spec import IMAGE_SHAPE
 
     train_args = _plain(dict(state.get("train_args") or {}))
     size = model_config.image_size
     scaling = {"pixel_scaling": model_config.pixel_scaling}
     if model_config.pixel_scaling == "imagenet":
-        scaling.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                       formula="x = (pixel / 255 - mean) / std, channels RGB")
+        scaling.update(
+            mean=list(IMAGENET_MEAN),
+            std=list(IMAGENET_STD),
+            formula="x = (pixel / 255 - mean) / std, channels RGB",
+        )
     else:
         scaling.update(formula="x = float(pixel), 0..255")
     return {
-        "format": PRETRAINED_FORMAT, "format_version": PRETRAINED_FORMAT_VERSION, "model_type": "rt1",
+        "format": PRETRAINED_FORMAT,
+        "format_version": PRETRAINED_FORMAT_VERSION,
+        "model_type": "rt1",
         "preset": _preset_name(train_args, model_config),
         "model_config": model_config.to_dict(),
         "num_frames": model_config.num_frames,
         "action_tokenizer": tokenizer_spec(),
         "image_preprocessing": {
             "input": f"RLDS observation/image: uint8 (H, W, 3) RGB; the camera's is {list(IMAGE_SHAPE)}",
-            "dataset_jpeg_quality": DATASET_JPEG_QUALITY, "resize": RESIZE_DESCRIPTION,
-            "image_size": [size, size], "jpeg_quality": int(jpeg_quality),
+            "dataset_jpeg_quality": DATASET_JPEG_QUALITY,
+            "resize": RESIZE_DESCRIPTION,
+            "image_size": [size, size],
+            "jpeg_quality": int(jpeg_quality),
             "steps": "JPEG at dataset_jpeg_quality, squash-resize to image_size, JPEG at jpeg_quality, decode "
-                     "(rt1.data.images.training_frame), then pixel_scaling",
+            "(rt1.data.images.training_frame), then pixel_scaling",
             **scaling,
         },
         "instruction_embedding": {"dim": model_config.text_embed_dim, "source": embedding_source},
-        "training": {"train_args": train_args, "epoch": _plain(state.get("epoch")),
-                     "global_step": _plain(state.get("global_step")),
-                     "epoch_complete": _plain(state.get("epoch_complete")),
-                     "metrics": _plain(dict(state.get("metrics") or {}))},
+        "training": {
+            "train_args": train_args,
+            "epoch": _plain(state.get("epoch")),
+            "global_step": _plain(state.get("global_step")),
+            "epoch_complete": _plain(state.get("epoch_complete")),
+            "metrics": _plain(dict(state.get("metrics") or {})),
+        },
         "source_checkpoint": Path(checkpoint).name,
     }
 
@@ -99,19 +111,29 @@ def model_card(config: dict, num_parameters: int) -> str:
     mc = config["model_config"]
     data = args.get("data_dir")
     lines = [
-        "---", "library_name: pytorch", "tags: [robotics, rt-1, imitation-learning]", "---", "",
-        f"# RT-1 ({config['preset'] or 'custom'} preset)", "",
+        "---",
+        "library_name: pytorch",
+        "tags: [robotics, rt-1, imitation-learning]",
+        "---",
+        "",
+        f"# RT-1 ({config['preset'] or 'custom'} preset)",
+        "",
         f"RT-1 (MaxViT + TokenLearner + causal Transformer, FiLM-conditioned) with {num_parameters:,} parameters, "
         f"{mc['image_size']}x{mc['image_size']} input, {config['num_frames']}-frame history, "
         f"{len(config['action_tokenizer']['names'])} action tokens of {config['action_tokenizer']['num_bins']} bins. "
-        f"{EXPORT_NOTE} from `{config['source_checkpoint']}`.", "",
-        "## Training", "",
+        f"{EXPORT_NOTE} from `{config['source_checkpoint']}`.",
+        "",
+        "## Training",
+        "",
         f"- data: {f'`{data}`' if data else 'not recorded (converted checkpoint)'} (fractal20220817_data format), "
         f"instruction embeddings: {config['instruction_embedding']['source']} "
         f"({config['instruction_embedding']['dim']}-d)",
-        f"- train index: `{args['train_index']}`" if args.get("train_index") else "- train index: not recorded",
+        f"- train index: `{args['train_index']}`"
+        if args.get("train_index")
+        else "- train index: not recorded",
         f"- epoch {training['epoch']}, {training['global_step']} optimizer steps"
-        if training.get("global_step") is not None else "- steps: not recorded",
+        if training.get("global_step") is not None
+        else "- steps: not recorded",
     ]
     run = [f"{k} {args[k]}" for k in ("optimizer", "lr", "batch_size", "epochs", "seed") if k in args]
     if run:
@@ -120,31 +142,53 @@ def model_card(config: dict, num_parameters: int) -> str:
     metrics = training.get("metrics") or {}
     if metrics:
         lines += ["| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
-                  for k, v in sorted(metrics.items())]
+        lines += [
+            f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
+            for k, v in sorted(metrics.items())
+        ]
     else:
         lines.append("The checkpoint holds no validation metrics.")
-    lines += ["", "## Use", "", "```python", "from rt1.model import load_pretrained", "from rt1.policy import RT1Policy",
-              "", "model, config, exported = load_pretrained(DIR)", "policy = RT1Policy(model)", "```", "",
-              "or serve it to a robot: `python -m rt1.serve --model DIR`. `config.json` gives the image "
-              "preprocessing, the action tokenizer (order and bounds) and the instruction embedding.", ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from rt1.model import load_pretrained",
+        "from rt1.policy import RT1Policy",
+        "",
+        "model, config, exported = load_pretrained(DIR)",
+        "policy = RT1Policy(model)",
+        "```",
+        "",
+        "or serve it to a robot: `python -m rt1.serve --model DIR`. `config.json` gives the image "
+        "preprocessing, the action tokenizer (order and bounds) and the instruction embedding.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def export(checkpoint: Path, out: Path, *, embedding_source: str = "universal-sentence-encoder",
-           jpeg_quality: int | None = None, overwrite: bool = False) -> Path:
+def export(
+    checkpoint: Path,
+    out: Path,
+    *,
+    embedding_source: str = "universal-sentence-encoder",
+    jpeg_quality: int | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the model directory `out` from a training checkpoint; returns `out`."""
     from safetensors.torch import save_file
 
     from rt1 import io
-    from rt1.data.images import JPEG_QUALITY
     from rt1.config import RT1Config
+    from rt1.data.images import JPEG_QUALITY
     from rt1.model import RT1, read_checkpoint
     from rt1.model.pretrained import CARD_NAME, CONFIG_NAME, EMBEDDING_SOURCES, WEIGHTS_NAME
 
     checkpoint, out = Path(checkpoint), Path(out)
     if embedding_source not in EMBEDDING_SOURCES:
-        raise ExportError(f"--embedding-source must be one of {', '.join(EMBEDDING_SOURCES)}, got {embedding_source!r}")
+        raise ExportError(
+            f"--embedding-source must be one of {', '.join(EMBEDDING_SOURCES)}, got {embedding_source!r}"
+        )
     jpeg_quality = JPEG_QUALITY if jpeg_quality is None else jpeg_quality
     if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
         raise ExportError(f"--jpeg-quality must be 1..100, got {jpeg_quality!r}")
@@ -195,21 +239,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rt1.export",
         description="Export a training checkpoint as DIR/model.safetensors + config.json + README.md (the "
-                    "Hugging Face layout; no pickle), loadable with rt1.model.load_pretrained(DIR).")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint-{epoch}.pt from train_ddp.py")
+        "Hugging Face layout; no pickle), loadable with rt1.model.load_pretrained(DIR).",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint-{epoch}.pt from train_ddp.py"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write (must not exist)")
-    parser.add_argument("--embedding-source", choices=EMBEDDING_SOURCES, default=EMBEDDING_SOURCES[0],
-                        help="where the 512-d instruction embeddings come from: universal-sentence-encoder "
-                             "(fractal20220817_data; default) or mini-fractal (the bundled dataset: the server "
-                             "then also takes instruction text)")
-    parser.add_argument("--jpeg-quality", type=int, default=None,
-                        help="stage 2's --jpeg-quality of the training data (default 90)")
+    parser.add_argument(
+        "--embedding-source",
+        choices=EMBEDDING_SOURCES,
+        default=EMBEDDING_SOURCES[0],
+        help="where the 512-d instruction embeddings come from: universal-sentence-encoder "
+        "(fractal20220817_data; default) or mini-fractal (the bundled dataset: the server "
+        "then also takes instruction text)",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        help="stage 2's --jpeg-quality of the training data (default 90)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing exported directory")
     args = parser.parse_args(argv)
 
     def run(_) -> int:
-        out = export(args.checkpoint, args.out, embedding_source=args.embedding_source,
-                     jpeg_quality=args.jpeg_quality, overwrite=args.overwrite)
+        out = export(
+            args.checkpoint,
+            args.out,
+            embedding_source=args.embedding_source,
+            jpeg_quality=args.jpeg_quality,
+            overwrite=args.overwrite,
+        )
         print(f"wrote {out}/ (model.safetensors, config.json, README.md)")
         return 0
 

@@ -87,8 +87,11 @@ def check_output_dir_option(directory: Path, option: str = "--out") -> None:
     for existing in (path, *path.parents):
         if existing.exists():
             if not existing.is_dir():
-                raise OutputPathError(f"{option} {directory} exists and is not a directory" if existing == path
-                                      else f"{option} {directory} cannot be created: {existing} is a file")
+                raise OutputPathError(
+                    f"{option} {directory} exists and is not a directory"
+                    if existing == path
+                    else f"{option} {directory} cannot be created: {existing} is a file"
+                )
             return
 
 
@@ -103,8 +106,10 @@ def check_free_space(directory: Path, needed_bytes: int, what: str) -> None:
     """
     free = shutil.disk_usage(directory).free
     if free < needed_bytes * 1.1:
-        raise DiskFullError(f"not enough free space in {directory} for {what}: needs about "
-                            f"{needed_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free")
+        raise DiskFullError(
+            f"not enough free space in {directory} for {what}: needs about "
+            f"{needed_bytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free"
+        )
 
 
 # ---- one run per directory ------------------------------------------------------------------------
@@ -153,8 +158,13 @@ class DirectoryLock:
 
     def _record(self) -> dict:
         pid = os.getpid()
-        return {"host": socket.gethostname(), "pid": pid, "start_time": _process_start_time(pid),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(map(str, sys.argv))}
+        return {
+            "host": socket.gethostname(),
+            "pid": pid,
+            "start_time": _process_start_time(pid),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(map(str, sys.argv)),
+        }
 
     def _read(self) -> dict | None:
         try:
@@ -165,8 +175,10 @@ class DirectoryLock:
             return {}
 
     def _describe(self, holder: dict) -> str:
-        return (f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('since', '?')}"
-                + (f": {holder['command']}" if holder.get("command") else ""))
+        return (
+            f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('since', '?')}"
+            + (f": {holder['command']}" if holder.get("command") else "")
+        )
 
     def _stale(self, holder: dict) -> bool:
         if holder.get("host") != socket.gethostname():
@@ -214,11 +226,13 @@ class DirectoryLock:
             if holder == {}:
                 raise DirectoryLockedError(
                     f"{self.path} exists but is not a lock this code wrote: another {self.what} may be using "
-                    f"{self.path.parent}; if none is, delete {self.path}")
+                    f"{self.path.parent}; if none is, delete {self.path}"
+                )
             if not self._stale(holder):
                 raise DirectoryLockedError(
                     f"{self.path.parent} is in use by another {self.what} ({self._describe(holder)}); wait for "
-                    f"it to end or use another directory (if that process is gone, delete {self.path})")
+                    f"it to end or use another directory (if that process is gone, delete {self.path})"
+                )
             # Stale: move it aside, check we moved the stale one (not a lock taken meanwhile), retry.
             aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
             try:
@@ -235,7 +249,9 @@ class DirectoryLock:
                 continue
             aside.unlink(missing_ok=True)
             replaced = self._describe(holder)
-        raise DirectoryLockedError(f"cannot take the lock {self.path}: it keeps changing (several runs starting?)")
+        raise DirectoryLockedError(
+            f"cannot take the lock {self.path}: it keeps changing (several runs starting?)"
+        )
 
     def release(self) -> None:
         if not self.held:
@@ -259,7 +275,11 @@ def locked_output_dir(directory: Path, what: str):
     lock = DirectoryLock(directory, STAGE_LOCK, what=what)
     stale = lock.acquire()
     if stale is not None:
-        print(f"took over the stale lock {lock.path} of a run that is gone ({stale})", file=sys.stderr, flush=True)
+        print(
+            f"took over the stale lock {lock.path} of a run that is gone ({stale})",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         yield lock
     finally:

@@ -33,42 +33,44 @@ class RT1Config:
     """Every hyper-parameter of the RT-1 model; the defaults are the original configuration."""
 
     # image encoder (MaxViT)
-    image_size: int = 224               # square input images, H = W = image_size
+    image_size: int = 224  # square input images, H = W = image_size
     channels: int = 3
-    conv_stem_dim: int = 64             # width of the stride-2 convolutional stem
-    dim: int = 96                       # width of the first MaxViT stage; stage i has dim * 2**i
-    dim_head: int = 32                  # MaxViT attention head width (heads = stage width / dim_head)
+    conv_stem_dim: int = 64  # width of the stride-2 convolutional stem
+    dim: int = 96  # width of the first MaxViT stage; stage i has dim * 2**i
+    dim_head: int = 32  # MaxViT attention head width (heads = stage width / dim_head)
     depth: tuple[int, ...] = (2, 2, 5, 2)  # MaxViT blocks per stage; every stage halves the feature map
-    attention_window: int = 7           # block and grid attention over attention_window x attention_window cells
+    attention_window: int = 7  # block and grid attention over attention_window x attention_window cells
     mbconv_expansion: int = 4
-    mbconv_shrinkage: float = 0.25      # squeeze-excitation hidden width = shrinkage * expanded width
-    dropout: float = 0.1                # MaxViT attention and feed-forward dropout
-    attention_memory_kv: int = 0        # learned memory key/value pairs per MaxViT attention (original: 4)
+    mbconv_shrinkage: float = 0.25  # squeeze-excitation hidden width = shrinkage * expanded width
+    dropout: float = 0.1  # MaxViT attention and feed-forward dropout
+    attention_memory_kv: int = 0  # learned memory key/value pairs per MaxViT attention (original: 4)
     # action head: fixed by the tokenizer (rt1.actions), checked
     num_actions: int = NUM_ACTION_TOKENS
     num_bins: int = NUM_BINS
     # temporal transformer
-    num_frames: int = 6                 # frames per training window (the history length); data_emerge's default
+    num_frames: int = 6  # frames per training window (the history length); data_emerge's default
     transformer_depth: int = 6
-    transformer_heads: int = 8          # query heads; keys and values use one shared head (multi-query)
+    transformer_heads: int = 8  # query heads; keys and values use one shared head (multi-query)
     transformer_dim_head: int = 64
     transformer_dropout: float = 0.0
-    ff_mult: int = 4                    # feed-forward hidden width multiplier (MaxViT and transformer)
-    num_learned_tokens: int = 8         # TokenLearner tokens per frame
+    ff_mult: int = 4  # feed-forward hidden width multiplier (MaxViT and transformer)
+    num_learned_tokens: int = 8  # TokenLearner tokens per frame
     token_learner_ff_mult: int = 2
     token_learner_pooling: str = "softmax"  # "softmax" (Google, with LayerNorm) | "mean" (original, no norm)
     # A learned embedding of each feature-map position, added before TokenLearner pools the map, so the tokens
     # say where what they pooled is (MaxViT's relative attention bias and the pooling are translation-blind).
     # Neither the original nor RT-1 has it; the demo preset does (issue #18).
     feature_position_embedding: bool = False
-    transformer_kv_source: str = "modulated"  # "modulated": k, v from FiLM(LN(x)) | "input": from x (original)
+    transformer_kv_source: str = (
+        "modulated"  # "modulated": k, v from FiLM(LN(x)) | "input": from x (original)
+    )
     # text conditioning (FiLM + classifier-free guidance)
     text_embed_dim: int = EMBEDDING_DIM  # the dataset's Universal Sentence Encoder embedding (512)
-    cond_dim: int = 1024                # width of the shared text MLP stem feeding every FiLM layer
-    film_mult: int = 4                  # hidden width of each FiLM generator = film_mult * its feature width
-    cond_drop_prob: float = 0.2         # training probability of replacing the text by the null embedding
+    cond_dim: int = 1024  # width of the shared text MLP stem feeding every FiLM layer
+    film_mult: int = 4  # hidden width of each FiLM generator = film_mult * its feature width
+    cond_drop_prob: float = 0.2  # training probability of replacing the text by the null embedding
     # input
-    pixel_scaling: str = "imagenet"     # uint8 pixels -> model input: "imagenet" mean/std | "raw" 0..255 floats
+    pixel_scaling: str = "imagenet"  # uint8 pixels -> model input: "imagenet" mean/std | "raw" 0..255 floats
     # training-time trade-off, not part of the model function: recompute each MaxViT block's and transformer
     # layer's activations in the backward pass instead of storing them (same outputs and gradients, less
     # memory, more time). Left out of equality and of to_dict(), so checkpoints written with and without it
@@ -80,10 +82,25 @@ class RT1Config:
         if not isinstance(self.depth, tuple):
             object.__setattr__(self, "depth", tuple(self.depth))
         positive = (
-            "image_size", "channels", "conv_stem_dim", "dim", "dim_head", "attention_window", "mbconv_expansion",
-            "num_actions", "num_bins", "num_frames", "transformer_depth", "transformer_heads",
-            "transformer_dim_head", "ff_mult", "num_learned_tokens", "token_learner_ff_mult",
-            "text_embed_dim", "cond_dim", "film_mult",
+            "image_size",
+            "channels",
+            "conv_stem_dim",
+            "dim",
+            "dim_head",
+            "attention_window",
+            "mbconv_expansion",
+            "num_actions",
+            "num_bins",
+            "num_frames",
+            "transformer_depth",
+            "transformer_heads",
+            "transformer_dim_head",
+            "ff_mult",
+            "num_learned_tokens",
+            "token_learner_ff_mult",
+            "text_embed_dim",
+            "cond_dim",
+            "film_mult",
         )
         for name in positive:
             value = getattr(self, name)
@@ -95,16 +112,27 @@ class RT1Config:
         value = self.attention_memory_kv
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"RT1Config.attention_memory_kv must be a non-negative integer, got {value!r}")
-        for name, choices in (("token_learner_pooling", TOKEN_LEARNER_POOLINGS),
-                              ("transformer_kv_source", TRANSFORMER_KV_SOURCES), ("pixel_scaling", PIXEL_SCALINGS)):
+        for name, choices in (
+            ("token_learner_pooling", TOKEN_LEARNER_POOLINGS),
+            ("transformer_kv_source", TRANSFORMER_KV_SOURCES),
+            ("pixel_scaling", PIXEL_SCALINGS),
+        ):
             value = getattr(self, name)
             if value not in choices:
-                raise ConfigError(f"RT1Config.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+                raise ConfigError(
+                    f"RT1Config.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+                )
         if (self.num_actions, self.num_bins) != (NUM_ACTION_TOKENS, NUM_BINS):
-            raise ConfigError(f"RT1Config.num_actions/num_bins must be the tokenizer's {NUM_ACTION_TOKENS}/{NUM_BINS} "
-                             f"(rt1.actions), got {self.num_actions}/{self.num_bins}")
-        if len(self.depth) == 0 or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.depth):
-            raise ConfigError(f"RT1Config.depth must be a non-empty tuple of positive integers, got {self.depth!r}")
+            raise ConfigError(
+                f"RT1Config.num_actions/num_bins must be the tokenizer's {NUM_ACTION_TOKENS}/{NUM_BINS} "
+                f"(rt1.actions), got {self.num_actions}/{self.num_bins}"
+            )
+        if len(self.depth) == 0 or any(
+            not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.depth
+        ):
+            raise ConfigError(
+                f"RT1Config.depth must be a non-empty tuple of positive integers, got {self.depth!r}"
+            )
         for name in ("dropout", "transformer_dropout", "cond_drop_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -185,5 +213,11 @@ class RT1Config:
         return cls(**values)
 
 
-__all__ = ["ConfigError", "RT1Config", "TOKEN_LEARNER_POOLINGS", "TRANSFORMER_KV_SOURCES", "PIXEL_SCALINGS",
-           "RUNTIME_ONLY_FIELDS"]
+__all__ = [
+    "ConfigError",
+    "RT1Config",
+    "TOKEN_LEARNER_POOLINGS",
+    "TRANSFORMER_KV_SOURCES",
+    "PIXEL_SCALINGS",
+    "RUNTIME_ONLY_FIELDS",
+]

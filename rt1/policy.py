@@ -44,8 +44,14 @@ from rt1.model.inference import inference_model
 
 
 class RT1Policy:
-    def __init__(self, model: RT1, cond_scale: float = 1.0, device: torch.device | str | None = None,
-                 use_cache: bool = True, fold_batch_norms: bool = True) -> None:
+    def __init__(
+        self,
+        model: RT1,
+        cond_scale: float = 1.0,
+        device: torch.device | str | None = None,
+        use_cache: bool = True,
+        fold_batch_norms: bool = True,
+    ) -> None:
         if device is None:
             device = next(model.parameters()).device
         self.device = torch.device(device)
@@ -56,12 +62,14 @@ class RT1Policy:
         self.config = model.config
         self.cond_scale = float(cond_scale)
         self.use_cache = use_cache
-        self.last_tokens: np.ndarray | None = None   # (num_actions,) int64, the last step's tokens
-        self.last_logits: Tensor | None = None       # (num_actions, num_bins), the last step's logits
+        self.last_tokens: np.ndarray | None = None  # (num_actions,) int64, the last step's tokens
+        self.last_logits: Tensor | None = None  # (num_actions, num_bins), the last step's logits
         self.reset()
 
     @classmethod
-    def from_path(cls, path, cond_scale: float = 1.0, device: torch.device | str = "cpu", **kwargs) -> RT1Policy:
+    def from_path(
+        cls, path, cond_scale: float = 1.0, device: torch.device | str = "cpu", **kwargs
+    ) -> RT1Policy:
         """A policy of a checkpoint file or a directory of `python -m rt1.export` (`rt1.model.load_model`)."""
         from rt1.model import load_model
 
@@ -90,8 +98,10 @@ class RT1Policy:
         x = x.reshape(-1, *x.shape[-3:])
         size = self.config.image_size
         if tuple(x.shape[1:]) != (size, size, 3):
-            raise ValueError(f"images must be ({size}, {size}, 3) uint8 (resize before the policy), "
-                             f"got {tuple(x.shape[1:])}")
+            raise ValueError(
+                f"images must be ({size}, {size}, 3) uint8 (resize before the policy), "
+                f"got {tuple(x.shape[1:])}"
+            )
         return x.to(self.device)
 
     def _texts(self, text_embed) -> Tensor:
@@ -151,11 +161,15 @@ class RT1Policy:
         text = self._texts(text_embed)  # (k, E)
         cond = self.model.condition(text)
         k, steps, f = text.shape[0], frames.shape[0], self.config.num_frames
-        tokens = torch.cat([
-            self.model.encode_frames(chunk.repeat(k, 1, 1, 1), cond.repeat_interleave(len(chunk)))
-            .view(k, len(chunk), self.config.num_learned_tokens, self.config.embed_dim)
-            for chunk in frames.split(batch_size)
-        ], dim=1)  # (k, T, n, D)
+        tokens = torch.cat(
+            [
+                self.model.encode_frames(chunk.repeat(k, 1, 1, 1), cond.repeat_interleave(len(chunk))).view(
+                    k, len(chunk), self.config.num_learned_tokens, self.config.embed_dim
+                )
+                for chunk in frames.split(batch_size)
+            ],
+            dim=1,
+        )  # (k, T, n, D)
         if steps <= f:  # one window from the start: frame t's logits are step t's
             logits = self._action_logits(self.model.decode(tokens, cond))  # (T, A, bins)
         else:
@@ -163,7 +177,7 @@ class RT1Policy:
             index = starts[:, None] + torch.arange(f, device=self.device)  # (W, f)
             window_logits = []
             for i in range(0, len(starts), batch_size):
-                idx = index[i:i + batch_size]
+                idx = index[i : i + batch_size]
                 windows = tokens[:, idx].flatten(0, 1)  # (k * w, f, n, D)
                 out = self.model.decode(windows, cond.repeat_interleave(len(idx)))
                 window_logits.append(out.view(k, len(idx), *out.shape[1:]))

@@ -38,8 +38,16 @@ def line_interval() -> float:
 class LineProgress:
     """tqdm's interface, writing a full line at most every `interval` seconds and when closed."""
 
-    def __init__(self, total: int | None, *, desc: str, unit: str, initial: int = 0, interval: float | None = None,
-                 stream=None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        desc: str,
+        unit: str,
+        initial: int = 0,
+        interval: float | None = None,
+        stream=None,
+    ) -> None:
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.interval = line_interval() if interval is None else interval
         self.stream = stream
@@ -108,8 +116,9 @@ class _Silent:
         pass
 
 
-def progress_bar(total: int | None, *, desc: str, unit: str, enabled: bool = True, initial: int = 0,
-                 leave: bool = True):
+def progress_bar(
+    total: int | None, *, desc: str, unit: str, enabled: bool = True, initial: int = 0, leave: bool = True
+):
     """A tqdm bar on a terminal, periodic lines otherwise, nothing when not `enabled`."""
     if not enabled:
         return _Silent()

@@ -37,14 +37,18 @@ class TensorSpec:
 
 
 OBSERVATION_VECTORS: dict[str, TensorSpec] = {
-    "base_pose_tool_reached": TensorSpec((7,), "float32", "end-effector base-relative position+quaternion pose"),
+    "base_pose_tool_reached": TensorSpec(
+        (7,), "float32", "end-effector base-relative position+quaternion pose"
+    ),
     "gripper_closed": TensorSpec((1,), "float32"),
     "gripper_closedness_commanded": TensorSpec((1,), "float32", "continuous gripper position"),
     "height_to_bottom": TensorSpec((1,), "float32", "height of end-effector from ground"),
     "orientation_box": TensorSpec((2, 3), "float32"),
     "orientation_start": TensorSpec((4,), "float32"),
     "robot_orientation_positions_box": TensorSpec((3, 3), "float32"),
-    "rotation_delta_to_go": TensorSpec((3,), "float32", "rotational displacement from current orientation to target"),
+    "rotation_delta_to_go": TensorSpec(
+        (3,), "float32", "rotational displacement from current orientation to target"
+    ),
     "src_rotation": TensorSpec((4,), "float32"),
     "vector_to_go": TensorSpec((3,), "float32", "displacement from current end-effector position to target"),
     "workspace_bounds": TensorSpec((3, 3), "float32"),
@@ -54,9 +58,13 @@ ACTION_SPEC: dict[str, TensorSpec] = {
     "base_displacement_vector": TensorSpec((2,), "float32"),
     "base_displacement_vertical_rotation": TensorSpec((1,), "float32"),
     "gripper_closedness_action": TensorSpec((1,), "float32", "continuous gripper position"),
-    "rotation_delta": TensorSpec((3,), "float32", "rpy commanded orientation displacement, in base-relative frame"),
+    "rotation_delta": TensorSpec(
+        (3,), "float32", "rpy commanded orientation displacement, in base-relative frame"
+    ),
     "terminate_episode": TensorSpec((3,), "int32"),
-    "world_vector": TensorSpec((3,), "float32", "commanded end-effector displacement, in base-relative frame"),
+    "world_vector": TensorSpec(
+        (3,), "float32", "commanded end-effector displacement, in base-relative frame"
+    ),
 }
 
 # Flat "path -> spec" of one step, with "/" separating nesting levels.
@@ -97,7 +105,7 @@ def tfds_features():
         return tfds.features.Tensor(shape=spec.shape, dtype=dtype, doc=spec.doc or None)
 
     def nested(flat: dict[str, TensorSpec], prefix: str) -> dict:
-        return {path[len(prefix):]: tensor(spec) for path, spec in flat.items() if path.startswith(prefix)}
+        return {path[len(prefix) :]: tensor(spec) for path, spec in flat.items() if path.startswith(prefix)}
 
     observation = nested(STEP_SPEC, "observation/")
     observation["image"] = tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8, encoding_format="jpeg")
@@ -107,11 +115,13 @@ def tfds_features():
         **{k: tensor(v) for k, v in STEP_SPEC.items() if "/" not in k},
     }
     step["reward"] = tfds.features.Scalar(dtype=np.float32)
-    return tfds.features.FeaturesDict({
-        "aspects": tfds.features.FeaturesDict(nested(EPISODE_METADATA_SPEC, "aspects/"), doc=ASPECTS_DOC),
-        "attributes": tfds.features.FeaturesDict(nested(EPISODE_METADATA_SPEC, "attributes/")),
-        "steps": tfds.features.Dataset(step),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "aspects": tfds.features.FeaturesDict(nested(EPISODE_METADATA_SPEC, "aspects/"), doc=ASPECTS_DOC),
+            "attributes": tfds.features.FeaturesDict(nested(EPISODE_METADATA_SPEC, "attributes/")),
+            "steps": tfds.features.Dataset(step),
+        }
+    )
 
 
 def _flatten_features(features, prefix: str = "") -> dict:

@@ -26,10 +26,13 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 def run_script(*args, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     """Run a repo script or module with the test interpreter; returns the completed process."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -38,8 +41,9 @@ def rlds_dir(tmp_path_factory) -> Path:
     """The bundled dataset: TFDS directory .../fractal20220817_data/0.1.0."""
     from rt1.sim.mini_fractal import write_dataset
 
-    return write_dataset(tmp_path_factory.mktemp("rlds"), episodes=BUNDLED_EPISODES, seed=BUNDLED_SEED,
-                         shards=BUNDLED_SHARDS)
+    return write_dataset(
+        tmp_path_factory.mktemp("rlds"), episodes=BUNDLED_EPISODES, seed=BUNDLED_SEED, shards=BUNDLED_SHARDS
+    )
 
 
 @pytest.fixture(scope="session")
@@ -70,17 +74,21 @@ def h5_contents(path: Path) -> dict:
 
     out = {}
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             for key, value in obj.attrs.items():
                 out[f"{name}@{key}"] = np.asarray(value).tolist()
             if isinstance(obj, h5py.Dataset):
                 data = obj[()]
                 if data.dtype == object:
-                    data = [bytes(x) if isinstance(x, (bytes, np.ndarray)) and not isinstance(x, str) else x
-                            for x in (d.tobytes() if isinstance(d, np.ndarray) else d for d in data)]
+                    data = [
+                        bytes(x) if isinstance(x, (bytes, np.ndarray)) and not isinstance(x, str) else x
+                        for x in (d.tobytes() if isinstance(d, np.ndarray) else d for d in data)
+                    ]
                     out[name] = data
                 else:
                     out[name] = (data.dtype.str, data.shape, data.tobytes())
+
         visit("/", f)
         f.visititems(visit)
     return out

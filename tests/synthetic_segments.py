@@ -16,12 +16,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
 from rt1.data.segment_schema import Episode, segment_file_name, write_segment
+from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
 
 PICK = ("pick coke can", "pick brown chip bag", "pick blue plastic bottle")
-NOT_PICK = ("open middle drawer", "move blue chip bag near pepsi can",
-            "pick coke can from top drawer and place on counter", "place 7up can upright")
+NOT_PICK = (
+    "open middle drawer",
+    "move blue chip bag near pepsi can",
+    "pick coke can from top drawer and place on counter",
+    "place 7up can upright",
+)
 
 
 def step_colour(source_index: int, step: int) -> tuple[int, int, int]:
@@ -41,15 +45,17 @@ def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def textured_frame(rng: np.random.Generator, height: int = IMAGE_SHAPE[0], width: int = IMAGE_SHAPE[1]) -> np.ndarray:
+def textured_frame(
+    rng: np.random.Generator, height: int = IMAGE_SHAPE[0], width: int = IMAGE_SHAPE[1]
+) -> np.ndarray:
     """A photo-like frame: 1/f^1.6 coloured noise plus sensor grain (~29 KB as a quality-95 JPEG)."""
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.rfftfreq(width)[None, :]
-    f = np.sqrt(fy ** 2 + fx ** 2)
+    f = np.sqrt(fy**2 + fx**2)
     f[0, 0] = 1.0
     channels = []
     for _ in range(3):
-        spectrum = (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f ** 1.6
+        spectrum = (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f**1.6
         spectrum[0, 0] = 0
         plane = np.fft.irfft2(spectrum, s=(height, width))
         channels.append((plane - plane.mean()) / plane.std())
@@ -72,30 +78,53 @@ def synthetic_actions(source_index: int, num_steps: int) -> dict[str, np.ndarray
     }
 
 
-def make_episode(source_index: int, num_steps: int, instruction: str, *, textured: bool = False,
-                 rng: np.random.Generator | None = None, frame_pool: list[bytes] | None = None) -> Episode:
+def make_episode(
+    source_index: int,
+    num_steps: int,
+    instruction: str,
+    *,
+    textured: bool = False,
+    rng: np.random.Generator | None = None,
+    frame_pool: list[bytes] | None = None,
+) -> Episode:
     if frame_pool is not None:
         images = [frame_pool[(source_index * 7 + s) % len(frame_pool)] for s in range(num_steps)]
     elif textured:
         rng = rng or np.random.default_rng(source_index)
         images = [jpeg_bytes(textured_frame(rng)) for _ in range(num_steps)]
     else:
-        images = [jpeg_bytes(np.full(IMAGE_SHAPE, step_colour(source_index, s), np.uint8)) for s in range(num_steps)]
+        images = [
+            jpeg_bytes(np.full(IMAGE_SHAPE, step_colour(source_index, s), np.uint8)) for s in range(num_steps)
+        ]
     flags = np.zeros(num_steps, bool)
     is_first, is_last = flags.copy(), flags.copy()
     is_first[0] = is_last[-1] = True
     reward = np.zeros(num_steps, np.float32)
     reward[-1] = 1.0
     return Episode(
-        source_index=source_index, instruction=instruction, language_embedding=embedding_of(instruction),
-        images=images, actions=synthetic_actions(source_index, num_steps),
-        observations={k: np.zeros((num_steps, *spec.shape), np.float32) for k, spec in OBSERVATION_VECTORS.items()},
-        is_first=is_first, is_last=is_last, is_terminal=is_last.copy(), reward=reward,
+        source_index=source_index,
+        instruction=instruction,
+        language_embedding=embedding_of(instruction),
+        images=images,
+        actions=synthetic_actions(source_index, num_steps),
+        observations={
+            k: np.zeros((num_steps, *spec.shape), np.float32) for k, spec in OBSERVATION_VECTORS.items()
+        },
+        is_first=is_first,
+        is_last=is_last,
+        is_terminal=is_last.copy(),
+        reward=reward,
     )
 
 
-def write_synthetic_segments(directory: Path, layout: list[list[tuple[int, str]]], *, first_index: int = 0,
-                             textured: bool = False, frame_pool: list[bytes] | None = None) -> list[Path]:
+def write_synthetic_segments(
+    directory: Path,
+    layout: list[list[tuple[int, str]]],
+    *,
+    first_index: int = 0,
+    textured: bool = False,
+    frame_pool: list[bytes] | None = None,
+) -> list[Path]:
     """One segment file per entry of `layout`, a list of (num_steps, instruction) per episode.
 
     Source episode indices run on from `first_index`; file i is named for its index range.
@@ -104,8 +133,10 @@ def write_synthetic_segments(directory: Path, layout: list[list[tuple[int, str]]
     directory.mkdir(parents=True, exist_ok=True)
     paths, index = [], first_index
     for episodes in layout:
-        eps = [make_episode(index + k, n, instruction, textured=textured, frame_pool=frame_pool)
-               for k, (n, instruction) in enumerate(episodes)]
+        eps = [
+            make_episode(index + k, n, instruction, textured=textured, frame_pool=frame_pool)
+            for k, (n, instruction) in enumerate(episodes)
+        ]
         path = directory / segment_file_name(index, index + len(episodes))
         write_segment(path, eps, (index, index + len(episodes)), "all")
         paths.append(path)

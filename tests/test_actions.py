@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from rt1.actions import (
-    ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_ACTION_TOKENS, TERMINATE_KEY, detokenize, flatten_actions, tokenize,
+    ACTION_DIM_NAMES,
+    CONTINUOUS_KEYS,
+    NUM_ACTION_TOKENS,
+    TERMINATE_KEY,
+    detokenize,
+    flatten_actions,
+    tokenize,
 )
 
 BOUNDS = {
@@ -17,8 +23,13 @@ BOUNDS = {
     "base_displacement_vector": (2, -1.0, 1.0),
     "base_displacement_vertical_rotation": (1, -math.pi, math.pi),
 }
-ORDER = ["world_vector", "rotation_delta", "gripper_closedness_action", "base_displacement_vector",
-         "base_displacement_vertical_rotation"]
+ORDER = [
+    "world_vector",
+    "rotation_delta",
+    "gripper_closedness_action",
+    "base_displacement_vector",
+    "base_displacement_vertical_rotation",
+]
 
 
 def reference_token(value: float, low: float, high: float) -> int:
@@ -27,8 +38,13 @@ def reference_token(value: float, low: float, high: float) -> int:
     return int(math.floor((value - low) / (high - low) * 255))
 
 
-def action_dict(values: dict[str, list[float]], terminate_class: int = 1, batch: int = 1, lib: str = "numpy",
-                dtype=np.float32) -> dict:
+def action_dict(
+    values: dict[str, list[float]],
+    terminate_class: int = 1,
+    batch: int = 1,
+    lib: str = "numpy",
+    dtype=np.float32,
+) -> dict:
     """Actions of `batch` identical steps."""
     out = {k: np.tile(np.asarray(v, dtype), (batch, 1)) for k, v in values.items()}
     one_hot = np.zeros((batch, 3), np.int32)
@@ -44,13 +60,16 @@ def uniform(value_of) -> dict[str, list[float]]:
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
-@pytest.mark.parametrize("case,value_of,expected", [
-    ("exactly min", lambda lo, hi: lo, 0),
-    ("exactly max", lambda lo, hi: hi, 255),
-    ("below min", lambda lo, hi: lo - 5.0, 0),
-    ("above max", lambda lo, hi: hi + 5.0, 255),
-    ("centre", lambda lo, hi: (lo + hi) / 2, 127),
-])
+@pytest.mark.parametrize(
+    "case,value_of,expected",
+    [
+        ("exactly min", lambda lo, hi: lo, 0),
+        ("exactly max", lambda lo, hi: hi, 255),
+        ("below min", lambda lo, hi: lo - 5.0, 0),
+        ("above max", lambda lo, hi: hi + 5.0, 255),
+        ("centre", lambda lo, hi: (lo + hi) / 2, 127),
+    ],
+)
 def test_edge_values(lib, case, value_of, expected):
     # float64, so that the bounds pi/2 and pi are exactly the bounds (float32 cannot hold them)
     tokens = tokenize(action_dict(uniform(value_of), lib=lib, dtype=np.float64))

@@ -18,9 +18,14 @@ TINY = PRESETS["tiny"].model
 # the original's three model variants at the tiny size, with dropout everywhere (exercises the RNG replay)
 VARIANTS = {
     "tiny": TINY.replace(dropout=0.1, transformer_dropout=0.1, cond_drop_prob=0.3),
-    "original-variants": TINY.replace(dropout=0.1, transformer_dropout=0.1, cond_drop_prob=0.3,
-                                      attention_memory_kv=4, token_learner_pooling="mean",
-                                      transformer_kv_source="input"),
+    "original-variants": TINY.replace(
+        dropout=0.1,
+        transformer_dropout=0.1,
+        cond_drop_prob=0.3,
+        attention_memory_kv=4,
+        token_learner_pooling="mean",
+        transformer_kv_source="input",
+    ),
 }
 
 
@@ -86,8 +91,11 @@ def test_train_flag_reaches_the_model_config(paths):
     parser = build_arg_parser()
     base = ["--data-dir", str(paths["data_dir"]), "--train-index", str(paths["train_index"])]
     assert not config_from_args(parser.parse_args(base)).model_config.activation_checkpointing
-    cfg = config_from_args(parser.parse_args(base + ["--preset", "tiny", "--activation-checkpointing",
-                                                     "--cond-drop-prob", "0.5"]))
+    cfg = config_from_args(
+        parser.parse_args(
+            base + ["--preset", "tiny", "--activation-checkpointing", "--cond-drop-prob", "0.5"]
+        )
+    )
     assert cfg.activation_checkpointing and cfg.model_config.activation_checkpointing
     assert cfg.model_config.cond_drop_prob == 0.5
     assert RT1(cfg.model_config).vit.activation_checkpointing
@@ -98,7 +106,11 @@ def test_a_checkpoint_resumes_with_checkpointing_switched(paths, saved_with, res
     saved = TrainConfig(**paths, preset="tiny", activation_checkpointing=saved_with)
     resumed = saved.replace(activation_checkpointing=resumed_with)
     contents = {"model_config": saved.model_config.to_dict(), "train_args": saved.to_dict()}
-    check_resume_fits(contents, Path("checkpoint-1.pt"), resumed, resumed.model_config, logging.getLogger("test"))
+    check_resume_fits(
+        contents, Path("checkpoint-1.pt"), resumed, resumed.model_config, logging.getLogger("test")
+    )
     other = resumed.replace(cond_drop_prob=0.5)  # a real model difference still refuses
     with pytest.raises(Exception, match="different model config"):
-        check_resume_fits(contents, Path("checkpoint-1.pt"), other, other.model_config, logging.getLogger("test"))
+        check_resume_fits(
+            contents, Path("checkpoint-1.pt"), other, other.model_config, logging.getLogger("test")
+        )

@@ -13,7 +13,15 @@ from conftest import REPO
 # Lowest first; a module may import its own layer's package and the layers below. Packages that share a
 # layer are independent of each other (data does not import model, train does not import policy).
 LAYERS = [
-    ["rt1.errors", "rt1.io", "rt1.progress", "rt1.rlds_spec", "rt1.actions", "rt1.model_config", "rt1.config"],
+    [
+        "rt1.errors",
+        "rt1.io",
+        "rt1.progress",
+        "rt1.rlds_spec",
+        "rt1.actions",
+        "rt1.model_config",
+        "rt1.config",
+    ],
     ["rt1.data", "rt1.model", "rt1.sim"],
     ["rt1.policy", "rt1.train", "rt1.export"],
     # The policy server runs RT1Policy sessions; closed-loop evaluation can act through its client. The GPU
@@ -29,7 +37,9 @@ def _unit(module: str) -> tuple[int, str]:
     best = None
     for layer, packages in enumerate(LAYERS):
         for package in packages:
-            if (module == package or module.startswith(package + ".")) and (best is None or len(package) > len(best[1])):
+            if (module == package or module.startswith(package + ".")) and (
+                best is None or len(package) > len(best[1])
+            ):
                 best = (layer, package)
     assert best is not None, f"{module} is in no layer of docs/architecture.md"
     return best
@@ -43,7 +53,12 @@ def _modules() -> dict[str, set[str]]:
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         imports = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rt1") and node.level == 0:
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("rt1")
+                and node.level == 0
+            ):
                 imports.add(node.module)
                 imports.update(f"{node.module}.{a.name}" for a in node.names)
             elif isinstance(node, ast.Import):
@@ -76,7 +91,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in graph.get(node, ()):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -87,10 +102,12 @@ def test_no_import_cycles():
 
 
 def test_configuration_and_data_stages_import_without_torch():
-    code = ("import sys\n"
-            "import rt1.config, rt1.errors, rt1.io, rt1.data.convert, rt1.data.preprocess, rt1.data.index\n"
-            "import rt1.sim.mini_fractal, rt1.train.cli\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys\n"
+        "import rt1.config, rt1.errors, rt1.io, rt1.data.convert, rt1.data.preprocess, rt1.data.index\n"
+        "import rt1.sim.mini_fractal, rt1.train.cli\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
@@ -107,6 +124,8 @@ def test_ground_floor_modules_sit_at_the_top_of_the_package():
 
 
 def test_no_module_is_longer_than_the_team_limit():
-    lengths = {path.relative_to(REPO): len(path.read_text().splitlines()) for path in (REPO / "rt1").rglob("*.py")}
+    lengths = {
+        path.relative_to(REPO): len(path.read_text().splitlines()) for path in (REPO / "rt1").rglob("*.py")
+    }
     assert not {p: n for p, n in lengths.items() if n > 400}
     assert lengths[Path("rt1/train/trainer.py")] <= 250

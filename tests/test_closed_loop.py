@@ -10,8 +10,16 @@ import torch
 
 from rt1.data.images import JPEG_QUALITY, dataset_jpeg, decode_jpeg, training_frame
 from rt1.evaluation.closed_loop import (
-    EVAL_STREAM, RT1EnvPolicy, closed_loop_evaluation, evaluate_policy, evaluation_episodes, expert_factory,
-    format_table, noop_factory, rt1_policy_factory, wilson_interval,
+    EVAL_STREAM,
+    RT1EnvPolicy,
+    closed_loop_evaluation,
+    evaluate_policy,
+    evaluation_episodes,
+    expert_factory,
+    format_table,
+    noop_factory,
+    rt1_policy_factory,
+    wilson_interval,
 )
 from rt1.sim.env import FractalSimEnv
 from rt1.sim.record import episode_seeds, record_episode
@@ -24,8 +32,13 @@ def _scene_key(env: FractalSimEnv, seed: int, family: str | None = None) -> byte
     """Everything that makes a scene: instruction, gripper, objects, drawers, looks."""
     env.reset(seed=seed, options={"task_family": family} if family else None)
     s = env.scene
-    parts = [env.task.instruction.encode(), s.gripper.tobytes(), s.tint.tobytes(), str(s.texture_seed).encode(),
-             str(sorted(s.drawer_open.items())).encode()]
+    parts = [
+        env.task.instruction.encode(),
+        s.gripper.tobytes(),
+        s.tint.tobytes(),
+        str(s.texture_seed).encode(),
+        str(sorted(s.drawer_open.items())).encode(),
+    ]
     parts += [o.name.encode() + o.position.tobytes() + bytes([o.upright]) for o in s.objects]
     return b"|".join(parts)
 
@@ -46,7 +59,9 @@ def test_evaluation_episodes_are_not_training_episodes():
     eval_scenes |= {_scene_key(env, e.env_seed) for e in evaluation}
     assert len(train_scenes) == n and not train_scenes & eval_scenes
     # The naive key [seed, EVAL_STREAM, 0] would have been training episode EVAL_STREAM of seed 0.
-    assert np.random.default_rng([0, EVAL_STREAM, 0]).integers(2**62) == np.random.default_rng([0, EVAL_STREAM]).integers(2**62)
+    assert np.random.default_rng([0, EVAL_STREAM, 0]).integers(2**62) == np.random.default_rng(
+        [0, EVAL_STREAM]
+    ).integers(2**62)
 
 
 def test_evaluation_episodes_are_deterministic_balanced_and_checked():
@@ -117,10 +132,14 @@ class _RecordingPolicy:
 
     def step(self, image, text_embed):
         self.frames.append(image)
-        return {"world_vector": torch.tensor([0.0, 1.0, 0.0]), "rotation_delta": torch.zeros(3),
-                "gripper_closedness_action": torch.tensor([-1.0]), "base_displacement_vector": torch.zeros(2),
-                "base_displacement_vertical_rotation": torch.zeros(1),
-                "terminate_episode": torch.tensor([0, 1, 0], dtype=torch.int32)}
+        return {
+            "world_vector": torch.tensor([0.0, 1.0, 0.0]),
+            "rotation_delta": torch.zeros(3),
+            "gripper_closedness_action": torch.tensor([-1.0]),
+            "base_displacement_vector": torch.zeros(2),
+            "base_displacement_vertical_rotation": torch.zeros(1),
+            "terminate_episode": torch.tensor([0, 1, 0], dtype=torch.int32),
+        }
 
 
 def test_rt1_env_policy_sees_training_frames_and_gives_env_actions():
@@ -159,16 +178,29 @@ def test_tiny_random_model_writes_results_and_a_readable_gif(tmp_path, one_threa
     torch.manual_seed(0)
     model = RT1(PRESETS["tiny"].model).eval()
     families = ["pick", "open_drawer"]
-    results = closed_loop_evaluation(rt1_policy_factory(model), episodes=2, families=families, seed=0,
-                                     max_steps=40, out_dir=tmp_path, videos=1, settings={"checkpoint": "random"})
+    results = closed_loop_evaluation(
+        rt1_policy_factory(model),
+        episodes=2,
+        families=families,
+        seed=0,
+        max_steps=40,
+        out_dir=tmp_path,
+        videos=1,
+        settings={"checkpoint": "random"},
+    )
     stored = json.loads((tmp_path / "results.json").read_text())
     assert {"policy", "expert", "noop"} <= set(stored) and stored["settings"]["checkpoint"] == "random"
     for name in ("policy", "expert", "noop"):
-        assert set(stored[name]["overall"]) == SUMMARY_KEYS and set(stored[name]["per_family"]) == set(families)
+        assert set(stored[name]["overall"]) == SUMMARY_KEYS and set(stored[name]["per_family"]) == set(
+            families
+        )
         low, high = stored[name]["overall"]["ci95"]
         assert 0.0 <= low <= stored[name]["overall"]["success_rate"] <= high <= 1.0
         assert stored[name]["overall"]["episodes"] == 2
-    assert stored["expert"]["overall"]["success_rate"] == 1.0 and stored["noop"]["overall"]["success_rate"] == 0.0
+    assert (
+        stored["expert"]["overall"]["success_rate"] == 1.0
+        and stored["noop"]["overall"]["success_rate"] == 0.0
+    )
     assert "policy" in format_table(results) and "overall" in format_table(results)
     gifs = list((tmp_path / "videos").glob("*.gif"))
     assert [str(p) for p in gifs] == stored["policy"]["videos"] and len(gifs) == 1
@@ -207,8 +239,16 @@ def _random_tiny_checkpoint(path):
 
     torch.manual_seed(0)
     config = PRESETS["tiny"].model
-    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-                "model": RT1(config).state_dict(), "model_config": config.to_dict(), "train_args": {}}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "model": RT1(config).state_dict(),
+            "model_config": config.to_dict(),
+            "train_args": {},
+        },
+        path,
+    )
     return path
 
 
@@ -217,12 +257,29 @@ def test_cli_writes_results_json_with_the_three_policies(tmp_path, capsys, one_t
 
     checkpoint = _random_tiny_checkpoint(tmp_path / "checkpoint-1.pt")
     out = tmp_path / "eval"
-    assert main(["--checkpoint", str(checkpoint), "--episodes", "2", "--task-family", "knock_over",
-                 "--max-steps", "10", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--episodes",
+                "2",
+                "--task-family",
+                "knock_over",
+                "--max-steps",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "overall" in capsys.readouterr().out
     stored = json.loads((out / "results.json").read_text())
     for name in ("policy", "expert", "noop"):
-        assert set(stored[name]["overall"]) == SUMMARY_KEYS and list(stored[name]["per_family"]) == ["knock_over"]
+        assert set(stored[name]["overall"]) == SUMMARY_KEYS and list(stored[name]["per_family"]) == [
+            "knock_over"
+        ]
     assert stored["settings"]["checkpoint"] == str(checkpoint)
 
 
@@ -252,12 +309,20 @@ class _ScriptPolicy:
 def test_replay_errors_are_zero_for_the_recorded_actions_and_the_actions_themselves_for_a_noop():
     from rt1.evaluation.replay import REPLAY_DIMS, format_replay, replay_episode, replay_summary
 
-    index = next(i for i in range(20) if record_episode(i, 0)["attributes"]["task_family_name"] == "pick"
-                 and len(record_episode(i, 0)["steps"]) > 8)
+    index = next(
+        i
+        for i in range(20)
+        if record_episode(i, 0)["attributes"]["task_family_name"] == "pick"
+        and len(record_episode(i, 0)["steps"]) > 8
+    )
     steps = record_episode(index, 0)["steps"]
     actions = [s["action"] for s in steps]
     exact = replay_episode(lambda env: _ScriptPolicy(actions), index, data_seed=0)
-    assert exact["steps"] == len(steps) and exact["family"] == "pick" and set(exact["abs_error"]) == set(REPLAY_DIMS)
+    assert (
+        exact["steps"] == len(steps)
+        and exact["family"] == "pick"
+        and set(exact["abs_error"]) == set(REPLAY_DIMS)
+    )
     assert all(max(v) == 0.0 for v in exact["abs_error"].values())
     # Replaying the labels in closed loop from the same scene: DART's noise is not executed, the task still succeeds.
     assert exact["closed_loop"]["success"]
@@ -279,8 +344,25 @@ def test_cli_replay_writes_the_replay_next_to_the_evaluation(tmp_path, capsys, o
 
     checkpoint = _random_tiny_checkpoint(tmp_path / "checkpoint-1.pt")
     out = tmp_path / "eval"
-    assert main(["--checkpoint", str(checkpoint), "--episodes", "1", "--task-family", "pick", "--max-steps", "5",
-                 "--replay", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--episodes",
+                "1",
+                "--task-family",
+                "pick",
+                "--max-steps",
+                "5",
+                "--replay",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "open-loop replay" in printed and "steps 1-5" in printed
     replay = json.loads((out / "results.json").read_text())["replay"]
@@ -288,4 +370,6 @@ def test_cli_replay_writes_the_replay_next_to_the_evaluation(tmp_path, capsys, o
     for e in replay["episodes"]:
         assert len(e["abs_error"]["world_x"]) == len(record_episode(e["index"], 0)["steps"])
         assert e["closed_loop"]["steps"] <= 5
-    assert main(["--checkpoint", str(checkpoint), "--episodes", "1", "--replay", "-1", "--out", str(out)]) == 2
+    assert (
+        main(["--checkpoint", str(checkpoint), "--episodes", "1", "--replay", "-1", "--out", str(out)]) == 2
+    )

@@ -10,15 +10,23 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import BUNDLED_EPISODES, BUNDLED_SEED, BUNDLED_SHARDS, REPO, SEGMENT_LEN, h5_contents, run_script
+from conftest import (
+    BUNDLED_EPISODES,
+    BUNDLED_SEED,
+    BUNDLED_SHARDS,
+    REPO,
+    SEGMENT_LEN,
+    h5_contents,
+    run_script,
+)
 
 from rt1.data.convert import ConversionError, ConvertConfig, convert
 from rt1.data.filters import TASK_FILTERS, is_pick_object
-from rt1.sim.mini_fractal import make_episode
 from rt1.data.rlds_reader import open_builder, read_episodes
-from rt1.rlds_spec import ACTION_SPEC, OBSERVATION_VECTORS
 from rt1.data.segment_schema import FORMAT_VERSION, read_segment, write_segment
 from rt1.io import TEMP_MARKER
+from rt1.rlds_spec import ACTION_SPEC, OBSERVATION_VECTORS
+from rt1.sim.mini_fractal import make_episode
 
 ALL_SCRIPT = REPO / "data_preprocessing" / "rt_data_generator_all.py"
 PICK_SCRIPT = REPO / "data_preprocessing" / "rt_data_generator_pick_batch.py"
@@ -50,8 +58,10 @@ def _assert_each_episode_once_in_source_order(directory, start=0, end=BUNDLED_EP
     for e in episodes:
         generated = _generated_actions(e.source_index)
         for key in ACTION_SPEC:
-            assert e.actions[key].tobytes() == generated[key].astype(ACTION_SPEC[key].dtype).tobytes(), \
-                (e.source_index, key)
+            assert e.actions[key].tobytes() == generated[key].astype(ACTION_SPEC[key].dtype).tobytes(), (
+                e.source_index,
+                key,
+            )
 
 
 def _assert_same_files(a, b):
@@ -66,8 +76,10 @@ def test_bundled_dataset_is_above_the_interleave_block_and_read_in_canonical_ord
     assert len(lengths) == BUNDLED_SHARDS and min(lengths) >= 40 and len(set(lengths)) > 1
     # TFDS's default read interleaves shards in blocks of 16: position p of a full read is not episode p...
     default = builder.as_dataset(split="train", shuffle_files=False)
-    default_order = [np.concatenate([s["action"]["world_vector"] for s in tfds.as_numpy(e["steps"])]).ravel()
-                     for e in default.take(20)]
+    default_order = [
+        np.concatenate([s["action"]["world_vector"] for s in tfds.as_numpy(e["steps"])]).ravel()
+        for e in default.take(20)
+    ]
     generated = [_generated_actions(i)["world_vector"].ravel() for i in range(20)]
     assert [np.array_equal(a, b) for a, b in zip(default_order, generated)] == [True] * 16 + [False] * 4
     # ...the canonical read is: position p is episode p, for any slice.
@@ -77,14 +89,18 @@ def test_bundled_dataset_is_above_the_interleave_block_and_read_in_canonical_ord
 
 def test_every_episode_once_in_order_and_values_equal_rlds(rlds_dir, segment_dir):
     files = _segments(segment_dir)
-    assert [f.name for f in files] == [f"{a}-{min(a + SEGMENT_LEN, BUNDLED_EPISODES)}_episode.h5"
-                                       for a in range(0, BUNDLED_EPISODES, SEGMENT_LEN)]
+    assert [f.name for f in files] == [
+        f"{a}-{min(a + SEGMENT_LEN, BUNDLED_EPISODES)}_episode.h5"
+        for a in range(0, BUNDLED_EPISODES, SEGMENT_LEN)
+    ]
     _assert_each_episode_once_in_source_order(segment_dir)
     episodes = _stored(segment_dir)
     for episode, steps in zip(episodes, _rlds_episodes(rlds_dir)):
         assert episode.num_steps == len(steps["reward"])
         assert episode.instruction == steps["observation"]["natural_language_instruction"][0].decode()
-        assert np.array_equal(episode.language_embedding, steps["observation"]["natural_language_embedding"][0])
+        assert np.array_equal(
+            episode.language_embedding, steps["observation"]["natural_language_embedding"][0]
+        )
         assert episode.images == list(steps["observation"]["image"])  # the JPEG bytes, untouched
         for key in ACTION_SPEC:
             stored, source = episode.actions[key], steps["action"][key]
@@ -109,8 +125,18 @@ def test_decoded_images_match_tfds_decoding(rlds_dir, segment_dir):
 
 
 def test_pick_variant_keeps_exactly_the_rule(rlds_dir, segment_dir, tmp_path):
-    run_script(PICK_SCRIPT, "--data-dir", rlds_dir, "--out-dir", tmp_path, "--episode-sec-len", SEGMENT_LEN,
-               "--workers", "2", "--no-progress")
+    run_script(
+        PICK_SCRIPT,
+        "--data-dir",
+        rlds_dir,
+        "--out-dir",
+        tmp_path,
+        "--episode-sec-len",
+        SEGMENT_LEN,
+        "--workers",
+        "2",
+        "--no-progress",
+    )
     kept = [e for f in _segments(tmp_path) for e in read_segment(f).episodes]
     everything = [e for f in _segments(segment_dir) for e in read_segment(f).episodes]
     expected = [e.source_index for e in everything if "pick" in e.instruction and "from" not in e.instruction]
@@ -118,7 +144,9 @@ def test_pick_variant_keeps_exactly_the_rule(rlds_dir, segment_dir, tmp_path):
     assert 0 < len(expected) < len(everything)
     assert any("pick" in e.instruction and "from" in e.instruction for e in everything)  # the rule matters
     assert TASK_FILTERS["pick"] is is_pick_object
-    assert len(_segments(tmp_path)) == len(_segments(segment_dir))  # same ranges, some files hold fewer episodes
+    assert len(_segments(tmp_path)) == len(
+        _segments(segment_dir)
+    )  # same ranges, some files hold fewer episodes
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +160,17 @@ def clean_run(rlds_dir, tmp_path_factory):
 
 def _kill_after(rlds_dir, out, segments_done):
     """Start stage 1, SIGKILL it once `segments_done` segments are finished; returns how many were."""
-    args = [sys.executable, str(ALL_SCRIPT), "--data-dir", str(rlds_dir), "--out-dir", str(out),
-            "--episode-sec-len", str(KILL_SEGMENT_LEN), "--no-progress"]
+    args = [
+        sys.executable,
+        str(ALL_SCRIPT),
+        "--data-dir",
+        str(rlds_dir),
+        "--out-dir",
+        str(out),
+        "--episode-sec-len",
+        str(KILL_SEGMENT_LEN),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
@@ -151,8 +188,16 @@ def test_kill_and_rerun_equals_one_clean_run(rlds_dir, clean_run, tmp_path, segm
     total = -(-BUNDLED_EPISODES // KILL_SEGMENT_LEN)
     done = _kill_after(rlds_dir, tmp_path, segments_done)
     assert segments_done <= done < total
-    rerun = run_script(ALL_SCRIPT, "--data-dir", rlds_dir, "--out-dir", tmp_path, "--episode-sec-len",
-                       KILL_SEGMENT_LEN, "--no-progress")
+    rerun = run_script(
+        ALL_SCRIPT,
+        "--data-dir",
+        rlds_dir,
+        "--out-dir",
+        tmp_path,
+        "--episode-sec-len",
+        KILL_SEGMENT_LEN,
+        "--no-progress",
+    )
     assert f"{total - done} written, {done} already complete and verified" in rerun.stdout
     assert not list(tmp_path.glob(f"*{TEMP_MARKER}*"))
     _assert_same_files(clean_run, tmp_path)
@@ -162,19 +207,36 @@ def test_kill_and_rerun_equals_one_clean_run(rlds_dir, clean_run, tmp_path, segm
 @pytest.mark.slow
 def test_workers_and_a_range_split_equal_one_clean_run(rlds_dir, clean_run, tmp_path):
     workers, split = tmp_path / "workers", tmp_path / "split"
-    convert(ConvertConfig(rlds_dir, workers, "all", episodes_per_segment=KILL_SEGMENT_LEN, workers=2), progress=False)
+    convert(
+        ConvertConfig(rlds_dir, workers, "all", episodes_per_segment=KILL_SEGMENT_LEN, workers=2),
+        progress=False,
+    )
     _assert_same_files(clean_run, workers)
-    convert(ConvertConfig(rlds_dir, split, "all", episodes_per_segment=KILL_SEGMENT_LEN, end_episode=65),
-            progress=False)
-    convert(ConvertConfig(rlds_dir, split, "all", episodes_per_segment=KILL_SEGMENT_LEN, start_episode=65,
-                          workers=2), progress=False)
+    convert(
+        ConvertConfig(rlds_dir, split, "all", episodes_per_segment=KILL_SEGMENT_LEN, end_episode=65),
+        progress=False,
+    )
+    convert(
+        ConvertConfig(
+            rlds_dir, split, "all", episodes_per_segment=KILL_SEGMENT_LEN, start_episode=65, workers=2
+        ),
+        progress=False,
+    )
     _assert_same_files(clean_run, split)
     # A split that is not on a segment boundary gives other files but the same episodes, once each.
     odd = tmp_path / "odd"
-    convert(ConvertConfig(rlds_dir, odd, "all", episodes_per_segment=KILL_SEGMENT_LEN, start_episode=3,
-                          end_episode=47), progress=False)
-    convert(ConvertConfig(rlds_dir, odd, "all", episodes_per_segment=KILL_SEGMENT_LEN, start_episode=47,
-                          end_episode=101), progress=False)
+    convert(
+        ConvertConfig(
+            rlds_dir, odd, "all", episodes_per_segment=KILL_SEGMENT_LEN, start_episode=3, end_episode=47
+        ),
+        progress=False,
+    )
+    convert(
+        ConvertConfig(
+            rlds_dir, odd, "all", episodes_per_segment=KILL_SEGMENT_LEN, start_episode=47, end_episode=101
+        ),
+        progress=False,
+    )
     _assert_each_episode_once_in_source_order(odd, 3, 101)
 
 
@@ -192,15 +254,30 @@ def test_rerun_verifies_finished_segments_by_content(rlds_dir, tmp_path):
         episode.source_index = label
     write_segment(tmp_path / "8-16_episode.h5", wrong, (8, 16), "all")
     before = h5_contents(tmp_path / "8-16_episode.h5")
-    with pytest.raises(ConversionError, match=r"8-16_episode.h5 holds source episode 8 with fingerprint \w+, but "):
+    with pytest.raises(
+        ConversionError, match=r"8-16_episode.h5 holds source episode 8 with fingerprint \w+, but "
+    ):
         convert(cfg, progress=False)
     assert h5_contents(tmp_path / "8-16_episode.h5") == before
 
 
 def test_file_in_the_way_is_refused_not_overwritten(rlds_dir, tmp_path):
     (tmp_path / "8-16_episode.h5").write_bytes(b"my notes")
-    line = _error(run_script(ALL_SCRIPT, "--data-dir", rlds_dir, "--out-dir", tmp_path, "--episode-sec-len", 8,
-                             "--end-episode", 24, "--no-progress", check=False))
+    line = _error(
+        run_script(
+            ALL_SCRIPT,
+            "--data-dir",
+            rlds_dir,
+            "--out-dir",
+            tmp_path,
+            "--episode-sec-len",
+            8,
+            "--end-episode",
+            24,
+            "--no-progress",
+            check=False,
+        )
+    )
     assert "8-16_episode.h5 exists and is not an HDF5 file" in line
     assert (tmp_path / "8-16_episode.h5").read_bytes() == b"my notes"
     assert not (tmp_path / "0-8_episode.h5").exists()  # refused before any work
@@ -208,8 +285,21 @@ def test_file_in_the_way_is_refused_not_overwritten(rlds_dir, tmp_path):
     with h5py.File(tmp_path / "8-16_episode.h5", "w") as f:
         f.attrs["format"] = "rt1-segment"
         f.attrs["format_version"] = 1
-    line = _error(run_script(ALL_SCRIPT, "--data-dir", rlds_dir, "--out-dir", tmp_path, "--episode-sec-len", 8,
-                             "--end-episode", 24, "--no-progress", check=False))
+    line = _error(
+        run_script(
+            ALL_SCRIPT,
+            "--data-dir",
+            rlds_dir,
+            "--out-dir",
+            tmp_path,
+            "--episode-sec-len",
+            8,
+            "--end-episode",
+            24,
+            "--no-progress",
+            check=False,
+        )
+    )
     assert "8-16_episode.h5 is a segment of format_version 1" in line
 
 
@@ -222,14 +312,30 @@ def _corrupt_copy(rlds_dir, tmp_path, damage):
     return copy, shard
 
 
-@pytest.mark.parametrize("damage", [lambda d: bytes(d[: len(d) // 2]),
-                                    lambda d: bytes(d[:5000] + bytes(b ^ 0xFF for b in d[5000:5100]) + d[5100:])],
-                         ids=["truncated", "flipped-bytes"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: bytes(d[: len(d) // 2]),
+        lambda d: bytes(d[:5000] + bytes(b ^ 0xFF for b in d[5000:5100]) + d[5100:]),
+    ],
+    ids=["truncated", "flipped-bytes"],
+)
 def test_corrupt_shard_is_named(rlds_dir, tmp_path, damage):
     copy, shard = _corrupt_copy(rlds_dir, tmp_path, damage)
     out = tmp_path / "out"
-    line = _error(run_script(ALL_SCRIPT, "--data-dir", copy, "--out-dir", out, "--episode-sec-len", SEGMENT_LEN,
-                             "--no-progress", check=False))
+    line = _error(
+        run_script(
+            ALL_SCRIPT,
+            "--data-dir",
+            copy,
+            "--out-dir",
+            out,
+            "--episode-sec-len",
+            SEGMENT_LEN,
+            "--no-progress",
+            check=False,
+        )
+    )
     assert f"{shard}: corrupt or truncated TFRecord shard" in line
     # Segments finished before the damaged shard stay, complete and correct.
     assert (out / "0-10_episode.h5").exists()
@@ -238,8 +344,12 @@ def test_corrupt_shard_is_named(rlds_dir, tmp_path, damage):
 
 def _mount_tmpfs(path, size):
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root): the unit test of check_free_space still runs")
 
 
@@ -247,8 +357,19 @@ def test_full_disk_gives_a_one_line_error_and_keeps_finished_segments(rlds_dir, 
     small = tmp_path / "small"
     _mount_tmpfs(small, "6m")
     try:
-        line = _error(run_script(ALL_SCRIPT, "--data-dir", rlds_dir, "--out-dir", small, "--episode-sec-len",
-                                 SEGMENT_LEN, "--no-progress", check=False))
+        line = _error(
+            run_script(
+                ALL_SCRIPT,
+                "--data-dir",
+                rlds_dir,
+                "--out-dir",
+                small,
+                "--episode-sec-len",
+                SEGMENT_LEN,
+                "--no-progress",
+                check=False,
+            )
+        )
         assert "not enough free space in" in line and str(small) in line
         done = _segments(small)
         assert done and not list(small.glob(f"*{TEMP_MARKER}*"))
@@ -264,14 +385,22 @@ def test_free_space_is_checked_before_each_segment(rlds_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: collections.namedtuple("u", "free")(2 << 20))
     with pytest.raises(OSError, match=f"not enough free space in {tmp_path} for 0-10_episode.h5"):
-        convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=10, end_episode=20), progress=False)
+        convert(
+            ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=10, end_episode=20), progress=False
+        )
     assert not list(tmp_path.iterdir())
 
 
 def test_aligned_ranges_for_a_partial_selection(rlds_dir, tmp_path):
-    convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=10, start_episode=5, end_episode=23),
-            progress=False)
-    assert [f.name for f in _segments(tmp_path)] == ["5-10_episode.h5", "10-20_episode.h5", "20-23_episode.h5"]
+    convert(
+        ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=10, start_episode=5, end_episode=23),
+        progress=False,
+    )
+    assert [f.name for f in _segments(tmp_path)] == [
+        "5-10_episode.h5",
+        "10-20_episode.h5",
+        "20-23_episode.h5",
+    ]
 
 
 def _error(proc):
@@ -299,8 +428,18 @@ def test_features_not_the_fractal_spec(rlds_dir, tmp_path):
 
 
 def test_empty_selection_and_unwritable_output(rlds_dir, tmp_path):
-    line = _error(run_script(ALL_SCRIPT, "--data-dir", rlds_dir, "--out-dir", tmp_path / "o",
-                             "--start-episode", "1000", check=False))
+    line = _error(
+        run_script(
+            ALL_SCRIPT,
+            "--data-dir",
+            rlds_dir,
+            "--out-dir",
+            tmp_path / "o",
+            "--start-episode",
+            "1000",
+            check=False,
+        )
+    )
     assert "empty selection" in line
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_script
+
 from rt1.config import PRESETS, RT1Config
 from rt1.model import RT1, action_loss
 from rt1.model.convert_original import ConversionError, convert_state_dict, infer_config, main
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "rt1_reference_fixture.pt"
-VARIANTS = ("attention_memory_kv", "token_learner_pooling", "transformer_kv_source", "pixel_scaling", "cond_drop_prob")
+VARIANTS = (
+    "attention_memory_kv",
+    "token_learner_pooling",
+    "transformer_kv_source",
+    "pixel_scaling",
+    "cond_drop_prob",
+)
 TOL = 1e-4
 
 
@@ -94,14 +100,21 @@ def test_train_mode_logits_and_batch_norm_statistics_equal_the_reference(fx):
     assert action_loss(logits, fx["tokens"]).item() == pytest.approx(fx["loss_mean"].item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("variant", [
-    {"attention_memory_kv": 0}, {"token_learner_pooling": "softmax"}, {"transformer_kv_source": "modulated"},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"attention_memory_kv": 0},
+        {"token_learner_pooling": "softmax"},
+        {"transformer_kv_source": "modulated"},
+    ],
+)
 def test_each_rt1_variant_alone_departs_from_the_reference(fx, variant):
     """Each of the three differences matters: the rt1 choice of any one of them changes the logits."""
     config = infer_config(fx["state_dict"], image_size=fx["image_size"], **variant)
     model = RT1(config)
-    converted_sd = convert_state_dict(fx["state_dict"], infer_config(fx["state_dict"], image_size=fx["image_size"]))
+    converted_sd = convert_state_dict(
+        fx["state_dict"], infer_config(fx["state_dict"], image_size=fx["image_size"])
+    )
     result = model.load_state_dict(converted_sd, strict=False)  # mem_kv unused / a fresh TokenLearner norm
     assert len(result.missing_keys) + len(result.unexpected_keys) <= 2 * sum(config.depth)
     video, text = reference_inputs(fx, config)
@@ -116,8 +129,16 @@ def test_converter_cli_end_to_end(fx, tmp_path):
     source.parent.mkdir(parents=True)
     torch.save(fx["state_dict"], source)
     out_dir = tmp_path / "converted"
-    proc = run_script("-m", "rt1.model.convert_original", "--checkpoint", source, "--out", out_dir,
-                      "--image-size", fx["image_size"])
+    proc = run_script(
+        "-m",
+        "rt1.model.convert_original",
+        "--checkpoint",
+        source,
+        "--out",
+        out_dir,
+        "--image-size",
+        fx["image_size"],
+    )
     out = out_dir / "model-3.pt"
     assert str(out) in proc.stdout and "text_embed_dim 32" in proc.stdout
     assert sorted(p.name for p in out_dir.iterdir()) == ["model-3.pt"]  # no temporary left behind
@@ -150,7 +171,9 @@ def test_converter_errors_are_one_line(fx, tmp_path, capsys):
     assert code == 2 and "is not a torch checkpoint" in err and "\n" not in err
 
     extra = tmp_path / "extra.pth"
-    torch.save({**fx["state_dict"], "vit.extra_head.weight": torch.zeros(2), "policy.bias": torch.zeros(1)}, extra)
+    torch.save(
+        {**fx["state_dict"], "vit.extra_head.weight": torch.zeros(2), "policy.bias": torch.zeros(1)}, extra
+    )
     code, err = _run_main(capsys, "--checkpoint", extra, "--out", out_dir)
     assert code == 2 and "\n" not in err
     assert "2 keys" in err and "policy.bias" in err and "vit.extra_head.weight" in err

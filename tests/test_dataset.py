@@ -20,11 +20,21 @@ from rt1.data.preprocessed_file import PreprocessedFile, read_episodes
 from rt1.data.preprocessed_schema import FORMAT_VERSION
 
 try:
-    from tests.synthetic_segments import DEFAULT_LAYOUT, embedding_of, step_colour, synthetic_actions, \
-        write_synthetic_segments
+    from tests.synthetic_segments import (
+        DEFAULT_LAYOUT,
+        embedding_of,
+        step_colour,
+        synthetic_actions,
+        write_synthetic_segments,
+    )
 except ImportError:
-    from synthetic_segments import DEFAULT_LAYOUT, embedding_of, step_colour, synthetic_actions, \
-        write_synthetic_segments
+    from synthetic_segments import (
+        DEFAULT_LAYOUT,
+        embedding_of,
+        step_colour,
+        synthetic_actions,
+        write_synthetic_segments,
+    )
 
 LENGTHS = [n for f in DEFAULT_LAYOUT for n, _ in f]  # steps per source episode
 SIZE = 96  # small frames keep the tests fast; the layout logic does not depend on the size
@@ -81,7 +91,7 @@ def test_item_content(train, data):
             mean = item["frames"][k, 20:76, 20:76].float().mean(dim=(0, 1)).numpy()
             assert np.allclose(mean, step_colour(src, step + k), atol=4), (row, k)
         actions = synthetic_actions(src, LENGTHS[src])
-        window = {key: v[step:step + 6] for key, v in actions.items()}
+        window = {key: v[step : step + 6] for key, v in actions.items()}
         assert torch.equal(item["action_tokens"], torch.from_numpy(tokenize(window).astype(np.int64)))
         assert torch.equal(item["actions"], torch.from_numpy(flatten_actions(window)))
         assert torch.equal(item["text_embed"], torch.from_numpy(embedding_of(item["instruction"])))
@@ -93,11 +103,17 @@ def test_item_content(train, data):
 
 def test_dataloader_with_two_workers_matches_direct_indexing(train):
     direct = [train[i] for i in range(len(train))]  # opens files in the parent before the workers fork
-    loader = DataLoader(train, batch_size=4, shuffle=False, num_workers=2, persistent_workers=True,
-                        pin_memory=torch.cuda.is_available())
+    loader = DataLoader(
+        train,
+        batch_size=4,
+        shuffle=False,
+        num_workers=2,
+        persistent_workers=True,
+        pin_memory=torch.cuda.is_available(),
+    )
     for _ in range(2):  # persistent workers serve a second epoch
         batches = list(loader)
-        expected = [default_collate(direct[i:i + 4]) for i in range(0, len(direct), 4)]
+        expected = [default_collate(direct[i : i + 4]) for i in range(0, len(direct), 4)]
         assert len(batches) == len(expected)
         for got, want in zip(batches, expected):
             assert_same_item(got, want)
@@ -209,7 +225,7 @@ def test_decoders_agree(data):
     with h5py.File(pre / "4-7_episode.h5") as f:
         blob, offsets = f["images/jpeg"][:], f["images/offset"][:]
     for t in range(0, len(offsets) - 1, 5):
-        frame = blob[offsets[t]:offsets[t + 1]]
+        frame = blob[offsets[t] : offsets[t + 1]]
         assert np.array_equal(images.decode_jpeg(frame), images.decode_jpeg(frame, use_pillow=True))
 
 
@@ -245,8 +261,11 @@ def test_window_past_an_episode_end(data, tmp_path):
     csv.write_text(f"start_index,file\n{last_start},0-4_episode.h5\n{last_start + 1},0-4_episode.h5\n")
     ds = RT1Dataset(csv, pre)
     assert ds[0]["start_index"] == last_start
-    with pytest.raises(DatasetError, match=r"hand_made.csv row 1: .*0-4_episode.h5: window of 6 steps from step "
-                                           r"row \d+ crosses the end of episode 0"):
+    with pytest.raises(
+        DatasetError,
+        match=r"hand_made.csv row 1: .*0-4_episode.h5: window of 6 steps from step "
+        r"row \d+ crosses the end of episode 0",
+    ):
         ds[1]
 
 
@@ -255,7 +274,10 @@ def test_other_format_version(data, tmp_path):
     with h5py.File(pre / "0-4_episode.h5", "r+") as f:
         f.attrs["format_version"] = 99
     ds = RT1Dataset(csv, pre)
-    with pytest.raises(DatasetError, match=rf"0-4_episode.h5: preprocessed format_version 99, this code reads {FORMAT_VERSION}"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"0-4_episode.h5: preprocessed format_version 99, this code reads {FORMAT_VERSION}",
+    ):
         ds[0]
 
 
@@ -273,7 +295,7 @@ def test_corrupt_frame(data, tmp_path):
     pre, csv = copy_data(data, tmp_path)
     with h5py.File(pre / "0-4_episode.h5", "r+") as f:
         offsets = f["images/offset"][:]
-        f["images/jpeg"][offsets[2]:offsets[2] + 40] = 0  # damage the header of frame 2
+        f["images/jpeg"][offsets[2] : offsets[2] + 40] = 0  # damage the header of frame 2
     ds = RT1Dataset(csv, pre)
     with pytest.raises(DatasetError, match=r"0-4_episode.h5: frame at step row 2"):
         for i in range(3):
@@ -299,7 +321,9 @@ def test_error_in_a_worker_reaches_the_trainer(data, tmp_path):
     with h5py.File(pre / "0-4_episode.h5", "r+") as f:
         f.attrs["format_version"] = FORMAT_VERSION + 1
     loader = DataLoader(RT1Dataset(csv, pre), batch_size=2, num_workers=1)
-    with pytest.raises(DatasetError, match=f"0-4_episode.h5: preprocessed format_version {FORMAT_VERSION + 1}"):
+    with pytest.raises(
+        DatasetError, match=f"0-4_episode.h5: preprocessed format_version {FORMAT_VERSION + 1}"
+    ):
         next(iter(loader))
 
 
@@ -331,8 +355,10 @@ def test_bundled_dataset_end_to_end(segment_dir, preprocessed_dir, index_dir):
             ep = episodes[item["source_index"]]
             step = item["episode_step"]
             assert 0 <= step <= ep.num_steps - 6
-            assert torch.equal(item["action_tokens"], torch.from_numpy(ep.action_tokens[step:step + 6].astype(np.int64)))
-            assert torch.equal(item["frames"], torch.from_numpy(ep.images[step:step + 6]))
+            assert torch.equal(
+                item["action_tokens"], torch.from_numpy(ep.action_tokens[step : step + 6].astype(np.int64))
+            )
+            assert torch.equal(item["frames"], torch.from_numpy(ep.images[step : step + 6]))
             assert item["instruction"] == ep.instruction
             seen[split].add(item["source_index"])
     assert seen["train"] and seen["val"] and not seen["train"] & seen["val"]

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from rt1.demo import DEMO_MARKER, DEMO_OUTPUTS, DemoError, main, prepare_output_dir
 
 
@@ -22,7 +22,12 @@ def test_a_non_empty_directory_that_is_no_demo_output_is_refused_and_left_alone(
     (out / "index" / "data.csv").write_text("1,2")
     assert main(["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "not empty" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("error: ")
+        and "not empty" in err
+        and "--overwrite" in err
+        and len(err.splitlines()) == 1
+    )
     assert sorted(p.name for p in out.iterdir()) == ["index", "notes.txt"]
     assert (out / "index" / "data.csv").read_text() == "1,2" and not (out / DEMO_MARKER).exists()
 
@@ -72,7 +77,12 @@ def test_overwrite_adds_the_demo_outputs_to_a_foreign_directory_and_deletes_noth
 
 def test_bad_counts_are_refused_before_any_output(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "rt1.demo", "--out", str(out), "--steps", "0"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rt1.demo", "--out", str(out), "--steps", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --steps must be at least 1, got 0"
     assert not out.exists()

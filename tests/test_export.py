@@ -10,26 +10,44 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_script
+from test_policy import calibrated
+
 from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS
 from rt1.config import PRESETS
 from rt1.export import ExportError, export
 from rt1.model import PretrainedError, load_model, load_pretrained
 from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 from rt1.model.pretrained import CONFIG_NAME, WEIGHTS_NAME
-from test_policy import calibrated
 
 TINY = PRESETS["tiny"].model
 METRICS = {"val_loss": 1.25, "val_token_accuracy": 0.5}
 
 
 def write_checkpoint(path, model, **extra):
-    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-                "model": model.state_dict(), "model_config": model.config.to_dict(),
-                "train_args": {"preset": "tiny", "data_dir": "data/preprocessed", "train_index": "index/train_idx_9.csv",
-                               "optimizer": "adamw", "lr": 1e-3, "batch_size": 16, "seed": 0},
-                "epoch": 3, "global_step": 120, "epoch_complete": True, "metrics": dict(METRICS), **extra}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "model": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "train_args": {
+                "preset": "tiny",
+                "data_dir": "data/preprocessed",
+                "train_index": "index/train_idx_9.csv",
+                "optimizer": "adamw",
+                "lr": 1e-3,
+                "batch_size": 16,
+                "seed": 0,
+            },
+            "epoch": 3,
+            "global_step": 120,
+            "epoch_complete": True,
+            "metrics": dict(METRICS),
+            **extra,
+        },
+        path,
+    )
     return path
 
 
@@ -55,7 +73,9 @@ def _logits(model, cond_scale):
 
     rng = np.random.default_rng(1)
     size = model.config.image_size
-    images = np.kron(rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8), np.ones((1, size // 8, size // 8, 1), np.uint8))
+    images = np.kron(
+        rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8), np.ones((1, size // 8, size // 8, 1), np.uint8)
+    )
     text = rng.standard_normal(model.config.text_embed_dim).astype(np.float32)
     policy = RT1Policy(model, cond_scale=cond_scale, fold_batch_norms=False)
     return policy.predict_episode(images, text, batch_size=4, return_logits=True)[1]
@@ -84,7 +104,7 @@ def test_exported_directory_holds_no_pickle(exported):
         assert b"_rebuild_tensor" not in data and b"torch._utils" not in data, path
     data = (exported / WEIGHTS_NAME).read_bytes()
     (header_len,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + header_len])  # safetensors: a JSON header, then raw tensor bytes
+    header = json.loads(data[8 : 8 + header_len])  # safetensors: a JSON header, then raw tensor bytes
     assert header.pop("__metadata__") == {"format": "pt"}
     ends = [entry["data_offsets"][1] for entry in header.values()]
     assert len(data) == 8 + header_len + max(ends)
@@ -98,7 +118,8 @@ def test_config_json_and_model_card(exported):
     tokenizer = config["action_tokenizer"]
     assert tokenizer["names"] == list(ACTION_DIM_NAMES) and tokenizer["num_bins"] == 256
     assert [(k["key"], k["low"], k["high"]) for k in tokenizer["keys"][:-1]] == [
-        (k.key, k.low, k.high) for k in CONTINUOUS_KEYS]
+        (k.key, k.low, k.high) for k in CONTINUOUS_KEYS
+    ]
     assert tokenizer["keys"][-1]["key"] == "terminate_episode" and tokenizer["keys"][-1]["tokens"] == [10, 11]
     pre = config["image_preprocessing"]
     assert pre["image_size"] == [64, 64] and pre["jpeg_quality"] == 90 and pre["pixel_scaling"] == "imagenet"
@@ -108,8 +129,14 @@ def test_config_json_and_model_card(exported):
     assert config["source_checkpoint"] == "checkpoint-3.pt"
     card = (exported / "README.md").read_text()
     assert card.startswith("---\n") and "# RT-1 (tiny preset)" in card
-    assert "`data/preprocessed`" in card and "| val_token_accuracy | 0.5 |" in card and "120 optimizer steps" in card
-    assert load_model(exported)[2]["data_dir"] == "data/preprocessed"  # train_args come back through load_model
+    assert (
+        "`data/preprocessed`" in card
+        and "| val_token_accuracy | 0.5 |" in card
+        and "120 optimizer steps" in card
+    )
+    assert (
+        load_model(exported)[2]["data_dir"] == "data/preprocessed"
+    )  # train_args come back through load_model
 
 
 def _copy(exported, tmp_path):
@@ -133,24 +160,40 @@ def _edit_config(directory, edit):
 
 
 BROKEN = {
-    "missing tensor": (lambda d: _edit_tensors(d, lambda t: t.pop("to_logits.1.bias")),
-                       "model.safetensors: missing tensor 'to_logits.1.bias'"),
-    "extra tensor": (lambda d: _edit_tensors(d, lambda t: t.update(extra=torch.zeros(2))),
-                     "model.safetensors: unexpected tensor 'extra'"),
-    "wrong shape": (lambda d: _edit_tensors(d, lambda t: t.update({"to_logits.1.bias": torch.zeros(5)})),
-                    "tensor 'to_logits.1.bias' is torch.float32 (5,), the model_config needs torch.float32 (2816,)"),
-    "wrong dtype": (lambda d: _edit_tensors(d, lambda t: t.update({"to_logits.1.bias": t["to_logits.1.bias"].half()})),
-                    "tensor 'to_logits.1.bias' is torch.float16 (2816,)"),
-    "other format version": (lambda d: _edit_config(d, lambda c: c.update(format_version=2)),
-                             "config.json has format_version 2, this code reads 1"),
-    "other tokenizer bounds": (lambda d: _edit_config(d, lambda c: c["action_tokenizer"]["keys"][0].update(high=2.0)),
-                               "config.json: action_tokenizer differs from this code's"),
-    "bad model config": (lambda d: _edit_config(d, lambda c: c["model_config"].update(image_size=63)),
-                         "config.json: bad model_config"),
+    "missing tensor": (
+        lambda d: _edit_tensors(d, lambda t: t.pop("to_logits.1.bias")),
+        "model.safetensors: missing tensor 'to_logits.1.bias'",
+    ),
+    "extra tensor": (
+        lambda d: _edit_tensors(d, lambda t: t.update(extra=torch.zeros(2))),
+        "model.safetensors: unexpected tensor 'extra'",
+    ),
+    "wrong shape": (
+        lambda d: _edit_tensors(d, lambda t: t.update({"to_logits.1.bias": torch.zeros(5)})),
+        "tensor 'to_logits.1.bias' is torch.float32 (5,), the model_config needs torch.float32 (2816,)",
+    ),
+    "wrong dtype": (
+        lambda d: _edit_tensors(d, lambda t: t.update({"to_logits.1.bias": t["to_logits.1.bias"].half()})),
+        "tensor 'to_logits.1.bias' is torch.float16 (2816,)",
+    ),
+    "other format version": (
+        lambda d: _edit_config(d, lambda c: c.update(format_version=2)),
+        "config.json has format_version 2, this code reads 1",
+    ),
+    "other tokenizer bounds": (
+        lambda d: _edit_config(d, lambda c: c["action_tokenizer"]["keys"][0].update(high=2.0)),
+        "config.json: action_tokenizer differs from this code's",
+    ),
+    "bad model config": (
+        lambda d: _edit_config(d, lambda c: c["model_config"].update(image_size=63)),
+        "config.json: bad model_config",
+    ),
     "no config": (lambda d: (d / CONFIG_NAME).unlink(), "is not an exported rt1 model: no config.json"),
     "no weights": (lambda d: (d / WEIGHTS_NAME).unlink(), "has no model.safetensors"),
-    "truncated weights": (lambda d: (d / WEIGHTS_NAME).write_bytes((d / WEIGHTS_NAME).read_bytes()[:1000]),
-                          "model.safetensors cannot be read"),
+    "truncated weights": (
+        lambda d: (d / WEIGHTS_NAME).write_bytes((d / WEIGHTS_NAME).read_bytes()[:1000]),
+        "model.safetensors cannot be read",
+    ),
 }
 
 
@@ -206,13 +249,26 @@ def test_cli(checkpoint, tmp_path):
     out = tmp_path / "exported"
     proc = run_script("-m", "rt1.export", "--checkpoint", checkpoint, "--out", out, timeout=300)
     assert f"wrote {out}/" in proc.stdout and (out / WEIGHTS_NAME).is_file()
-    proc = run_script("-m", "rt1.export", "--checkpoint", tmp_path / "nope.pt", "--out", tmp_path / "x", check=False,
-                      timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
+    proc = run_script(
+        "-m",
+        "rt1.export",
+        "--checkpoint",
+        tmp_path / "nope.pt",
+        "--out",
+        tmp_path / "x",
+        check=False,
+        timeout=300,
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
+    )
 
 
 @pytest.mark.slow  # builds the bundled preprocessed data (session fixture)
-def test_policy_and_plot_actions_take_an_exported_directory(checkpoint, exported, preprocessed_dir, index_dir, tmp_path):
+def test_policy_and_plot_actions_take_an_exported_directory(
+    checkpoint, exported, preprocessed_dir, index_dir, tmp_path
+):
     from rt1.evaluation.evaluate import EvalConfig, evaluate
     from rt1.policy import RT1Policy
 

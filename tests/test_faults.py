@@ -31,17 +31,35 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def train_cmd(data, save_dir, *extra, index=None) -> list[str]:
-    return [sys.executable, "train_ddp.py", "--preset", "tiny", "--data-dir", str(data.data_dir), "--train-index",
-            str(index or data.train_index), "--save-dir", str(save_dir), "--no-tensorboard", "--num-workers", "0",
-            "--batch-size", "4", *map(str, extra)]
+    return [
+        sys.executable,
+        "train_ddp.py",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(data.data_dir),
+        "--train-index",
+        str(index or data.train_index),
+        "--save-dir",
+        str(save_dir),
+        "--no-tensorboard",
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "4",
+        *map(str, extra),
+    ]
 
 
-def run(cmd, *, env=None, stderr_file: Path | None = None, timeout=600, cwd=REPO) -> subprocess.CompletedProcess:
+def run(
+    cmd, *, env=None, stderr_file: Path | None = None, timeout=600, cwd=REPO
+) -> subprocess.CompletedProcess:
     if stderr_file is None:
         return subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
     with open(stderr_file, "w") as err:
-        proc = subprocess.run(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=err, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout
+        )
     proc.stderr = stderr_file.read_text()
     return proc
 
@@ -68,18 +86,30 @@ def dead_pid() -> int:
 
 def live_lock(save: Path) -> None:
     """The lock file a live run on this host holds: this test process stands for "the first run"."""
-    (save / "train.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start_time": None,
-                                                 "since": "today", "command": "train_ddp.py --first-run"}))
+    (save / "train.lock").write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "start_time": None,
+                "since": "today",
+                "command": "train_ddp.py --first-run",
+            }
+        )
+    )
 
 
-def test_a_run_on_a_save_dir_in_use_is_refused_naming_the_running_one_and_touches_nothing(tiny_data, tmp_path):
+def test_a_run_on_a_save_dir_in_use_is_refused_naming_the_running_one_and_touches_nothing(
+    tiny_data, tmp_path
+):
     save = tmp_path / "save"
     save.mkdir()
     (save / "metrics.jsonl").write_text('{"event": "train", "step": 1, "loss": 5.0}\n')  # the first run's log
     live_lock(save)
     proc = run(train_cmd(tiny_data, save, "--max-steps", "1"))
-    line = assert_one_line_error(proc, 2, str(save), "in use", f"PID {os.getpid()}", socket.gethostname(),
-                                 "--first-run")
+    line = assert_one_line_error(
+        proc, 2, str(save), "in use", f"PID {os.getpid()}", socket.gethostname(), "--first-run"
+    )
     assert "train.lock" in line
     assert (save / "metrics.jsonl").read_text() == '{"event": "train", "step": 1, "loss": 5.0}\n'
     assert sorted(p.name for p in save.iterdir()) == ["metrics.jsonl", "train.lock"]
@@ -89,8 +119,17 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tiny_data, 
     save = tmp_path / "save"
     save.mkdir()
     pid = dead_pid()
-    (save / "train.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "start_time": "1",
-                                                 "since": "yesterday", "command": "train_ddp.py ..."}))
+    (save / "train.lock").write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": pid,
+                "start_time": "1",
+                "since": "yesterday",
+                "command": "train_ddp.py ...",
+            }
+        )
+    )
     proc = run(train_cmd(tiny_data, save, "--max-steps", "1", "--no-progress"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "took over the stale lock" in proc.stderr and f"PID {pid}" in proc.stderr
@@ -101,8 +140,11 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tiny_data, 
 # ---- item 6: one-line errors, nothing left behind ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", [b"this is a text file, not a checkpoint\n", os.urandom(4096),
-                                     b"PK\x03\x04" + os.urandom(2000)], ids=["text", "random", "broken-zip"])
+@pytest.mark.parametrize(
+    "content",
+    [b"this is a text file, not a checkpoint\n", os.urandom(4096), b"PK\x03\x04" + os.urandom(2000)],
+    ids=["text", "random", "broken-zip"],
+)
 def test_resume_from_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tiny_data, tmp_path, content):
     bad = tmp_path / "checkpoint-3.pt"
     bad.write_bytes(content)
@@ -132,11 +174,28 @@ def test_a_bad_row_met_by_a_dataloader_worker_is_one_line_naming_the_row(tiny_da
 
     episode = next(e for e in index_episodes(tiny_data.train_index) if e.num_windows >= 4)
     csv = tmp_path / "train.csv"  # no sidecar; row 1 starts outside every episode of its file
-    csv.write_text("start_index,file\n" + "".join(f"{s},{episode.file}\n" for s in
-                                                  (episode.step_start, 10**6, episode.step_start + 1,
-                                                   episode.step_start + 2)))
-    proc = run(train_cmd(tiny_data, tmp_path / "save", "--num-workers", "1", "--no-shuffle", "--batch-size", "2",
-                         "--max-steps", "2", "--no-progress", index=csv))
+    csv.write_text(
+        "start_index,file\n"
+        + "".join(
+            f"{s},{episode.file}\n"
+            for s in (episode.step_start, 10**6, episode.step_start + 1, episode.step_start + 2)
+        )
+    )
+    proc = run(
+        train_cmd(
+            tiny_data,
+            tmp_path / "save",
+            "--num-workers",
+            "1",
+            "--no-shuffle",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--no-progress",
+            index=csv,
+        )
+    )
     line = assert_one_line_error(proc, 1, "row 1", str(csv), "DataLoader worker")
     assert "Caught" not in line
 
@@ -147,7 +206,9 @@ def small_tmpfs(path: Path, size: str):
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
     try:
@@ -171,8 +232,16 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file(tiny_data, tmp_path):
                     f.write(b"\0" * 1024)
             except OSError:
                 break
-        proc = run([sys.executable, "data_emerge.py", "--data-dir", str(tiny_data.data_dir), "--out-dir",
-                    str(disk / "index")])
+        proc = run(
+            [
+                sys.executable,
+                "data_emerge.py",
+                "--data-dir",
+                str(tiny_data.data_dir),
+                "--out-dir",
+                str(disk / "index"),
+            ]
+        )
         assert_one_line_error(proc, 2, str(disk / "index"), "No space left on device", "train_idx_")
 
 
@@ -184,10 +253,14 @@ def test_resume_with_another_batch_size_after_an_epoch_recomputes_the_schedule(t
 
     train_csv = subset(tiny_data.train_index, tmp_path / "train.csv", 48)
     save = tmp_path / "save"
-    first = run(train_cmd(tiny_data, save, "--epochs", "1", "--batch-size", "8", "--no-progress", index=train_csv))
+    first = run(
+        train_cmd(tiny_data, save, "--epochs", "1", "--batch-size", "8", "--no-progress", index=train_csv)
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert load_checkpoint(save / "checkpoint-1.pt")["global_step"] == 6  # 48 windows / 8
-    second = run(train_cmd(tiny_data, save, "--epochs", "2", "--batch-size", "4", "--no-progress", index=train_csv))
+    second = run(
+        train_cmd(tiny_data, save, "--epochs", "2", "--batch-size", "4", "--no-progress", index=train_csv)
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     state = load_checkpoint(save / "checkpoint-2.pt")
     assert state["global_step"] == 6 + 12 and state["total_steps"] == 18
@@ -203,7 +276,9 @@ def test_resume_with_another_batch_size_after_an_epoch_recomputes_the_schedule(t
 
 def test_training_progress_in_a_file_is_log_lines_not_carriage_returns(tiny_data, tmp_path):
     err = tmp_path / "train.log"
-    proc = run(train_cmd(tiny_data, tmp_path / "save", "--max-steps", "6", "--log-every", "2"), stderr_file=err)
+    proc = run(
+        train_cmd(tiny_data, tmp_path / "save", "--max-steps", "6", "--log-every", "2"), stderr_file=err
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = err.read_text()
     assert "\r" not in text
@@ -214,16 +289,44 @@ def test_training_progress_in_a_file_is_log_lines_not_carriage_returns(tiny_data
 
 def test_stage_progress_in_a_file_is_lines_not_carriage_returns(rlds_dir, segment_dir, tmp_path):
     env = {**ENV, "RT1_PROGRESS_SECONDS": "0"}  # a line per update: the most a file can get
-    one = run([sys.executable, "data_preprocessing/rt_data_generator_all.py", "--data-dir", str(rlds_dir),
-               "--out-dir", str(tmp_path / "seg"), "--end-episode", "20", "--episode-sec-len", "10"],
-              env=env, stderr_file=tmp_path / "stage1.log")
+    one = run(
+        [
+            sys.executable,
+            "data_preprocessing/rt_data_generator_all.py",
+            "--data-dir",
+            str(rlds_dir),
+            "--out-dir",
+            str(tmp_path / "seg"),
+            "--end-episode",
+            "20",
+            "--episode-sec-len",
+            "10",
+        ],
+        env=env,
+        stderr_file=tmp_path / "stage1.log",
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run([sys.executable, "DataPreprocess_batch_all.py", "--in-dir", str(segment_dir), "--out-dir",
-               str(tmp_path / "pre"), "--image-size", "32", "--workers", "1"], env=env,
-              stderr_file=tmp_path / "stage2.log")
+    two = run(
+        [
+            sys.executable,
+            "DataPreprocess_batch_all.py",
+            "--in-dir",
+            str(segment_dir),
+            "--out-dir",
+            str(tmp_path / "pre"),
+            "--image-size",
+            "32",
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stderr_file=tmp_path / "stage2.log",
+    )
     assert two.returncode == 0, two.stderr[-3000:]
-    for log, final in ((one.stderr, "convert[all]: 20/20 episodes (100.0%)"),
-                       (two.stderr, f"preprocess (all): {len(list(segment_dir.glob('*.h5')))}/")):
+    for log, final in (
+        (one.stderr, "convert[all]: 20/20 episodes (100.0%)"),
+        (two.stderr, f"preprocess (all): {len(list(segment_dir.glob('*.h5')))}/"),
+    ):
         assert "\r" not in log, log[:500]
         assert final in log, log[-2000:]
 
@@ -237,12 +340,19 @@ def test_make_install_warns_and_goes_on_when_a_cpu_machine_gets_a_cuda_torch(tmp
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     fake = venv / "bin" / "python"  # answers `pip install` and lists CUDA wheels for `pip list`
-    fake.write_text("#!/bin/sh\nif [ \"$3\" = list ]; then echo 'nvidia-cublas-cu12 12.8.4.1'; "
-                    "echo 'torch 2.13.0'; fi\nexit 0\n")
+    fake.write_text(
+        "#!/bin/sh\nif [ \"$3\" = list ]; then echo 'nvidia-cublas-cu12 12.8.4.1'; "
+        "echo 'torch 2.13.0'; fi\nexit 0\n"
+    )
     fake.chmod(0o755)
     path = ":".join(p for p in os.environ["PATH"].split(":") if not (Path(p) / "nvidia-smi").exists())
-    proc = subprocess.run(["make", "-C", str(REPO), f"VENV={venv}", "install"], capture_output=True, text=True,
-                          env={**os.environ, "PATH": path}, timeout=120)
+    proc = subprocess.run(
+        ["make", "-C", str(REPO), f"VENV={venv}", "install"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": path},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "warning: the CUDA build of torch" in proc.stdout and "README" in proc.stdout
     assert (venv / ".installed").exists()
@@ -268,9 +378,20 @@ def test_the_readme_gives_torchrun_first_the_cpu_build_and_the_real_dataset_figu
     readme = (REPO / "README.md").read_text()
     real = readme.split("## Training on the real dataset")[1].split("\n## ")[0]
     training = real.split("### 5. Training")[1]
-    commands = [line for line in training.split("```bash")[1].split("```")[0].splitlines()
-                if line and not line.startswith(("#", " "))]
+    commands = [
+        line
+        for line in training.split("```bash")[1].split("```")[0].splitlines()
+        if line and not line.startswith(("#", " "))
+    ]
     assert commands[0].startswith("torchrun") and "torch.distributed.launch" in commands[-2], commands
-    for text in ("--index-url https://download.pytorch.org/whl/cpu", "bench_real_size.py", "resolve_rlds_dir",
-                 "DIR/fractal20220817_data/0.1.0/", "1.82 GiB", "--save-every", "train.lock", "--val-fraction 0"):
+    for text in (
+        "--index-url https://download.pytorch.org/whl/cpu",
+        "bench_real_size.py",
+        "resolve_rlds_dir",
+        "DIR/fractal20220817_data/0.1.0/",
+        "1.82 GiB",
+        "--save-every",
+        "train.lock",
+        "--val-fraction 0",
+    ):
         assert text in real, text

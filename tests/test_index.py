@@ -10,7 +10,11 @@ import h5py
 import pytest
 
 from rt1.data.index import (
-    WindowIndexError, build_index, index_episodes, main, read_index,
+    WindowIndexError,
+    build_index,
+    index_episodes,
+    main,
+    read_index,
 )
 from rt1.data.preprocess import preprocess_dir
 
@@ -22,8 +26,10 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = PICK + NOT_PICK
 # 6 files, 30 episodes of 1..20 steps (some shorter than the window).
-BIG_LAYOUT = [[(1 + (7 * (f * 5 + e)) % 20, INSTRUCTIONS[(f + e) % len(INSTRUCTIONS)]) for e in range(5)]
-              for f in range(6)]
+BIG_LAYOUT = [
+    [(1 + (7 * (f * 5 + e)) % 20, INSTRUCTIONS[(f + e) % len(INSTRUCTIONS)]) for e in range(5)]
+    for f in range(6)
+]
 
 
 def preprocessed(tmp_path_factory, name, layout):
@@ -49,8 +55,9 @@ def episodes_of(data_dir: Path) -> dict[tuple[str, int], dict]:
     out = {}
     for path in sorted(data_dir.glob("*.h5")):
         with h5py.File(path) as f:
-            for row, (src, start, n) in enumerate(zip(f["episodes/source_index"][:], f["episodes/step_start"][:],
-                                                      f["episodes/num_steps"][:])):
+            for row, (src, start, n) in enumerate(
+                zip(f["episodes/source_index"][:], f["episodes/step_start"][:], f["episodes/num_steps"][:])
+            ):
                 out[(path.name, row)] = {"source_index": int(src), "start": int(start), "n": int(n)}
     return out
 
@@ -65,7 +72,9 @@ def episode_of_window(episodes, file, start, window=6):
     """The episode a window lies in; fails the test if it crosses an episode boundary."""
     for (name, row), ep in episodes.items():
         if name == file and ep["start"] <= start < ep["start"] + ep["n"]:
-            assert start + window <= ep["start"] + ep["n"], f"window {file}:{start} crosses the end of episode {row}"
+            assert start + window <= ep["start"] + ep["n"], (
+                f"window {file}:{start} crosses the end of episode {row}"
+            )
             return (name, row)
     raise AssertionError(f"window {file}:{start} is outside every episode")
 
@@ -168,11 +177,25 @@ def test_val_fraction_zero_puts_every_episode_in_train_and_writes_no_val_files(d
     assert result.val_csv is None and result.val_windows == 0 and result.val_episodes == 0
     assert result.train_windows == split.train_windows + split.val_windows
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == sorted(
-        [result.train_csv.name, result.train_csv.with_suffix(".json").name])
+        [result.train_csv.name, result.train_csv.with_suffix(".json").name]
+    )
     assert len(rows(result.train_csv)) == result.train_windows
-    proc = subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--data-dir", str(data), "--out-dir",
-                           str(tmp_path / "cli"), "--val-fraction", "0"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "data_emerge.py"),
+            "--data-dir",
+            str(data),
+            "--out-dir",
+            str(tmp_path / "cli"),
+            "--val-fraction",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "val:   none" in proc.stdout and not list((tmp_path / "cli").glob("val_idx_*"))
 
@@ -182,14 +205,20 @@ def test_data_emerge_writes_next_to_the_data_by_default_never_into_the_current_d
     shutil.copytree(small, data)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--data-dir", str(data)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "data_emerge.py"), "--data-dir", str(data)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert list(cwd.iterdir()) == []
     assert len(list(data.glob("train_idx_*.csv"))) == 1 and len(list(data.glob("val_idx_*.json"))) == 1
     rebuilt = build_index(data)  # the data directory still indexes: the index files are not data
     assert rebuilt.train_windows + rebuilt.val_windows == sum(
-        int(p.stem.split("_")[-1]) for p in data.glob("*_idx_*.csv"))
+        int(p.stem.split("_")[-1]) for p in data.glob("*_idx_*.csv")
+    )
 
 
 def test_no_data(tmp_path):
@@ -219,9 +248,12 @@ def test_segment_files_and_duplicate_episodes_are_refused(small, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(small, mixed)
     shutil.copy(small / "0-4_episode.h5", mixed / "copy-of-0-4_episode.h5")
-    with pytest.raises(WindowIndexError, match=r"content fingerprint \w+ appears twice: "
-                                               r"0-4_episode.h5 episode 0 \(source episode 0\) and "
-                                               r"copy-of-0-4_episode.h5 episode 0 \(source episode 0\)"):
+    with pytest.raises(
+        WindowIndexError,
+        match=r"content fingerprint \w+ appears twice: "
+        r"0-4_episode.h5 episode 0 \(source episode 0\) and "
+        r"copy-of-0-4_episode.h5 episode 0 \(source episode 0\)",
+    ):
         build_index(mixed, tmp_path / "idx")
 
 
@@ -232,23 +264,63 @@ def test_same_episode_under_another_label_is_refused(small, tmp_path):
     shutil.copy(small / "0-4_episode.h5", mixed / "zz_episode.h5")
     with h5py.File(mixed / "zz_episode.h5", "r+") as f:
         f["episodes/source_index"][...] = f["episodes/source_index"][:] + 1000
-    with pytest.raises(WindowIndexError, match=r"fingerprint \w+ appears twice: 0-4_episode.h5 episode 0 \(source "
-                                               r"episode 0\) and zz_episode.h5 episode 0 \(source episode 1000\)"):
+    with pytest.raises(
+        WindowIndexError,
+        match=r"fingerprint \w+ appears twice: 0-4_episode.h5 episode 0 \(source "
+        r"episode 0\) and zz_episode.h5 episode 0 \(source episode 1000\)",
+    ):
         build_index(mixed, tmp_path / "idx")
 
 
 def test_data_emerge_script(small, tmp_path):
-    ok = subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--data-dir", str(small), "--out-dir",
-                         str(tmp_path), "--seed", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "data_emerge.py"),
+            "--data-dir",
+            str(small),
+            "--out-dir",
+            str(tmp_path),
+            "--seed",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert len(list(tmp_path.glob("train_idx_*.csv"))) == 1 and "windows" in ok.stdout
-    bad = subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--data-dir", str(small), "--val-fraction",
-                          "1.0", "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "data_emerge.py"),
+            "--data-dir",
+            str(small),
+            "--val-fraction",
+            "1.0",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: --val-fraction must be in [0, 1) (0: no validation split), got 1.0"]
-    assert "--val-fraction" in subprocess.run([sys.executable, str(REPO / "data_emerge.py"), "--help"], cwd=REPO,
-                                              capture_output=True, text=True, timeout=120).stdout
+        "error: --val-fraction must be in [0, 1) (0: no validation split), got 1.0"
+    ]
+    assert (
+        "--val-fraction"
+        in subprocess.run(
+            [sys.executable, str(REPO / "data_emerge.py"), "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )
 
 
 def test_main_reports_a_corrupt_file(small, tmp_path, capsys):

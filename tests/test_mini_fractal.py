@@ -5,12 +5,10 @@ import json
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import BUNDLED_EPISODES, flatten_dict, run_script
-from rt1.sim.mini_fractal import instruction_embedding, make_episode
+
 from rt1.rlds_spec import EPISODE_METADATA_SPEC, STEP_SPEC
-
-
+from rt1.sim.mini_fractal import instruction_embedding, make_episode
 
 
 def test_reads_back_with_builder_from_directory_and_matches_spec(rlds_dir):
@@ -30,7 +28,11 @@ def test_reads_back_with_builder_from_directory_and_matches_spec(rlds_dir):
         assert set(meta) == set(EPISODE_METADATA_SPEC)
         for path, spec in EPISODE_METADATA_SPEC.items():
             expected = bytes if spec.dtype == "string" else np.dtype(spec.dtype)
-            assert (isinstance(meta[path], bytes) if expected is bytes else np.asarray(meta[path]).dtype == expected), path
+            assert (
+                isinstance(meta[path], bytes)
+                if expected is bytes
+                else np.asarray(meta[path]).dtype == expected
+            ), path
         steps = list(episode["steps"])
         lengths.append(len(steps))
         for step in steps:
@@ -60,16 +62,24 @@ def test_feature_classes_and_descriptions_are_the_catalogs(rlds_dir):
     step = features["steps"].feature
     assert type(step["reward"]) is tfds.features.Scalar
     assert type(step["observation"]["image"]) is tfds.features.Image
-    leaves = [*(features["aspects"][k] for k in features["aspects"].keys()),
-              *(features["attributes"][k] for k in features["attributes"].keys()),
-              *(step[k] for k in ("is_first", "is_last", "is_terminal")),
-              *(step["observation"][k] for k in step["observation"].keys() if k != "image"),
-              *(step["action"][k] for k in step["action"].keys())]
+    leaves = [
+        *(features["aspects"][k] for k in features["aspects"].keys()),
+        *(features["attributes"][k] for k in features["attributes"].keys()),
+        *(step[k] for k in ("is_first", "is_last", "is_terminal")),
+        *(step["observation"][k] for k in step["observation"].keys() if k != "image"),
+        *(step["action"][k] for k in step["action"].keys()),
+    ]
     assert all(type(f) is tfds.features.Tensor for f in leaves)
     assert step["observation"]["natural_language_instruction"].np_dtype == np.object_  # a string Tensor
     assert features["aspects"].doc.desc == "Session Aspects for crowdcompute ratings"
-    assert step["action"]["world_vector"].doc.desc == "commanded end-effector displacement, in base-relative frame"
-    assert step["action"]["rotation_delta"].doc.desc == "rpy commanded orientation displacement, in base-relative frame"
+    assert (
+        step["action"]["world_vector"].doc.desc
+        == "commanded end-effector displacement, in base-relative frame"
+    )
+    assert (
+        step["action"]["rotation_delta"].doc.desc
+        == "rpy commanded orientation displacement, in base-relative frame"
+    )
     assert step["observation"]["height_to_bottom"].doc.desc == "height of end-effector from ground"
     info = json.loads((rlds_dir / "dataset_info.json").read_text())
     assert "disableShuffling" not in info  # read with TFDS's default interleave, like the real dataset
@@ -80,7 +90,9 @@ def test_content_is_varied_and_follows_the_scene():
     instructions = {e["steps"][0]["observation"]["natural_language_instruction"] for e in episodes}
     assert any(i.startswith("pick") and "from" not in i for i in instructions)
     assert any("from" in i and "drawer" in i for i in instructions)
-    assert any(i.startswith("open") for i in instructions) and any(i.startswith("close") for i in instructions)
+    assert any(i.startswith("open") for i in instructions) and any(
+        i.startswith("close") for i in instructions
+    )
     assert any(i.startswith("move") and " near " in i for i in instructions)
     assert any(i.endswith("upright") for i in instructions) and any(i.endswith("over") for i in instructions)
     lengths = [len(e["steps"]) for e in episodes]
@@ -108,10 +120,13 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert not np.allclose(e1, instruction_embedding("pick pepsi can"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--episodes", "0"], "--episodes must be at least 1"),
-    (["--episodes", "-3"], "--episodes must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--episodes", "0"], "--episodes must be at least 1"),
+        (["--episodes", "-3"], "--episodes must be at least 1"),
+    ],
+)
 def test_bad_episode_count_is_refused(tmp_path, args, message):
     proc = run_script("-m", "rt1.sim.mini_fractal", "--out", tmp_path / "out", *args, check=False)
     assert proc.returncode == 2

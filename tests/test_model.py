@@ -50,7 +50,9 @@ def model() -> RT1:
 def inputs(config: RT1Config, batch: int = 2, frames: int | None = None, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     f = frames or config.num_frames
-    frames = torch.randint(0, 256, (batch, f, config.image_size, config.image_size, 3), generator=g, dtype=torch.uint8)
+    frames = torch.randint(
+        0, 256, (batch, f, config.image_size, config.image_size, 3), generator=g, dtype=torch.uint8
+    )
     text = torch.randn(batch, config.text_embed_dim, generator=g)
     return frames, text
 
@@ -60,7 +62,14 @@ def inputs(config: RT1Config, batch: int = 2, frames: int | None = None, seed: i
 
 def test_default_config_is_the_original_rt1():
     c = RT1Config()
-    assert (c.image_size, c.conv_stem_dim, c.dim, c.dim_head, c.depth, c.attention_window) == (224, 64, 96, 32, (2, 2, 5, 2), 7)
+    assert (c.image_size, c.conv_stem_dim, c.dim, c.dim_head, c.depth, c.attention_window) == (
+        224,
+        64,
+        96,
+        32,
+        (2, 2, 5, 2),
+        7,
+    )
     assert (c.mbconv_expansion, c.mbconv_shrinkage, c.dropout) == (4, 0.25, 0.1)
     assert (c.num_actions, c.num_bins, c.num_frames) == (NUM_ACTION_TOKENS, NUM_BINS, 6)
     assert (c.transformer_depth, c.transformer_heads, c.transformer_dim_head) == (6, 8, 64)
@@ -96,12 +105,25 @@ def test_config_validation_names_the_bad_value(changes, fragments):
 
 def test_original_preset_is_rt1_with_the_original_variants():
     original, rt1 = PRESETS["original"].model, PRESETS["rt1"].model
-    variants = {"attention_memory_kv": 4, "token_learner_pooling": "mean", "transformer_kv_source": "input",
-                "pixel_scaling": "raw", "cond_drop_prob": 0.0}
+    variants = {
+        "attention_memory_kv": 4,
+        "token_learner_pooling": "mean",
+        "transformer_kv_source": "input",
+        "pixel_scaling": "raw",
+        "cond_drop_prob": 0.0,
+    }
     assert original == rt1.replace(**variants)
-    assert (rt1.attention_memory_kv, rt1.token_learner_pooling, rt1.transformer_kv_source, rt1.pixel_scaling) == (
-        0, "softmax", "modulated", "imagenet")
-    assert TINY.attention_memory_kv == 0 and TINY.token_learner_pooling == "softmax" and TINY.pixel_scaling == "imagenet"
+    assert (
+        rt1.attention_memory_kv,
+        rt1.token_learner_pooling,
+        rt1.transformer_kv_source,
+        rt1.pixel_scaling,
+    ) == (0, "softmax", "modulated", "imagenet")
+    assert (
+        TINY.attention_memory_kv == 0
+        and TINY.token_learner_pooling == "softmax"
+        and TINY.pixel_scaling == "imagenet"
+    )
     # a model_config saved before the variant fields existed loads as the model it was (the rt1 variants)
     old = {k: v for k, v in TINY.to_dict().items() if k not in variants or k == "cond_drop_prob"}
     assert RT1Config.from_dict(old) == TINY
@@ -109,8 +131,16 @@ def test_original_preset_is_rt1_with_the_original_variants():
 
 @pytest.mark.parametrize("variant", ["rt1", "original"])
 def test_both_variants_have_the_state_dict_layout_and_train(variant):
-    changes = {} if variant == "rt1" else {"attention_memory_kv": 4, "token_learner_pooling": "mean",
-                                           "transformer_kv_source": "input", "pixel_scaling": "raw"}
+    changes = (
+        {}
+        if variant == "rt1"
+        else {
+            "attention_memory_kv": 4,
+            "token_learner_pooling": "mean",
+            "transformer_kv_source": "input",
+            "pixel_scaling": "raw",
+        }
+    )
     config = TINY.replace(**changes)
     torch.manual_seed(0)
     model = randomize_film(RT1(config)).train()
@@ -120,12 +150,22 @@ def test_both_variants_have_the_state_dict_layout_and_train(variant):
         assert not mem and "token_learner.norm.weight" in keys
     else:
         assert len(mem) == 2 * sum(config.depth) and "token_learner.norm.weight" not in keys
-        assert model.vit.blocks[0].block_attn.mem_kv.shape == (2, 32 // 16, 4, 16)  # (k/v, heads, M, dim_head)
+        assert model.vit.blocks[0].block_attn.mem_kv.shape == (
+            2,
+            32 // 16,
+            4,
+            16,
+        )  # (k/v, heads, M, dim_head)
     # the two layouts differ only by the memory key/values and the TokenLearner norm
-    other = RT1(TINY.replace(
-        **({"attention_memory_kv": 4, "token_learner_pooling": "mean"} if variant == "rt1" else {}))).state_dict()
+    other = RT1(
+        TINY.replace(
+            **({"attention_memory_kv": 4, "token_learner_pooling": "mean"} if variant == "rt1" else {})
+        )
+    ).state_dict()
     either = set(keys) | set(other)
-    assert set(keys) ^ set(other) == {k for k in either if k.endswith("mem_kv")} | {"token_learner.norm.weight"}
+    assert set(keys) ^ set(other) == {k for k in either if k.endswith("mem_kv")} | {
+        "token_learner.norm.weight"
+    }
     frames_u8, text = inputs(config, batch=2)
     tokens = torch.randint(0, NUM_BINS, (2, config.num_frames, NUM_ACTION_TOKENS))
     loss = action_loss(model(frames_u8, text), tokens)
@@ -141,13 +181,17 @@ def test_transformer_kv_source_input_takes_keys_and_values_from_the_raw_input():
     from rt1.model.transformer import CausalAttention
 
     torch.manual_seed(0)
-    attn = CausalAttention(8, heads=2, dim_head=4, cond_dim=6, film_mult=2, dropout=0.0, kv_source="input").eval()
+    attn = CausalAttention(
+        8, heads=2, dim_head=4, cond_dim=6, film_mult=2, dropout=0.0, kv_source="input"
+    ).eval()
     x, modulation = torch.randn(3, 5, 8), torch.randn(3, 16)
     mask = frame_causal_mask(5, 1)
     q, k, v = attn.to_qkv.weight.split((8, 4, 4), dim=0)
     qq = (modulate(attn.norm(x), modulation) @ q.t()).view(3, 5, 2, 4).transpose(1, 2)
     kk, vv = (x @ k.t())[:, None].expand(3, 2, 5, 4), (x @ v.t())[:, None].expand(3, 2, 5, 4)
-    expected = attn.to_out(F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask).transpose(1, 2).reshape(3, 5, 8))
+    expected = attn.to_out(
+        F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask).transpose(1, 2).reshape(3, 5, 8)
+    )
     assert torch.allclose(attn(x, modulation, mask), expected, atol=1e-6)
     attn.kv_source = "modulated"
     assert not torch.allclose(attn(x, modulation, mask), expected, atol=1e-3)
@@ -366,9 +410,9 @@ def test_a_few_adamw_steps_fit_one_batch():
 def test_action_loss_is_cross_entropy_over_every_token():
     logits = torch.randn(2, 3, NUM_ACTION_TOKENS, NUM_BINS)
     tokens = torch.randint(0, NUM_BINS, (2, 3, NUM_ACTION_TOKENS))
-    expected = torch.stack([
-        F.cross_entropy(logits[b, f], tokens[b, f]) for b in range(2) for f in range(3)
-    ]).mean()
+    expected = torch.stack(
+        [F.cross_entropy(logits[b, f], tokens[b, f]) for b in range(2) for f in range(3)]
+    ).mean()
     torch.testing.assert_close(action_loss(logits, tokens), expected)
     with pytest.raises(ValueError, match="disagree"):
         action_loss(logits, tokens[:, :2])
@@ -408,7 +452,9 @@ def test_normalize_frames():
     assert normalize_frames(frames_u8[:, 0], "imagenet").shape == (1, 4, 4, 3)
     with pytest.raises(TypeError):
         normalize_frames(out, "imagenet")
-    with pytest.raises(ValueError, match=r"channels-last frames \(\.\.\., H, W, 3\), got shape \(1, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"channels-last frames \(\.\.\., H, W, 3\), got shape \(1, 3, 4, 4\)"
+    ):
         normalize_frames(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "imagenet")  # channels-first is refused
     raw = normalize_frames(frames_u8, "raw")  # the original pipeline's input: 0..255 floats
     assert raw.dtype == torch.float32 and torch.equal(raw, frames_u8.float())
@@ -455,16 +501,23 @@ def test_linear_batch_norm_equals_linear_then_batch_norm():
         torch.testing.assert_close(a, b)
         a.backward(grad)
         b.backward(grad)
-    for left, right in [(x.grad, x2.grad), (weight.grad, weight2.grad), (folded.weight.grad, plain.weight.grad),
-                        (folded.bias.grad, plain.bias.grad), (folded.running_mean, plain.running_mean),
-                        (folded.running_var, plain.running_var)]:
+    for left, right in [
+        (x.grad, x2.grad),
+        (weight.grad, weight2.grad),
+        (folded.weight.grad, plain.weight.grad),
+        (folded.bias.grad, plain.bias.grad),
+        (folded.running_mean, plain.running_mean),
+        (folded.running_var, plain.running_var),
+    ]:
         torch.testing.assert_close(left, right)
     assert folded.num_batches_tracked.item() == plain.num_batches_tracked.item() == 2
     folded.eval()
     plain.eval()
     with torch.no_grad():
-        torch.testing.assert_close(linear_batch_norm(x, weight, folded),
-                                   plain((x @ weight.t()).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        torch.testing.assert_close(
+            linear_batch_norm(x, weight, folded),
+            plain((x @ weight.t()).permute(0, 3, 1, 2)).permute(0, 2, 3, 1),
+        )
 
 
 SYNC_BN_WORKER = """
@@ -513,8 +566,14 @@ def test_sync_batch_norm_takes_the_folded_path_with_the_statistics_of_every_rank
     script = tmp_path / "sync_bn_worker.py"
     script.write_text(SYNC_BN_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "rank0.ok").exists() and (tmp_path / "rank1.ok").exists()
 
@@ -530,7 +589,9 @@ def test_sync_batch_norm_conversion_keeps_the_model_working():
         torch.testing.assert_close(synced(frames_u8, text), m(frames_u8, text), atol=1e-5, rtol=1e-5)
     block = MBConv(8, 8, False, 2, 0.25)
     block.train()(torch.randn(2, 4, 4, 8))
-    assert block.expand_norm.num_batches_tracked.item() == 1 and block.expand_norm.running_mean.abs().sum() > 0
+    assert (
+        block.expand_norm.num_batches_tracked.item() == 1 and block.expand_norm.running_mean.abs().sum() > 0
+    )
 
 
 def test_import_has_no_side_effects():

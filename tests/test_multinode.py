@@ -35,29 +35,75 @@ STEPS, SAVE_EVERY, DIST_TIMEOUT = 20, 5, 30
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_check_dataset(tmp_path_factory.mktemp("multinode_data"), image_size=64, episodes=16, steps=16)
+    return write_check_dataset(
+        tmp_path_factory.mktemp("multinode_data"), image_size=64, episodes=16, steps=16
+    )
 
 
 def args(data, save_dir: Path) -> list[str]:
     # 132 windows, batch 4 x 2 processes: 17 steps per epoch; STEPS ends inside epoch 2.
-    return ["train_ddp.py", "--preset", "tiny", "--data-dir", str(data.data_dir), "--train-index",
-            str(data.train_index), "--save-dir", str(save_dir), "--no-progress", "--no-tensorboard", "--log-every", "1",
-            "--num-workers", "0", "--batch-size", "4", "--epochs", "2", "--max-steps", str(STEPS),
-            "--save-every", str(SAVE_EVERY), "--dist-timeout", str(DIST_TIMEOUT)]
+    return [
+        "train_ddp.py",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(data.data_dir),
+        "--train-index",
+        str(data.train_index),
+        "--save-dir",
+        str(save_dir),
+        "--no-progress",
+        "--no-tensorboard",
+        "--log-every",
+        "1",
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--max-steps",
+        str(STEPS),
+        "--save-every",
+        str(SAVE_EVERY),
+        "--dist-timeout",
+        str(DIST_TIMEOUT),
+    ]
 
 
 def node_command(port: int, data, save_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "rt1-test",
-            *args(data, save_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "rt1-test",
+        *args(data, save_dir),
+    ]
 
 
 def start_nodes(port: int, data, save_dir: Path, logs: list[Path]) -> list[subprocess.Popen]:
     """Node A first (it hosts the rendezvous store on the port, as HOST:29500 does), then node B."""
     nodes = []
     for log in logs:
-        nodes.append(subprocess.Popen(node_command(port, data, save_dir), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                                      stderr=open(log, "w"), start_new_session=True))
+        nodes.append(
+            subprocess.Popen(
+                node_command(port, data, save_dir),
+                cwd=REPO,
+                env=ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=open(log, "w"),
+                start_new_session=True,
+            )
+        )
         if len(nodes) == 1:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -117,7 +163,14 @@ def running(pid: int) -> bool:
 def one_node_reference(data, tmp_path_factory):
     """One node, two processes: the run the two-node runs must equal."""
     save = tmp_path_factory.mktemp("one_node") / "save"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args(data, save)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args(data, save),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 process(es), backend gloo" in proc.stderr
@@ -139,7 +192,8 @@ def test_two_nodes_train_exactly_as_one_node_with_two_processes(data, one_node_r
 
 @pytest.mark.parametrize("victim", ["node", "agent"])
 def test_a_lost_node_or_agent_stops_the_other_with_one_line_naming_it_and_both_resume_exactly(
-        data, one_node_reference, tmp_path, victim):
+    data, one_node_reference, tmp_path, victim
+):
     """victim "node": node B's agent and worker are killed (the machine died): node A's rank loses its peer in a
     collective. victim "agent": only node B's torchrun agent is killed: its worker (in a session of its own) gets
     SIGTERM from the kernel (PR_SET_PDEATHSIG), and every rank stops after the same step with a checkpoint."""
@@ -148,8 +202,9 @@ def test_a_lost_node_or_agent_stops_the_other_with_one_line_naming_it_and_both_r
     try:
         deadline = time.monotonic() + 240
         while not any("step 12/" in log.read_text() for log in logs):
-            assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), \
-                "".join(log.read_text()[-2000:] for log in logs)
+            assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), "".join(
+                log.read_text()[-2000:] for log in logs
+            )
             time.sleep(0.05)
         tree = descendants(nodes[1].pid)  # node B: its agent and its worker
         workers = [p for p in tree if p != nodes[1].pid]
@@ -176,8 +231,12 @@ def test_a_lost_node_or_agent_stops_the_other_with_one_line_naming_it_and_both_r
         assert "lost contact with the peer rank" in errors[0], errors[0]
         assert any(f"PID {pid}, gone" in errors[0] for pid in workers), errors[0]
     else:
-        assert "terminated by SIGTERM (the torchrun agent of rank" in errors[0] and "died)" in errors[0], errors[0]
-    assert not [line for line in text.splitlines() if line.strip().startswith("File") and "/rt1/" in line], text[-3000:]
+        assert "terminated by SIGTERM (the torchrun agent of rank" in errors[0] and "died)" in errors[0], (
+            errors[0]
+        )
+    assert not [line for line in text.splitlines() if line.strip().startswith("File") and "/rt1/" in line], (
+        text[-3000:]
+    )
     saved = load_checkpoint(sorted(save.glob("checkpoint-*.pt"))[-1])["global_step"]
     if victim == "node":  # the last --save-every checkpoint
         assert saved >= 10 and saved % SAVE_EVERY == 0, saved

@@ -118,7 +118,12 @@ def test_stage2_refuses_a_directory_named_like_an_output(synthetic, tmp_path, ca
     out = tmp_path / "pre"
     name = sorted(p.name for p in synthetic.glob("*_episode.h5"))[0]
     (out / name).mkdir(parents=True)
-    assert preprocess_main(["--in-dir", str(synthetic), "--out-dir", str(out), "--workers", "1", "--no-progress"]) == 2
+    assert (
+        preprocess_main(
+            ["--in-dir", str(synthetic), "--out-dir", str(out), "--workers", "1", "--no-progress"]
+        )
+        == 2
+    )
     assert f"{out / name} exists and is not an HDF5 file" in one_error_line(capsys)
     assert (out / name).is_dir()
 
@@ -149,8 +154,14 @@ def _stop_mid_run(cmd: list[str], out: Path, how: str) -> tuple[subprocess.Compl
     """Start `cmd`, wait for its 2 workers and a first output, then stop it; returns it and its workers."""
     err = out.parent / f"{out.name}.stderr"
     with open(err, "w") as stderr:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         workers: set[int] = set()
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline:
@@ -184,8 +195,19 @@ def _assert_stopped_cleanly(proc, workers, how):
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
 def test_stopping_stage2_with_workers_stops_them_and_a_rerun_finishes(segment_dir, tmp_path, how):
     out = tmp_path / "pre"
-    cmd = [sys.executable, STAGE2, "--in-dir", str(segment_dir), "--out-dir", str(out), "--image-size", "224",
-           "--workers", "2", "--no-progress"]
+    cmd = [
+        sys.executable,
+        STAGE2,
+        "--in-dir",
+        str(segment_dir),
+        "--out-dir",
+        str(out),
+        "--image-size",
+        "224",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     proc, workers = _stop_mid_run(cmd, out, how)
     _assert_stopped_cleanly(proc, workers, how)
     listing = sorted(p.name for p in out.iterdir())
@@ -206,8 +228,19 @@ def test_stopping_stage2_with_workers_stops_them_and_a_rerun_finishes(segment_di
 @pytest.mark.slow
 def test_stopping_stage1_with_workers_stops_them_and_a_rerun_finishes(rlds_dir, tmp_path):
     out = tmp_path / "seg"
-    cmd = [sys.executable, STAGE1, "--data-dir", str(rlds_dir), "--out-dir", str(out), "--episode-sec-len", "5",
-           "--workers", "2", "--no-progress"]
+    cmd = [
+        sys.executable,
+        STAGE1,
+        "--data-dir",
+        str(rlds_dir),
+        "--out-dir",
+        str(out),
+        "--episode-sec-len",
+        "5",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     proc, workers = _stop_mid_run(cmd, out, "sigterm")
     _assert_stopped_cleanly(proc, workers, "sigterm")
     listing = sorted(p.name for p in out.iterdir())
@@ -228,17 +261,32 @@ def test_stopping_stage1_with_workers_stops_them_and_a_rerun_finishes(rlds_dir, 
 def _live_stage_lock(directory: Path) -> None:
     """The lock a live run holds (this test process stands for it)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "stage.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                      "start_time": None, "since": "now", "command": "first-run"}))
+    (directory / "stage.lock").write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "start_time": None,
+                "since": "now",
+                "command": "first-run",
+            }
+        )
+    )
 
 
-def test_stage2_on_a_directory_in_use_is_refused_and_keeps_the_live_runs_temporary(synthetic, tmp_path, capsys):
+def test_stage2_on_a_directory_in_use_is_refused_and_keeps_the_live_runs_temporary(
+    synthetic, tmp_path, capsys
+):
     out = tmp_path / "pre"
     _live_stage_lock(out)
     live_tmp = out / f"0-4_episode.h5{TEMP_MARKER}{os.getpid()}"
     live_tmp.write_bytes(b"being written")
-    assert preprocess_main(["--in-dir", str(synthetic), "--out-dir", str(out), "--workers", "1",
-                            "--no-progress"]) == 2
+    assert (
+        preprocess_main(
+            ["--in-dir", str(synthetic), "--out-dir", str(out), "--workers", "1", "--no-progress"]
+        )
+        == 2
+    )
     line = one_error_line(capsys)
     assert f"{out} is in use by another" in line and "first-run" in line and "stage.lock" in line
     assert live_tmp.read_bytes() == b"being written"
@@ -250,8 +298,21 @@ def test_stage1_on_a_directory_in_use_is_refused_and_keeps_the_live_runs_tempora
     _live_stage_lock(out)
     live_tmp = out / f"0-10_episode.h5{TEMP_MARKER}{os.getpid()}"
     live_tmp.write_bytes(b"being written")
-    proc = run([sys.executable, STAGE1, "--data-dir", str(rlds_dir), "--out-dir", str(out), "--end-episode", "20",
-                "--episode-sec-len", "10", "--no-progress"])
+    proc = run(
+        [
+            sys.executable,
+            STAGE1,
+            "--data-dir",
+            str(rlds_dir),
+            "--out-dir",
+            str(out),
+            "--end-episode",
+            "20",
+            "--episode-sec-len",
+            "10",
+            "--no-progress",
+        ]
+    )
     assert_one_line_error(proc, 2, f"{out} is in use by another", "first-run", "stage.lock")
     assert live_tmp.read_bytes() == b"being written"
     assert sorted(p.name for p in out.iterdir()) == sorted(["stage.lock", live_tmp.name])
@@ -259,8 +320,12 @@ def test_stage1_on_a_directory_in_use_is_refused_and_keeps_the_live_runs_tempora
 
 def test_stage_runs_release_their_lock(synthetic, tmp_path):
     out = tmp_path / "pre"
-    assert preprocess_main(["--in-dir", str(synthetic), "--out-dir", str(out), "--workers", "1",
-                            "--no-progress"]) == 0
+    assert (
+        preprocess_main(
+            ["--in-dir", str(synthetic), "--out-dir", str(out), "--workers", "1", "--no-progress"]
+        )
+        == 0
+    )
     assert not (out / "stage.lock").exists()
 
 
@@ -317,7 +382,9 @@ def test_resume_with_another_optimizer_is_refused_before_anything_is_written(tin
     proc = run(train_cmd(tiny_data, save, "--max-steps", "2", "--optimizer", "sgd"))
     line = assert_one_line_error(proc, 1, "--optimizer adamw, this run asks for --optimizer sgd")
     assert "checkpoint-" in line
-    assert {p.name: p.stat().st_size for p in save.iterdir()} == before  # metrics.jsonl untouched, no new files
+    assert {
+        p.name: p.stat().st_size for p in save.iterdir()
+    } == before  # metrics.jsonl untouched, no new files
 
 
 # ---- 7. eval_closed_loop refuses a non-finite --cond-scale ------------------------------------------------
@@ -325,8 +392,19 @@ def test_resume_with_another_optimizer_is_refused_before_anything_is_written(tin
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_closed_loop_refuses_a_non_finite_cond_scale(tmp_path, value):
-    proc = run([sys.executable, "eval_closed_loop.py", "--checkpoint", str(tmp_path / "none.pt"),
-                f"--cond-scale={value}", "--episodes", "2", "--out", str(tmp_path / "out")])
+    proc = run(
+        [
+            sys.executable,
+            "eval_closed_loop.py",
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            f"--cond-scale={value}",
+            "--episodes",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     line = assert_one_line_error(proc, 2, "--cond-scale must be a finite number")
     assert line.endswith(f"got {float(value)}")
     assert not (tmp_path / "out").exists()
@@ -338,13 +416,18 @@ def test_closed_loop_refuses_a_non_finite_cond_scale(tmp_path, value):
 def test_stage1_rerun_with_another_segment_length_is_refused_naming_the_existing_one(rlds_dir, tmp_path):
     convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=10, end_episode=20), progress=False)
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(ConversionError,
-                       match=r"segments of 10 episodes \(e\.g\. 0-10_episode\.h5.*--episode-sec-len 8"):
-        convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=8, end_episode=20), progress=False)
+    with pytest.raises(
+        ConversionError, match=r"segments of 10 episodes \(e\.g\. 0-10_episode\.h5.*--episode-sec-len 8"
+    ):
+        convert(
+            ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=8, end_episode=20), progress=False
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     # Disjoint ranges with another length store nothing twice: allowed.
-    convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=5, start_episode=20, end_episode=30),
-            progress=False)
+    convert(
+        ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=5, start_episode=20, end_episode=30),
+        progress=False,
+    )
     assert (tmp_path / "25-30_episode.h5").exists()
 
 
@@ -353,12 +436,19 @@ def test_stage1_rerun_with_another_segment_length_is_refused_naming_the_existing
 
 @pytest.mark.parametrize("case", ["same", "swapped"])
 def test_training_refuses_a_val_index_equal_to_or_swapped_with_the_train_index(tiny_data, tmp_path, case):
-    train, val = ((tiny_data.train_index, tiny_data.train_index) if case == "same"
-                  else (tiny_data.val_index, tiny_data.train_index))
+    train, val = (
+        (tiny_data.train_index, tiny_data.train_index)
+        if case == "same"
+        else (tiny_data.val_index, tiny_data.train_index)
+    )
     save = tmp_path / "save"
     proc = run(train_cmd(tiny_data, save, "--val-index", val, "--max-steps", "1", index=train))
     line = assert_one_line_error(proc, 1, str(train))
-    assert ("is also --val-index" in line) if case == "same" else ("split 'val'" in line and "--train-index" in line)
+    assert (
+        ("is also --val-index" in line)
+        if case == "same"
+        else ("split 'val'" in line and "--train-index" in line)
+    )
     assert not save.exists()
 
 
@@ -380,14 +470,26 @@ def test_index_pair_of_two_builds_is_refused(tiny_data, tmp_path):
 
 
 def test_data_emerge_refuses_a_negative_seed(tiny_data, tmp_path):
-    proc = run([sys.executable, "data_emerge.py", "--data-dir", str(tiny_data.data_dir), "--out-dir",
-                str(tmp_path / "idx"), "--seed", "-5"])
+    proc = run(
+        [
+            sys.executable,
+            "data_emerge.py",
+            "--data-dir",
+            str(tiny_data.data_dir),
+            "--out-dir",
+            str(tmp_path / "idx"),
+            "--seed",
+            "-5",
+        ]
+    )
     assert_one_line_error(proc, 2, "--seed must be >= 0, got -5")
 
 
 def test_mini_fractal_refuses_a_negative_seed_and_leaves_no_directory(tmp_path):
     out = tmp_path / "new" / "rlds"
-    proc = run([sys.executable, "-m", "rt1.sim.mini_fractal", "--out", str(out), "--episodes", "2", "--seed", "-1"])
+    proc = run(
+        [sys.executable, "-m", "rt1.sim.mini_fractal", "--out", str(out), "--episodes", "2", "--seed", "-1"]
+    )
     assert_one_line_error(proc, 2, "--seed must be >= 0, got -1")
     assert not (tmp_path / "new").exists()
 
@@ -410,7 +512,9 @@ def test_a_stage1_output_with_only_the_format_attributes_is_refused_by_name(rlds
         f.attrs["format"] = "rt1-segment"
         f.attrs["format_version"] = 2
     with pytest.raises(RT1Error, match="8-16_episode.h5.*not a complete segment"):
-        convert(ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=8, end_episode=24), progress=False)
+        convert(
+            ConvertConfig(rlds_dir, tmp_path, "all", episodes_per_segment=8, end_episode=24), progress=False
+        )
     assert not (tmp_path / "0-8_episode.h5").exists()
 
 
@@ -465,9 +569,14 @@ def test_os_errors_name_paths_without_posixpath(capsys):
 def test_an_out_that_is_a_file_is_refused_naming_the_option(tmp_path, script):
     blocker = tmp_path / "results"
     blocker.write_text("a file")
-    extra = (["--episodes", "2"] if script == "eval_closed_loop.py"
-             else ["--data-dir", str(tmp_path), "--index", str(tmp_path / "val.csv")])
-    proc = run([sys.executable, script, "--checkpoint", str(tmp_path / "none.pt"), "--out", str(blocker), *extra])
+    extra = (
+        ["--episodes", "2"]
+        if script == "eval_closed_loop.py"
+        else ["--data-dir", str(tmp_path), "--index", str(tmp_path / "val.csv")]
+    )
+    proc = run(
+        [sys.executable, script, "--checkpoint", str(tmp_path / "none.pt"), "--out", str(blocker), *extra]
+    )
     assert_one_line_error(proc, 2, f"--out {blocker} exists and is not a directory")
     assert blocker.read_text() == "a file"
 
@@ -478,4 +587,3 @@ def test_the_demo_refuses_too_few_episodes_at_once(tmp_path):
     proc = run([sys.executable, "-m", "rt1.demo", "--out", str(out), "--episodes", "2"], timeout=300)
     assert_one_line_error(proc, 2, f"--episodes must be at least {DEMO_MIN_EPISODES}, got 2")
     assert time.perf_counter() - started < 60 and not out.exists()
-

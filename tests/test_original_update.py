@@ -14,6 +14,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import tiny_data  # noqa: F401  (session fixture: preprocessed bundled data at 64x64)
 
 from rt1.config import PRESETS, TrainConfig
 from rt1.data.dataset import RT1Dataset
@@ -21,11 +22,19 @@ from rt1.model import RT1
 from rt1.train.checkpoint import load_checkpoint
 from rt1.train.cli import build_arg_parser, config_from_args
 from rt1.train.trainer import train
-from test_train import tiny_data  # noqa: F401  (session fixture: preprocessed bundled data at 64x64)
 
 SMALL_ORIGINAL = PRESETS["original"].model.replace(
-    image_size=64, conv_stem_dim=16, dim=32, dim_head=16, depth=(1, 1), attention_window=4, dropout=0.0,
-    transformer_depth=2, transformer_heads=2, num_learned_tokens=4)
+    image_size=64,
+    conv_stem_dim=16,
+    dim=32,
+    dim_head=16,
+    depth=(1, 1),
+    attention_window=4,
+    dropout=0.0,
+    transformer_depth=2,
+    transformer_heads=2,
+    num_learned_tokens=4,
+)
 BATCH = 2
 
 
@@ -40,7 +49,9 @@ def _original_step(train_index, data_dir, seed: int) -> dict[str, torch.Tensor]:
     text = torch.stack([it["text_embed"] for it in items])
     tokens = torch.stack([it["action_tokens"] for it in items]).long()
     logits = model(video, text)
-    loss = sum(F.cross_entropy(logits[b, f], tokens[b, f]) for b in range(BATCH) for f in range(tokens.shape[1]))
+    loss = sum(
+        F.cross_entropy(logits[b, f], tokens[b, f]) for b in range(BATCH) for f in range(tokens.shape[1])
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4 * 1, momentum=0.9, weight_decay=1e-3)
     optimizer.zero_grad()
     loss.backward()
@@ -50,9 +61,19 @@ def _original_step(train_index, data_dir, seed: int) -> dict[str, torch.Tensor]:
 
 def test_one_step_equals_the_original_loop(tiny_data, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(PRESETS, "original", dataclasses.replace(PRESETS["original"], model=SMALL_ORIGINAL))
-    cfg = TrainConfig(data_dir=tiny_data.data_dir, train_index=tiny_data.train_index, save_dir=tmp_path,
-                      max_steps=1, batch_size=BATCH, shuffle=False, num_workers=0, val_every=0, progress=False,
-                      tensorboard=False, seed=3)
+    cfg = TrainConfig(
+        data_dir=tiny_data.data_dir,
+        train_index=tiny_data.train_index,
+        save_dir=tmp_path,
+        max_steps=1,
+        batch_size=BATCH,
+        shuffle=False,
+        num_workers=0,
+        val_every=0,
+        progress=False,
+        tensorboard=False,
+        seed=3,
+    )
     assert cfg.preset == "original" and cfg.loss_reduction == "sum_frames_mean_tokens" and not cfg.augment
     assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay) == ("sgd", 1e-4, 0.9, 1e-3)
     train(cfg)
@@ -72,10 +93,29 @@ def test_flags_still_change_each_setting(tiny_data):  # noqa: F811
     parser = build_arg_parser()
     default = config_from_args(parser.parse_args(base))
     assert default.preset == "original" and default.model_config.cond_drop_prob == 0.0
-    changed = config_from_args(parser.parse_args(base + ["--loss-reduction", "mean", "--augment", "--cond-drop-prob",
-                                                         "0.2", "--lr", "3e-4", "--optimizer", "adamw"]))
-    assert (changed.loss_reduction, changed.augment, changed.model_config.cond_drop_prob, changed.lr,
-            changed.optimizer) == ("mean", True, 0.2, 3e-4, "adamw")
+    changed = config_from_args(
+        parser.parse_args(
+            base
+            + [
+                "--loss-reduction",
+                "mean",
+                "--augment",
+                "--cond-drop-prob",
+                "0.2",
+                "--lr",
+                "3e-4",
+                "--optimizer",
+                "adamw",
+            ]
+        )
+    )
+    assert (
+        changed.loss_reduction,
+        changed.augment,
+        changed.model_config.cond_drop_prob,
+        changed.lr,
+        changed.optimizer,
+    ) == ("mean", True, 0.2, 3e-4, "adamw")
     assert changed.model_config.pixel_scaling == "raw"  # a model property, not a training flag
 
 

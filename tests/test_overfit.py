@@ -28,12 +28,12 @@ def test_policy_solves_the_scenes_of_the_episodes_it_memorised(tmp_path, one_thr
     from rt1.data.convert import ConvertConfig, convert
     from rt1.data.dataset import RT1Dataset
     from rt1.data.index import build_index
-    from rt1.sim.mini_fractal import write_dataset
     from rt1.data.preprocess import preprocess_dir
     from rt1.evaluation.closed_loop import EvalEpisode, RT1EnvPolicy, run_episode
     from rt1.model import RT1
     from rt1.policy import RT1Policy
     from rt1.sim.env import FractalSimEnv
+    from rt1.sim.mini_fractal import write_dataset
     from rt1.sim.record import episode_seeds
     from rt1.train.step import train_step
 
@@ -54,13 +54,16 @@ def test_policy_solves_the_scenes_of_the_episodes_it_memorised(tmp_path, one_thr
     cosine = lambda step: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(step, s["steps"]) / s["steps"]))  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     generator = torch.Generator().manual_seed(0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=s["batch_size"], shuffle=True, drop_last=True,
-                                         generator=generator)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=s["batch_size"], shuffle=True, drop_last=True, generator=generator
+    )
     model.train()
     step, losses = 0, []
     while step < s["steps"]:
         for batch in loader:
-            loss = train_step(model, iter([batch]), optimizer, device=torch.device("cpu"), scheduler=scheduler)
+            loss = train_step(
+                model, iter([batch]), optimizer, device=torch.device("cpu"), scheduler=scheduler
+            )
             losses.append(loss.item())
             step += 1
             if step >= s["steps"]:

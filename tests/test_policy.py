@@ -34,7 +34,9 @@ def episode():
     return images, text
 
 
-def reference_logits(model: RT1, images: np.ndarray, text: np.ndarray, cond_scale: float = 1.0) -> torch.Tensor:
+def reference_logits(
+    model: RT1, images: np.ndarray, text: np.ndarray, cond_scale: float = 1.0
+) -> torch.Tensor:
     """Per-step logits from full training-window forwards: the window starting at step 0 for t < 6,
     else the window ending at t (its last frame)."""
     frames = torch.from_numpy(images)[None]  # uint8 (1, T, H, W, 3)
@@ -42,8 +44,10 @@ def reference_logits(model: RT1, images: np.ndarray, text: np.ndarray, cond_scal
     f = model.config.num_frames
     with torch.no_grad():
         first = model(frames[:, :f], text, cond_scale=cond_scale)[0]
-        rows = [first[t] if t < f else model(frames[:, t - f + 1:t + 1], text, cond_scale=cond_scale)[0, -1]
-                for t in range(len(images))]
+        rows = [
+            first[t] if t < f else model(frames[:, t - f + 1 : t + 1], text, cond_scale=cond_scale)[0, -1]
+            for t in range(len(images))
+        ]
     return torch.stack(rows)
 
 
@@ -99,7 +103,9 @@ def test_predict_episode_matches_steps(model, episode, steps, cond_scale):
     images, text = episode
     policy = RT1Policy(model, cond_scale=cond_scale)
     _, tokens, logits = run_policy(policy, images[:steps], text)
-    predicted, predicted_logits = policy.predict_episode(images[:steps], text, batch_size=3, return_logits=True)
+    predicted, predicted_logits = policy.predict_episode(
+        images[:steps], text, batch_size=3, return_logits=True
+    )
     assert predicted.shape == (steps, NUM_ACTION_TOKENS)
     np.testing.assert_array_equal(predicted, tokens)
     torch.testing.assert_close(predicted_logits, logits, atol=1e-4, rtol=1e-4)
@@ -159,15 +165,27 @@ def calibrated(config) -> RT1:
     return m.eval()
 
 
-@pytest.mark.parametrize("variants", [{}, {"attention_memory_kv": 4, "token_learner_pooling": "mean",
-                                           "transformer_kv_source": "input", "pixel_scaling": "raw"}])
+@pytest.mark.parametrize(
+    "variants",
+    [
+        {},
+        {
+            "attention_memory_kv": 4,
+            "token_learner_pooling": "mean",
+            "transformer_kv_source": "input",
+            "pixel_scaling": "raw",
+        },
+    ],
+)
 @pytest.mark.parametrize("cond_scale", [1.0, 2.5])
 def test_folded_policy_acts_like_the_unoptimised_one(episode, variants, cond_scale):
     model = calibrated(TINY.replace(**variants))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images, text = episode
     _, tokens, logits = run_policy(RT1Policy(model, cond_scale=cond_scale), images, text)
-    _, plain_tokens, plain = run_policy(RT1Policy(model, cond_scale=cond_scale, fold_batch_norms=False), images, text)
+    _, plain_tokens, plain = run_policy(
+        RT1Policy(model, cond_scale=cond_scale, fold_batch_norms=False), images, text
+    )
     np.testing.assert_array_equal(tokens, plain_tokens)
     torch.testing.assert_close(logits, plain, atol=1e-5, rtol=1e-5)
     for k, v in model.state_dict().items():  # folding leaves the model alone
@@ -188,5 +206,6 @@ def test_inference_model_shares_weights_and_cannot_train():
     video = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8)
     text = torch.randn(2, TINY.text_embed_dim)
     with torch.no_grad():
-        torch.testing.assert_close(fast(video, text, cond_scale=3.0), model(video, text, cond_scale=3.0),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            fast(video, text, cond_scale=3.0), model(video, text, cond_scale=3.0), atol=1e-5, rtol=1e-5
+        )

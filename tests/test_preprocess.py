@@ -19,13 +19,27 @@ from rt1.data.segment_schema import read_segment, write_segment
 
 try:
     from tests.synthetic_segments import (
-        DEFAULT_LAYOUT, NOT_PICK, PICK, embedding_of, expected_is_pick, make_episode, step_colour,
-        synthetic_actions, write_synthetic_segments,
+        DEFAULT_LAYOUT,
+        NOT_PICK,
+        PICK,
+        embedding_of,
+        expected_is_pick,
+        make_episode,
+        step_colour,
+        synthetic_actions,
+        write_synthetic_segments,
     )
 except ImportError:
     from synthetic_segments import (
-        DEFAULT_LAYOUT, NOT_PICK, PICK, embedding_of, expected_is_pick, make_episode, step_colour,
-        synthetic_actions, write_synthetic_segments,
+        DEFAULT_LAYOUT,
+        NOT_PICK,
+        PICK,
+        embedding_of,
+        expected_is_pick,
+        make_episode,
+        step_colour,
+        synthetic_actions,
+        write_synthetic_segments,
     )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +73,13 @@ def digests(directory: Path) -> dict[str, str]:
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *args, "--no-progress"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args, "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # -- content --------------------------------------------------------------------------------------
@@ -81,7 +100,9 @@ def test_outputs_keep_names_and_content(segments, clean_all):
             assert ep.instruction == src.instruction
             assert np.array_equal(ep.language_embedding, embedding_of(src.instruction))
             assert ep.action_tokens.dtype == np.uint8 and ep.action_tokens.shape == (src.num_steps, 11)
-            assert np.array_equal(ep.action_tokens, tokenize(synthetic_actions(src.source_index, src.num_steps)))
+            assert np.array_equal(
+                ep.action_tokens, tokenize(synthetic_actions(src.source_index, src.num_steps))
+            )
             assert ep.actions.dtype == np.float32
             assert np.array_equal(ep.actions, flatten_actions(src.actions))
             for key, value in src.actions.items():
@@ -89,7 +110,11 @@ def test_outputs_keep_names_and_content(segments, clean_all):
             assert ep.images.shape == (src.num_steps, 224, 224, 3)
             for t in range(src.num_steps):
                 mean = ep.images[t, 50:170, 50:170].reshape(-1, 3).mean(axis=0)
-                assert np.allclose(mean, step_colour(src.source_index, t), atol=4), (name, src.source_index, t)
+                assert np.allclose(mean, step_colour(src.source_index, t), atol=4), (
+                    name,
+                    src.source_index,
+                    t,
+                )
 
 
 def test_schema_attributes(clean_all):
@@ -123,8 +148,11 @@ def test_image_size_option(segments, tmp_path):
 
 def test_pick_keeps_exactly_the_pick_episodes(segments, tmp_path):
     summary = preprocess_dir(segments, tmp_path / "pick", task_filter="pick", workers=2, progress=False)
-    kept = [(ep.source_index, ep.instruction) for p in sorted((tmp_path / "pick").glob("*.h5"))
-            for ep in read_episodes(p, decode_images=False)]
+    kept = [
+        (ep.source_index, ep.instruction)
+        for p in sorted((tmp_path / "pick").glob("*.h5"))
+        for ep in read_episodes(p, decode_images=False)
+    ]
     everything = [(i, instr) for i, instr in enumerate(instr for f in DEFAULT_LAYOUT for _, instr in f)]
     assert kept == [(i, instr) for i, instr in everything if expected_is_pick(instr)]
     assert {instr for _, instr in kept} == set(PICK)
@@ -255,7 +283,9 @@ def test_out_dir_equal_to_in_dir_is_refused(segments):
 
 
 def assert_one_line_error(capsys_or_result, *fragments):
-    err = capsys_or_result.stderr if hasattr(capsys_or_result, "stderr") else capsys_or_result.readouterr().err
+    err = (
+        capsys_or_result.stderr if hasattr(capsys_or_result, "stderr") else capsys_or_result.readouterr().err
+    )
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("error: "), err
@@ -277,7 +307,9 @@ def test_error_missing_and_empty_input_dirs(tmp_path, capsys):
 
 def test_error_unwritable_out_dir(segments, tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")  # a directory cannot be made under a file (even as root)
-    assert main(["--in-dir", str(segments), "--out-dir", str(tmp_path / "a_file" / "out"), "--no-progress"]) == 2
+    assert (
+        main(["--in-dir", str(segments), "--out-dir", str(tmp_path / "a_file" / "out"), "--no-progress"]) == 2
+    )
     assert_one_line_error(capsys, "cannot create output directory", tmp_path / "a_file" / "out")
 
 
@@ -290,25 +322,45 @@ def test_error_wrong_format_input(segments, clean_all, tmp_path, capsys):
 
 
 def test_script_errors_as_subprocesses(segments, tmp_path):
-    result = run_script("DataPreprocess_batch_all.py", "--in-dir", str(tmp_path / "missing"),
-                        "--out-dir", str(tmp_path / "o"))
+    result = run_script(
+        "DataPreprocess_batch_all.py", "--in-dir", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")
+    )
     assert result.returncode == 2
     assert_one_line_error(result, "does not exist", tmp_path / "missing")
 
     seg = copy_segments(segments, tmp_path / "seg")
     (seg / "11-12_episode.h5").write_bytes(b"this is not HDF5 at all" * 50)
-    result = run_script("DataPreprocess_batch_pick.py", "--in-dir", str(seg), "--out-dir", str(tmp_path / "o"),
-                        "--workers", "2")
+    result = run_script(
+        "DataPreprocess_batch_pick.py",
+        "--in-dir",
+        str(seg),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--workers",
+        "2",
+    )
     assert result.returncode == 2
     assert_one_line_error(result, seg / "11-12_episode.h5", "not a readable HDF5 file")
 
 
 def test_scripts_run_and_print_a_summary(segments, tmp_path):
-    result = run_script("DataPreprocess_batch_pick.py", "--in-dir", str(segments), "--out-dir", str(tmp_path / "o"),
-                        "--image-size", "32", "--workers", "1")
+    result = run_script(
+        "DataPreprocess_batch_pick.py",
+        "--in-dir",
+        str(segments),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--image-size",
+        "32",
+        "--workers",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert "3 written, 0 skipped" in result.stdout
-    assert f"episodes: {sum(expected_is_pick(i) for f in DEFAULT_LAYOUT for _, i in f)} in the outputs" in result.stdout
+    assert (
+        f"episodes: {sum(expected_is_pick(i) for f in DEFAULT_LAYOUT for _, i in f)} in the outputs"
+        in result.stdout
+    )
     for script in ("DataPreprocess_batch_all.py", "DataPreprocess_batch_pick.py"):
         help_text = run_script(script, "--help").stdout
         assert "--in-dir" in help_text and "--delete-input" in help_text and "--workers" in help_text
@@ -322,21 +374,42 @@ def test_non_finite_action_is_refused_naming_file_episode_and_step(tmp_path, cap
     path.parent.mkdir()
     write_segment(path, episodes, (0, 2), "all")
     episode = episodes[1]
-    assert main(["--in-dir", str(path.parent), "--out-dir", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "--in-dir",
+                str(path.parent),
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {path}: source episode {episode.source_index}, step 2: action 'world_vector' is not "
-                   "finite (nan)"]
+    assert err == [
+        f"error: {path}: source episode {episode.source_index}, step 2: action 'world_vector' is not "
+        "finite (nan)"
+    ]
     assert not list((tmp_path / "out").glob("*.h5"))
 
 
 def test_full_disk_gives_a_one_line_error(segments, tmp_path, capsys):
     small = tmp_path / "small"
     small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(small)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        assert main(["--in-dir", str(segments), "--out-dir", str(small), "--workers", "1", "--no-progress"]) == 2
+        assert (
+            main(["--in-dir", str(segments), "--out-dir", str(small), "--workers", "1", "--no-progress"]) == 2
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "not enough free space in" in err[0] and str(small) in err[0], err
         assert not list(small.glob("*.partial-*"))

@@ -12,15 +12,15 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from test_export import TINY, write_checkpoint
+from test_policy import calibrated
 
-from rt1.rlds_spec import IMAGE_SHAPE
 from rt1.evaluation.closed_loop import RT1EnvPolicy
 from rt1.export import export
 from rt1.policy import RT1Policy
+from rt1.rlds_spec import IMAGE_SHAPE
 from rt1.serve import PolicyClient, ServerError, encode, local_server, pack_array
 from rt1.sim.scene import instruction_embedding
-from test_export import TINY, write_checkpoint
-from test_policy import calibrated
 
 STEPS = 8  # past the 6-frame window: the token cache rolls over
 LIMIT = 2**20  # --max-message-bytes of the test server
@@ -55,9 +55,16 @@ def make_episode(seed: int, instruction: str):
     rng = np.random.default_rng(seed)
     embedding = instruction_embedding(instruction)
     # 32x32-pixel blocks: pixel noise would average out to flat grey in the resize to 64x64
-    return [{"image": np.kron(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8), np.ones((32, 32, 1), np.uint8)),
-             "natural_language_embedding": embedding, "natural_language_instruction": instruction}
-            for _ in range(STEPS)]
+    return [
+        {
+            "image": np.kron(
+                rng.integers(0, 256, (8, 10, 3), dtype=np.uint8), np.ones((32, 32, 1), np.uint8)
+            ),
+            "natural_language_embedding": embedding,
+            "natural_language_instruction": instruction,
+        }
+        for _ in range(STEPS)
+    ]
 
 
 def expected_actions(policy: RT1Policy, episode) -> tuple[list[dict], np.ndarray]:
@@ -139,33 +146,66 @@ BAD_MESSAGES = [
     ("not a map", msgpack.packb([1, 2, 3]), "must be a msgpack map, got a list"),
     ("unknown type", encode({"type": "jump"}), "unknown request type 'jump'"),
     ("no type", encode({"observation": {}}), "unknown request type None"),
-    ("unknown key", encode({"type": "reset", "instruction": "pick coke can", "speed": 2}), "unknown key(s) ['speed']"),
+    (
+        "unknown key",
+        encode({"type": "reset", "instruction": "pick coke can", "speed": 2}),
+        "unknown key(s) ['speed']",
+    ),
     ("act without observation", encode({"type": "act"}), "missing key(s) ['observation']"),
-    ("embedding of the wrong size", encode({"type": "reset", "instruction_embedding": _array(np.float32, (100,))}),
-     "instruction_embedding must be float32 (512,)"),
-    ("embedding of the wrong dtype", encode({"type": "reset", "instruction_embedding": _array(np.float64, (512,))}),
-     "instruction_embedding must be float32 (512,), got float64"),
-    ("both text and embedding", encode({"type": "reset", "instruction": "pick coke can",
-                                        "instruction_embedding": pack_array(EMBEDDING)}), "exactly one of"),
+    (
+        "embedding of the wrong size",
+        encode({"type": "reset", "instruction_embedding": _array(np.float32, (100,))}),
+        "instruction_embedding must be float32 (512,)",
+    ),
+    (
+        "embedding of the wrong dtype",
+        encode({"type": "reset", "instruction_embedding": _array(np.float64, (512,))}),
+        "instruction_embedding must be float32 (512,), got float64",
+    ),
+    (
+        "both text and embedding",
+        encode(
+            {"type": "reset", "instruction": "pick coke can", "instruction_embedding": pack_array(EMBEDDING)}
+        ),
+        "exactly one of",
+    ),
     ("empty text", encode({"type": "reset", "instruction": " "}), "non-empty text"),
-    ("bad cond_scale", encode({"type": "reset", "instruction": "pick coke can", "cond_scale": float("nan")}),
-     "cond_scale must be a finite number"),
+    (
+        "bad cond_scale",
+        encode({"type": "reset", "instruction": "pick coke can", "cond_scale": float("nan")}),
+        "cond_scale must be a finite number",
+    ),
     ("no image", _act(natural_language_embedding=pack_array(EMBEDDING)), "the observation has no image"),
     ("float image", _act(image=_array(np.float32, IMAGE_SHAPE)), "must be uint8 (H, W, 3)"),
     ("grey image", _act(image=_array(np.uint8, (256, 320))), "got uint8 (256, 320)"),
     ("4-channel image", _act(image=_array(np.uint8, (256, 320, 4))), "got uint8 (256, 320, 4)"),
-    ("data of the wrong length", _act(image=_array(np.uint8, IMAGE_SHAPE, b"\x00" * 100)),
-     "100 data bytes do not make a |u1 array of shape [256, 320, 3]"),
+    (
+        "data of the wrong length",
+        _act(image=_array(np.uint8, IMAGE_SHAPE, b"\x00" * 100)),
+        "100 data bytes do not make a |u1 array of shape [256, 320, 3]",
+    ),
     ("unknown dtype", _act(image={"dtype": "O", "shape": [1], "data": b"x"}), "dtype 'O' is not one of"),
     ("array as a list", _act(image=[[1, 2, 3]]), "observation/image must be an array map"),
-    ("unknown observation key", _act(image=pack_array(IMAGE), depth=pack_array(IMAGE)),
-     "unknown observation key(s) ['depth']"),
-    ("state vector of the wrong shape", _act(image=pack_array(IMAGE), gripper_closed=_array(np.float32, (2,))),
-     "observation/gripper_closed must be float32 (1,)"),
-    ("another instruction mid-episode", _act(image=pack_array(IMAGE),
-                                             natural_language_embedding=pack_array(-EMBEDDING)),
-     "is not the episode's instruction"),
-    ("oversized frame", encode({"type": "info", "padding": b"\x00" * (LIMIT + 1000)}), f"over the limit of {LIMIT}"),
+    (
+        "unknown observation key",
+        _act(image=pack_array(IMAGE), depth=pack_array(IMAGE)),
+        "unknown observation key(s) ['depth']",
+    ),
+    (
+        "state vector of the wrong shape",
+        _act(image=pack_array(IMAGE), gripper_closed=_array(np.float32, (2,))),
+        "observation/gripper_closed must be float32 (1,)",
+    ),
+    (
+        "another instruction mid-episode",
+        _act(image=pack_array(IMAGE), natural_language_embedding=pack_array(-EMBEDDING)),
+        "is not the episode's instruction",
+    ),
+    (
+        "oversized frame",
+        encode({"type": "info", "padding": b"\x00" * (LIMIT + 1000)}),
+        f"over the limit of {LIMIT}",
+    ),
 ]
 
 
@@ -214,7 +254,7 @@ def test_a_client_that_disconnects_mid_episode_frees_its_session(server):
         client.act({"image": IMAGE})
     assert _sessions(server) == 2
     clients[0]._ws.socket.close()  # gone without a close frame: a robot losing power
-    clients[1]._ws.close()         # a WebSocket close without the protocol's "close" request
+    clients[1]._ws.close()  # a WebSocket close without the protocol's "close" request
     assert _wait_for_no_sessions(server) == 0
 
 
@@ -235,14 +275,19 @@ def test_closed_loop_evaluation_through_the_server_equals_in_process(server, exp
 
     common = ["--episodes", "2", "--task-family", "pick", "knock_over", "--max-steps", "12", "--seed", "5"]
     assert main(["--server", server, *common, "--out", str(tmp_path / "served")]) == 0
-    assert main(["--checkpoint", str(exported), "--threads", "1", *common, "--out", str(tmp_path / "local")]) == 0
+    assert (
+        main(["--checkpoint", str(exported), "--threads", "1", *common, "--out", str(tmp_path / "local")])
+        == 0
+    )
     capsys.readouterr()
     served = json.loads((tmp_path / "served" / "results.json").read_text())
     local = json.loads((tmp_path / "local" / "results.json").read_text())
     for name in ("policy", "expert", "noop"):
         assert served[name]["episodes"] == local[name]["episodes"], name
     assert served["settings"]["server"] == server and served["settings"]["jpeg_quality"] == 90
-    assert max(e["steps"] for e in served["policy"]["episodes"]) > 1  # the policy acted for more than one step
+    assert (
+        max(e["steps"] for e in served["policy"]["episodes"]) > 1
+    )  # the policy acted for more than one step
 
 
 class _Recording:
@@ -266,10 +311,20 @@ def test_closed_loop_actions_through_the_server_are_the_in_process_ones(server, 
 
     served, local = [], []
     with PolicyClient(server, timeout=60) as client:
-        evaluate_policy(lambda env: _Recording(ServedEnvPolicy(client), served), 2, ["pick", "open_drawer"],
-                        seed=7, max_steps=10)
-    evaluate_policy(lambda env: _Recording(RT1EnvPolicy(in_process), local), 2, ["pick", "open_drawer"],
-                    seed=7, max_steps=10)
+        evaluate_policy(
+            lambda env: _Recording(ServedEnvPolicy(client), served),
+            2,
+            ["pick", "open_drawer"],
+            seed=7,
+            max_steps=10,
+        )
+    evaluate_policy(
+        lambda env: _Recording(RT1EnvPolicy(in_process), local),
+        2,
+        ["pick", "open_drawer"],
+        seed=7,
+        max_steps=10,
+    )
     assert len(served) > 2
     assert_same_actions(served, local)
 
@@ -286,7 +341,10 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
     # nothing listens on port 9 of 127.0.0.1 (discard): a one-line connection error, exit 2
     assert eval_main(["--server", "ws://127.0.0.1:9", "--episodes", "1", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot connect to policy server ws://127.0.0.1:9") and len(err.splitlines()) == 1
+    assert (
+        err.startswith("error: cannot connect to policy server ws://127.0.0.1:9")
+        and len(err.splitlines()) == 1
+    )
 
 
 def test_inference_does_not_block_other_connections(exported, monkeypatch):
@@ -338,8 +396,14 @@ def test_inference_does_not_block_other_connections(exported, monkeypatch):
         return action
 
     action = asyncio.run(scenario())
-    assert set(action) == {"world_vector", "rotation_delta", "gripper_closedness_action", "base_displacement_vector",
-                           "base_displacement_vertical_rotation", "terminate_episode"}
+    assert set(action) == {
+        "world_vector",
+        "rotation_delta",
+        "gripper_closedness_action",
+        "base_displacement_vector",
+        "base_displacement_vertical_rotation",
+        "terminate_episode",
+    }
 
 
 def test_the_client_imports_without_torch():

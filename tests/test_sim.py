@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import flatten_dict
+
 from rt1.rlds_spec import ACTION_SPEC, EPISODE_METADATA_SPEC, OBSERVATION_VECTORS, STEP_SPEC
 from rt1.sim.env import FractalSimEnv, register_env
 from rt1.sim.expert import ScriptedExpert, make_action, noop_policy
@@ -27,8 +27,6 @@ def _rollout(env: FractalSimEnv, policy, seed: int, family: str | None = None) -
         assert reward == float(info["success"])
         if terminated or truncated:
             return info, observations
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,7 +50,9 @@ def test_reset_gives_an_rlds_observation_inside_the_space(family):
     assert env.observation_space.contains(obs)
     assert set(env.action_space.spaces) == set(ACTION_SPEC)
     for key, spec in ACTION_SPEC.items():
-        assert env.action_space[key].shape == spec.shape and env.action_space[key].dtype == np.dtype(spec.dtype)
+        assert env.action_space[key].shape == spec.shape and env.action_space[key].dtype == np.dtype(
+            spec.dtype
+        )
 
 
 def test_gymnasium_env_checker_passes():
@@ -74,7 +74,10 @@ def test_instruction_embedding_is_the_bundled_datasets():
     assert np.allclose(e[:4], [0.07632937, -0.03921415, -0.01740611, 0.00672644], atol=1e-7)
     assert abs(np.linalg.norm(e) - 1) < 1e-5
     # Word order matters: which object to move is in the order of the names (words alone gave cosine 1.0).
-    a, b = instruction_embedding("move coke can near pepsi can"), instruction_embedding("move pepsi can near coke can")
+    a, b = (
+        instruction_embedding("move coke can near pepsi can"),
+        instruction_embedding("move pepsi can near coke can"),
+    )
     assert float(a @ b) < 0.9
 
 
@@ -82,15 +85,18 @@ def test_instruction_embedding_is_the_bundled_datasets():
 # Bad input
 
 
-@pytest.mark.parametrize("change, key", [
-    (lambda a: a.pop("world_vector"), "world_vector"),
-    (lambda a: a.update(gripper=np.zeros(1)), "gripper"),
-    (lambda a: a.update(rotation_delta=np.zeros(4)), "rotation_delta"),
-    (lambda a: a.update(terminate_episode=np.array([[0, 1, 0]])), "terminate_episode"),
-    (lambda a: a.update(world_vector=np.array([0.0, np.nan, 0.0])), "world_vector"),
-    (lambda a: a.update(gripper_closedness_action=np.array([np.inf])), "gripper_closedness_action"),
-    (lambda a: a.update(base_displacement_vector=["a", "b"]), "base_displacement_vector"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda a: a.pop("world_vector"), "world_vector"),
+        (lambda a: a.update(gripper=np.zeros(1)), "gripper"),
+        (lambda a: a.update(rotation_delta=np.zeros(4)), "rotation_delta"),
+        (lambda a: a.update(terminate_episode=np.array([[0, 1, 0]])), "terminate_episode"),
+        (lambda a: a.update(world_vector=np.array([0.0, np.nan, 0.0])), "world_vector"),
+        (lambda a: a.update(gripper_closedness_action=np.array([np.inf])), "gripper_closedness_action"),
+        (lambda a: a.update(base_displacement_vector=["a", "b"]), "base_displacement_vector"),
+    ],
+)
 def test_bad_actions_raise_a_one_line_error_naming_the_key(change, key):
     env = FractalSimEnv(render_images=False)
     env.reset(seed=0)
@@ -263,7 +269,9 @@ def test_record_episode_has_the_tfds_example_layout_and_is_deterministic():
                     value = np.asarray(flat[path])
                     assert value.shape == spec.shape, (path, value.shape)
                     assert value.dtype == np.dtype(spec.dtype), (path, value.dtype)
-            assert step["is_first"] == (i == 0) and step["is_last"] == step["is_terminal"] == (i == len(steps) - 1)
+            assert step["is_first"] == (i == 0) and step["is_last"] == step["is_terminal"] == (
+                i == len(steps) - 1
+            )
             expected = [1, 0, 0] if i == len(steps) - 1 else [0, 1, 0]
             assert step["action"]["terminate_episode"].tolist() == expected
         assert steps[-1]["reward"] == float(episode["aspects"]["success"])
@@ -330,8 +338,10 @@ def test_dart_recording_labels_the_clean_expert_action_at_states_off_its_path():
     unclipped = noise[np.abs(labels) < 0.5]
     assert 0.7 * DART_STD < unclipped.std() < 1.3 * DART_STD and abs(unclipped.mean()) < 0.1
     clean, clean_executed = record_rollout(2, seed=0, dart_std=0.0)
-    assert all(np.array_equal(s["action"]["world_vector"], r["world_vector"])
-               for s, r in zip(clean["steps"], clean_executed))
+    assert all(
+        np.array_equal(s["action"]["world_vector"], r["world_vector"])
+        for s, r in zip(clean["steps"], clean_executed)
+    )
 
 
 def test_make_episode_is_the_recorded_expert_rollout():

@@ -11,8 +11,8 @@ import math
 import subprocess
 import sys
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,8 +25,8 @@ from rt1.train import checkpoint as ckpt
 from rt1.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rt1.train.cli import build_arg_parser, config_from_args
 from rt1.train.loaders import EpochSampler, SeededWindows, ShardSampler, batches_per_epoch, sample_seed
-from rt1.train.runlog import truncate_metrics
 from rt1.train.optim import lr_factor
+from rt1.train.runlog import truncate_metrics
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class TinyData:
 @pytest.fixture(scope="session")
 def tiny_data(preprocessed_dir, index_dir) -> TinyData:
     """The bundled data preprocessed at the tiny preset's image size and indexed (conftest's session fixtures)."""
-    return TinyData(preprocessed_dir, next(index_dir.glob("train_idx_*.csv")), next(index_dir.glob("val_idx_*.csv")))
+    return TinyData(
+        preprocessed_dir, next(index_dir.glob("train_idx_*.csv")), next(index_dir.glob("val_idx_*.csv"))
+    )
 
 
 @pytest.fixture
@@ -65,21 +67,28 @@ def test_config_defaults_follow_the_original_run(paths):
     assert json.loads(json.dumps(tiny.to_dict()))["data_dir"] == str(paths["data_dir"])
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("lr", -1.0, ["lr", "-1.0"]),
-    ("lr", float("nan"), ["lr", "nan"]),
-    ("lrf", 1.5, ["lrf", "1.5"]),
-    ("epochs", 0, ["epochs", "0"]),
-    ("batch_size", 2.5, ["batch_size", "2.5"]),
-    ("optimizer", "adam", ["optimizer", "'adam'", "sgd, adamw"]),
-    ("amp", "fp8", ["amp", "'fp8'"]),
-    ("weight_decay", -0.1, ["weight_decay", "-0.1"]),
-    ("max_steps", 0, ["max_steps", "0"]),
-    ("cond_drop_prob", 2.0, ["cond_drop_prob", "2.0"]),
-    ("preset", "huge", ["preset", "'huge'", "tiny"]),
-    ("sync_bn", "yes", ["sync_bn", "'yes'"]),
-    ("loss_reduction", "sum", ["loss_reduction", "'sum'", "mean"]),  # checked here once; action_loss trusts it
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("lr", -1.0, ["lr", "-1.0"]),
+        ("lr", float("nan"), ["lr", "nan"]),
+        ("lrf", 1.5, ["lrf", "1.5"]),
+        ("epochs", 0, ["epochs", "0"]),
+        ("batch_size", 2.5, ["batch_size", "2.5"]),
+        ("optimizer", "adam", ["optimizer", "'adam'", "sgd, adamw"]),
+        ("amp", "fp8", ["amp", "'fp8'"]),
+        ("weight_decay", -0.1, ["weight_decay", "-0.1"]),
+        ("max_steps", 0, ["max_steps", "0"]),
+        ("cond_drop_prob", 2.0, ["cond_drop_prob", "2.0"]),
+        ("preset", "huge", ["preset", "'huge'", "tiny"]),
+        ("sync_bn", "yes", ["sync_bn", "'yes'"]),
+        (
+            "loss_reduction",
+            "sum",
+            ["loss_reduction", "'sum'", "mean"],
+        ),  # checked here once; action_loss trusts it
+    ],
+)
 def test_config_rejects_bad_values_naming_them(paths, field, value, words):
     with pytest.raises(ValueError) as info:
         TrainConfig(**{**paths, field: value})
@@ -101,9 +110,30 @@ def test_cli_maps_to_config_with_preset_defaults(paths):
     base = ["--data-dir", str(paths["data_dir"]), "--train-index", str(paths["train_index"])]
     cfg = config_from_args(parser.parse_args(base))
     assert cfg.preset == "original" and cfg.optimizer == "sgd" and cfg.lr == 1e-4 and cfg.sync_bn
-    cfg = config_from_args(parser.parse_args(base + ["--preset", "tiny", "--no-syncBN", "--optimizer", "sgd",
-                                                     "--amp", "bf16", "--max-steps", "7", "--local-rank=1"]))
-    assert (cfg.preset, cfg.sync_bn, cfg.optimizer, cfg.amp, cfg.max_steps) == ("tiny", False, "sgd", "bf16", 7)
+    cfg = config_from_args(
+        parser.parse_args(
+            base
+            + [
+                "--preset",
+                "tiny",
+                "--no-syncBN",
+                "--optimizer",
+                "sgd",
+                "--amp",
+                "bf16",
+                "--max-steps",
+                "7",
+                "--local-rank=1",
+            ]
+        )
+    )
+    assert (cfg.preset, cfg.sync_bn, cfg.optimizer, cfg.amp, cfg.max_steps) == (
+        "tiny",
+        False,
+        "sgd",
+        "bf16",
+        7,
+    )
     assert cfg.lr == PRESETS["tiny"].train["lr"]
     with pytest.raises(ValueError, match="--weight-decay must be a non-negative number, got -1.0"):
         config_from_args(parser.parse_args(base + ["--weight-decay", "-1"]))
@@ -111,10 +141,20 @@ def test_cli_maps_to_config_with_preset_defaults(paths):
 
 def test_cli_overrides_any_model_field_of_the_preset(paths):
     parser = build_arg_parser()
-    base = ["--data-dir", str(paths["data_dir"]), "--train-index", str(paths["train_index"]), "--preset", "tiny"]
+    base = [
+        "--data-dir",
+        str(paths["data_dir"]),
+        "--train-index",
+        str(paths["train_index"]),
+        "--preset",
+        "tiny",
+    ]
     cfg = config_from_args(parser.parse_args(base + ["--model.image-size", "128", "--model.depth", "1,1,1"]))
     assert cfg.model_config == PRESETS["tiny"].model.replace(image_size=128, depth=(1, 1, 1))
-    assert cfg.to_dict()["model_overrides"] == {"image_size": 128, "depth": [1, 1, 1]}  # weights_only-loadable
+    assert cfg.to_dict()["model_overrides"] == {
+        "image_size": 128,
+        "depth": [1, 1, 1],
+    }  # weights_only-loadable
     assert config_from_args(parser.parse_args(base)).model_config == PRESETS["tiny"].model
     with pytest.raises(ValueError, match="--model.transformer-depth must be a positive integer, got 0"):
         config_from_args(parser.parse_args(base + ["--model.transformer-depth", "0"]))
@@ -124,13 +164,43 @@ def test_cli_overrides_any_model_field_of_the_preset(paths):
 
 def test_train_ddp_help_and_usage_errors(paths):
     out = run_script("train_ddp.py", "--help").stdout
-    for option in ("--data-dir", "--train-index", "--val-index", "--save-dir", "--epochs", "--batch-size", "--lr",
-                   "--lrf", "--weight-decay", "--optimizer", "--syncBN", "--no-syncBN", "--amp", "--compile",
-                   "--num-workers", "--seed", "--max-steps", "--grad-accum", "--log-every", "--preset", "--resume",
-                   "--val-every", "--cond-drop-prob", "--describe"):
+    for option in (
+        "--data-dir",
+        "--train-index",
+        "--val-index",
+        "--save-dir",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--lrf",
+        "--weight-decay",
+        "--optimizer",
+        "--syncBN",
+        "--no-syncBN",
+        "--amp",
+        "--compile",
+        "--num-workers",
+        "--seed",
+        "--max-steps",
+        "--grad-accum",
+        "--log-every",
+        "--preset",
+        "--resume",
+        "--val-every",
+        "--cond-drop-prob",
+        "--describe",
+    ):
         assert option in out, option
-    bad = run_script("train_ddp.py", "--data-dir", paths["data_dir"], "--train-index", paths["train_index"],
-                     "--lr", "-3", check=False)
+    bad = run_script(
+        "train_ddp.py",
+        "--data-dir",
+        paths["data_dir"],
+        "--train-index",
+        paths["train_index"],
+        "--lr",
+        "-3",
+        check=False,
+    )
     assert bad.returncode == 2
     assert "--lr must be a positive number, got -3.0" in bad.stderr
 
@@ -168,7 +238,10 @@ def test_two_ranks_with_batch_b_see_the_batches_of_one_rank_with_batch_2b(shuffl
 
     n, b = 37, 4
     one = EpochSampler(DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=shuffle, seed=5))
-    two = [EpochSampler(DistributedSampler(range(n), num_replicas=2, rank=r, shuffle=shuffle, seed=5)) for r in (0, 1)]
+    two = [
+        EpochSampler(DistributedSampler(range(n), num_replicas=2, rank=r, shuffle=shuffle, seed=5))
+        for r in (0, 1)
+    ]
     for epoch in (0, 3):
         one.set_epoch(epoch)
         for s in two:
@@ -177,8 +250,8 @@ def test_two_ranks_with_batch_b_see_the_batches_of_one_rank_with_batch_2b(shuffl
         ranks = [[i for _, i in s] for s in two]
         # n = 37 is odd: DistributedSampler pads rank 1 with one repeated window (the only difference).
         for step in range(n // (2 * b)):
-            together = sorted(ranks[0][step * b:(step + 1) * b] + ranks[1][step * b:(step + 1) * b])
-            assert together == sorted(single[step * 2 * b:(step + 1) * 2 * b])
+            together = sorted(ranks[0][step * b : (step + 1) * b] + ranks[1][step * b : (step + 1) * b])
+            assert together == sorted(single[step * 2 * b : (step + 1) * 2 * b])
     assert batches_per_epoch(n, 2, b) == math.ceil(math.ceil(n / 2) / b)
 
 
@@ -220,9 +293,15 @@ def test_seeded_windows_are_reproducible_and_leave_the_rng_alone():
 
 
 def _state(model, epoch=1):
-    return {"format": ckpt.CHECKPOINT_FORMAT, "format_version": ckpt.CHECKPOINT_FORMAT_VERSION,
-            "model": model.state_dict(), "model_config": model.config.to_dict(), "train_args": {"lr": 1e-3},
-            "epoch": epoch, "rng": [ckpt.capture_rng_state()]}
+    return {
+        "format": ckpt.CHECKPOINT_FORMAT,
+        "format_version": ckpt.CHECKPOINT_FORMAT_VERSION,
+        "model": model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "train_args": {"lr": 1e-3},
+        "epoch": epoch,
+        "rng": [ckpt.capture_rng_state()],
+    }
 
 
 def test_checkpoints_are_atomic_pruned_and_weights_only_loadable(tmp_path):
@@ -232,7 +311,11 @@ def test_checkpoints_are_atomic_pruned_and_weights_only_loadable(tmp_path):
         ckpt.prune_checkpoints(tmp_path, 3)
     assert [e for e, _ in list_checkpoints(tmp_path)] == [3, 4, 5]
     assert latest_checkpoint(tmp_path).name == "checkpoint-5.pt"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3.pt", "checkpoint-4.pt", "checkpoint-5.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-3.pt",
+        "checkpoint-4.pt",
+        "checkpoint-5.pt",
+    ]
     torch.load(tmp_path / "checkpoint-5.pt", weights_only=True)  # plain types and tensors only
     loaded, config, args = load_model(tmp_path / "checkpoint-5.pt", "cpu")
     assert config == PRESETS["tiny"].model and args == {"lr": 1e-3} and not loaded.training

@@ -51,27 +51,55 @@ def launcher(kind: str) -> list[str]:
     if kind == "python":
         return [sys.executable, "train_ddp.py"]
     if kind == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_ddp.py"]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train_ddp.py",
+        ]
     if kind == "launch":  # the original's command
-        return [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                "--use_env", "train_ddp.py"]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.launch",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "--use_env",
+            "train_ddp.py",
+        ]
     raise ValueError(kind)
 
 
 def train_args(data_dir, train_index, save_dir, *extra, val_index=None, tensorboard=False) -> list[str]:
-    args = ["--preset", "tiny", "--data-dir", data_dir, "--train-index", train_index, "--save-dir", save_dir,
-            "--no-progress", "--log-every", "5"] + ([] if tensorboard else ["--no-tensorboard"])
+    args = [
+        "--preset",
+        "tiny",
+        "--data-dir",
+        data_dir,
+        "--train-index",
+        train_index,
+        "--save-dir",
+        save_dir,
+        "--no-progress",
+        "--log-every",
+        "5",
+    ] + ([] if tensorboard else ["--no-tensorboard"])
     if val_index is not None:
         args += ["--val-index", val_index]
     return [str(a) for a in args + list(extra)]
 
 
 def run_train(kind: str, *args, expect: int | None = 0, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(launcher(kind) + list(args), cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        launcher(kind) + list(args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
     if expect is not None and proc.returncode != expect:
-        raise AssertionError(f"{kind} train_ddp.py exited {proc.returncode}, expected {expect}\n"
-                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{kind} train_ddp.py exited {proc.returncode}, expected {expect}\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
@@ -93,7 +121,11 @@ def params(path: Path) -> dict[str, torch.Tensor]:
 
 
 def train_losses(save_dir: Path) -> list[tuple[int, float, float]]:
-    return [(m["step"], m["loss"], m["lr"]) for m in read_metrics(save_dir / "metrics.jsonl") if m["event"] == "train"]
+    return [
+        (m["step"], m["loss"], m["lr"])
+        for m in read_metrics(save_dir / "metrics.jsonl")
+        if m["event"] == "train"
+    ]
 
 
 def val_entries(save_dir: Path) -> list[dict]:
@@ -125,25 +157,43 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_data, tmp_pat
     scaling (effective lr = lr x world size: 2 x 0.02 on two processes = 0.04 on one). Condition
     dropout draws per-process random numbers, so it is off; augmentation is on (seeded per window).
     """
-    common = ["--max-steps", "4", "--freeze-bn", "--cond-drop-prob", "0", "--optimizer", "sgd", "--num-workers", "0"]
+    common = [
+        "--max-steps",
+        "4",
+        "--freeze-bn",
+        "--cond-drop-prob",
+        "0",
+        "--optimizer",
+        "sgd",
+        "--num-workers",
+        "0",
+    ]
     data = (tiny_data.data_dir, tiny_data.train_index)
     two, one = tmp_path / "two", tmp_path / "one"
-    out = run_train("launch", *train_args(*data, two, *common, "--batch-size", "4", "--lr", "0.02",
-                                          val_index=tiny_data.val_index))
+    out = run_train(
+        "launch",
+        *train_args(*data, two, *common, "--batch-size", "4", "--lr", "0.02", val_index=tiny_data.val_index),
+    )
     assert "2 process(es), backend gloo" in out.stderr
     assert "SyncBatchNorm needs CUDA" in out.stderr  # --syncBN is on by default: warned, not used
-    run_train("python", *train_args(*data, one, *common, "--batch-size", "8", "--lr", "0.04",
-                                    val_index=tiny_data.val_index))
+    run_train(
+        "python",
+        *train_args(*data, one, *common, "--batch-size", "8", "--lr", "0.04", val_index=tiny_data.val_index),
+    )
     # Gradient accumulation: 2 micro-batches of 4 make the same step as one batch of 8.
     accum = tmp_path / "accum"
-    run_train("python", *train_args(*data, accum, *common, "--batch-size", "4", "--grad-accum", "2", "--lr", "0.04"))
+    run_train(
+        "python", *train_args(*data, accum, *common, "--batch-size", "4", "--grad-accum", "2", "--lr", "0.04")
+    )
 
     # Validation sums over both ranks' shards: every window once (245 is odd: no padding duplicate).
     v2, v1 = val_entries(two)[-1], val_entries(one)[-1]
     assert v2["windows"] == v1["windows"] == len(read_index(tiny_data.val_index))
     assert v2["loss"] == pytest.approx(v1["loss"], rel=1e-5)
     for name in ACTION_DIM_NAMES:  # an argmax may flip between near-equal logits: allow one frame in ~1500
-        assert v2["token_accuracy_per_dim"][name] == pytest.approx(v1["token_accuracy_per_dim"][name], abs=1e-3)
+        assert v2["token_accuracy_per_dim"][name] == pytest.approx(
+            v1["token_accuracy_per_dim"][name], abs=1e-3
+        )
 
     torch.manual_seed(0)
     initial = RT1(PRESETS["tiny"].model).state_dict()
@@ -152,8 +202,9 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_data, tmp_pat
         a = params(other / "checkpoint-1.pt")
         moved = 0
         for name in a:
-            torch.testing.assert_close(a[name], reference[name], rtol=1e-4, atol=2e-5,
-                                       msg=lambda m: f"{other.name} {name}: {m}")
+            torch.testing.assert_close(
+                a[name], reference[name], rtol=1e-4, atol=2e-5, msg=lambda m: f"{other.name} {name}: {m}"
+            )
             if a[name].is_floating_point() and not torch.allclose(a[name], initial[name], atol=1e-4):
                 moved += 1
         assert moved > len(a) // 2, "training barely changed the weights: the comparison would be vacuous"
@@ -169,7 +220,9 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_data, tmp_pat
 @pytest.fixture(scope="module")
 def small_index(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("small_index")
-    return subset(tiny_data.train_index, out / "train.csv", 48), subset(tiny_data.val_index, out / "val.csv", 16)
+    return subset(tiny_data.train_index, out / "train.csv", 48), subset(
+        tiny_data.val_index, out / "val.csv", 16
+    )
 
 
 def _assert_same_run(reference: Path, resumed: Path, checkpoint: str) -> None:
@@ -188,7 +241,9 @@ def test_sigterm_after_epoch_one_then_rerun_resumes_exactly(tiny_data, small_ind
     run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
 
     args = launcher("python") + train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv)
-    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while not (resumed / "checkpoint-1.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -200,8 +255,9 @@ def test_sigterm_after_epoch_one_then_rerun_resumes_exactly(tiny_data, small_ind
     names = sorted(p.name for p in resumed.glob("*checkpoint*"))
     assert names in (["checkpoint-1.pt"], ["checkpoint-1.pt", "checkpoint-2.pt"]), names
     if names[-1] == "checkpoint-2.pt":
-        assert not load_checkpoint(resumed / "checkpoint-2.pt")["epoch_complete"], \
+        assert not load_checkpoint(resumed / "checkpoint-2.pt")["epoch_complete"], (
             "the run finished epoch 2 before SIGTERM"
+        )
 
     out = run_train("python", *train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv))
     assert "resumed from" in out.stderr and names[-1] in out.stderr
@@ -212,7 +268,9 @@ def test_sigterm_after_epoch_one_then_rerun_resumes_exactly(tiny_data, small_ind
     lrs = [lr for _, _, lr in train_losses(resumed)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)  # the cosine ran to lrf x lr
 
-    again = run_train("python", *train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv))
+    again = run_train(
+        "python", *train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv)
+    )
     assert "nothing to do" in again.stderr
 
 
@@ -222,16 +280,24 @@ def test_max_steps_mid_epoch_then_rerun_resumes_exactly(tiny_data, small_index, 
     train_csv, val_csv = small_index
     common = ["--epochs", "2", "--num-workers", "0", "--batch-size", "4", "--lrf", "1"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv,
-                                    tensorboard=True))
+    run_train(
+        "python",
+        *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv, tensorboard=True),
+    )
     tags = tensorboard_tags(reference)
     assert {"train/loss", "train/lr", "train/samples_per_s", "val/loss", "val/token_accuracy"} <= tags
     assert {f"val/token_accuracy/{name}" for name in ACTION_DIM_NAMES} <= tags
-    run_train("python", *train_args(tiny_data.data_dir, train_csv, resumed, *common, "--max-steps", "17",
-                                    val_index=val_csv))  # 12 steps per epoch: stops at step 5 of epoch 2
+    run_train(
+        "python",
+        *train_args(tiny_data.data_dir, train_csv, resumed, *common, "--max-steps", "17", val_index=val_csv),
+    )  # 12 steps per epoch: stops at step 5 of epoch 2
     partial = load_checkpoint(resumed / "checkpoint-2.pt")
-    assert (partial["epoch"], partial["epoch_complete"], partial["step_in_epoch"], partial["global_step"]) == \
-        (2, False, 5, 17)
+    assert (
+        partial["epoch"],
+        partial["epoch_complete"],
+        partial["step_in_epoch"],
+        partial["global_step"],
+    ) == (2, False, 5, 17)
     run_train("python", *train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv))
     a = load_checkpoint(reference / "checkpoint-2.pt")["model"]
     b = load_checkpoint(resumed / "checkpoint-2.pt")["model"]
@@ -246,30 +312,49 @@ def _wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float 
         if text in log.read_text():
             return
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (exit {proc.returncode}) before logging {text!r}:\n"
-                                 f"{log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"the run ended (exit {proc.returncode}) before logging {text!r}:\n{log.read_text()[-4000:]}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"no {text!r} in {log} after {timeout} s")
 
 
 def _start(kind: str, args: list[str], log: Path) -> subprocess.Popen:
     """A run in its own session (process group), stderr to a file, as a cluster job runs."""
-    return subprocess.Popen(launcher(kind) + args, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"), start_new_session=True)
+    return subprocess.Popen(
+        launcher(kind) + args,
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+        start_new_session=True,
+    )
 
 
 def test_sigterm_to_the_whole_torchrun_job_saves_the_current_step_and_the_rerun_resumes_exactly(
-        tiny_data, small_index, tmp_path):
+    tiny_data, small_index, tmp_path
+):
     """A scheduler's SIGTERM reaches every process of the job: torchrun, both ranks and their DataLoader
     workers. Every rank stops after the same step, a checkpoint of that step is saved, no rank prints a
     DataLoader traceback, and the rerun continues as if the run had never stopped."""
     train_csv, val_csv = small_index
-    common = ["--epochs", "2", "--num-workers", "1", "--batch-size", "2", "--log-every", "1"]  # 12 steps/epoch
+    common = [
+        "--epochs",
+        "2",
+        "--num-workers",
+        "1",
+        "--batch-size",
+        "2",
+        "--log-every",
+        "1",
+    ]  # 12 steps/epoch
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train("torchrun", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
 
     log = tmp_path / "job.log"
-    proc = _start("torchrun", train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv), log)
+    proc = _start(
+        "torchrun", train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv), log
+    )
     try:
         _wait_for_line(log, "step 16/24", proc)  # inside epoch 2
         os.killpg(proc.pid, signal.SIGTERM)
@@ -279,8 +364,11 @@ def test_sigterm_to_the_whole_torchrun_job_saves_the_current_step_and_the_rerun_
             os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text()
     assert "DataLoader worker" not in text and "killed by signal" not in text, text[-4000:]
-    assert not [line for line in text.splitlines() if line.strip().startswith("File") and
-                ("train_ddp.py" in line or "/rt1/" in line)], f"a traceback from our code:\n{text[-4000:]}"
+    assert not [
+        line
+        for line in text.splitlines()
+        if line.strip().startswith("File") and ("train_ddp.py" in line or "/rt1/" in line)
+    ], f"a traceback from our code:\n{text[-4000:]}"
     assert "error: terminated by SIGTERM at step" in text, text[-4000:]
     state = load_checkpoint(resumed / "checkpoint-2.pt")
     assert not state["epoch_complete"] and 4 <= state["step_in_epoch"] < 12, state["step_in_epoch"]
@@ -288,17 +376,32 @@ def test_sigterm_to_the_whole_torchrun_job_saves_the_current_step_and_the_rerun_
     assert train_losses(resumed)[-1][0] == state["global_step"], "metrics.jsonl must end at the saved step"
     assert not (resumed / "train.lock").exists()
 
-    out = run_train("torchrun", *train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv))
+    out = run_train(
+        "torchrun", *train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv)
+    )
     assert f"resumed from {resumed / 'checkpoint-2.pt'} at step {state['global_step']}" in out.stderr
     _assert_same_run(reference, resumed, "checkpoint-2.pt")
 
 
-def test_save_every_bounds_what_a_kill_loses_and_sigint_saves_the_current_step(tiny_data, small_index, tmp_path):
+def test_save_every_bounds_what_a_kill_loses_and_sigint_saves_the_current_step(
+    tiny_data, small_index, tmp_path
+):
     """--save-every 5: SIGKILL at step 7 loses 2 steps (the rerun takes over the dead run's lock and resumes
     from step 5); then Ctrl-C (SIGINT) saves the step it arrives at (exit 130); the third run finishes equal
     to an uninterrupted run."""
     train_csv, val_csv = small_index
-    common = ["--epochs", "2", "--num-workers", "1", "--batch-size", "4", "--log-every", "1", "--save-every", "5"]
+    common = [
+        "--epochs",
+        "2",
+        "--num-workers",
+        "1",
+        "--batch-size",
+        "4",
+        "--log-every",
+        "1",
+        "--save-every",
+        "5",
+    ]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
     args = train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv)
@@ -338,8 +441,12 @@ def test_under_torchrun_a_save_dir_in_use_is_refused_by_every_rank(tiny_data, sm
     save = tmp_path / "save"
     save.mkdir()
     live_lock(save)  # this test process stands for a live run holding the directory
-    out = run_train("torchrun", *train_args(tiny_data.data_dir, train_csv, save, "--max-steps", "2"), expect=None,
-                    timeout=300)
+    out = run_train(
+        "torchrun",
+        *train_args(tiny_data.data_dir, train_csv, save, "--max-steps", "2"),
+        expect=None,
+        timeout=300,
+    )
     assert out.returncode != 0
     assert "error (rank 0)" in out.stderr and "error (rank 1)" in out.stderr, out.stderr[-3000:]
     assert f"is in use by another training run (PID {os.getpid()}" in out.stderr
@@ -356,8 +463,18 @@ def test_amp_steps_run_and_checkpoint(tiny_data, small_index, tmp_path, amp):
     from rt1.train.trainer import train
 
     train_csv, _ = small_index
-    cfg = TrainConfig(preset="tiny", data_dir=tiny_data.data_dir, train_index=train_csv, save_dir=tmp_path,
-                                 amp=amp, max_steps=2, batch_size=4, num_workers=0, progress=False, tensorboard=False)
+    cfg = TrainConfig(
+        preset="tiny",
+        data_dir=tiny_data.data_dir,
+        train_index=train_csv,
+        save_dir=tmp_path,
+        amp=amp,
+        max_steps=2,
+        batch_size=4,
+        num_workers=0,
+        progress=False,
+        tensorboard=False,
+    )
     result = train(cfg)
     state = load_checkpoint(result.last_checkpoint)
     assert state["global_step"] == 2
@@ -403,19 +520,39 @@ def test_nan_loss_stops_with_exit_code_3_naming_step_and_rank(tiny_data, tmp_pat
     assert all(torch.isfinite(p).all() for p in model.parameters()) and args["epochs"] == 1
 
     # One process: the exit status itself is 3.
-    single = run_train("python", *train_args(data, csv, tmp_path / "single", "--epochs", "1", *common), expect=3)
+    single = run_train(
+        "python", *train_args(data, csv, tmp_path / "single", "--epochs", "1", *common), expect=3
+    )
     assert "at step 1 (epoch 1) on rank 0" in single.stderr and "no checkpoint was written" in single.stderr
 
 
 def test_an_exception_on_one_rank_ends_the_job(tiny_data, tmp_path):
     clean, _ = _poisonable(tiny_data, 8)
     # Row 1 (rank 1's first window) starts outside every episode of its file: the loader raises there.
-    rows = [(clean.step_start, clean.file), (10**6, clean.file)] + [(clean.step_start + k, clean.file) for k in range(6)]
+    rows = [(clean.step_start, clean.file), (10**6, clean.file)] + [
+        (clean.step_start + k, clean.file) for k in range(6)
+    ]
     csv = write_index(tmp_path / "train.csv", rows)
     start = time.monotonic()
-    out = run_train("torchrun", *train_args(tiny_data.data_dir, csv, tmp_path / "save", "--epochs", "1",
-                                            "--no-shuffle", "--batch-size", "2", "--num-workers", "0",
-                                            "--dist-timeout", "60"), expect=None, timeout=300)
+    out = run_train(
+        "torchrun",
+        *train_args(
+            tiny_data.data_dir,
+            csv,
+            tmp_path / "save",
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--batch-size",
+            "2",
+            "--num-workers",
+            "0",
+            "--dist-timeout",
+            "60",
+        ),
+        expect=None,
+        timeout=300,
+    )
     elapsed = time.monotonic() - start
     assert out.returncode != 0
     assert "error (rank 1)" in out.stderr and "row 1" in out.stderr, out.stderr[-4000:]
@@ -432,12 +569,17 @@ def _tokens(index: Path, data_dir: Path) -> np.ndarray:
     for name in idx.files:
         with h5py.File(data_dir / name, "r") as f:
             arrays[name] = f["steps/action_tokens"][:]
-    return np.concatenate([arrays[idx.files[f]][s:s + 6] for s, f in zip(idx.starts, idx.file_ids)]).astype(int)
+    return np.concatenate([arrays[idx.files[f]][s : s + 6] for s, f in zip(idx.starts, idx.file_ids)]).astype(
+        int
+    )
 
 
 def majority_baseline(tiny_data) -> np.ndarray:
     """Per action dimension: val accuracy of always predicting the training set's most frequent token."""
-    train, val = _tokens(tiny_data.train_index, tiny_data.data_dir), _tokens(tiny_data.val_index, tiny_data.data_dir)
+    train, val = (
+        _tokens(tiny_data.train_index, tiny_data.data_dir),
+        _tokens(tiny_data.val_index, tiny_data.data_dir),
+    )
     out = []
     for d in range(train.shape[1]):
         values, counts = np.unique(train[:, d], return_counts=True)
@@ -459,22 +601,40 @@ def test_tiny_preset_learns_beyond_the_majority_baseline(tiny_data, tmp_path):
     and on the gripper, which the model must read from the image (open or closed bracket).
     """
     save = tmp_path / "save"
-    run_train("torchrun", *train_args(tiny_data.data_dir, tiny_data.train_index, save, "--epochs", "100",
-                                      "--max-steps", str(LEARN_STEPS), "--num-workers", "1", "--val-every", "100",
-                                      val_index=tiny_data.val_index))
+    run_train(
+        "torchrun",
+        *train_args(
+            tiny_data.data_dir,
+            tiny_data.train_index,
+            save,
+            "--epochs",
+            "100",
+            "--max-steps",
+            str(LEARN_STEPS),
+            "--num-workers",
+            "1",
+            "--val-every",
+            "100",
+            val_index=tiny_data.val_index,
+        ),
+    )
     final = val_entries(save)[-1]
     assert final["step"] == LEARN_STEPS and final["windows"] == len(read_index(tiny_data.val_index))
     baseline = majority_baseline(tiny_data)
     acc = np.array([final["token_accuracy_per_dim"][name] for name in ACTION_DIM_NAMES])
     informative = baseline < 0.9
     gripper = ACTION_DIM_NAMES.index("gripper")
-    report = {"steps": final["step"], "baseline": round(float(baseline.mean()), 4),
-              "accuracy": round(final["token_accuracy"], 4),
-              "informative_dims": [n for n, i in zip(ACTION_DIM_NAMES, informative) if i],
-              "informative_baseline": round(float(baseline[informative].mean()), 4),
-              "informative_accuracy": round(float(acc[informative].mean()), 4),
-              "per_dim (baseline, accuracy)": {n: (round(float(b), 3), round(float(a), 3))
-                                               for n, b, a in zip(ACTION_DIM_NAMES, baseline, acc)}}
+    report = {
+        "steps": final["step"],
+        "baseline": round(float(baseline.mean()), 4),
+        "accuracy": round(final["token_accuracy"], 4),
+        "informative_dims": [n for n, i in zip(ACTION_DIM_NAMES, informative) if i],
+        "informative_baseline": round(float(baseline[informative].mean()), 4),
+        "informative_accuracy": round(float(acc[informative].mean()), 4),
+        "per_dim (baseline, accuracy)": {
+            n: (round(float(b), 3), round(float(a), 3)) for n, b, a in zip(ACTION_DIM_NAMES, baseline, acc)
+        },
+    }
     print(json.dumps(report, indent=1))
     assert final["token_accuracy"] == pytest.approx(acc.mean())
     assert acc[gripper] >= baseline[gripper] + 0.15, report

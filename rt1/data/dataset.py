@@ -75,8 +75,9 @@ def shifted_frames(frames: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.n
     out = np.zeros_like(frames)
     h, w = height - abs(dy), width - abs(dx)
     if h > 0 and w > 0:
-        out[:, max(0, dy):max(0, dy) + h, max(0, dx):max(0, dx) + w] = \
-            frames[:, max(0, -dy):max(0, -dy) + h, max(0, -dx):max(0, -dx) + w]
+        out[:, max(0, dy) : max(0, dy) + h, max(0, dx) : max(0, dx) + w] = frames[
+            :, max(0, -dy) : max(0, -dy) + h, max(0, -dx) : max(0, -dx) + w
+        ]
     return out
 
 
@@ -86,8 +87,15 @@ MAX_OPEN_FILES = 64  # preprocessed files a loader process keeps open
 class RT1Dataset(Dataset):
     """Windows of preprocessed files listed by an index CSV of `data_emerge.py` (see the module docstring)."""
 
-    def __init__(self, index_csv: str | os.PathLike, data_dir: str | os.PathLike, *, augment: bool = False,
-                 window: int | None = None, check_files: bool = True):
+    def __init__(
+        self,
+        index_csv: str | os.PathLike,
+        data_dir: str | os.PathLike,
+        *,
+        augment: bool = False,
+        window: int | None = None,
+        check_files: bool = True,
+    ):
         self.index_csv = Path(index_csv)
         self.data_dir = Path(data_dir)
         self.augment = augment
@@ -99,8 +107,10 @@ class RT1Dataset(Dataset):
         meta = index.meta or {}
         index_window = meta.get("window")
         if window is not None and index_window is not None and window != index_window:
-            raise DatasetError(f"{self.index_csv} was built for windows of {index_window} steps, not {window}: "
-                               "rebuild it with data_emerge.py --window")
+            raise DatasetError(
+                f"{self.index_csv} was built for windows of {index_window} steps, not {window}: "
+                "rebuild it with data_emerge.py --window"
+            )
         self.window = int(window or index_window or DEFAULT_WINDOW)
         self._starts = index.starts
         self._file_ids = index.file_ids
@@ -111,8 +121,10 @@ class RT1Dataset(Dataset):
         if check_files:
             missing = [name for name in self.files if not (self.data_dir / name).is_file()]
             if missing:
-                raise DatasetError(f"{self.index_csv} names {len(missing)} file(s) missing from {self.data_dir}, "
-                                   f"e.g. {self.data_dir / missing[0]}")
+                raise DatasetError(
+                    f"{self.index_csv} names {len(missing)} file(s) missing from {self.data_dir}, "
+                    f"e.g. {self.data_dir / missing[0]}"
+                )
         self._pid: int | None = None
         self._open: OrderedDict[int, PreprocessedFile] = OrderedDict()
         self._frames: dict[int, np.ndarray] = {}
@@ -154,8 +166,10 @@ class RT1Dataset(Dataset):
         expected = self._digests.get(name)
         if expected is not None and handle.content_digest != expected:
             handle.close()
-            raise DatasetError(f"{path} changed after {self.index_csv} was built (content digest differs): "
-                               "rebuild the index with data_emerge.py")
+            raise DatasetError(
+                f"{path} changed after {self.index_csv} was built (content digest differs): "
+                "rebuild the index with data_emerge.py"
+            )
         self._open[file_id] = handle
         while len(self._open) > MAX_OPEN_FILES:
             _, oldest = self._open.popitem(last=False)
@@ -192,16 +206,19 @@ class RT1Dataset(Dataset):
         try:
             w = handle.window(start, self.window, out=self._frame_buffer(handle.image_size))
         except WindowError as e:
-            raise DatasetError(f"{self.index_csv} row {row}: {e}: the index does not match the data, "
-                               "rebuild it with data_emerge.py") from None
+            raise DatasetError(
+                f"{self.index_csv} row {row}: {e}: the index does not match the data, "
+                "rebuild it with data_emerge.py"
+            ) from None
         except PreprocessedFormatError as e:
             raise DatasetError(f"{self.index_csv} row {row}: {e}") from None
         frames = w["frames"]  # (6, H, W, 3), a buffer this process reuses
         offset = (0, 0)
         if self.augment:
             height, width = frames.shape[1:3]
-            offset = random_offset((int(round(height * RT1_SHIFT_FRACTION[0])),
-                                    int(round(width * RT1_SHIFT_FRACTION[1]))))
+            offset = random_offset(
+                (int(round(height * RT1_SHIFT_FRACTION[0])), int(round(width * RT1_SHIFT_FRACTION[1])))
+            )
         return {
             "frames": torch.from_numpy(shifted_frames(frames, offset)),  # a copy: the buffer is reused
             "text_embed": torch.from_numpy(np.asarray(w["language_embedding"], np.float32)),

@@ -7,7 +7,7 @@ variant is one small function with `@register_filter("name")`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rt1.errors import RT1Error
 

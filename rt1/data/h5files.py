@@ -13,8 +13,9 @@ import h5py
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def existing_output(path: Path, fmt: str, what: str, error: type[Exception], *,
-                    redo_damaged: bool = False) -> h5py.File | None:
+def existing_output(
+    path: Path, fmt: str, what: str, error: type[Exception], *, redo_damaged: bool = False
+) -> h5py.File | None:
     """`path` opened read-only if it is an HDF5 file whose `format` attribute is `fmt`; None if it is absent.
 
     Raises `error` (one line naming the file) if it is not HDF5 or of another format: a user's file under an
@@ -34,11 +35,15 @@ def existing_output(path: Path, fmt: str, what: str, error: type[Exception], *,
             return None
         handle = None
     if handle is None:
-        raise error(f"{path} exists and is not an HDF5 file: it has {what}'s name but is not one; move it away "
-                    "or use another --out-dir")
+        raise error(
+            f"{path} exists and is not an HDF5 file: it has {what}'s name but is not one; move it away "
+            "or use another --out-dir"
+        )
     found = handle.attrs.get("format")
     if found != fmt:
         handle.close()
-        raise error(f"{path} exists and is not {what} (format attribute {found!r}); move it away or use another "
-                    "--out-dir")
+        raise error(
+            f"{path} exists and is not {what} (format attribute {found!r}); move it away or use another "
+            "--out-dir"
+        )
     return handle

@@ -38,8 +38,13 @@ def decoder_name() -> str:
     return "simplejpeg" if _simplejpeg is not None else "pillow"
 
 
-def decode_jpeg(data, expected_shape: tuple[int, int, int] | None = None, out: np.ndarray | None = None,
-                *, use_pillow: bool = False) -> np.ndarray:
+def decode_jpeg(
+    data,
+    expected_shape: tuple[int, int, int] | None = None,
+    out: np.ndarray | None = None,
+    *,
+    use_pillow: bool = False,
+) -> np.ndarray:
     """JPEG bytes (bytes or a uint8 array) -> uint8 array (H, W, 3), written into `out` if given.
 
     Raises `ImageDecodeError` for undecodable or truncated data, or a shape other than
@@ -53,7 +58,9 @@ def decode_jpeg(data, expected_shape: tuple[int, int, int] | None = None, out: n
         try:
             height, width, _, _ = _simplejpeg.decode_jpeg_header(data)
             if expected_shape is not None and (height, width, 3) != tuple(expected_shape):
-                raise ImageDecodeError(f"decoded image has shape {(height, width, 3)}, expected {tuple(expected_shape)}")
+                raise ImageDecodeError(
+                    f"decoded image has shape {(height, width, 3)}, expected {tuple(expected_shape)}"
+                )
             return _simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
         except ImageDecodeError:
             raise
@@ -81,7 +88,9 @@ def decode_jpeg(data, expected_shape: tuple[int, int, int] | None = None, out: n
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """uint8 (H, W, 3) -> JPEG bytes (baseline, 4:2:0, deterministic for the same Pillow build)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB").save(buffer, format="JPEG", quality=int(quality))
+    Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB").save(
+        buffer, format="JPEG", quality=int(quality)
+    )
     return buffer.getvalue()
 
 
@@ -112,7 +121,8 @@ def dataset_jpeg(image: np.ndarray) -> bytes:
     """uint8 (H, W, 3) -> the JPEG bytes the bundled RLDS dataset stores for this camera frame."""
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB").save(
-        buffer, format="JPEG", quality=DATASET_JPEG_QUALITY, dpi=_DATASET_JPEG_DPI)
+        buffer, format="JPEG", quality=DATASET_JPEG_QUALITY, dpi=_DATASET_JPEG_DPI
+    )
     return buffer.getvalue()
 
 

@@ -75,11 +75,16 @@ class IndexResult:
     unused_episodes: int  # shorter than the window
 
     def format(self) -> str:
-        val = (f"{self.val_windows} windows from {self.val_episodes} episodes -> {self.val_csv}"
-               if self.val_csv is not None else "none (--val-fraction 0: every episode is in train; no val files)")
-        return (f"train: {self.train_windows} windows from {self.train_episodes} episodes -> {self.train_csv}\n"
-                f"val:   {val}\n"
-                f"episodes shorter than the window (no windows): {self.unused_episodes}")
+        val = (
+            f"{self.val_windows} windows from {self.val_episodes} episodes -> {self.val_csv}"
+            if self.val_csv is not None
+            else "none (--val-fraction 0: every episode is in train; no val files)"
+        )
+        return (
+            f"train: {self.train_windows} windows from {self.train_episodes} episodes -> {self.train_csv}\n"
+            f"val:   {val}\n"
+            f"episodes shorter than the window (no windows): {self.unused_episodes}"
+        )
 
 
 @dataclass
@@ -106,7 +111,9 @@ def list_preprocessed_files(data_dir: Path) -> list[Path]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise WindowIndexError(f"data directory {data_dir} does not exist or is not a directory")
-    return sorted((p for p in data_dir.iterdir() if p.name.endswith(".h5") and p.is_file()), key=lambda p: p.name)
+    return sorted(
+        (p for p in data_dir.iterdir() if p.name.endswith(".h5") and p.is_file()), key=lambda p: p.name
+    )
 
 
 def _scan(data_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -115,25 +122,42 @@ def _scan(data_dir: Path) -> tuple[list[dict], list[dict]]:
     for path in list_preprocessed_files(data_dir):
         rel = path.relative_to(data_dir).as_posix()
         if "," in rel or "\n" in rel or '"' in rel:
-            raise WindowIndexError(f"{path}: file names with commas, quotes or newlines are not supported in an index")
+            raise WindowIndexError(
+                f"{path}: file names with commas, quotes or newlines are not supported in an index"
+            )
         try:
             with open_preprocessed(path) as f:
-                table = {k: f[f"episodes/{k}"][:] for k in ("source_index", "fingerprint", "step_start", "num_steps")}
+                table = {
+                    k: f[f"episodes/{k}"][:]
+                    for k in ("source_index", "fingerprint", "step_start", "num_steps")
+                }
                 instructions = list(f["episodes/instruction"].asstr()[:])
-                files.append({"file": rel, "num_steps": int(f.attrs["num_steps"]),
-                              "num_episodes": int(f.attrs["num_episodes"]),
-                              "image_size": [int(x) for x in f.attrs["image_size"]],
-                              "task_filter": str(f.attrs["task_filter"]),
-                              "content_digest": str(f.attrs["content_digest"])})
+                files.append(
+                    {
+                        "file": rel,
+                        "num_steps": int(f.attrs["num_steps"]),
+                        "num_episodes": int(f.attrs["num_episodes"]),
+                        "image_size": [int(x) for x in f.attrs["image_size"]],
+                        "task_filter": str(f.attrs["task_filter"]),
+                        "content_digest": str(f.attrs["content_digest"]),
+                    }
+                )
         except (PreprocessedFormatError, FileNotFoundError) as e:
             raise WindowIndexError(one_line(e)) from None
         except (OSError, KeyError) as e:
             raise WindowIndexError(f"{path}: corrupt preprocessed file ({one_line(e)})") from None
         for row in range(len(table["source_index"])):
-            episodes.append({"file": rel, "episode": row, "source_index": int(table["source_index"][row]),
-                             "fingerprint": table["fingerprint"][row].decode(), "instruction": instructions[row],
-                             "step_start": int(table["step_start"][row]),
-                             "num_steps": int(table["num_steps"][row])})
+            episodes.append(
+                {
+                    "file": rel,
+                    "episode": row,
+                    "source_index": int(table["source_index"][row]),
+                    "fingerprint": table["fingerprint"][row].decode(),
+                    "instruction": instructions[row],
+                    "step_start": int(table["step_start"][row]),
+                    "num_steps": int(table["num_steps"][row]),
+                }
+            )
     return files, episodes
 
 
@@ -150,7 +174,8 @@ def check_each_episode_once(episodes: list[dict]) -> None:
                 raise WindowIndexError(
                     f"{what} {ep[key]} appears twice: {first['file']} episode {first['episode']} (source episode "
                     f"{first['source_index']}) and {ep['file']} episode {ep['episode']} (source episode "
-                    f"{ep['source_index']}); the directory holds an episode twice (outputs of different runs?)")
+                    f"{ep['source_index']}); the directory holds an episode twice (outputs of different runs?)"
+                )
 
 
 def fingerprint(files: list[dict]) -> str:
@@ -161,8 +186,14 @@ def fingerprint(files: list[dict]) -> str:
     return h.hexdigest()
 
 
-def build_index(data_dir: Path, out_dir: Path | None = None, *, val_fraction: float = 0.2, seed: int = 0,
-                window: int = DEFAULT_WINDOW) -> IndexResult:
+def build_index(
+    data_dir: Path,
+    out_dir: Path | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    window: int = DEFAULT_WINDOW,
+) -> IndexResult:
     """Split the episodes of `data_dir` and write the train and val window CSVs (+ sidecars) to `out_dir`
     (default: `data_dir` itself; the index files sit next to the data they index).
 
@@ -172,31 +203,43 @@ def build_index(data_dir: Path, out_dir: Path | None = None, *, val_fraction: fl
     data_dir = Path(data_dir)
     out_dir = data_dir if out_dir is None else Path(out_dir)
     if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise WindowIndexError(f"--val-fraction must be in [0, 1) (0: no validation split), got {val_fraction}")
+        raise WindowIndexError(
+            f"--val-fraction must be in [0, 1) (0: no validation split), got {val_fraction}"
+        )
     if window < 1:
         raise WindowIndexError(f"--window must be at least 1, got {window}")
     if not isinstance(seed, int) or seed < 0:  # numpy's generator takes only non-negative seeds
         raise WindowIndexError(f"--seed must be >= 0, got {seed}")
     files, episodes = _scan(data_dir)
     if not files:
-        raise WindowIndexError(f"no preprocessed files (*.h5) in {data_dir}: run DataPreprocess_batch_*.py first")
+        raise WindowIndexError(
+            f"no preprocessed files (*.h5) in {data_dir}: run DataPreprocess_batch_*.py first"
+        )
     sizes = {tuple(f["image_size"]) for f in files}
     if len(sizes) > 1:
-        raise WindowIndexError(f"{data_dir} mixes image sizes {sorted(sizes)}: index one preprocessing run at a time")
+        raise WindowIndexError(
+            f"{data_dir} mixes image sizes {sorted(sizes)}: index one preprocessing run at a time"
+        )
     if not episodes:
         raise WindowIndexError(f"the preprocessed files in {data_dir} hold no episodes")
     check_each_episode_once(episodes)
 
-    usable = sorted((ep for ep in episodes if ep["num_steps"] >= window),
-                    key=lambda ep: (ep["source_index"], ep["file"], ep["episode"]))
+    usable = sorted(
+        (ep for ep in episodes if ep["num_steps"] >= window),
+        key=lambda ep: (ep["source_index"], ep["file"], ep["episode"]),
+    )
     if not usable:
-        raise WindowIndexError(f"no episode in {data_dir} has at least {window} steps, so there are no windows")
+        raise WindowIndexError(
+            f"no episode in {data_dir} has at least {window} steps, so there are no windows"
+        )
     num_val = int(round(val_fraction * len(usable)))
     splits = SPLITS if val_fraction > 0 else ("train",)
     if (num_val == 0 and val_fraction > 0) or num_val == len(usable):
         empty = "val" if num_val == 0 else "train"
-        raise WindowIndexError(f"the split leaves {empty} empty: {len(usable)} episodes have at least {window} steps "
-                               f"and --val-fraction {val_fraction} puts {num_val} of them in val")
+        raise WindowIndexError(
+            f"the split leaves {empty} empty: {len(usable)} episodes have at least {window} steps "
+            f"and --val-fraction {val_fraction} puts {num_val} of them in val"
+        )
     order = np.random.default_rng(seed).permutation(len(usable))
     val_ids = {(usable[i]["file"], usable[i]["episode"]) for i in order[:num_val]}
 
@@ -209,9 +252,15 @@ def build_index(data_dir: Path, out_dir: Path | None = None, *, val_fraction: fl
     check_writable_dir(out_dir)
     names = {s: f"{s}_idx_{counts[s]}" for s in splits}
     common = {
-        "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "window": window, "seed": seed,
-        "val_fraction": val_fraction, "split_unit": "episode", "data_dir": str(data_dir.resolve()),
-        "fingerprint": fingerprint(files), "files": files,
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_FORMAT_VERSION,
+        "window": window,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "split_unit": "episode",
+        "data_dir": str(data_dir.resolve()),
+        "fingerprint": fingerprint(files),
+        "files": files,
         "csv": {s: names[s] + ".csv" for s in splits},
         "created_by": "data_emerge.py (rt1.data.index.build_index)",
     }
@@ -224,13 +273,24 @@ def build_index(data_dir: Path, out_dir: Path | None = None, *, val_fraction: fl
                 for ep in eps:
                     for start in window_starts(ep["step_start"], ep["num_steps"], window):
                         out.write(f"{start},{ep['file']}\n")
-        meta = {**common, "split": split, "num_windows": counts[split], "num_episodes": len(eps),
-                "episodes": [{**ep, "num_windows": ep["num_steps"] - window + 1} for ep in eps]}
+        meta = {
+            **common,
+            "split": split,
+            "num_windows": counts[split],
+            "num_episodes": len(eps),
+            "episodes": [{**ep, "num_windows": ep["num_steps"] - window + 1} for ep in eps],
+        }
         with atomic_output(out_dir / f"{names[split]}.json") as tmp:
             tmp.write_text(_dump_sidecar(meta))
-    return IndexResult(out_dir / f"{names['train']}.csv", out_dir / f"{names['val']}.csv" if "val" in names else None,
-                       counts["train"],
-                       counts["val"], len(by_split["train"]), len(by_split["val"]), len(episodes) - len(usable))
+    return IndexResult(
+        out_dir / f"{names['train']}.csv",
+        out_dir / f"{names['val']}.csv" if "val" in names else None,
+        counts["train"],
+        counts["val"],
+        len(by_split["train"]),
+        len(by_split["val"]),
+        len(episodes) - len(usable),
+    )
 
 
 def _dump_sidecar(meta: dict) -> str:
@@ -275,14 +335,20 @@ def read_sidecar(index_csv: Path) -> dict | None:
         meta = json.loads(sidecar.read_text())
     except ValueError as e:
         raise WindowIndexError(f"{sidecar}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT \
-            or meta.get("format_version") != INDEX_FORMAT_VERSION:
-        raise WindowIndexError(f"{sidecar}: not an rt1 window index sidecar of format_version "
-                               f"{INDEX_FORMAT_VERSION}")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != INDEX_FORMAT
+        or meta.get("format_version") != INDEX_FORMAT_VERSION
+    ):
+        raise WindowIndexError(
+            f"{sidecar}: not an rt1 window index sidecar of format_version {INDEX_FORMAT_VERSION}"
+        )
     for key, kind in _SIDECAR_FIELDS.items():
         if not isinstance(meta.get(key), kind):
-            raise WindowIndexError(f"{sidecar}: its '{key}' is missing or not a JSON {kind.__name__}: rebuild the "
-                                   "index with data_emerge.py")
+            raise WindowIndexError(
+                f"{sidecar}: its '{key}' is missing or not a JSON {kind.__name__}: rebuild the "
+                "index with data_emerge.py"
+            )
     return meta
 
 
@@ -294,7 +360,9 @@ def read_index(index_csv: Path) -> WindowIndex:
     with open(index_csv, newline="") as f:
         header = f.readline().strip()
         if header != CSV_HEADER:
-            raise WindowIndexError(f"{index_csv}: first line is {header!r}, expected the header {CSV_HEADER!r}")
+            raise WindowIndexError(
+                f"{index_csv}: first line is {header!r}, expected the header {CSV_HEADER!r}"
+            )
         starts, file_ids, files, ids = [], [], [], {}
         for line_number, line in enumerate(f, start=2):
             line = line.rstrip("\r\n")
@@ -306,7 +374,9 @@ def read_index(index_csv: Path) -> WindowIndex:
             except ValueError:
                 value = -1
             if not sep or not name or value < 0:
-                raise WindowIndexError(f"{index_csv} line {line_number}: expected 'start_index,file', got {line!r}")
+                raise WindowIndexError(
+                    f"{index_csv} line {line_number}: expected 'start_index,file', got {line!r}"
+                )
             if name not in ids:
                 ids[name] = len(files)
                 files.append(name)
@@ -316,9 +386,11 @@ def read_index(index_csv: Path) -> WindowIndex:
     if meta is not None:
         sidecar = sidecar_path(index_csv)
         if meta.get("num_windows") != len(starts):
-            raise WindowIndexError(f"{index_csv} has {len(starts)} windows but its sidecar {sidecar.name} says "
-                                   f"{meta.get('num_windows')}: the CSV was edited or truncated, rebuild it with "
-                                   "data_emerge.py")
+            raise WindowIndexError(
+                f"{index_csv} has {len(starts)} windows but its sidecar {sidecar.name} says "
+                f"{meta.get('num_windows')}: the CSV was edited or truncated, rebuild it with "
+                "data_emerge.py"
+            )
     return WindowIndex(index_csv, np.asarray(starts, np.int64), np.asarray(file_ids, np.int32), files, meta)
 
 
@@ -326,10 +398,27 @@ def index_episodes(index_csv: Path) -> list[IndexEpisode]:
     """The episodes of an index split, in file order (from its sidecar)."""
     meta = read_index(index_csv).meta
     if meta is None:
-        raise WindowIndexError(f"{index_csv} has no sidecar {sidecar_path(index_csv).name}: rebuild it with data_emerge.py")
-    return [IndexEpisode(split=meta["split"], **{k: ep[k] for k in ("file", "episode", "source_index", "instruction",
-                                                                     "step_start", "num_steps", "num_windows")})
-            for ep in meta["episodes"]]
+        raise WindowIndexError(
+            f"{index_csv} has no sidecar {sidecar_path(index_csv).name}: rebuild it with data_emerge.py"
+        )
+    return [
+        IndexEpisode(
+            split=meta["split"],
+            **{
+                k: ep[k]
+                for k in (
+                    "file",
+                    "episode",
+                    "source_index",
+                    "instruction",
+                    "step_start",
+                    "num_steps",
+                    "num_windows",
+                )
+            },
+        )
+        for ep in meta["episodes"]
+    ]
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -341,26 +430,42 @@ def build_arg_parser() -> argparse.ArgumentParser:
             "train_idx_{N}.csv and val_idx_{M}.csv (N, M = numbers of windows; rows 'start_index,file': the "
             "step row where a window starts and the file relative to --data-dir) with a JSON sidecar each "
             "(window length, seed, val fraction, split unit, file list and fingerprint, episodes). Same data "
-            "and seed give identical files. Index files of an earlier run in --out-dir are replaced."),
+            "and seed give identical files. Index files of an earlier run in --out-dir are replaced."
+        ),
         epilog="Errors print one line 'error: ...' to stderr and exit with status 2.",
     )
-    parser.add_argument("--data-dir", required=True, type=Path, help="directory of preprocessed files (stage 2 output)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where to write the CSVs and sidecars (default: --data-dir, next to the data)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="fraction of the episodes (with at least --window steps) for validation, in [0, 1); "
-                             "0: every episode trains and no val files are written (default 0.2)")
+    parser.add_argument(
+        "--data-dir", required=True, type=Path, help="directory of preprocessed files (stage 2 output)"
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="where to write the CSVs and sidecars (default: --data-dir, next to the data)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of the episodes (with at least --window steps) for validation, in [0, 1); "
+        "0: every episode trains and no val files are written (default 0.2)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help=f"steps per training window (default {DEFAULT_WINDOW}: the default preset's num_frames, RT-1's "
-                             "history length; training checks it equals the model's)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"steps per training window (default {DEFAULT_WINDOW}: the default preset's num_frames, RT-1's "
+        "history length; training checks it equals the model's)",
+    )
     return parser
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_arg_parser().parse_args(argv)
-    result = build_index(args.data_dir, args.out_dir, val_fraction=args.val_fraction, seed=args.seed,
-                         window=args.window)
+    result = build_index(
+        args.data_dir, args.out_dir, val_fraction=args.val_fraction, seed=args.seed, window=args.window
+    )
     print(result.format())
     return 0
 
@@ -369,6 +474,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
-__all__ = ["IndexEpisode", "IndexResult", "WindowIndex", "WindowIndexError", "build_index", "read_index",
-           "read_sidecar", "index_episodes", "window_starts",
-           "list_preprocessed_files", "main"]
+__all__ = [
+    "IndexEpisode",
+    "IndexResult",
+    "WindowIndex",
+    "WindowIndexError",
+    "build_index",
+    "read_index",
+    "read_sidecar",
+    "index_episodes",
+    "window_starts",
+    "list_preprocessed_files",
+    "main",
+]

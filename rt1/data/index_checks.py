@@ -17,12 +17,16 @@ def check_files_confined(index: WindowIndex, data_dir: Path) -> None:
     for name in index.files:
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in parts:
-            raise WindowIndexError(f"{index.csv} names {name}, which is outside the data directory {data_dir}: "
-                                   "an index names files relative to --data-dir; rebuild it with data_emerge.py")
+            raise WindowIndexError(
+                f"{index.csv} names {name}, which is outside the data directory {data_dir}: "
+                "an index names files relative to --data-dir; rebuild it with data_emerge.py"
+            )
         if listed is not None and name not in listed:
-            raise WindowIndexError(f"{index.csv} names {name}, which is not listed in its sidecar "
-                                   f"{sidecar_path(index.csv).name}: the CSV was edited; rebuild it with "
-                                   "data_emerge.py")
+            raise WindowIndexError(
+                f"{index.csv} names {name}, which is not listed in its sidecar "
+                f"{sidecar_path(index.csv).name}: the CSV was edited; rebuild it with "
+                "data_emerge.py"
+            )
 
 
 def check_train_val(train_csv: Path, val_csv: Path | None) -> None:
@@ -32,18 +36,24 @@ def check_train_val(train_csv: Path, val_csv: Path | None) -> None:
         return
     train_csv, val_csv = Path(train_csv), Path(val_csv)
     if train_csv.resolve() == val_csv.resolve():
-        raise WindowIndexError(f"--train-index {train_csv} is also --val-index: validation would measure the "
-                               "training windows; pass the val_idx_*.csv data_emerge.py wrote with it")
+        raise WindowIndexError(
+            f"--train-index {train_csv} is also --val-index: validation would measure the "
+            "training windows; pass the val_idx_*.csv data_emerge.py wrote with it"
+        )
     metas = {}
     for option, csv, split in (("--train-index", train_csv, "train"), ("--val-index", val_csv, "val")):
         metas[split] = meta = read_sidecar(csv)
         if meta is not None and meta["split"] != split:
-            raise WindowIndexError(f"{option} {csv} is the split '{meta['split']}' (its sidecar says so), not "
-                                   f"'{split}': are --train-index and --val-index swapped?")
+            raise WindowIndexError(
+                f"{option} {csv} is the split '{meta['split']}' (its sidecar says so), not "
+                f"'{split}': are --train-index and --val-index swapped?"
+            )
     if metas["train"] is not None and metas["val"] is not None:
         for key in ("fingerprint", "seed", "val_fraction", "window"):
             ours, theirs = metas["train"].get(key), metas["val"].get(key)
             if ours != theirs:
-                raise WindowIndexError(f"--train-index {train_csv} and --val-index {val_csv} come from different "
-                                       f"builds ({key} {ours} vs {theirs}), so their episodes may overlap: use the "
-                                       "pair one data_emerge.py run wrote")
+                raise WindowIndexError(
+                    f"--train-index {train_csv} and --val-index {val_csv} come from different "
+                    f"builds ({key} {ours} vs {theirs}), so their episodes may overlap: use the "
+                    "pair one data_emerge.py run wrote"
+                )

@@ -32,15 +32,24 @@ from rt1.data.filters import TASK_FILTERS, get_filter
 from rt1.data.h5files import existing_output
 from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, resize_jpeg
 from rt1.data.preprocessed_schema import (
-    FORMAT, PreprocessedEpisode, PreprocessedFormatError, open_preprocessed, verify_preprocessed, write_preprocessed,
+    FORMAT,
+    PreprocessedEpisode,
+    PreprocessedFormatError,
+    open_preprocessed,
+    verify_preprocessed,
+    write_preprocessed,
 )
-from rt1.rlds_spec import EMBEDDING_DIM
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
 from rt1.errors import RT1Error, install_sigterm_handler, one_line, run_cli
 from rt1.io import (
-    check_free_space, check_writable_dir, locked_output_dir, remove_stale_temporaries, worker_pool,
+    check_free_space,
+    check_writable_dir,
+    locked_output_dir,
+    remove_stale_temporaries,
+    worker_pool,
 )
 from rt1.progress import progress_bar as new_progress
+from rt1.rlds_spec import EMBEDDING_DIM
 
 
 class PreprocessError(RT1Error, RuntimeError):
@@ -107,8 +116,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str, image_size: int,
-                       jpeg_quality: int = JPEG_QUALITY) -> bool:
+def output_is_complete(
+    out_path: Path,
+    in_path: Path | None,
+    *,
+    task_filter: str,
+    image_size: int,
+    jpeg_quality: int = JPEG_QUALITY,
+) -> bool:
     """True when `out_path` is a finished output of this configuration for `in_path`, so a rerun may skip it.
 
     False (redo) when it is missing, unreadable, of another format version, or its input changed since.
@@ -122,32 +137,52 @@ def output_is_complete(out_path: Path, in_path: Path | None, *, task_filter: str
     found.close()
     try:
         with open_preprocessed(out_path) as f:
-            attrs = {k: f.attrs[k] for k in ("task_filter", "image_size", "jpeg_quality", "source_file",
-                                             "episode_range", "source_num_episodes", "source_num_steps",
-                                             "source_format_version", "source_size")}
+            attrs = {
+                k: f.attrs[k]
+                for k in (
+                    "task_filter",
+                    "image_size",
+                    "jpeg_quality",
+                    "source_file",
+                    "episode_range",
+                    "source_num_episodes",
+                    "source_num_steps",
+                    "source_format_version",
+                    "source_size",
+                )
+            }
     except (PreprocessedFormatError, KeyError):
         return False  # corrupt, or of another format version: redo
     if attrs["task_filter"] != task_filter:
-        raise PreprocessError(f"{out_path} was written with task filter '{attrs['task_filter']}', this run uses "
-                              f"'{task_filter}': use a separate --out-dir per filter")
+        raise PreprocessError(
+            f"{out_path} was written with task filter '{attrs['task_filter']}', this run uses "
+            f"'{task_filter}': use a separate --out-dir per filter"
+        )
     found_size = tuple(int(x) for x in attrs["image_size"])
     if found_size != (image_size, image_size):
-        raise PreprocessError(f"{out_path} was written at image size {found_size}, this run uses "
-                              f"{image_size}x{image_size}: use a separate --out-dir per image size")
+        raise PreprocessError(
+            f"{out_path} was written at image size {found_size}, this run uses "
+            f"{image_size}x{image_size}: use a separate --out-dir per image size"
+        )
     if int(attrs["jpeg_quality"]) != jpeg_quality:
-        raise PreprocessError(f"{out_path} was written at JPEG quality {int(attrs['jpeg_quality'])}, this run uses "
-                              f"{jpeg_quality}: use a separate --out-dir per quality")
+        raise PreprocessError(
+            f"{out_path} was written at JPEG quality {int(attrs['jpeg_quality'])}, this run uses "
+            f"{jpeg_quality}: use a separate --out-dir per quality"
+        )
     if attrs["source_file"] != out_path.name:
         return False
     if in_path is None or not Path(in_path).exists():
         return True  # input already deleted by an earlier --delete-input run
     try:
         with open_segment(in_path) as seg:
-            same = (tuple(int(x) for x in seg.attrs["episode_range"]) == tuple(int(x) for x in attrs["episode_range"])
-                    and int(seg.attrs["num_episodes"]) == int(attrs["source_num_episodes"])
-                    and int(seg.attrs["num_steps"]) == int(attrs["source_num_steps"])
-                    and int(seg.attrs["format_version"]) == int(attrs["source_format_version"])
-                    and Path(in_path).stat().st_size == int(attrs["source_size"]))
+            same = (
+                tuple(int(x) for x in seg.attrs["episode_range"])
+                == tuple(int(x) for x in attrs["episode_range"])
+                and int(seg.attrs["num_episodes"]) == int(attrs["source_num_episodes"])
+                and int(seg.attrs["num_steps"]) == int(attrs["source_num_steps"])
+                and int(seg.attrs["format_version"]) == int(attrs["source_format_version"])
+                and Path(in_path).stat().st_size == int(attrs["source_size"])
+            )
     except SegmentFormatError as e:
         raise PreprocessError(one_line(e)) from None
     except (KeyError, OSError) as e:
@@ -167,9 +202,15 @@ def estimate_output_bytes(episodes: list[PreprocessedEpisode]) -> int:
     return frames + steps * 200 + len(episodes) * (4 * EMBEDDING_DIM + 256) + (64 << 10)
 
 
-def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all",
-                       image_size: int = DEFAULT_IMAGE_SIZE, jpeg_quality: int = JPEG_QUALITY,
-                       verify: bool = False) -> FileResult:
+def preprocess_segment(
+    in_path: Path,
+    out_path: Path,
+    *,
+    task_filter: str = "all",
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    jpeg_quality: int = JPEG_QUALITY,
+    verify: bool = False,
+) -> FileResult:
     """Preprocess one segment file into `out_path` (atomically); `verify` re-opens and checks the output."""
     in_path, out_path = Path(in_path), Path(out_path)
     keep = get_filter(task_filter)
@@ -189,7 +230,9 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
     except SegmentFormatError as e:
         raise PreprocessError(one_line(e)) from None
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise PreprocessError(f"{in_path}: corrupt segment file ({type(e).__name__}: {one_line(e)})") from None
+        raise PreprocessError(
+            f"{in_path}: corrupt segment file ({type(e).__name__}: {one_line(e)})"
+        ) from None
 
     size = (image_size, image_size)
     episodes, dropped = [], 0
@@ -198,13 +241,17 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
             dropped += 1
             continue
         if ep.fingerprint != ep.content_fingerprint():
-            raise PreprocessError(f"{in_path}: source episode {ep.source_index}: content does not match its "
-                                  "fingerprint (segment damaged): convert it again")
+            raise PreprocessError(
+                f"{in_path}: source episode {ep.source_index}: content does not match its "
+                "fingerprint (segment damaged): convert it again"
+            )
         for key, values in ep.actions.items():
             bad = np.argwhere(~np.isfinite(values))
             if len(bad):
-                raise PreprocessError(f"{in_path}: source episode {ep.source_index}, step {int(bad[0][0])}: action "
-                                      f"'{key}' is not finite ({values[tuple(bad[0])]})")
+                raise PreprocessError(
+                    f"{in_path}: source episode {ep.source_index}, step {int(bad[0][0])}: action "
+                    f"'{key}' is not finite ({values[tuple(bad[0])]})"
+                )
         frames = []
         for t, jpeg in enumerate(ep.images):
             try:
@@ -215,19 +262,38 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
             tokens = tokenize(ep.actions)
             flat = flatten_actions(ep.actions)
         except (KeyError, ValueError) as e:
-            raise PreprocessError(f"{in_path}: source episode {ep.source_index}: bad actions ({one_line(e)})") from None
+            raise PreprocessError(
+                f"{in_path}: source episode {ep.source_index}: bad actions ({one_line(e)})"
+            ) from None
         if len(tokens) != ep.num_steps:
-            raise PreprocessError(f"{in_path}: source episode {ep.source_index} has {ep.num_steps} images "
-                                  f"but {len(tokens)} actions")
-        episodes.append(PreprocessedEpisode(
-            source_index=ep.source_index, fingerprint=ep.fingerprint, instruction=ep.instruction,
-            language_embedding=np.asarray(ep.language_embedding, np.float32),
-            action_tokens=tokens, actions=flat, raw_actions=ep.actions, jpeg_frames=frames))
+            raise PreprocessError(
+                f"{in_path}: source episode {ep.source_index} has {ep.num_steps} images "
+                f"but {len(tokens)} actions"
+            )
+        episodes.append(
+            PreprocessedEpisode(
+                source_index=ep.source_index,
+                fingerprint=ep.fingerprint,
+                instruction=ep.instruction,
+                language_embedding=np.asarray(ep.language_embedding, np.float32),
+                action_tokens=tokens,
+                actions=flat,
+                raw_actions=ep.actions,
+                jpeg_frames=frames,
+            )
+        )
 
     try:
         check_free_space(out_path.parent, estimate_output_bytes(episodes), out_path.name)
-        nbytes, digest = write_preprocessed(out_path, episodes, image_size=size, jpeg_quality=jpeg_quality,
-                                            resize=RESIZE_DESCRIPTION, task_filter=task_filter, source=source)
+        nbytes, digest = write_preprocessed(
+            out_path,
+            episodes,
+            image_size=size,
+            jpeg_quality=jpeg_quality,
+            resize=RESIZE_DESCRIPTION,
+            task_filter=task_filter,
+            source=source,
+        )
     except OSError as e:
         raise PreprocessError(f"{out_path}: cannot write ({one_line(e)})") from None
     if verify:
@@ -235,7 +301,9 @@ def preprocess_segment(in_path: Path, out_path: Path, *, task_filter: str = "all
             verify_preprocessed(out_path, digest)
         except (PreprocessedFormatError, FileNotFoundError) as e:
             raise PreprocessError(f"verification of the new output failed: {one_line(e)}") from None
-    return FileResult(out_path.name, "written", len(episodes), sum(e.num_steps for e in episodes), nbytes, dropped)
+    return FileResult(
+        out_path.name, "written", len(episodes), sum(e.num_steps for e in episodes), nbytes, dropped
+    )
 
 
 @dataclass(frozen=True)
@@ -250,8 +318,13 @@ class _Task:
 
 def _run_task(task: _Task) -> FileResult:
     """One file, in a worker process: skip if complete, else preprocess; then delete the input if asked."""
-    if output_is_complete(task.out_path, task.in_path, task_filter=task.task_filter, image_size=task.image_size,
-                          jpeg_quality=task.jpeg_quality):
+    if output_is_complete(
+        task.out_path,
+        task.in_path,
+        task_filter=task.task_filter,
+        image_size=task.image_size,
+        jpeg_quality=task.jpeg_quality,
+    ):
         if task.delete_input:
             try:
                 verify_preprocessed(task.out_path)
@@ -259,14 +332,24 @@ def _run_task(task: _Task) -> FileResult:
                 raise PreprocessError(f"verification of an existing output failed: {one_line(e)}") from None
         try:
             with open_preprocessed(task.out_path) as f:
-                result = FileResult(task.out_path.name, "skipped", int(f.attrs["num_episodes"]),
-                                    int(f.attrs["num_steps"]), task.out_path.stat().st_size)
+                result = FileResult(
+                    task.out_path.name,
+                    "skipped",
+                    int(f.attrs["num_episodes"]),
+                    int(f.attrs["num_steps"]),
+                    task.out_path.stat().st_size,
+                )
         except PreprocessedFormatError as e:
             raise PreprocessError(one_line(e)) from None
     else:
-        result = preprocess_segment(task.in_path, task.out_path, task_filter=task.task_filter,
-                                    image_size=task.image_size, jpeg_quality=task.jpeg_quality,
-                                    verify=task.delete_input)
+        result = preprocess_segment(
+            task.in_path,
+            task.out_path,
+            task_filter=task.task_filter,
+            image_size=task.image_size,
+            jpeg_quality=task.jpeg_quality,
+            verify=task.delete_input,
+        )
     if task.delete_input and task.in_path.exists():
         task.in_path.unlink()
         result.input_deleted = True
@@ -283,15 +366,25 @@ def list_segment_files(in_dir: Path) -> list[Path]:
     entries = list(in_dir.iterdir())
     if not entries:
         raise PreprocessError(f"input directory {in_dir} is empty")
-    inputs = sorted((p for p in entries if p.name.endswith(FILE_SUFFIX) and p.is_file()), key=lambda p: p.name)
+    inputs = sorted(
+        (p for p in entries if p.name.endswith(FILE_SUFFIX) and p.is_file()), key=lambda p: p.name
+    )
     if not inputs:
         raise PreprocessError(f"no segment files (*{FILE_SUFFIX}) in {in_dir}")
     return inputs
 
 
-def preprocess_dir(in_dir: Path, out_dir: Path, *, task_filter: str = "all", image_size: int = DEFAULT_IMAGE_SIZE,
-                   workers: int = 1, delete_input: bool = False, jpeg_quality: int = JPEG_QUALITY,
-                   progress: bool = True) -> Summary:
+def preprocess_dir(
+    in_dir: Path,
+    out_dir: Path,
+    *,
+    task_filter: str = "all",
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    workers: int = 1,
+    delete_input: bool = False,
+    jpeg_quality: int = JPEG_QUALITY,
+    progress: bool = True,
+) -> Summary:
     """Preprocess every segment file of `in_dir` into `out_dir`; returns the summary.
 
     `workers` > 1 uses that many processes. Raises `PreprocessError` (one line, naming the file) on the
@@ -313,12 +406,16 @@ def preprocess_dir(in_dir: Path, out_dir: Path, *, task_filter: str = "all", ima
     except PermissionError as e:
         raise PreprocessError(one_line(e)) from None
     if out_dir.resolve() == in_dir.resolve():
-        raise PreprocessError(f"--out-dir {out_dir} is the input directory: outputs keep the input names, "
-                              "so they need a directory of their own")
+        raise PreprocessError(
+            f"--out-dir {out_dir} is the input directory: outputs keep the input names, "
+            "so they need a directory of their own"
+        )
     summary = Summary(in_dir, out_dir, task_filter, image_size)
     with locked_output_dir(out_dir, "stage-2 run"):  # one run per directory, before touching its files
         summary.stale_removed = len(remove_stale_temporaries(out_dir))
-        tasks = [_Task(p, out_dir / p.name, task_filter, image_size, jpeg_quality, delete_input) for p in inputs]
+        tasks = [
+            _Task(p, out_dir / p.name, task_filter, image_size, jpeg_quality, delete_input) for p in inputs
+        ]
         for task in tasks:  # every file in the way is refused before any work, as stage 1 does
             found = check_output_in_the_way(task.out_path)
             if found is not None:
@@ -350,7 +447,11 @@ def preprocess_dir(in_dir: Path, out_dir: Path, *, task_filter: str = "all", ima
 
 
 def build_arg_parser(task_filter: str, prog: str | None = None) -> argparse.ArgumentParser:
-    what = "all episodes" if task_filter == "all" else f"only the episodes the '{task_filter}' task filter selects"
+    what = (
+        "all episodes"
+        if task_filter == "all"
+        else f"only the episodes the '{task_filter}' task filter selects"
+    )
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
@@ -359,34 +460,62 @@ def build_arg_parser(task_filter: str, prog: str | None = None) -> argparse.Argu
             "frames squash-resized to --image-size and stored as JPEG, actions tokenized to (steps, 11) uint8 "
             "with the fixed RT-1 bounds plus the continuous values, instruction and its embedding, episode "
             "boundaries and source episode index (layout: rt1/data/preprocessed_schema.py). Reruns skip "
-            "complete outputs and redo incomplete ones. Next step: data_emerge.py."),
+            "complete outputs and redo incomplete ones. Next step: data_emerge.py."
+        ),
         epilog="Errors print one line 'error: ...' to stderr and exit with status 2.",
     )
     parser.add_argument("--in-dir", required=True, type=Path, help="directory of stage-1 segment files")
-    parser.add_argument("--out-dir", required=True, type=Path,
-                        help="directory for the preprocessed files (created if missing; one per filter and image size)")
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help=f"side of the square output frames in pixels (default {DEFAULT_IMAGE_SIZE}: the default "
-                             "preset's image_size, as the original; frames are 256x320 and are resized without keeping the aspect ratio)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="number of worker processes (default: the number of CPUs, %(default)s here)")
-    parser.add_argument("--delete-input", action="store_true",
-                        help="delete each input file once its output is complete and verified "
-                             "(re-opened, digest checked, every frame decoded)")
-    parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
-                        help=f"JPEG quality of the stored frames (default {JPEG_QUALITY})")
+    parser.add_argument(
+        "--out-dir",
+        required=True,
+        type=Path,
+        help="directory for the preprocessed files (created if missing; one per filter and image size)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULT_IMAGE_SIZE,
+        help=f"side of the square output frames in pixels (default {DEFAULT_IMAGE_SIZE}: the default "
+        "preset's image_size, as the original; frames are 256x320 and are resized without keeping the aspect ratio)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="number of worker processes (default: the number of CPUs, %(default)s here)",
+    )
+    parser.add_argument(
+        "--delete-input",
+        action="store_true",
+        help="delete each input file once its output is complete and verified "
+        "(re-opened, digest checked, every frame decoded)",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=JPEG_QUALITY,
+        help=f"JPEG quality of the stored frames (default {JPEG_QUALITY})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None, *, task_filter: str = "all", prog: str | None = None) -> int:
     """Command line of the DataPreprocess_batch_*.py scripts; returns the exit status."""
+
     def run(argv: list[str] | None) -> int:
         install_sigterm_handler()  # SIGTERM unwinds: workers stopped, temporaries removed, exit 143
         args = build_arg_parser(task_filter, prog).parse_args(argv)
-        summary = preprocess_dir(args.in_dir, args.out_dir, task_filter=task_filter, image_size=args.image_size,
-                                 workers=args.workers, delete_input=args.delete_input,
-                                 jpeg_quality=args.jpeg_quality, progress=not args.no_progress)
+        summary = preprocess_dir(
+            args.in_dir,
+            args.out_dir,
+            task_filter=task_filter,
+            image_size=args.image_size,
+            workers=args.workers,
+            delete_input=args.delete_input,
+            jpeg_quality=args.jpeg_quality,
+            progress=not args.no_progress,
+        )
         print(summary.format())
         return 0
 

@@ -60,10 +60,17 @@ class PreprocessedFile:
             self.num_steps = int(f.attrs["num_steps"])
             self.episodes = EpisodeTable(
                 source_index=f["episodes/source_index"][:],
-                fingerprint=[fp.decode() for fp in f["episodes/fingerprint"][:]], step_start=f["episodes/step_start"][:],
-                num_steps=f["episodes/num_steps"][:], instruction=list(f["episodes/instruction"].asstr()[:]))
+                fingerprint=[fp.decode() for fp in f["episodes/fingerprint"][:]],
+                step_start=f["episodes/step_start"][:],
+                num_steps=f["episodes/num_steps"][:],
+                instruction=list(f["episodes/instruction"].asstr()[:]),
+            )
             self._tokens, self._actions = f["steps/action_tokens"], f["steps/actions"]
-            self._embeddings, self._offsets, self._jpeg = f["episodes/language_embedding"], f["images/offset"], f["images/jpeg"]
+            self._embeddings, self._offsets, self._jpeg = (
+                f["episodes/language_embedding"],
+                f["images/offset"],
+                f["images/jpeg"],
+            )
         except Exception as e:
             self._f.close()
             raise PreprocessedFormatError(f"{self.path}: corrupt preprocessed file ({one_line(e)})") from None
@@ -87,20 +94,22 @@ class PreprocessedFile:
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             if isinstance(e, (WindowError, PreprocessedFormatError)):
                 raise
-            raise PreprocessedFormatError(f"{self.path}: corrupt preprocessed file, cannot read {what} "
-                                          f"({type(e).__name__}: {one_line(e)})") from None
+            raise PreprocessedFormatError(
+                f"{self.path}: corrupt preprocessed file, cannot read {what} "
+                f"({type(e).__name__}: {one_line(e)})"
+            ) from None
 
     def decode_frames(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Decoded frames of step rows [start, stop) as uint8 (n, H, W, 3)."""
-        offsets = self._read("image offsets", lambda: self._offsets[start:stop + 1])
-        blob = self._read("images", lambda: self._jpeg[offsets[0]:offsets[-1]])
+        offsets = self._read("image offsets", lambda: self._offsets[start : stop + 1])
+        blob = self._read("images", lambda: self._jpeg[offsets[0] : offsets[-1]])
         shape = (*self.image_size, 3)
         if out is None:
             out = np.empty((stop - start, *shape), np.uint8)
         base = offsets[0]
         for k in range(stop - start):
             try:
-                decode_jpeg(blob[offsets[k] - base:offsets[k + 1] - base], out=out[k])
+                decode_jpeg(blob[offsets[k] - base : offsets[k + 1] - base], out=out[k])
             except ImageDecodeError as e:
                 raise PreprocessedFormatError(f"{self.path}: frame at step row {start + k}: {e}") from None
         return out
@@ -115,14 +124,18 @@ class PreprocessedFile:
         """
         episode = self.episodes.episode_of_row(start)
         if episode < 0:
-            raise WindowError(f"{self.path}: step row {start} is outside every episode (the file has "
-                              f"{self.num_steps} steps)")
+            raise WindowError(
+                f"{self.path}: step row {start} is outside every episode (the file has "
+                f"{self.num_steps} steps)"
+            )
         first = int(self.episodes.step_start[episode])
         end = first + int(self.episodes.num_steps[episode])
         if start + length > end:
-            raise WindowError(f"{self.path}: window of {length} steps from step row {start} crosses the end of "
-                              f"episode {episode} (source episode {int(self.episodes.source_index[episode])}, "
-                              f"step rows {first}..{end - 1})")
+            raise WindowError(
+                f"{self.path}: window of {length} steps from step row {start} crosses the end of "
+                f"episode {episode} (source episode {int(self.episodes.source_index[episode])}, "
+                f"step rows {first}..{end - 1})"
+            )
         stop = start + length
         return {
             "frames": self.decode_frames(start, stop, out),
@@ -143,9 +156,9 @@ class PreprocessedFile:
         stop = start + int(self.episodes.num_steps[index])
         f = self._f
         raw = self._read("actions", lambda: {k: f[f"steps/action/{k}"][start:stop] for k in ACTION_SPEC})
-        offsets = self._read("image offsets", lambda: self._offsets[start:stop + 1])
-        blob = self._read("images", lambda: self._jpeg[offsets[0]:offsets[-1]]).tobytes()
-        jpegs = [blob[a - offsets[0]:b - offsets[0]] for a, b in zip(offsets[:-1], offsets[1:])]
+        offsets = self._read("image offsets", lambda: self._offsets[start : stop + 1])
+        blob = self._read("images", lambda: self._jpeg[offsets[0] : offsets[-1]]).tobytes()
+        jpegs = [blob[a - offsets[0] : b - offsets[0]] for a, b in zip(offsets[:-1], offsets[1:])]
         return PreprocessedEpisode(
             source_index=int(self.episodes.source_index[index]),
             fingerprint=self.episodes.fingerprint[index],

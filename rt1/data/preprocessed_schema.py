@@ -83,9 +83,9 @@ import numpy as np
 
 from rt1.actions import NUM_ACTION_TOKENS
 from rt1.data.images import ImageDecodeError, decode_jpeg
-from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
 from rt1.errors import RT1Error, one_line
 from rt1.io import atomic_output
+from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
 
 FORMAT = "rt1-preprocessed"
 FORMAT_VERSION = 2
@@ -162,12 +162,14 @@ def _content_arrays(episodes: list[PreprocessedEpisode]) -> dict:
     arrays = {
         "episodes/source_index": np.array([e.source_index for e in episodes], dtype=np.int64),
         "episodes/fingerprint": np.array([e.fingerprint for e in episodes], dtype="S32"),
-        "episodes/step_start": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if episodes
+        "episodes/step_start": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        if episodes
         else np.zeros(0, np.int64),
         "episodes/num_steps": counts,
         "episodes/instruction": [e.instruction for e in episodes],
         "episodes/language_embedding": np.stack([e.language_embedding for e in episodes]).astype(np.float32)
-        if episodes else np.zeros((0, EMBEDDING_DIM), np.float32),
+        if episodes
+        else np.zeros((0, EMBEDDING_DIM), np.float32),
         "steps/action_tokens": cat([e.action_tokens for e in episodes], (NUM_ACTION_TOKENS,), np.uint8),
         "steps/actions": cat([e.actions for e in episodes], (NUM_ACTION_TOKENS,), np.float32),
         "images/jpeg": np.frombuffer(b"".join(frames), dtype=np.uint8),
@@ -187,8 +189,16 @@ def _read_content_arrays(f: h5py.File) -> dict:
     return arrays
 
 
-def write_preprocessed(path: Path, episodes: list[PreprocessedEpisode], *, image_size: tuple[int, int],
-                       jpeg_quality: int, resize: str, task_filter: str, source: dict) -> tuple[int, str]:
+def write_preprocessed(
+    path: Path,
+    episodes: list[PreprocessedEpisode],
+    *,
+    image_size: tuple[int, int],
+    jpeg_quality: int,
+    resize: str,
+    task_filter: str,
+    source: dict,
+) -> tuple[int, str]:
     """Write `episodes` to `path` atomically; returns (bytes written, content digest).
 
     `source` holds the segment's facts: source_dataset, source_file, source_format_version,
@@ -236,19 +246,28 @@ def open_preprocessed(path: Path) -> h5py.File:
     try:
         fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
         if fmt != FORMAT:
-            hint = " (a stage-1 segment file: run DataPreprocess_batch_*.py on it first)" if fmt == "rt1-segment" else ""
-            raise PreprocessedFormatError(f"{path}: not an rt1 preprocessed file (format attribute {fmt!r}){hint}")
+            hint = (
+                " (a stage-1 segment file: run DataPreprocess_batch_*.py on it first)"
+                if fmt == "rt1-segment"
+                else ""
+            )
+            raise PreprocessedFormatError(
+                f"{path}: not an rt1 preprocessed file (format attribute {fmt!r}){hint}"
+            )
         if version != FORMAT_VERSION:
             raise PreprocessedFormatError(
                 f"{path}: preprocessed format_version {version}, this code reads {FORMAT_VERSION}: "
-                "preprocess the segments again")
+                "preprocess the segments again"
+            )
         _check_layout(path, f)
     except PreprocessedFormatError:
         f.close()
         raise
     except Exception as e:  # h5py raises OSError/KeyError/RuntimeError on damaged metadata
         f.close()
-        raise PreprocessedFormatError(f"{path}: corrupt preprocessed file ({type(e).__name__}: {one_line(e)})") from None
+        raise PreprocessedFormatError(
+            f"{path}: corrupt preprocessed file ({type(e).__name__}: {one_line(e)})"
+        ) from None
     return f
 
 
@@ -259,22 +278,35 @@ def _check_layout(path: Path, f: h5py.File) -> None:
             raise PreprocessedFormatError(f"{path}: corrupt preprocessed file (missing dataset '{name}')")
     num_episodes, num_steps = int(f.attrs["num_episodes"]), int(f.attrs["num_steps"])
     expected = {
-        "episodes/source_index": (num_episodes,), "episodes/fingerprint": (num_episodes,),
-        "episodes/step_start": (num_episodes,), "episodes/num_steps": (num_episodes,), "episodes/instruction": (num_episodes,),
+        "episodes/source_index": (num_episodes,),
+        "episodes/fingerprint": (num_episodes,),
+        "episodes/step_start": (num_episodes,),
+        "episodes/num_steps": (num_episodes,),
+        "episodes/instruction": (num_episodes,),
         "episodes/language_embedding": (num_episodes, EMBEDDING_DIM),
-        "steps/action_tokens": (num_steps, NUM_ACTION_TOKENS), "steps/actions": (num_steps, NUM_ACTION_TOKENS),
+        "steps/action_tokens": (num_steps, NUM_ACTION_TOKENS),
+        "steps/actions": (num_steps, NUM_ACTION_TOKENS),
         "images/offset": (num_steps + 1,),
     }
     for name, shape in expected.items():
         if f[name].shape != shape:
             raise PreprocessedFormatError(
-                f"{path}: corrupt preprocessed file ('{name}' has shape {f[name].shape}, expected {shape})")
+                f"{path}: corrupt preprocessed file ('{name}' has shape {f[name].shape}, expected {shape})"
+            )
     starts, counts = f["episodes/step_start"][:], f["episodes/num_steps"][:]
-    if num_episodes and (starts[0] != 0 or np.any(counts < 1) or np.any(starts[1:] != starts[:-1] + counts[:-1])
-                         or starts[-1] + counts[-1] != num_steps):
-        raise PreprocessedFormatError(f"{path}: corrupt preprocessed file (episode table does not tile the steps)")
+    if num_episodes and (
+        starts[0] != 0
+        or np.any(counts < 1)
+        or np.any(starts[1:] != starts[:-1] + counts[:-1])
+        or starts[-1] + counts[-1] != num_steps
+    ):
+        raise PreprocessedFormatError(
+            f"{path}: corrupt preprocessed file (episode table does not tile the steps)"
+        )
     if f["images/offset"][num_steps] != f["images/jpeg"].shape[0]:
-        raise PreprocessedFormatError(f"{path}: corrupt preprocessed file (image offsets do not match the image data)")
+        raise PreprocessedFormatError(
+            f"{path}: corrupt preprocessed file (image offsets do not match the image data)"
+        )
 
 
 def verify_preprocessed(path: Path, expected_digest: str | None = None) -> None:
@@ -293,10 +325,12 @@ def verify_preprocessed(path: Path, expected_digest: str | None = None) -> None:
             raise PreprocessedFormatError(f"{path}: content does not match its digest (file damaged)")
         offsets, blob = arrays["images/offset"], arrays["images/jpeg"]
         if np.any(np.diff(offsets) <= 0):
-            raise PreprocessedFormatError(f"{path}: corrupt preprocessed file (empty or negative image lengths)")
+            raise PreprocessedFormatError(
+                f"{path}: corrupt preprocessed file (empty or negative image lengths)"
+            )
         shape = (*(int(x) for x in f.attrs["image_size"]), 3)
         for t in range(len(offsets) - 1):
             try:
-                decode_jpeg(blob[offsets[t]:offsets[t + 1]], shape)
+                decode_jpeg(blob[offsets[t] : offsets[t + 1]], shape)
             except ImageDecodeError as e:
                 raise PreprocessedFormatError(f"{path}: frame at step row {t}: {e}") from None

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from rt1.rlds_spec import DATASET_NAME, DATASET_VERSION, spec_mismatches
 from rt1.errors import RT1Error
+from rt1.rlds_spec import DATASET_NAME, DATASET_VERSION, spec_mismatches
 
 SPLIT = "train"
 
@@ -44,7 +44,8 @@ def resolve_rlds_dir(data_dir: Path) -> Path:
             return candidate
     raise RLDSReadError(
         f"--data-dir {data_dir} is not a TFDS dataset directory (no dataset_info.json; "
-        f"expected e.g. .../{DATASET_NAME}/{DATASET_VERSION})")
+        f"expected e.g. .../{DATASET_NAME}/{DATASET_VERSION})"
+    )
 
 
 def open_builder(data_dir: Path):
@@ -59,8 +60,10 @@ def open_builder(data_dir: Path):
     name, version = builder.info.name, str(builder.info.version)
     for what, found, expected in (("name", name, DATASET_NAME), ("version", version, DATASET_VERSION)):
         if found != expected:  # caught here, not later as a "corrupt shard" or as a wrong feature
-            raise RLDSReadError(f"{rlds_dir}: a dataset of {what} '{found}' (dataset_info.json), this code reads "
-                                f"{DATASET_NAME}/{DATASET_VERSION}")
+            raise RLDSReadError(
+                f"{rlds_dir}: a dataset of {what} '{found}' (dataset_info.json), this code reads "
+                f"{DATASET_NAME}/{DATASET_VERSION}"
+            )
     problems = spec_mismatches(builder.info.features)
     if problems:
         raise RLDSReadError(f"{rlds_dir}: features are not the fractal spec: {'; '.join(problems)}")
@@ -70,8 +73,10 @@ def open_builder(data_dir: Path):
     for shard in shards:
         exists = getattr(shard, "exists", None)  # TFDS gives epath objects (local or gs://)
         if not (exists() if exists is not None else Path(shard).is_file()):
-            raise RLDSReadError(f"{os.fspath(shard)}: TFRecord shard missing ({rlds_dir}/dataset_info.json lists "
-                                f"{len(shards)} shards of the {SPLIT} split): copy the dataset again")
+            raise RLDSReadError(
+                f"{os.fspath(shard)}: TFRecord shard missing ({rlds_dir}/dataset_info.json lists "
+                f"{len(shards)} shards of the {SPLIT} split): copy the dataset again"
+            )
     return builder
 
 
@@ -105,18 +110,25 @@ def read_episodes(builder, start: int, end: int, decode_images: bool = False) ->
     import tensorflow_datasets as tfds
 
     decoders = None if decode_images else {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
-    ds = builder.as_dataset(split=f"{SPLIT}[{start}:{end}]", shuffle_files=False, decoders=decoders,
-                            read_config=canonical_read_config())
+    ds = builder.as_dataset(
+        split=f"{SPLIT}[{start}:{end}]",
+        shuffle_files=False,
+        decoders=decoders,
+        read_config=canonical_read_config(),
+    )
     ds = ds.map(lambda episode: episode["steps"].batch(1 << 30).get_single_element())
     stream = iter(tfds.as_numpy(ds))
     for position in range(start, end):
         try:
             steps = next(stream)
         except StopIteration:
-            raise RLDSReadError(f"{resolve_rlds_dir(builder.data_dir)}: the {SPLIT} split ended before "
-                                f"episode {position}") from None
+            raise RLDSReadError(
+                f"{resolve_rlds_dir(builder.data_dir)}: the {SPLIT} split ended before episode {position}"
+            ) from None
         except tf.errors.OpError as e:
             message = (e.message or type(e).__name__).strip().splitlines()[0]
-            raise RLDSReadError(f"{shard_of(builder, position)}: corrupt or truncated TFRecord shard "
-                                f"(reading source episode {position}: {message})") from None
+            raise RLDSReadError(
+                f"{shard_of(builder, position)}: corrupt or truncated TFRecord shard "
+                f"(reading source episode {position}: {message})"
+            ) from None
         yield position, steps

@@ -49,10 +49,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rt1.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM, OBSERVATION_VECTORS
 from rt1.data.h5files import existing_output
 from rt1.errors import RT1Error, one_line
 from rt1.io import atomic_output
+from rt1.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM, OBSERVATION_VECTORS
 
 FORMAT = "rt1-segment"
 FORMAT_VERSION = 2
@@ -120,7 +120,9 @@ def segment_file_name(start: int, end: int) -> str:
     return f"{start}-{end}{FILE_SUFFIX}"
 
 
-def write_segment(path: Path, episodes: list[Episode], episode_range: tuple[int, int], task_filter: str) -> int:
+def write_segment(
+    path: Path, episodes: list[Episode], episode_range: tuple[int, int], task_filter: str
+) -> int:
     """Write `episodes` to `path` atomically; returns the number of bytes written."""
     path = Path(path)
     num_steps = sum(e.num_steps for e in episodes)
@@ -136,15 +138,22 @@ def write_segment(path: Path, episodes: list[Episode], episode_range: tuple[int,
             f.attrs["num_steps"] = num_steps
 
             ep = f.create_group("episodes")
-            ep.create_dataset("source_index", data=np.array([e.source_index for e in episodes], dtype=np.int64))
+            ep.create_dataset(
+                "source_index", data=np.array([e.source_index for e in episodes], dtype=np.int64)
+            )
             ep.create_dataset("fingerprint", data=np.array([e.fingerprint for e in episodes], dtype="S32"))
             ep.create_dataset("step_start", data=np.asarray(starts, dtype=np.int64))
             ep.create_dataset("num_steps", data=np.array([e.num_steps for e in episodes], dtype=np.int64))
-            ep.create_dataset("instruction", data=[e.instruction for e in episodes],
-                              dtype=h5py.string_dtype("utf-8"))
-            ep.create_dataset("language_embedding", dtype=np.float32,
-                              data=np.stack([e.language_embedding for e in episodes]) if episodes
-                              else np.zeros((0, EMBEDDING_DIM), np.float32))
+            ep.create_dataset(
+                "instruction", data=[e.instruction for e in episodes], dtype=h5py.string_dtype("utf-8")
+            )
+            ep.create_dataset(
+                "language_embedding",
+                dtype=np.float32,
+                data=np.stack([e.language_embedding for e in episodes])
+                if episodes
+                else np.zeros((0, EMBEDDING_DIM), np.float32),
+            )
 
             st = f.create_group("steps")
             images = np.empty(num_steps, dtype=object)  # one write for all images: per-row writes are slow
@@ -153,16 +162,24 @@ def write_segment(path: Path, episodes: list[Episode], episode_range: tuple[int,
             st.create_dataset("image", data=images, dtype=h5py.vlen_dtype(np.uint8))
 
             def concat(arrays, shape, dtype):
-                return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros((0, *shape), dtype)
+                return (
+                    np.concatenate(arrays).astype(dtype, copy=False)
+                    if arrays
+                    else np.zeros((0, *shape), dtype)
+                )
 
             for flag in STEP_FLAGS:
                 st.create_dataset(flag, data=concat([getattr(e, flag) for e in episodes], (), bool))
             st.create_dataset("reward", data=concat([e.reward for e in episodes], (), np.float32))
             for key, spec in ACTION_SPEC.items():
-                st.create_dataset(f"action/{key}", data=concat([e.actions[key] for e in episodes], spec.shape, spec.dtype))
+                st.create_dataset(
+                    f"action/{key}", data=concat([e.actions[key] for e in episodes], spec.shape, spec.dtype)
+                )
             for key, spec in OBSERVATION_VECTORS.items():
-                st.create_dataset(f"observation/{key}",
-                                  data=concat([e.observations[key] for e in episodes], spec.shape, spec.dtype))
+                st.create_dataset(
+                    f"observation/{key}",
+                    data=concat([e.observations[key] for e in episodes], spec.shape, spec.dtype),
+                )
     return path.stat().st_size
 
 
@@ -179,14 +196,18 @@ def open_segment(path: Path) -> h5py.File:
         raise SegmentFormatError(f"{path}: not an rt1 segment file (format attribute {fmt!r})")
     if version != FORMAT_VERSION:
         f.close()
-        raise SegmentFormatError(f"{path}: segment format_version {version}, this code reads {FORMAT_VERSION}")
+        raise SegmentFormatError(
+            f"{path}: segment format_version {version}, this code reads {FORMAT_VERSION}"
+        )
     return f
 
 
 def read_segment(path: Path) -> Segment:
     """Read a whole segment file into memory (a segment holds ~20 episodes)."""
     with open_segment(path) as f:
-        segment = Segment(Path(path), tuple(int(x) for x in f.attrs["episode_range"]), str(f.attrs["task_filter"]))
+        segment = Segment(
+            Path(path), tuple(int(x) for x in f.attrs["episode_range"]), str(f.attrs["task_filter"])
+        )
         ep, st = f["episodes"], f["steps"]
         images = st["image"][:]
         flags = {flag: st[flag][:] for flag in STEP_FLAGS}
@@ -198,21 +219,25 @@ def read_segment(path: Path) -> Segment:
         fingerprints = ep["fingerprint"][:]
         for i, (start, n) in enumerate(zip(ep["step_start"][:], ep["num_steps"][:])):
             rows = slice(int(start), int(start + n))
-            segment.episodes.append(Episode(
-                source_index=int(ep["source_index"][i]),
-                instruction=str(instructions[i]),
-                language_embedding=embeddings[i],
-                images=[img.tobytes() for img in images[rows]],
-                actions={k: v[rows] for k, v in actions.items()},
-                observations={k: v[rows] for k, v in observations.items()},
-                reward=reward[rows],
-                fingerprint=fingerprints[i].decode(),
-                **{flag: v[rows] for flag, v in flags.items()},
-            ))
+            segment.episodes.append(
+                Episode(
+                    source_index=int(ep["source_index"][i]),
+                    instruction=str(instructions[i]),
+                    language_embedding=embeddings[i],
+                    images=[img.tobytes() for img in images[rows]],
+                    actions={k: v[rows] for k, v in actions.items()},
+                    observations={k: v[rows] for k, v in observations.items()},
+                    reward=reward[rows],
+                    fingerprint=fingerprints[i].decode(),
+                    **{flag: v[rows] for flag, v in flags.items()},
+                )
+            )
     return segment
 
 
-def stored_episodes(path: Path, episode_range: tuple[int, int], task_filter: str) -> list[tuple[int, str]] | None:
+def stored_episodes(
+    path: Path, episode_range: tuple[int, int], task_filter: str
+) -> list[tuple[int, str]] | None:
     """`(source_index, fingerprint)` of each episode a finished segment holds, or None if `path` is absent.
 
     A rerun compares these with what it reads from the source before skipping the segment. A file
@@ -227,20 +252,27 @@ def stored_episodes(path: Path, episode_range: tuple[int, int], task_filter: str
         if version != FORMAT_VERSION:
             raise SegmentFormatError(
                 f"{path} is a segment of format_version {version}, this code writes {FORMAT_VERSION} (version 1 "
-                "could hold episodes out of order): delete the old segments and convert again")
+                "could hold episodes out of order): delete the old segments and convert again"
+            )
         try:
             found_filter = str(f.attrs["task_filter"])
             found_range = tuple(int(x) for x in f.attrs["episode_range"])
             ep = f["episodes"]
             stored = [(int(i), fp.decode()) for i, fp in zip(ep["source_index"][:], ep["fingerprint"][:])]
         except (KeyError, OSError, ValueError, TypeError) as e:
-            raise SegmentFormatError(f"{path} has a segment's format attributes but is not a complete segment "
-                                     f"({one_line(e)}); move it away or use another --out-dir") from None
+            raise SegmentFormatError(
+                f"{path} has a segment's format attributes but is not a complete segment "
+                f"({one_line(e)}); move it away or use another --out-dir"
+            ) from None
         if found_filter != task_filter:
-            raise SegmentFormatError(f"{path} was written with task filter '{found_filter}', this run uses "
-                                     f"'{task_filter}': use a separate --out-dir per filter")
+            raise SegmentFormatError(
+                f"{path} was written with task filter '{found_filter}', this run uses "
+                f"'{task_filter}': use a separate --out-dir per filter"
+            )
         if found_range != tuple(episode_range):
-            raise SegmentFormatError(f"{path} covers source episodes {list(found_range)}, this run's segment of that "
-                                     f"name covers {list(episode_range)}: use the same --episode-sec-len as the "
-                                     "run that wrote it, or another --out-dir")
+            raise SegmentFormatError(
+                f"{path} covers source episodes {list(found_range)}, this run's segment of that "
+                f"name covers {list(episode_range)}: use the same --episode-sec-len as the "
+                "run that wrote it, or another --out-dir"
+            )
         return stored

@@ -32,16 +32,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from rt1.data.images import JPEG_QUALITY, training_frame
-from rt1.rlds_spec import ACTION_SPEC
 from rt1.errors import RT1Error
 from rt1.io import atomic_output
+from rt1.rlds_spec import ACTION_SPEC
 from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv
 from rt1.sim.expert import ScriptedExpert, noop_policy
 from rt1.sim.scene import TASK_FAMILIES
@@ -71,7 +72,9 @@ class EvalEpisode:
     env_seed: int
 
 
-def evaluation_episodes(count: int, families: Sequence[str] = TASK_FAMILIES, seed: int = 0) -> list[EvalEpisode]:
+def evaluation_episodes(
+    count: int, families: Sequence[str] = TASK_FAMILIES, seed: int = 0
+) -> list[EvalEpisode]:
     """The first `count` evaluation episodes of evaluation seed `seed`, families in turn."""
     if count < 1:
         raise ClosedLoopError(f"the number of evaluation episodes must be at least 1, got {count}")
@@ -123,8 +126,9 @@ def outcome_text(success: bool, stopped: bool) -> str:
     return "success" if success else ("failed: policy stopped" if stopped else "failed: step limit")
 
 
-def run_episode(env: FractalSimEnv, policy: Callable[[dict], dict], episode: EvalEpisode,
-                keep_frames: bool = False) -> tuple[dict, list[np.ndarray]]:
+def run_episode(
+    env: FractalSimEnv, policy: Callable[[dict], dict], episode: EvalEpisode, keep_frames: bool = False
+) -> tuple[dict, list[np.ndarray]]:
     """One rollout -> (record {index, family, env_seed, instruction, success, steps, outcome}, frames).
 
     `frames` are the camera images from the reset to the last step (empty unless `keep_frames`).
@@ -139,14 +143,28 @@ def run_episode(env: FractalSimEnv, policy: Callable[[dict], dict], episode: Eva
         if keep_frames:
             frames.append(obs["image"])
     success = bool(info["success"])
-    record = {**asdict(episode), "instruction": env.task.instruction, "success": success,
-              "steps": int(info["steps"]), "outcome": outcome_text(success, terminated and not success)}
+    record = {
+        **asdict(episode),
+        "instruction": env.task.instruction,
+        "success": success,
+        "steps": int(info["steps"]),
+        "outcome": outcome_text(success, terminated and not success),
+    }
     return record, frames
 
 
-def evaluate_policy(make_policy_fn: PolicyFactory, episodes: int, families: Sequence[str] = TASK_FAMILIES,
-                    seed: int = 0, max_steps: int = MAX_EPISODE_STEPS, *, render_images: bool = True,
-                    videos: int = 0, video_dir: Path | None = None, name: str = "policy") -> dict[str, Any]:
+def evaluate_policy(
+    make_policy_fn: PolicyFactory,
+    episodes: int,
+    families: Sequence[str] = TASK_FAMILIES,
+    seed: int = 0,
+    max_steps: int = MAX_EPISODE_STEPS,
+    *,
+    render_images: bool = True,
+    videos: int = 0,
+    video_dir: Path | None = None,
+    name: str = "policy",
+) -> dict[str, Any]:
     """Run a policy on the evaluation episodes -> {"overall", "per_family", "episodes", "seconds"}.
 
     `render_images=False` gives black images (for state-only policies: faster, same world). With
@@ -169,10 +187,17 @@ def evaluate_policy(make_policy_fn: PolicyFactory, episodes: int, families: Sequ
             write_rollout_gif(path, frames, record["instruction"], record["outcome"])
             written.append(str(path))
     seconds = time.perf_counter() - start
-    per_family = {f: summarize([r for r in records if r["family"] == f]) for f in families
-                  if any(r["family"] == f for r in records)}
-    result = {"overall": summarize(records), "per_family": per_family, "episodes": records,
-              "seconds": round(seconds, 3)}
+    per_family = {
+        f: summarize([r for r in records if r["family"] == f])
+        for f in families
+        if any(r["family"] == f for r in records)
+    }
+    result = {
+        "overall": summarize(records),
+        "per_family": per_family,
+        "episodes": records,
+        "seconds": round(seconds, 3),
+    }
     if written:
         result["videos"] = written
     return result
@@ -240,9 +265,16 @@ def noop_factory(env: FractalSimEnv) -> Callable[[dict], dict]:
 # The whole evaluation
 
 
-def closed_loop_evaluation(make_policy_fn: PolicyFactory, episodes: int, families: Sequence[str] = TASK_FAMILIES,
-                           seed: int = 0, max_steps: int = MAX_EPISODE_STEPS, out_dir: Path | None = None,
-                           videos: int = 0, settings: dict | None = None) -> dict[str, Any]:
+def closed_loop_evaluation(
+    make_policy_fn: PolicyFactory,
+    episodes: int,
+    families: Sequence[str] = TASK_FAMILIES,
+    seed: int = 0,
+    max_steps: int = MAX_EPISODE_STEPS,
+    out_dir: Path | None = None,
+    videos: int = 0,
+    settings: dict | None = None,
+) -> dict[str, Any]:
     """The policy, the scripted expert and the no-op baseline on the same evaluation episodes.
 
     Writes `out_dir/results.json` (and `out_dir/videos/*.gif` of the policy's first `videos`
@@ -255,8 +287,9 @@ def closed_loop_evaluation(make_policy_fn: PolicyFactory, episodes: int, familie
         raise ClosedLoopError("videos > 0 needs an out_dir")
     common = dict(episodes=episodes, families=families, seed=seed, max_steps=max_steps)
     results = {
-        "policy": evaluate_policy(make_policy_fn, **common, videos=videos,
-                                  video_dir=None if out_dir is None else out_dir / "videos"),
+        "policy": evaluate_policy(
+            make_policy_fn, **common, videos=videos, video_dir=None if out_dir is None else out_dir / "videos"
+        ),
         "expert": evaluate_policy(expert_factory, **common, render_images=False),
         "noop": evaluate_policy(noop_factory, **common, render_images=False),
         "settings": {**common, "eval_stream": EVAL_STREAM, **(settings or {})},
@@ -319,7 +352,10 @@ def write_rollout_gif(path: Path, frames: Sequence[np.ndarray], instruction: str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     total = len(frames) - 1
-    images = [annotate_frame(f, instruction, k, total, outcome if k == total else None) for k, f in enumerate(frames)]
+    images = [
+        annotate_frame(f, instruction, k, total, outcome if k == total else None)
+        for k, f in enumerate(frames)
+    ]
     durations = [GIF_FRAME_MS] * (len(images) - 1) + [GIF_LAST_FRAME_MS]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False)
     return path

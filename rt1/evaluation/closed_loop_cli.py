@@ -6,17 +6,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 from rt1.data.images import JPEG_QUALITY
 from rt1.errors import run_cli
+from rt1.evaluation.closed_loop import (
+    ClosedLoopError,
+    closed_loop_evaluation,
+    evaluation_episodes,
+    format_table,
+    rt1_policy_factory,
+    write_results,
+)
+from rt1.evaluation.replay import format_replay, replay_recorded
 from rt1.io import check_output_dir_option
 from rt1.sim.env import MAX_EPISODE_STEPS
 from rt1.sim.scene import TASK_FAMILIES
-from rt1.evaluation.closed_loop import (
-    ClosedLoopError, closed_loop_evaluation, evaluation_episodes, format_table, rt1_policy_factory, write_results,
-)
-from rt1.evaluation.replay import format_replay, replay_recorded
-
 
 # ----------------------------------------------------------------------------------------------
 # Command line
@@ -28,44 +31,92 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python eval_closed_loop.py",
         description="Closed-loop success rates of a trained RT-1 policy in the simulated fractal scene, "
-                    "next to the scripted expert and a no-op policy on the same evaluation seeds.")
+        "next to the scripted expert and a no-op policy on the same evaluation seeds.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path,
-                        help="checkpoint-{epoch}.pt from train_ddp.py, or a model directory from python -m rt1.export")
-    source.add_argument("--server", help="act through a policy server (python -m rt1.serve) instead, e.g. "
-                                         "ws://127.0.0.1:8000; it applies its model's image preprocessing")
-    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy (default 100)")
-    parser.add_argument("--task-family", nargs="+", choices=TASK_FAMILIES, default=list(TASK_FAMILIES),
-                        metavar="F", help=f"task families, taken in turn (default: all seven: {', '.join(TASK_FAMILIES)})")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="evaluation seed (default 0); evaluation scenes are never training episodes")
-    parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
-    parser.add_argument("--videos", type=int, default=0, help="GIF rollouts of the first K policy episodes (default 0)")
-    parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS,
-                        help="step limit per episode (default %(default)s)")
-    parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
-                        help="stage 2's --jpeg-quality of the training data (default %(default)s; with --server "
-                             "the server's own setting applies)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: one small-batch step gains nothing from more)")
-    parser.add_argument("--replay", type=int, default=0, metavar="N",
-                        help="also replay the first N recorded episodes of the bundled dataset open loop (per-dimension "
-                             "action error against the recorded actions) next to closed-loop rollouts of the same "
-                             "scenes; written to results.json under 'replay' (default 0: none)")
-    parser.add_argument("--replay-seed", type=int, default=0,
-                        help="the bundled dataset's --seed the replayed episodes come from (default 0, the demo's)")
+    source.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint-{epoch}.pt from train_ddp.py, or a model directory from python -m rt1.export",
+    )
+    source.add_argument(
+        "--server",
+        help="act through a policy server (python -m rt1.serve) instead, e.g. "
+        "ws://127.0.0.1:8000; it applies its model's image preprocessing",
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=100, help="evaluation episodes per policy (default 100)"
+    )
+    parser.add_argument(
+        "--task-family",
+        nargs="+",
+        choices=TASK_FAMILIES,
+        default=list(TASK_FAMILIES),
+        metavar="F",
+        help=f"task families, taken in turn (default: all seven: {', '.join(TASK_FAMILIES)})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="evaluation seed (default 0); evaluation scenes are never training episodes",
+    )
+    parser.add_argument(
+        "--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
+    )
+    parser.add_argument(
+        "--videos", type=int, default=0, help="GIF rollouts of the first K policy episodes (default 0)"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=MAX_EPISODE_STEPS,
+        help="step limit per episode (default %(default)s)",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=JPEG_QUALITY,
+        help="stage 2's --jpeg-quality of the training data (default %(default)s; with --server "
+        "the server's own setting applies)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: one small-batch step gains nothing from more)",
+    )
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also replay the first N recorded episodes of the bundled dataset open loop (per-dimension "
+        "action error against the recorded actions) next to closed-loop rollouts of the same "
+        "scenes; written to results.json under 'replay' (default 0: none)",
+    )
+    parser.add_argument(
+        "--replay-seed",
+        type=int,
+        default=0,
+        help="the bundled dataset's --seed the replayed episodes come from (default 0, the demo's)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json and videos/")
     args = parser.parse_args(argv)
 
     def run(_) -> int:
         if args.videos < 0 or args.threads < 1 or args.max_steps < 1 or not 1 <= args.jpeg_quality <= 100:
-            raise ClosedLoopError("--videos must be >= 0, --threads and --max-steps >= 1, --jpeg-quality 1..100")
+            raise ClosedLoopError(
+                "--videos must be >= 0, --threads and --max-steps >= 1, --jpeg-quality 1..100"
+            )
         if not math.isfinite(args.cond_scale):  # NaN would "succeed" with 0% and write invalid JSON
             raise ClosedLoopError(f"--cond-scale must be a finite number, got {args.cond_scale}")
         check_output_dir_option(args.out)
         if args.replay < 0 or args.replay_seed < 0:
             raise ClosedLoopError("--replay and --replay-seed must be >= 0")
-        evaluation_episodes(args.episodes, args.task_family, args.seed)  # bad values fail before loading torch
+        evaluation_episodes(
+            args.episodes, args.task_family, args.seed
+        )  # bad values fail before loading torch
         common = (args.episodes, args.task_family, args.seed, args.max_steps, args.out, args.videos)
         if args.server:
             from rt1.serve import PolicyClient, ServedEnvPolicy
@@ -73,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
             with PolicyClient(args.server) as client:
                 served = client.info()["model"]
                 results = closed_loop_evaluation(
-                    lambda env: ServedEnvPolicy(client, args.cond_scale), *common,
-                    settings={"server": args.server, "model": served["path"], "cond_scale": args.cond_scale,
-                              "jpeg_quality": served["jpeg_quality"]})
+                    lambda env: ServedEnvPolicy(client, args.cond_scale),
+                    *common,
+                    settings={
+                        "server": args.server,
+                        "model": served["path"],
+                        "cond_scale": args.cond_scale,
+                        "jpeg_quality": served["jpeg_quality"],
+                    },
+                )
         else:
             import torch
 
@@ -84,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
             model, _config, _train_args = load_model(args.checkpoint)
             results = closed_loop_evaluation(
-                rt1_policy_factory(model, args.cond_scale, args.jpeg_quality), *common,
-                settings={"checkpoint": str(args.checkpoint), "cond_scale": args.cond_scale,
-                          "jpeg_quality": args.jpeg_quality})
+                rt1_policy_factory(model, args.cond_scale, args.jpeg_quality),
+                *common,
+                settings={
+                    "checkpoint": str(args.checkpoint),
+                    "cond_scale": args.cond_scale,
+                    "jpeg_quality": args.jpeg_quality,
+                },
+            )
         print(format_table(results))
         if args.replay:
             factory = rt1_policy_factory(model, args.cond_scale, args.jpeg_quality)

@@ -24,10 +24,10 @@ import numpy as np
 
 from rt1.data.index import IndexEpisode, WindowIndexError, index_episodes, read_index
 from rt1.errors import RT1Error, one_line, run_cli
-from rt1.io import atomic_output, check_output_dir_option, outermost_missing, remove_empty_dirs
-from rt1.progress import progress_bar
 from rt1.evaluation import metrics
 from rt1.evaluation.plots import plot_episode, plot_error_summary
+from rt1.io import atomic_output, check_output_dir_option, outermost_missing, remove_empty_dirs
+from rt1.progress import progress_bar
 
 
 class EvaluationError(RT1Error, ValueError):
@@ -77,9 +77,13 @@ def check_device(device: str):
         raise EvaluationError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise EvaluationError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+            raise EvaluationError(
+                f"--device {device}: CUDA is not available on this machine; use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise EvaluationError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise EvaluationError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     elif dev.type != "cpu":
         raise EvaluationError(f"--device {device!r}: use cpu or cuda")
     return dev
@@ -100,8 +104,10 @@ def check_index_matches_data(episodes: list[IndexEpisode], index_csv: Path, data
     for name in dict.fromkeys(e.file for e in episodes):
         path = Path(data_dir) / name
         if not path.is_file():
-            raise EvaluationError(f"{index_csv} names {name}, which is not in --data-dir {data_dir}: pass the "
-                                  "directory the index was built from")
+            raise EvaluationError(
+                f"{index_csv} names {name}, which is not in --data-dir {data_dir}: pass the "
+                "directory the index was built from"
+            )
         try:
             f = PreprocessedFile(path)
         except (PreprocessedFormatError, OSError) as e:
@@ -115,7 +121,8 @@ def check_index_matches_data(episodes: list[IndexEpisode], index_csv: Path, data
             raise EvaluationError(
                 f"{index_csv} does not match --data-dir {data_dir}: {name} has content digest {digest[:12]}..., the "
                 f"index recorded {expected[:12]}... (built from {meta.get('data_dir', 'another directory')}); pass "
-                "the data directory the index was built from, or rebuild the index with data_emerge.py")
+                "the data directory the index was built from, or rebuild the index with data_emerge.py"
+            )
     return sizes
 
 
@@ -127,15 +134,17 @@ def select_episodes(available: list[IndexEpisode], cfg: EvalConfig) -> list[Inde
         missing = [k for k in cfg.episodes if k not in by_source]
         if missing:
             raise EvaluationError(
-                f"episode(s) {missing} not in {cfg.index.name}; it has source episodes "
-                f"{sorted(by_source)}")
+                f"episode(s) {missing} not in {cfg.index.name}; it has source episodes {sorted(by_source)}"
+            )
         return [by_source[k] for k in cfg.episodes]
     if cfg.instruction is not None:
         chosen = [e for e in available if e.instruction == cfg.instruction]
         if not chosen:
             known = sorted({e.instruction for e in available})
-            raise EvaluationError(f"no episode with instruction {cfg.instruction!r} in {cfg.index.name}; "
-                                  f"instructions there: {known}")
+            raise EvaluationError(
+                f"no episode with instruction {cfg.instruction!r} in {cfg.index.name}; "
+                f"instructions there: {known}"
+            )
         return chosen[: cfg.max_episodes]
     return available[: cfg.max_episodes]
 
@@ -168,7 +177,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
         name, size = next(iter(wrong.items()))
         raise EvaluationError(
             f"{cfg.data_dir / name} holds {size[0]}x{size[1]} frames but {cfg.checkpoint} was trained on "
-            f"{expected[0]}x{expected[1]}: evaluate it on data preprocessed with --image-size {expected[0]}")
+            f"{expected[0]}x{expected[1]}: evaluate it on data preprocessed with --image-size {expected[0]}"
+        )
     policy = RT1Policy(model, cond_scale=cfg.cond_scale)
     created = outermost_missing(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +190,9 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
         raise
 
 
-def _evaluate_into(cfg: EvalConfig, selected: list[IndexEpisode], policy, preprocessed_file, progress: bool) -> dict:
+def _evaluate_into(
+    cfg: EvalConfig, selected: list[IndexEpisode], policy, preprocessed_file, progress: bool
+) -> dict:
     per_episode, all_sums, arrays = {}, [], {}
     files: dict = {}
     try:
@@ -192,8 +204,11 @@ def _evaluate_into(cfg: EvalConfig, selected: list[IndexEpisode], policy, prepro
                 pred_tokens = policy.predict_episode(episode.images, episode.language_embedding)
                 sums = metrics.episode_sums(pred_tokens, episode.action_tokens, episode.actions)
                 all_sums.append(sums)
-                per_episode[str(ep.source_index)] = {"instruction": ep.instruction, "file": ep.file,
-                                                     **metrics.summarize(sums)}
+                per_episode[str(ep.source_index)] = {
+                    "instruction": ep.instruction,
+                    "file": ep.file,
+                    **metrics.summarize(sums),
+                }
                 key = f"episode_{ep.source_index}"
                 arrays[f"{key}/pred_tokens"] = pred_tokens
                 arrays[f"{key}/true_tokens"] = episode.action_tokens
@@ -201,17 +216,27 @@ def _evaluate_into(cfg: EvalConfig, selected: list[IndexEpisode], policy, prepro
                 if not cfg.evaluate_all:
                     summary = per_episode[str(ep.source_index)]
                     with atomic_output(cfg.out / f"{key}.png") as tmp:
-                        plot_episode(tmp, episode.images, ep.instruction, episode.actions,
-                                     metrics.predicted_actions(pred_tokens),
-                                     subtitle=f"source episode {ep.source_index}, token accuracy "
-                                              f"{summary['token_accuracy']:.2f}, cond_scale {cfg.cond_scale}")
+                        plot_episode(
+                            tmp,
+                            episode.images,
+                            ep.instruction,
+                            episode.actions,
+                            metrics.predicted_actions(pred_tokens),
+                            subtitle=f"source episode {ep.source_index}, token accuracy "
+                            f"{summary['token_accuracy']:.2f}, cond_scale {cfg.cond_scale}",
+                        )
                 bar.update()
     finally:
         for f in files.values():
             f.close()
     overall = metrics.summarize(metrics.combine(all_sums))
-    result = {"checkpoint": str(cfg.checkpoint), "index": str(cfg.index), "cond_scale": cfg.cond_scale,
-              "episodes": per_episode, "overall": overall}
+    result = {
+        "checkpoint": str(cfg.checkpoint),
+        "index": str(cfg.index),
+        "cond_scale": cfg.cond_scale,
+        "episodes": per_episode,
+        "overall": overall,
+    }
     with atomic_output(cfg.out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     with atomic_output(cfg.out / "predictions.npz") as tmp:
@@ -219,9 +244,13 @@ def _evaluate_into(cfg: EvalConfig, selected: list[IndexEpisode], policy, prepro
             np.savez_compressed(f, **arrays)
     if cfg.evaluate_all:
         with atomic_output(cfg.out / "error_summary.png") as tmp:
-            plot_error_summary(tmp, overall["mae"], overall["token_accuracy_per_dim"],
-                               f"{len(selected)} episodes of {cfg.index.name}: token accuracy "
-                               f"{overall['token_accuracy']:.3f}")
+            plot_error_summary(
+                tmp,
+                overall["mae"],
+                overall["token_accuracy_per_dim"],
+                f"{len(selected)} episodes of {cfg.index.name}: token accuracy "
+                f"{overall['token_accuracy']:.3f}",
+            )
     return result
 
 
@@ -229,33 +258,68 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="plot_actions.py",
         description="Run a trained RT-1 checkpoint over recorded episodes as a robot would (6-frame history, "
-                    "frame-token cache) and plot predicted (orange) vs ground-truth (blue) actions.")
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="checkpoint-{epoch}.pt from train_ddp.py, or a model directory from python -m rt1.export")
+        "frame-token cache) and plot predicted (orange) vs ground-truth (blue) actions.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="checkpoint-{epoch}.pt from train_ddp.py, or a model directory from python -m rt1.export",
+    )
     parser.add_argument("--data-dir", type=Path, required=True, help="preprocessed data directory (PRE_DIR)")
-    parser.add_argument("--index", type=Path, required=True, help="index CSV from data_emerge.py, e.g. val_idx_M.csv")
+    parser.add_argument(
+        "--index", type=Path, required=True, help="index CSV from data_emerge.py, e.g. val_idx_M.csv"
+    )
     select = parser.add_mutually_exclusive_group()
-    select.add_argument("--episode", type=int, action="append", default=[],
-                        help="source episode index to plot (repeatable)")
-    select.add_argument("--instruction", help='plot episodes with this instruction, e.g. "pick brown chip bag"')
-    select.add_argument("--all", action="store_true", help="evaluate every episode of the index: metrics and a "
-                                                           "summary plot only")
-    parser.add_argument("--max-episodes", type=int, default=3,
-                        help="with --instruction or no selection: how many episodes to plot (default 3)")
-    parser.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default: plots/{checkpoint name} next to the checkpoint, e.g. "
-                             "save/rt1_ddp/plots/checkpoint-3)")
+    select.add_argument(
+        "--episode", type=int, action="append", default=[], help="source episode index to plot (repeatable)"
+    )
+    select.add_argument(
+        "--instruction", help='plot episodes with this instruction, e.g. "pick brown chip bag"'
+    )
+    select.add_argument(
+        "--all",
+        action="store_true",
+        help="evaluate every episode of the index: metrics and a summary plot only",
+    )
+    parser.add_argument(
+        "--max-episodes",
+        type=int,
+        default=3,
+        help="with --instruction or no selection: how many episodes to plot (default 3)",
+    )
+    parser.add_argument(
+        "--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: plots/{checkpoint name} next to the checkpoint, e.g. "
+        "save/rt1_ddp/plots/checkpoint-3)",
+    )
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
 
     def run(_) -> int:
-        cfg = EvalConfig(args.checkpoint, args.data_dir, args.index, args.out, tuple(args.episode), args.instruction,
-                         args.all, args.max_episodes, args.cond_scale, args.device)
+        cfg = EvalConfig(
+            args.checkpoint,
+            args.data_dir,
+            args.index,
+            args.out,
+            tuple(args.episode),
+            args.instruction,
+            args.all,
+            args.max_episodes,
+            args.cond_scale,
+            args.device,
+        )
         result = evaluate(cfg)
         overall = result["overall"]
-        print(f"{len(result['episodes'])} episode(s): token accuracy {overall['token_accuracy']:.3f}, terminate "
-              f"accuracy {overall['terminate_accuracy']:.3f}; outputs in {cfg.out}")
+        print(
+            f"{len(result['episodes'])} episode(s): token accuracy {overall['token_accuracy']:.3f}, terminate "
+            f"accuracy {overall['terminate_accuracy']:.3f}; outputs in {cfg.out}"
+        )
         for name in sorted(cfg.out.glob("*.png")):
             print(f"  {name}")
         return 0

@@ -30,8 +30,9 @@ def episode_sums(pred_tokens: np.ndarray, true_tokens: np.ndarray, true_actions:
     return {
         "steps": len(true_tokens),
         "correct_per_dim": (pred_tokens == true_tokens).sum(axis=0),
-        "abs_error_per_dim": np.abs(pred_actions[:, :NUM_CONTINUOUS_TOKENS]
-                                    - np.asarray(true_actions)[:, :NUM_CONTINUOUS_TOKENS]).sum(axis=0, dtype=np.float64),
+        "abs_error_per_dim": np.abs(
+            pred_actions[:, :NUM_CONTINUOUS_TOKENS] - np.asarray(true_actions)[:, :NUM_CONTINUOUS_TOKENS]
+        ).sum(axis=0, dtype=np.float64),
         "terminate_correct": int((pred_actions[:, -1] == np.asarray(true_actions)[:, -1]).sum()),
     }
 

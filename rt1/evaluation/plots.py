@@ -17,8 +17,14 @@ PREDICTION_COLOR = "tab:orange"
 FRAME_EVERY = 6
 
 
-def plot_episode(path: Path, frames: np.ndarray, instruction: str, true_actions: np.ndarray,
-                 pred_actions: np.ndarray, subtitle: str = "") -> None:
+def plot_episode(
+    path: Path,
+    frames: np.ndarray,
+    instruction: str,
+    true_actions: np.ndarray,
+    pred_actions: np.ndarray,
+    subtitle: str = "",
+) -> None:
     """Write a PNG: a strip of every 6th frame, then one panel per action dimension over time.
 
     frames uint8 (T, H, W, 3); true_actions, pred_actions (T, 11) in token order (terminate as class).
@@ -29,8 +35,10 @@ def plot_episode(path: Path, frames: np.ndarray, instruction: str, true_actions:
     strip = fig.add_subplot(grid[0, :])
     shown = frames[::FRAME_EVERY]
     strip.imshow(np.concatenate(list(shown), axis=1))
-    strip.set_xticks([(i + 0.5) * frames.shape[2] for i in range(len(shown))],
-                     [f"t={t}" for t in range(0, len(frames), FRAME_EVERY)])
+    strip.set_xticks(
+        [(i + 0.5) * frames.shape[2] for i in range(len(shown))],
+        [f"t={t}" for t in range(0, len(frames), FRAME_EVERY)],
+    )
     strip.set_yticks([])
     strip.set_title(f"every {FRAME_EVERY}th frame")
     for i, name in enumerate(ACTION_DIM_NAMES):
@@ -52,7 +60,9 @@ def plot_episode(path: Path, frames: np.ndarray, instruction: str, true_actions:
     fig.savefig(path, dpi=80, format="png")
 
 
-def plot_error_summary(path: Path, mae: dict[str, float], token_accuracy: dict[str, float], title: str) -> None:
+def plot_error_summary(
+    path: Path, mae: dict[str, float], token_accuracy: dict[str, float], title: str
+) -> None:
     """Write a PNG with the mean absolute error and the token accuracy per action dimension."""
     fig = Figure(figsize=(13, 5), layout="constrained")
     ax_err, ax_acc = fig.subplots(1, 2)

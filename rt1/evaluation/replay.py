@@ -3,15 +3,20 @@ the recorded actions, next to closed-loop rollouts of the same scenes (`eval_clo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv
 from rt1.evaluation.closed_loop import (
-    ClosedLoopError, EvalEpisode, PolicyFactory, env_action, run_episode, summarize,
+    ClosedLoopError,
+    EvalEpisode,
+    PolicyFactory,
+    env_action,
+    run_episode,
+    summarize,
 )
-
+from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv
 
 # ----------------------------------------------------------------------------------------------
 # Open-loop replay of recorded episodes, next to closed-loop rollouts of the same scenes
@@ -20,8 +25,9 @@ REPLAY_DIMS = ("world_x", "world_y", "world_z", "roll", "pitch", "yaw", "gripper
 REPLAY_STEP_BUCKETS = (("step 0", 0, 1), ("steps 1-5", 1, 6), ("steps 6+", 6, None))
 
 
-def replay_episode(make_policy_fn: PolicyFactory, index: int, data_seed: int = 0,
-                   max_steps: int = MAX_EPISODE_STEPS) -> dict[str, Any]:
+def replay_episode(
+    make_policy_fn: PolicyFactory, index: int, data_seed: int = 0, max_steps: int = MAX_EPISODE_STEPS
+) -> dict[str, Any]:
     """Recorded episode `index` of the bundled dataset for `data_seed`, open loop and closed loop.
 
     Open loop: the recorded frames (through `training_frame`, as the policy sees live ones) are fed to
@@ -48,9 +54,14 @@ def replay_episode(make_policy_fn: PolicyFactory, index: int, data_seed: int = 0
     family = episode["attributes"]["task_family_name"]
     scene = EvalEpisode(index, family, episode_seeds(index, data_seed)[0])
     record, _frames = run_episode(env, policy, scene)
-    return {"index": index, "family": family, "instruction": record["instruction"], "steps": len(predicted),
-            "abs_error": {d: error[:, c].round(4).tolist() for d, c in zip(REPLAY_DIMS, columns)},
-            "closed_loop": {k: record[k] for k in ("success", "steps", "outcome")}}
+    return {
+        "index": index,
+        "family": family,
+        "instruction": record["instruction"],
+        "steps": len(predicted),
+        "abs_error": {d: error[:, c].round(4).tolist() for d, c in zip(REPLAY_DIMS, columns)},
+        "closed_loop": {k: record[k] for k in ("success", "steps", "outcome")},
+    }
 
 
 def replay_summary(episodes: Sequence[dict]) -> dict[str, Any]:
@@ -69,8 +80,9 @@ def replay_summary(episodes: Sequence[dict]) -> dict[str, Any]:
     return summary
 
 
-def replay_recorded(make_policy_fn: PolicyFactory, count: int, data_seed: int = 0,
-                    max_steps: int = MAX_EPISODE_STEPS) -> dict[str, Any]:
+def replay_recorded(
+    make_policy_fn: PolicyFactory, count: int, data_seed: int = 0, max_steps: int = MAX_EPISODE_STEPS
+) -> dict[str, Any]:
     """`replay_episode` for recorded episodes 0..count-1 -> {"episodes": [...], "summary": ..., "data_seed"}."""
     if count < 1:
         raise ClosedLoopError(f"--replay must be at least 1 episode, got {count}")
@@ -82,8 +94,12 @@ def format_replay(replay: dict) -> str:
     """Per-episode and per-step-bucket open-loop errors next to each scene's closed-loop outcome."""
     dims = REPLAY_DIMS
     header = f"{'episode':<42}" + "".join(f"{d:>9}" for d in dims) + "   closed loop"
-    lines = [f"open-loop replay of recorded episodes (data seed {replay['data_seed']}): mean |predicted - recorded| "
-             "per dimension (terminate: wrong-class rate)", header, "-" * len(header)]
+    lines = [
+        f"open-loop replay of recorded episodes (data seed {replay['data_seed']}): mean |predicted - recorded| "
+        "per dimension (terminate: wrong-class rate)",
+        header,
+        "-" * len(header),
+    ]
     for e in replay["episodes"]:
         label = f"{e['index']:>3} {e['instruction'][:30]:<30} {e['steps']:>3} st"
         cells = "".join(f"{np.mean(e['abs_error'][d]):>9.3f}" for d in dims)
@@ -92,8 +108,13 @@ def format_replay(replay: dict) -> str:
     summary = replay["summary"]
     lines.append("-" * len(header))
     for name, row in summary["by_step"].items():
-        lines.append(f"{'all episodes, ' + name:<42}" + "".join(
-            f"{row[d]:>9.3f}" if row[d] is not None else f"{'-':>9}" for d in dims))
-    lines.append(f"{'all episodes, all steps':<42}" + "".join(f"{summary['mean_abs_error'][d]:>9.3f}" for d in dims)
-                 + f"   {summary['closed_loop']['success_rate']:.0%} success")
+        lines.append(
+            f"{'all episodes, ' + name:<42}"
+            + "".join(f"{row[d]:>9.3f}" if row[d] is not None else f"{'-':>9}" for d in dims)
+        )
+    lines.append(
+        f"{'all episodes, all steps':<42}"
+        + "".join(f"{summary['mean_abs_error'][d]:>9.3f}" for d in dims)
+        + f"   {summary['closed_loop']['success_rate']:.0%} success"
+    )
     return "\n".join(lines)

@@ -34,9 +34,21 @@ from rt1.errors import RT1Error, run_cli
 REPO = Path(__file__).resolve().parents[2]
 FULL_BUDGET_S, QUICK_BUDGET_S = 480.0, 115.0
 # --quick: the full-size presets' function at the tiny preset's sizes (64x64, ~0.7 M parameters).
-TINY_SIZES = {"image_size": 64, "conv_stem_dim": 16, "dim": 32, "dim_head": 16, "depth": [1, 1], "attention_window": 4,
-              "mbconv_expansion": 2, "transformer_depth": 2, "transformer_heads": 4, "transformer_dim_head": 16,
-              "cond_dim": 128, "film_mult": 2, "token_learner_ff_mult": 1}
+TINY_SIZES = {
+    "image_size": 64,
+    "conv_stem_dim": 16,
+    "dim": 32,
+    "dim_head": 16,
+    "depth": [1, 1],
+    "attention_window": 4,
+    "mbconv_expansion": 2,
+    "transformer_depth": 2,
+    "transformer_heads": 4,
+    "transformer_dim_head": 16,
+    "cond_dim": 128,
+    "film_mult": 2,
+    "token_learner_ff_mult": 1,
+}
 
 
 class GpuCheckError(RT1Error):
@@ -55,9 +67,15 @@ class GpuCheckConfig:
 def environment(device: str) -> dict:
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-           "cuda_available": torch.cuda.is_available(), "gpus": [], "cpu_count": os.cpu_count(),
-           "host": platform.node()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [],
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+    }
     if device == "cuda":
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         env["cuda"] = torch.version.cuda
@@ -70,9 +88,16 @@ def reference_available(module: Path | None) -> tuple[bool, str]:
         return False, "no reference builder (benchmarks/reference_model.py) given"
     import importlib.util
 
-    missing = [m for m in ("robotic_transformer_pytorch", "classifier_free_guidance_pytorch", "einops", "beartype")
-               if importlib.util.find_spec(m) is None]
-    return (False, f"robotic-transformer-pytorch not importable (missing {', '.join(missing)})") if missing else (True, "")
+    missing = [
+        m
+        for m in ("robotic_transformer_pytorch", "classifier_free_guidance_pytorch", "einops", "beartype")
+        if importlib.util.find_spec(m) is None
+    ]
+    return (
+        (False, f"robotic-transformer-pytorch not importable (missing {', '.join(missing)})")
+        if missing
+        else (True, "")
+    )
 
 
 class GpuCheck:
@@ -83,16 +108,23 @@ class GpuCheck:
 
         self.cfg, self.start = cfg, time.monotonic()
         if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise GpuCheckError("--device cuda was asked for but torch.cuda.is_available() is False "
-                                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
-        self.device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+            raise GpuCheckError(
+                "--device cuda was asked for but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})"
+            )
+        self.device = (
+            "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        )
         self.gpus = torch.cuda.device_count() if self.device == "cuda" else 0
         self.budget = cfg.budget_s or (QUICK_BUDGET_S if cfg.quick else FULL_BUDGET_S)
         self.results: list[dict] = []
         self.run_ctx = None
         self.measurements: dict = {"training": [], "loader": [], "policy": []}
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                    "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        }
         if self.device == "cpu":
             self.env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
 
@@ -122,10 +154,17 @@ class GpuCheck:
 
         t = time.monotonic()
         self.train_data = write_check_dataset(self.cfg.out / "data_64", image_size=64, episodes=16, steps=16)
-        self.loader_data = self.train_data if self.cfg.quick else \
-            write_check_dataset(self.cfg.out / "data_224", image_size=224, episodes=48, steps=24)
-        self.add("dataset", "passed", f"stage-2 files and index written in {time.monotonic() - t:.1f} s "
-                                      f"({self.train_data.train_windows} training windows at 64x64)")
+        self.loader_data = (
+            self.train_data
+            if self.cfg.quick
+            else write_check_dataset(self.cfg.out / "data_224", image_size=224, episodes=48, steps=24)
+        )
+        self.add(
+            "dataset",
+            "passed",
+            f"stage-2 files and index written in {time.monotonic() - t:.1f} s "
+            f"({self.train_data.train_windows} training windows at 64x64)",
+        )
 
     # ---- 2: training through torchrun -------------------------------------------------------------------
 
@@ -136,11 +175,20 @@ class GpuCheck:
 
         nproc = max(self.gpus, 1) if self.device == "cuda" else 2
         if self.run_ctx is None:
-            self.run_ctx = RunContext(REPO, self.cfg.out, self.train_data, self.device, nproc,
-                                      steps=10 if self.cfg.quick else 30, batch_size=2 if self.cfg.quick else 4,
-                                      env=self.env)
+            self.run_ctx = RunContext(
+                REPO,
+                self.cfg.out,
+                self.train_data,
+                self.device,
+                nproc,
+                steps=10 if self.cfg.quick else 30,
+                batch_size=2 if self.cfg.quick else 4,
+                env=self.env,
+            )
             if self.device == "cuda" and self.gpus < 2:
-                self.add("multi-GPU NCCL", "skipped", f"only {self.gpus} GPU visible: NCCL ran with one process")
+                self.add(
+                    "multi-GPU NCCL", "skipped", f"only {self.gpus} GPU visible: NCCL ran with one process"
+                )
         ctx = self.run_ctx
         for mode in modes:
             name = f"train {mode} ({nproc} x {self.device}, {'nccl' if self.device == 'cuda' else 'gloo'})"
@@ -148,17 +196,31 @@ class GpuCheck:
                 self.add(name, "skipped", "this GPU has no bf16 support (compute capability below 8.0)")
                 continue
             if mode == "compile" and self.cfg.quick and self.device == "cpu":
-                self.add(name, "skipped", "--quick on CPU: torch.compile's inductor build takes minutes on a CPU "
-                                          "(measured 85 s for the tiny model); checked by the full mode on CUDA")
+                self.add(
+                    name,
+                    "skipped",
+                    "--quick on CPU: torch.compile's inductor build takes minutes on a CPU "
+                    "(measured 85 s for the tiny model); checked by the full mode on CUDA",
+                )
                 continue
             if self.out_of_time(name, reserve=20):
                 continue
             if mode == "compile":  # the resume check (two more compilations) only if it fits the budget
-                r = train_check(ctx, mode, resume=lambda first: self.elapsed() + 2.5 * first < self.budget,
-                                no_resume_reason="resume not checked: two more compiled runs would exceed the budget")
-            elif self.cfg.quick and mode != "fp32":  # --quick: the amp modes in 6 steps (fp16 is slow on a CPU)
-                r = train_check(dataclasses.replace(ctx, steps=6), mode, resume=False,
-                                no_resume_reason="resume not checked (--quick: the resume check runs for fp32 only)")
+                r = train_check(
+                    ctx,
+                    mode,
+                    resume=lambda first: self.elapsed() + 2.5 * first < self.budget,
+                    no_resume_reason="resume not checked: two more compiled runs would exceed the budget",
+                )
+            elif (
+                self.cfg.quick and mode != "fp32"
+            ):  # --quick: the amp modes in 6 steps (fp16 is slow on a CPU)
+                r = train_check(
+                    dataclasses.replace(ctx, steps=6),
+                    mode,
+                    resume=False,
+                    no_resume_reason="resume not checked (--quick: the resume check runs for fp32 only)",
+                )
             else:
                 r = train_check(ctx, mode, resume=True)
             self.add(name, r.pop("status"), r.pop("detail"), **r)
@@ -167,12 +229,14 @@ class GpuCheck:
 
     def _child(self, spec: dict, log: Path) -> dict:
         cmd = [sys.executable, "-m", "rt1.gpu_check.measure", json.dumps(spec)]
-        timeout = max(60.0, self.budget - self.elapsed() + 60.0)  # a hung child cannot take the whole machine's slot
+        timeout = max(
+            60.0, self.budget - self.elapsed() + 60.0
+        )  # a hung child cannot take the whole machine's slot
         proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
         log.write_text(proc.stdout + proc.stderr)
         for line in proc.stdout.splitlines():
             if line.startswith("RESULT "):
-                return json.loads(line[len("RESULT "):])
+                return json.loads(line[len("RESULT ") :])
         if "out of memory" in proc.stderr.lower():
             return {"oom": True}
         tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
@@ -190,27 +254,44 @@ class GpuCheck:
         logs.mkdir(exist_ok=True)
         for preset in presets:
             for kind, ckpt in (("ours", False), ("ours", True), ("reference", False)):
-                label = f"{preset} {'reference' if kind == 'reference' else 'ours'}" + (" + checkpointing" if ckpt else "")
+                label = f"{preset} {'reference' if kind == 'reference' else 'ours'}" + (
+                    " + checkpointing" if ckpt else ""
+                )
                 name = f"measure {label}"
                 if kind == "reference" and not have_ref:
                     self.add(name, "skipped", why)
                     continue
                 if self.out_of_time(name):
                     continue
-                spec = {"kind": "reference" if kind == "reference" else "train", "preset": preset, "batch": batch,
-                        "steps": steps, "warmup": warmup, "device": device, "activation_checkpointing": ckpt,
-                        "overrides": TINY_SIZES if self.cfg.quick else {},
-                        "reference_module": str(self.cfg.reference_module)}
+                spec = {
+                    "kind": "reference" if kind == "reference" else "train",
+                    "preset": preset,
+                    "batch": batch,
+                    "steps": steps,
+                    "warmup": warmup,
+                    "device": device,
+                    "activation_checkpointing": ckpt,
+                    "overrides": TINY_SIZES if self.cfg.quick else {},
+                    "reference_module": str(self.cfg.reference_module),
+                }
                 try:
                     r = self._child(spec, logs / f"{preset}_{kind}_{int(ckpt)}.log")
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     self.add(name, "failed", str(e))
                     continue
-                row = {"preset": preset, "model": "reference" if kind == "reference" else "ours",
-                       "activation_checkpointing": ckpt, "batch": batch, "device": device, **r}
+                row = {
+                    "preset": preset,
+                    "model": "reference" if kind == "reference" else "ours",
+                    "activation_checkpointing": ckpt,
+                    "batch": batch,
+                    "device": device,
+                    **r,
+                }
                 self.measurements["training"].append(row)
                 if r.get("oom"):
-                    self.add(name, "passed", f"batch {batch} does not fit: CUDA out of memory (a measurement)")
+                    self.add(
+                        name, "passed", f"batch {batch} does not fit: CUDA out of memory (a measurement)"
+                    )
                 else:
                     self.add(name, "passed", f"{r['windows_per_s']:.2f} windows/s, peak {_gib(r)}")
 
@@ -219,14 +300,21 @@ class GpuCheck:
 
         ctx, quick = self.run_ctx, self.cfg.quick
         preset, batch, steps, warmup = ("tiny", 4, 6, 2) if quick else ("original", 8, 14, 4)
-        for workers in ((2,) if quick else (2, 4, 8)):
+        for workers in (2,) if quick else (2, 4, 8):
             name = f"loader wait, --num-workers {workers}"
             if self.out_of_time(name, reserve=10):
                 continue
             save = self.cfg.out / "loader" / f"workers_{workers}"
             # Full size: with activation checkpointing, so batch 8 of `original` fits a 16 GB GPU (README).
-            cmd = ctx.command(save, [] if quick else ["--activation-checkpointing"], preset=preset, max_steps=steps,
-                              num_workers=workers, batch_size=batch, data=self.loader_data)
+            cmd = ctx.command(
+                save,
+                [] if quick else ["--activation-checkpointing"],
+                preset=preset,
+                max_steps=steps,
+                num_workers=workers,
+                batch_size=batch,
+                data=self.loader_data,
+            )
             save.mkdir(parents=True, exist_ok=True)
             try:
                 if run(ctx, cmd, save / "train.log") != 0 or len(losses(save)) != steps:
@@ -239,27 +327,49 @@ class GpuCheck:
             rows = [m for m in read_metrics(save / "metrics.jsonl") if m["event"] == "train"][warmup:]
             seconds, wait = sum(m["seconds"] for m in rows), sum(m["data_wait"] for m in rows)
             share = wait / seconds
-            self.measurements["loader"].append({"preset": preset, "num_workers": workers, "batch": batch,
-                                                "processes": ctx.nproc, "pin_memory": self.device == "cuda",
-                                                "activation_checkpointing": not quick,
-                                                "data_wait_share": share, "ms_per_step": 1000 * seconds / len(rows)})
-            self.add(name, "passed", f"waiting for data {100 * share:.1f}% of a step ({preset}, batch {batch}, "
-                                     f"pin_memory {'on' if self.device == 'cuda' else 'off (CPU)'})")
+            self.measurements["loader"].append(
+                {
+                    "preset": preset,
+                    "num_workers": workers,
+                    "batch": batch,
+                    "processes": ctx.nproc,
+                    "pin_memory": self.device == "cuda",
+                    "activation_checkpointing": not quick,
+                    "data_wait_share": share,
+                    "ms_per_step": 1000 * seconds / len(rows),
+                }
+            )
+            self.add(
+                name,
+                "passed",
+                f"waiting for data {100 * share:.1f}% of a step ({preset}, batch {batch}, "
+                f"pin_memory {'on' if self.device == 'cuda' else 'off (CPU)'})",
+            )
 
     def measure_policy(self) -> None:
         name = "policy step latency (original)"
         if self.out_of_time(name):
             return
         device = "cuda:0" if self.device == "cuda" else "cpu"
-        spec = {"kind": "policy", "preset": "original", "overrides": TINY_SIZES if self.cfg.quick else {},
-                "device": device, "steps": 10 if self.cfg.quick else 100, "warmup": 3 if self.cfg.quick else 10}
+        spec = {
+            "kind": "policy",
+            "preset": "original",
+            "overrides": TINY_SIZES if self.cfg.quick else {},
+            "device": device,
+            "steps": 10 if self.cfg.quick else 100,
+            "warmup": 3 if self.cfg.quick else 10,
+        }
         try:
             r = self._child(spec, self.cfg.out / "measure" / "policy.log")
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             self.add(name, "failed", str(e))
             return
         self.measurements["policy"].append({"preset": "original", "device": device, **r})
-        self.add(name, "passed", f"median {r['median_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms over {r['steps']} steps")
+        self.add(
+            name,
+            "passed",
+            f"median {r['median_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms over {r['steps']} steps",
+        )
 
     # ---- the run ---------------------------------------------------------------------------------------------
 
@@ -267,8 +377,11 @@ class GpuCheck:
         from rt1.gpu_check.report import write_report
 
         mode = "quick" if self.cfg.quick else "full"
-        print(f"gpu_check ({mode}): device {self.device}, {self.gpus} GPU(s), budget {self.budget:.0f} s, "
-              f"output {self.cfg.out}", flush=True)
+        print(
+            f"gpu_check ({mode}): device {self.device}, {self.gpus} GPU(s), budget {self.budget:.0f} s, "
+            f"output {self.cfg.out}",
+            flush=True,
+        )
         env = environment(self.device)
         self.make_data()
         self.training(("fp32", "bf16", "fp16"))
@@ -277,14 +390,25 @@ class GpuCheck:
         self.measure_policy()
         self.training(("compile",))
         failed = [r for r in self.results if r["status"] == "failed"]
-        json_path, md_path = write_report(self.cfg.out, mode=mode, env=env, results=self.results,
-                                          measurements=self.measurements, seconds=self.elapsed())
+        json_path, md_path = write_report(
+            self.cfg.out,
+            mode=mode,
+            env=env,
+            results=self.results,
+            measurements=self.measurements,
+            seconds=self.elapsed(),
+        )
         skipped = sum(r["status"] == "skipped" for r in self.results)
         if failed:
-            print(f"gpu_check: FAILED: {failed[0]['name']}: {failed[0]['detail']}", file=sys.stderr, flush=True)
+            print(
+                f"gpu_check: FAILED: {failed[0]['name']}: {failed[0]['detail']}", file=sys.stderr, flush=True
+            )
             return 1
-        print(f"gpu_check: passed ({len(self.results) - skipped} checks passed, {skipped} skipped) in "
-              f"{self.elapsed():.0f} s; report {md_path} and {json_path}", flush=True)
+        print(
+            f"gpu_check: passed ({len(self.results) - skipped} checks passed, {skipped} skipped) in "
+            f"{self.elapsed():.0f} s; report {md_path} and {json_path}",
+            flush=True,
+        )
         return 0
 
 
@@ -295,15 +419,26 @@ def _gib(r: dict) -> str:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="new or empty directory for the report and the runs")
+    p = argparse.ArgumentParser(
+        prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="new or empty directory for the report and the runs"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps (CPU: under 2 minutes)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                   help="auto: CUDA when available (default auto)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help=f"wall-time budget in seconds (default {FULL_BUDGET_S:.0f}, --quick {QUICK_BUDGET_S:.0f}): "
-                        "checks that would start after it are reported as skipped")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto: CUDA when available (default auto)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"wall-time budget in seconds (default {FULL_BUDGET_S:.0f}, --quick {QUICK_BUDGET_S:.0f}): "
+        "checks that would start after it are reported as skipped",
+    )
     return p
 
 
@@ -314,8 +449,10 @@ def main(argv: list[str] | None = None, *, reference_module: Path | None = None)
 
         missing = [m for m in ("torch", "numpy", "h5py", "PIL") if importlib.util.find_spec(m) is None]
         if missing:
-            raise GpuCheckError(f"{sys.executable} cannot import {', '.join(missing)}: run the check with a python "
-                                "that has PyTorch (make gpu-check uses .venv when there is one)")
+            raise GpuCheckError(
+                f"{sys.executable} cannot import {', '.join(missing)}: run the check with a python "
+                "that has PyTorch (make gpu-check uses .venv when there is one)"
+            )
         out = args.out
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise GpuCheckError(f"--out {out} must be a new or empty directory")

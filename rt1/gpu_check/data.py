@@ -22,7 +22,12 @@ from rt1.data.preprocessed_schema import PreprocessedEpisode, write_preprocessed
 from rt1.data.segment_schema import segment_file_name
 from rt1.rlds_spec import ACTION_SPEC, DATASET_NAME, DATASET_VERSION, EMBEDDING_DIM
 
-INSTRUCTIONS = ("pick coke can", "open middle drawer", "move blue chip bag near pepsi can", "knock redbull can over")
+INSTRUCTIONS = (
+    "pick coke can",
+    "open middle drawer",
+    "move blue chip bag near pepsi can",
+    "knock redbull can over",
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ def _frame(episode: int, step: int, num_steps: int, size: int) -> np.ndarray:
     side = max(2, size // 6)
     pos = int((size - side) * step / max(num_steps - 1, 1))
     row = (size - side) // 2 if episode % 2 == 0 else size // 8
-    image[row:row + side, pos:pos + side] = 250
+    image[row : row + side, pos : pos + side] = 250
     return image
 
 
@@ -73,13 +78,21 @@ def make_episode(episode: int, num_steps: int, size: int) -> PreprocessedEpisode
     actions = _actions(episode, num_steps)
     frames = [encode_jpeg(_frame(episode, s, num_steps, size), JPEG_QUALITY) for s in range(num_steps)]
     fingerprint = hashlib.sha256(f"gpu-check {episode} {num_steps} {size}".encode()).hexdigest()[:32]
-    return PreprocessedEpisode(source_index=episode, fingerprint=fingerprint, instruction=instruction,
-                               language_embedding=_embedding(instruction), action_tokens=tokenize(actions),
-                               actions=flatten_actions(actions), raw_actions=actions, jpeg_frames=frames)
+    return PreprocessedEpisode(
+        source_index=episode,
+        fingerprint=fingerprint,
+        instruction=instruction,
+        language_embedding=_embedding(instruction),
+        action_tokens=tokenize(actions),
+        actions=flatten_actions(actions),
+        raw_actions=actions,
+        jpeg_frames=frames,
+    )
 
 
-def write_check_dataset(out_dir: Path, *, image_size: int, episodes: int = 16, steps: int = 16,
-                        per_file: int = 4, window: int = 6) -> CheckData:
+def write_check_dataset(
+    out_dir: Path, *, image_size: int, episodes: int = 16, steps: int = 16, per_file: int = 4, window: int = 6
+) -> CheckData:
     """`episodes` episodes of `steps` steps at image_size x image_size in files of `per_file` episodes, and the
     stage-3 index (25% of the episodes in val)."""
     out_dir = Path(out_dir)
@@ -89,11 +102,24 @@ def write_check_dataset(out_dir: Path, *, image_size: int, episodes: int = 16, s
         last = min(first + per_file, episodes)
         eps = [make_episode(e, steps, image_size) for e in range(first, last)]
         name = segment_file_name(first, last)
-        source = {"source_dataset": f"{DATASET_NAME}/{DATASET_VERSION} (gpu_check synthetic)", "source_file": name,
-                  "source_format_version": 2, "source_num_episodes": len(eps),
-                  "source_num_steps": steps * len(eps), "source_size": 0, "episode_range": (first, last),
-                  "segment_task_filter": "all"}
-        write_preprocessed(data_dir / name, eps, image_size=(image_size, image_size), jpeg_quality=JPEG_QUALITY,
-                           resize=RESIZE_DESCRIPTION, task_filter="all", source=source)
+        source = {
+            "source_dataset": f"{DATASET_NAME}/{DATASET_VERSION} (gpu_check synthetic)",
+            "source_file": name,
+            "source_format_version": 2,
+            "source_num_episodes": len(eps),
+            "source_num_steps": steps * len(eps),
+            "source_size": 0,
+            "episode_range": (first, last),
+            "segment_task_filter": "all",
+        }
+        write_preprocessed(
+            data_dir / name,
+            eps,
+            image_size=(image_size, image_size),
+            jpeg_quality=JPEG_QUALITY,
+            resize=RESIZE_DESCRIPTION,
+            task_filter="all",
+            source=source,
+        )
     result = build_index(data_dir, out_dir / "index", val_fraction=0.25, seed=0, window=window)
     return CheckData(data_dir, result.train_csv, result.val_csv, result.train_windows)

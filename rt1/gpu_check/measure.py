@@ -37,8 +37,9 @@ from rt1.train.step import amp_context, train_step
 
 def model_config(spec: dict):
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("overrides", {}).items()}
-    return PRESETS[spec["preset"]].model.replace(**overrides,
-                                                 activation_checkpointing=bool(spec.get("activation_checkpointing")))
+    return PRESETS[spec["preset"]].model.replace(
+        **overrides, activation_checkpointing=bool(spec.get("activation_checkpointing"))
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -48,8 +49,13 @@ def _sync(device: torch.device) -> None:
 
 def _batches(config, batch: int, device: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    frames = torch.randint(0, 256, (batch, config.num_frames, config.image_size, config.image_size, 3), generator=g,
-                           dtype=torch.uint8)
+    frames = torch.randint(
+        0,
+        256,
+        (batch, config.num_frames, config.image_size, config.image_size, 3),
+        generator=g,
+        dtype=torch.uint8,
+    )
     text = torch.randn(batch, config.text_embed_dim, generator=g)
     tokens = torch.randint(0, config.num_bins, (batch, config.num_frames, config.num_actions), generator=g)
     while True:  # the same batch every step (no loader in this measurement: only the model's own cost)
@@ -73,8 +79,9 @@ def measure_train(spec: dict, device: torch.device) -> dict:
         bare = reference_model.build_reference(config).train().to(device, memory_format=torch.channels_last)
         forward = None
     else:
-        bare, forward, _ = D.wrap_model(RT1(config).train(), info, sync_bn=False, find_unused_parameters=False,
-                                        compile=False, log=None)
+        bare, forward, _ = D.wrap_model(
+            RT1(config).train(), info, sync_bn=False, find_unused_parameters=False, compile=False, log=None
+        )
     optimizer = torch.optim.SGD(bare.parameters(), lr=1e-4, momentum=0.9)
     amp = spec.get("amp", "off")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -101,8 +108,12 @@ def measure_train(spec: dict, device: torch.device) -> dict:
         if step >= spec["warmup"]:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    return {"windows_per_s": spec["batch"] / seconds, "ms_per_step": 1000 * seconds, **_memory(device),
-            "parameters": sum(p.numel() for p in bare.parameters())}
+    return {
+        "windows_per_s": spec["batch"] / seconds,
+        "ms_per_step": 1000 * seconds,
+        **_memory(device),
+        "parameters": sum(p.numel() for p in bare.parameters()),
+    }
 
 
 def measure_policy(spec: dict, device: torch.device) -> dict:
@@ -121,8 +132,12 @@ def measure_policy(spec: dict, device: torch.device) -> dict:
         if step >= spec["warmup"]:
             times.append(time.perf_counter() - start)
     ms = 1000 * np.asarray(times)
-    return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "steps": len(times),
-            **_memory(device)}
+    return {
+        "median_ms": float(np.median(ms)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "steps": len(times),
+        **_memory(device),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,39 +18,68 @@ def _memory(row: dict) -> str:
 
 def markdown(mode: str, env: dict, results: list[dict], measurements: dict, seconds: float) -> str:
     gpus = ", ".join(env.get("gpus") or []) or "none (CPU)"
-    lines = [f"### GPU check ({mode} mode)", "",
-             f"Python {env['python']}, torch {env['torch']}, device {env['device']}, GPUs: {gpus}; "
-             f"{seconds:.0f} s wall time.", "",
-             "| check | result | detail |", "|---|---|---|"]
+    lines = [
+        f"### GPU check ({mode} mode)",
+        "",
+        f"Python {env['python']}, torch {env['torch']}, device {env['device']}, GPUs: {gpus}; "
+        f"{seconds:.0f} s wall time.",
+        "",
+        "| check | result | detail |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['name']} | {r['status']} | {r['detail'].replace('|', '/')} |" for r in results]
     training = measurements.get("training", [])
     if training:
-        lines += ["", "| preset | model | activation checkpointing | batch per GPU | windows/s per GPU | peak memory |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| preset | model | activation checkpointing | batch per GPU | windows/s per GPU | peak memory |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in training:
             rate = "-" if row.get("oom") else f"{row['windows_per_s']:.2f}"
-            lines.append(f"| {row['preset']} | {row['model']} | {'on' if row['activation_checkpointing'] else 'off'} | "
-                         f"{row['batch']} | {rate} | {_memory(row)} |")
+            lines.append(
+                f"| {row['preset']} | {row['model']} | {'on' if row['activation_checkpointing'] else 'off'} | "
+                f"{row['batch']} | {rate} | {_memory(row)} |"
+            )
     loader = measurements.get("loader", [])
     if loader:
-        lines += ["", "| data loader: --num-workers | preset | batch per GPU | pinned memory | waiting for data | ms per step |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {row['num_workers']} | {row['preset']} | {row['batch']} | {'on' if row['pin_memory'] else 'off'} | "
-                  f"{100 * row['data_wait_share']:.1f}% | {row['ms_per_step']:.0f} |" for row in loader]
+        lines += [
+            "",
+            "| data loader: --num-workers | preset | batch per GPU | pinned memory | waiting for data | ms per step |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['num_workers']} | {row['preset']} | {row['batch']} | {'on' if row['pin_memory'] else 'off'} | "
+            f"{100 * row['data_wait_share']:.1f}% | {row['ms_per_step']:.0f} |"
+            for row in loader
+        ]
     for row in measurements.get("policy", []):
-        lines += ["", f"Policy step ({row['preset']}, {row['device']}): median {row['median_ms']:.1f} ms, "
-                      f"p99 {row['p99_ms']:.1f} ms over {row['steps']} steps."]
+        lines += [
+            "",
+            f"Policy step ({row['preset']}, {row['device']}): median {row['median_ms']:.1f} ms, "
+            f"p99 {row['p99_ms']:.1f} ms over {row['steps']} steps.",
+        ]
     if mode == "quick":
-        lines += ["", "Quick mode: tiny sizes; the figures only show that the code paths run, they are not GPU figures."]
+        lines += [
+            "",
+            "Quick mode: tiny sizes; the figures only show that the code paths run, they are not GPU figures.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, *, mode: str, env: dict, results: list[dict], measurements: dict,
-                 seconds: float) -> tuple[Path, Path]:
+def write_report(
+    out_dir: Path, *, mode: str, env: dict, results: list[dict], measurements: dict, seconds: float
+) -> tuple[Path, Path]:
     failed = [r for r in results if r["status"] == "failed"]
-    report = {"mode": mode, "environment": env, "seconds": seconds,
-              "status": "failed" if failed else "passed", "first_failure": failed[0]["name"] if failed else None,
-              "checks": results, "measurements": measurements}
+    report = {
+        "mode": mode,
+        "environment": env,
+        "seconds": seconds,
+        "status": "failed" if failed else "passed",
+        "first_failure": failed[0]["name"] if failed else None,
+        "checks": results,
+        "measurements": measurements,
+    }
     json_path, md_path = out_dir / "gpu_check.json", out_dir / "gpu_check.md"
     with atomic_output(json_path) as tmp:
         tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")

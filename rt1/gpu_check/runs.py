@@ -40,15 +40,53 @@ class RunContext:
     timeout_s: float = 300.0
     env: dict = field(default_factory=lambda: {**os.environ, "PYTHONUNBUFFERED": "1"})
 
-    def command(self, save_dir: Path, extra: list[str], *, preset: str = "tiny", max_steps: int | None = None,
-                num_workers: int = 1, batch_size: int | None = None, data: CheckData | None = None) -> list[str]:
+    def command(
+        self,
+        save_dir: Path,
+        extra: list[str],
+        *,
+        preset: str = "tiny",
+        max_steps: int | None = None,
+        num_workers: int = 1,
+        batch_size: int | None = None,
+        data: CheckData | None = None,
+    ) -> list[str]:
         data = data or self.data
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc}",
-                "train_ddp.py", "--preset", preset, "--data-dir", str(data.data_dir), "--train-index",
-                str(data.train_index), "--save-dir", str(save_dir), "--device", self.device, "--no-progress",
-                "--no-tensorboard", "--log-every", "1", "--num-workers", str(num_workers), "--batch-size",
-                str(batch_size or self.batch_size), "--epochs", "1000", "--max-steps", str(max_steps or self.steps),
-                "--val-every", "0", "--cond-drop-prob", "0", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={self.nproc}",
+            "train_ddp.py",
+            "--preset",
+            preset,
+            "--data-dir",
+            str(data.data_dir),
+            "--train-index",
+            str(data.train_index),
+            "--save-dir",
+            str(save_dir),
+            "--device",
+            self.device,
+            "--no-progress",
+            "--no-tensorboard",
+            "--log-every",
+            "1",
+            "--num-workers",
+            str(num_workers),
+            "--batch-size",
+            str(batch_size or self.batch_size),
+            "--epochs",
+            "1000",
+            "--max-steps",
+            str(max_steps or self.steps),
+            "--val-every",
+            "0",
+            "--cond-drop-prob",
+            "0",
+            *extra,
+        ]
 
 
 class CheckFailed(Exception):
@@ -57,8 +95,9 @@ class CheckFailed(Exception):
 
 def run(ctx: RunContext, cmd: list[str], log: Path) -> int:
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=ctx.repo, env=ctx.env, stdout=err, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ctx.repo, env=ctx.env, stdout=err, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             return proc.wait(timeout=ctx.timeout_s)
         except subprocess.TimeoutExpired:
@@ -98,7 +137,9 @@ def check_run(mode: str, save_dir: Path, steps: int) -> dict:
     k = max(1, steps // 5)
     first, last = sum(values[:k]) / k, sum(values[-k:]) / k
     if not last < first - 0.05 * abs(first):
-        raise CheckFailed(f"the loss did not fall: mean of the first {k} steps {first:.4f}, of the last {k} {last:.4f}")
+        raise CheckFailed(
+            f"the loss did not fall: mean of the first {k} steps {first:.4f}, of the last {k} {last:.4f}"
+        )
     state = final_checkpoint(save_dir)
     if state["global_step"] != steps:
         raise CheckFailed(f"the last checkpoint holds step {state['global_step']}, expected {steps}")
@@ -125,8 +166,9 @@ def check_resume(ctx: RunContext, mode: str, reference: Path, work: Path) -> dic
     save, log = work / "resumed", work / "interrupted.log"
     cmd = ctx.command(save, MODES[mode])
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=ctx.repo, env=ctx.env, stdout=err, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ctx.repo, env=ctx.env, stdout=err, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             _wait_for(log, f"step {ctx.steps // 2}/{ctx.steps}", proc, ctx.timeout_s)
             os.killpg(proc.pid, signal.SIGTERM)  # a scheduler's SIGTERM reaches every process of the job
@@ -139,27 +181,42 @@ def check_resume(ctx: RunContext, mode: str, reference: Path, work: Path) -> dic
         raise CheckFailed(f"SIGTERM did not stop the run with a checkpoint: {last_error(log)}")
     stopped_at = final_checkpoint(save)["global_step"]
     if not 0 < stopped_at < ctx.steps:
-        raise CheckFailed(f"SIGTERM's checkpoint holds step {stopped_at}, expected one inside 1..{ctx.steps - 1}")
+        raise CheckFailed(
+            f"SIGTERM's checkpoint holds step {stopped_at}, expected one inside 1..{ctx.steps - 1}"
+        )
     if run(ctx, cmd, work / "rerun.log") != 0:
         raise CheckFailed(f"the rerun failed: {last_error(work / 'rerun.log')}")
     if f"at step {stopped_at}" not in (work / "rerun.log").read_text(errors="replace"):
         raise CheckFailed(f"the rerun did not resume from step {stopped_at}")
     a, b = dict(losses(reference)), dict(losses(save))
     if sorted(a) != sorted(b):
-        raise CheckFailed(f"the resumed run logged steps {sorted(b)[:3]}..., the uninterrupted {sorted(a)[:3]}...")
+        raise CheckFailed(
+            f"the resumed run logged steps {sorted(b)[:3]}..., the uninterrupted {sorted(a)[:3]}..."
+        )
     loss_diff = max(abs(a[s] - b[s]) / max(abs(a[s]), 1e-12) for s in a)
     wa, wb = final_checkpoint(reference)["model"], final_checkpoint(save)["model"]
-    weight_diff = max(float((wa[k].double() - wb[k].double()).abs().max()) if wa[k].numel() else 0.0
-                      for k in wa if wa[k].is_floating_point())
+    weight_diff = max(
+        float((wa[k].double() - wb[k].double()).abs().max()) if wa[k].numel() else 0.0
+        for k in wa
+        if wa[k].is_floating_point()
+    )
     exact = all(torch.equal(wa[k], wb[k]) for k in wa) and loss_diff == 0.0
     if ctx.device == "cpu" and not exact:
-        raise CheckFailed(f"the resumed run differs from the uninterrupted one (largest relative loss difference "
-                          f"{loss_diff:.3g}, largest weight difference {weight_diff:.3g}); on CPU it must be exact")
+        raise CheckFailed(
+            f"the resumed run differs from the uninterrupted one (largest relative loss difference "
+            f"{loss_diff:.3g}, largest weight difference {weight_diff:.3g}); on CPU it must be exact"
+        )
     if ctx.device == "cuda" and loss_diff > CUDA_LOSS_RTOL[mode]:
-        raise CheckFailed(f"the resumed run's losses differ from the uninterrupted run's by up to {loss_diff:.3g} "
-                          f"(relative; tolerance {CUDA_LOSS_RTOL[mode]})")
-    return {"resumed_from_step": stopped_at, "bitwise_equal": exact, "max_rel_loss_diff": loss_diff,
-            "max_abs_weight_diff": weight_diff}
+        raise CheckFailed(
+            f"the resumed run's losses differ from the uninterrupted run's by up to {loss_diff:.3g} "
+            f"(relative; tolerance {CUDA_LOSS_RTOL[mode]})"
+        )
+    return {
+        "resumed_from_step": stopped_at,
+        "bitwise_equal": exact,
+        "max_rel_loss_diff": loss_diff,
+        "max_abs_weight_diff": weight_diff,
+    }
 
 
 def train_check(ctx: RunContext, mode: str, *, resume, no_resume_reason: str = "resume not checked") -> dict:
@@ -169,8 +226,13 @@ def train_check(ctx: RunContext, mode: str, *, resume, no_resume_reason: str = "
     work = ctx.out_dir / "runs" / mode
     work.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    out: dict = {"mode": mode, "processes": ctx.nproc, "device": ctx.device, "steps": ctx.steps,
-                 "command": " ".join(ctx.command(work / "reference", MODES[mode])[1:])}
+    out: dict = {
+        "mode": mode,
+        "processes": ctx.nproc,
+        "device": ctx.device,
+        "steps": ctx.steps,
+        "command": " ".join(ctx.command(work / "reference", MODES[mode])[1:]),
+    }
     try:
         if run(ctx, ctx.command(work / "reference", MODES[mode]), work / "reference.log") != 0:
             raise CheckFailed(f"train_ddp.py failed: {last_error(work / 'reference.log')}")
@@ -179,11 +241,16 @@ def train_check(ctx: RunContext, mode: str, *, resume, no_resume_reason: str = "
         if resume:
             out["resume"] = check_resume(ctx, mode, work / "reference", work)
         out["status"] = "passed"
-        out["detail"] = (f"loss {out['loss_first']:.3f} -> {out['loss_last']:.3f}" +
-                         (f"; resumed from step {out['resume']['resumed_from_step']}: "
-                          + ("bit for bit equal" if out["resume"]["bitwise_equal"] else
-                             f"losses within {out['resume']['max_rel_loss_diff']:.2g}") if resume else
-                          f"; {no_resume_reason}"))
+        out["detail"] = f"loss {out['loss_first']:.3f} -> {out['loss_last']:.3f}" + (
+            f"; resumed from step {out['resume']['resumed_from_step']}: "
+            + (
+                "bit for bit equal"
+                if out["resume"]["bitwise_equal"]
+                else f"losses within {out['resume']['max_rel_loss_diff']:.2g}"
+            )
+            if resume
+            else f"; {no_resume_reason}"
+        )
     except CheckFailed as e:
         out.update(status="failed", detail=str(e))
     out["seconds"] = time.monotonic() - start

@@ -4,17 +4,30 @@
 The model takes tensors and returns tensors; its configuration is `rt1.config.RT1Config`.
 """
 
-from rt1.config import RT1Config
+from rt1.config import LOSS_REDUCTIONS, RT1Config
 from rt1.model.film import Conditioning
 from rt1.model.load import CheckpointError, check_model_path, load_model, read_checkpoint
-from rt1.model.pretrained import PretrainedError, load_pretrained
-from rt1.config import LOSS_REDUCTIONS
 from rt1.model.loss import action_loss, token_accuracy, token_correct_counts
 from rt1.model.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+from rt1.model.pretrained import PretrainedError, load_pretrained
 from rt1.model.rt1 import RT1, guided_logits
 
 __all__ = [
-    "RT1Config", "RT1", "Conditioning", "guided_logits", "normalize_frames", "IMAGENET_MEAN", "IMAGENET_STD",
-    "action_loss", "LOSS_REDUCTIONS", "token_accuracy", "token_correct_counts", "CheckpointError", "load_model", "read_checkpoint",
-    "check_model_path", "PretrainedError", "load_pretrained",
+    "RT1Config",
+    "RT1",
+    "Conditioning",
+    "guided_logits",
+    "normalize_frames",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "action_loss",
+    "LOSS_REDUCTIONS",
+    "token_accuracy",
+    "token_correct_counts",
+    "CheckpointError",
+    "load_model",
+    "read_checkpoint",
+    "check_model_path",
+    "PretrainedError",
+    "load_pretrained",
 ]

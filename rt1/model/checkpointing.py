@@ -26,8 +26,13 @@ from torch.utils.checkpoint import checkpoint
 
 
 def _batch_norm_buffers(module: nn.Module) -> list[torch.Tensor]:
-    return [buffer for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for buffer in (m.running_mean, m.running_var, m.num_batches_tracked) if buffer is not None]
+    return [
+        buffer
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buffer is not None
+    ]
 
 
 @contextmanager
@@ -46,5 +51,9 @@ def checkpointed(block: nn.Module, *args):
     if not (block.training and torch.is_grad_enabled()):
         return block(*args)
     buffers = _batch_norm_buffers(block)
-    return checkpoint(block, *args, use_reentrant=False,
-                      context_fn=lambda: (nullcontext(), _keep_batch_norm_statistics(buffers)))
+    return checkpoint(
+        block,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (nullcontext(), _keep_batch_norm_statistics(buffers)),
+    )

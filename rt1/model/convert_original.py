@@ -63,28 +63,44 @@ class ConversionError(RT1Error, ValueError):
 # ---- helpers ---------------------------------------------------------------------------------------
 
 # Every reference key the mapping knows (after an optional DDP "module." prefix is stripped).
-_KNOWN = [re.compile(p) for p in (
-    r"vit\.conv_stem\.[01]\.(weight|bias)",
-    r"vit\.layers\.\d+\.0\.(fn\.)?[013478]\.(weight|bias)",
-    r"vit\.layers\.\d+\.0\.(fn\.)?[148]\.(running_mean|running_var|num_batches_tracked)",
-    r"vit\.layers\.\d+\.0\.(fn\.)?6\.gate\.[13]\.weight",
-    r"vit\.layers\.\d+\.[26]\.fn\.(norm\.gamma|norm\.beta|to_qkv\.weight|to_out\.0\.weight|rel_pos_bias\.weight|mem_kv)",
-    r"vit\.layers\.\d+\.[37]\.fn\.(norm\.gamma|norm\.beta|net\.[03]\.(weight|bias))",
-    r"vit\.mlp_head\.\d+\.(gamma|beta|weight|bias)",
-    r"conditioner\.(null_text_embed|text_embed_stem_mlp\.0\.(weight|bias))",
-    r"conditioner\.conditioners\.\d+\.net\.[02]\.(weight|bias)",
-    r"token_learner\.net\.[02]\.(weight|bias)",
-    r"transformer\.layers\.\d+\.0\.(norm\.gamma|norm\.beta|to_q\.weight|to_kv\.weight|to_out\.0\.weight)",
-    r"transformer\.layers\.\d+\.1\.(norm\.gamma|norm\.beta|net\.[03]\.(weight|bias))",
-    r"to_logits\.0\.(gamma|beta)",
-    r"to_logits\.1\.(weight|bias)",
-)]
-_MBCONV = {"0": "expand", "1": "expand_norm", "3": "depthwise", "4": "depthwise_norm", "6": "squeeze_excitation",
-           "7": "project", "8": "project_norm"}
+_KNOWN = [
+    re.compile(p)
+    for p in (
+        r"vit\.conv_stem\.[01]\.(weight|bias)",
+        r"vit\.layers\.\d+\.0\.(fn\.)?[013478]\.(weight|bias)",
+        r"vit\.layers\.\d+\.0\.(fn\.)?[148]\.(running_mean|running_var|num_batches_tracked)",
+        r"vit\.layers\.\d+\.0\.(fn\.)?6\.gate\.[13]\.weight",
+        r"vit\.layers\.\d+\.[26]\.fn\.(norm\.gamma|norm\.beta|to_qkv\.weight|to_out\.0\.weight|rel_pos_bias\.weight|mem_kv)",
+        r"vit\.layers\.\d+\.[37]\.fn\.(norm\.gamma|norm\.beta|net\.[03]\.(weight|bias))",
+        r"vit\.mlp_head\.\d+\.(gamma|beta|weight|bias)",
+        r"conditioner\.(null_text_embed|text_embed_stem_mlp\.0\.(weight|bias))",
+        r"conditioner\.conditioners\.\d+\.net\.[02]\.(weight|bias)",
+        r"token_learner\.net\.[02]\.(weight|bias)",
+        r"transformer\.layers\.\d+\.0\.(norm\.gamma|norm\.beta|to_q\.weight|to_kv\.weight|to_out\.0\.weight)",
+        r"transformer\.layers\.\d+\.1\.(norm\.gamma|norm\.beta|net\.[03]\.(weight|bias))",
+        r"to_logits\.0\.(gamma|beta)",
+        r"to_logits\.1\.(weight|bias)",
+    )
+]
+_MBCONV = {
+    "0": "expand",
+    "1": "expand_norm",
+    "3": "depthwise",
+    "4": "depthwise_norm",
+    "6": "squeeze_excitation",
+    "7": "project",
+    "8": "project_norm",
+}
 _NORM_OF_CONV = {"expand": "expand_norm", "depthwise": "depthwise_norm", "project": "project_norm"}
 _SUBLAYER = {"2": "block_attn", "3": "block_ff", "6": "grid_attn", "7": "grid_ff"}
-_RENAME = {"norm.gamma": "norm.weight", "to_out.0.weight": "to_out.weight", "net.0.weight": "fc1.weight",
-           "net.0.bias": "fc1.bias", "net.3.weight": "fc2.weight", "net.3.bias": "fc2.bias"}
+_RENAME = {
+    "norm.gamma": "norm.weight",
+    "to_out.0.weight": "to_out.weight",
+    "net.0.weight": "fc1.weight",
+    "net.0.bias": "fc1.bias",
+    "net.3.weight": "fc2.weight",
+    "net.3.bias": "fc2.bias",
+}
 
 
 def _few(keys, n: int = 4) -> str:
@@ -122,7 +138,9 @@ def load_reference_state_dict(path: Path) -> dict[str, Tensor]:
         inner = state.get("state_dict", state.get("model"))
         state = inner if isinstance(inner, dict) else state
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConversionError(f"{path} does not hold a state_dict (a dict of tensors), got {type(state).__name__}")
+        raise ConversionError(
+            f"{path} does not hold a state_dict (a dict of tensors), got {type(state).__name__}"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -130,8 +148,9 @@ def check_keys(ref_sd: dict[str, Tensor], source: str = "the state_dict") -> Non
     """Raise ConversionError naming a few keys the mapping does not know."""
     unexpected = [k for k in ref_sd if not any(p.fullmatch(k) for p in _KNOWN)]
     if unexpected:
-        raise ConversionError(f"{source} has {len(unexpected)} keys that are not {REFERENCE} RT1 keys: "
-                              f"{_few(unexpected)}")
+        raise ConversionError(
+            f"{source} has {len(unexpected)} keys that are not {REFERENCE} RT1 keys: {_few(unexpected)}"
+        )
 
 
 def infer_config(ref_sd: dict[str, Tensor], base: RT1Config | None = None, **overrides) -> RT1Config:
@@ -160,8 +179,10 @@ def infer_config(ref_sd: dict[str, Tensor], base: RT1Config | None = None, **ove
         depth[-1] += 1
     dim = widths[0]
     if widths != [dim * 2**s for s in range(len(widths))]:
-        raise ConversionError(f"MaxViT stage widths {widths} do not double from stage to stage (this project's "
-                              f"MaxViT has width dim * 2**stage)")
+        raise ConversionError(
+            f"MaxViT stage widths {widths} do not double from stage to stage (this project's "
+            f"MaxViT has width dim * 2**stage)"
+        )
     hidden = _get(sd, "vit.layers.0.0.0.weight").shape[0]  # block 0 always downsamples: no "fn."
     se_hidden = _get(sd, "vit.layers.0.0.6.gate.1.weight").shape[0]
     rel = _get(sd, "vit.layers.0.2.fn.rel_pos_bias.weight")  # ((2w - 1)**2, heads)
@@ -173,28 +194,43 @@ def infer_config(ref_sd: dict[str, Tensor], base: RT1Config | None = None, **ove
     tf_layers = sorted({int(m[1]) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))})
     tf_dim_head = _get(sd, "transformer.layers.0.0.to_kv.weight").shape[0] // 2
     ff_mult = _ratio(_get(sd, "vit.layers.0.3.fn.net.0.weight").shape[0], dim, "the MaxViT ff_mult")
-    tf_ff_mult = _ratio(_get(sd, "transformer.layers.0.1.net.0.weight").shape[0], d, "the transformer ff_mult")
+    tf_ff_mult = _ratio(
+        _get(sd, "transformer.layers.0.1.net.0.weight").shape[0], d, "the transformer ff_mult"
+    )
     if ff_mult != tf_ff_mult:
-        raise ConversionError(f"MaxViT ff_mult {ff_mult} and transformer ff_mult {tf_ff_mult} differ "
-                              f"(this project has one ff_mult)")
+        raise ConversionError(
+            f"MaxViT ff_mult {ff_mult} and transformer ff_mult {tf_ff_mult} differ "
+            f"(this project has one ff_mult)"
+        )
     tokens = _get(sd, "token_learner.net.2.weight").shape[0]
     logits_rows = _get(sd, "to_logits.1.weight").shape[0]
     num_actions = overrides.get("num_actions", base.num_actions)
     values = dict(
-        channels=stem.shape[1], conv_stem_dim=stem.shape[0], dim=dim, depth=tuple(depth),
-        dim_head=_ratio(dim, rel.shape[1], "the MaxViT dim_head"), attention_window=(side + 1) // 2,
-        mbconv_expansion=_ratio(hidden, dim, "the MBConv expansion"), mbconv_shrinkage=se_hidden / hidden,
+        channels=stem.shape[1],
+        conv_stem_dim=stem.shape[0],
+        dim=dim,
+        depth=tuple(depth),
+        dim_head=_ratio(dim, rel.shape[1], "the MaxViT dim_head"),
+        attention_window=(side + 1) // 2,
+        mbconv_expansion=_ratio(hidden, dim, "the MBConv expansion"),
+        mbconv_shrinkage=se_hidden / hidden,
         attention_memory_kv=int(mem.shape[2]) if mem is not None else 0,
         ff_mult=ff_mult,
-        film_mult=_ratio(_get(sd, "conditioner.conditioners.0.net.0.weight").shape[0], stem.shape[0],
-                         "the FiLM hidden multiplier"),
-        transformer_depth=len(tf_layers), transformer_dim_head=tf_dim_head,
-        transformer_heads=_ratio(_get(sd, "transformer.layers.0.0.to_q.weight").shape[0], tf_dim_head,
-                                 "the transformer heads"),
+        film_mult=_ratio(
+            _get(sd, "conditioner.conditioners.0.net.0.weight").shape[0],
+            stem.shape[0],
+            "the FiLM hidden multiplier",
+        ),
+        transformer_depth=len(tf_layers),
+        transformer_dim_head=tf_dim_head,
+        transformer_heads=_ratio(
+            _get(sd, "transformer.layers.0.0.to_q.weight").shape[0], tf_dim_head, "the transformer heads"
+        ),
         transformer_dropout=0.0,  # the reference's transformer has no dropout
         num_learned_tokens=tokens,
-        token_learner_ff_mult=_ratio(_get(sd, "token_learner.net.0.weight").shape[0], tokens * d,
-                                     "the TokenLearner ff_mult"),
+        token_learner_ff_mult=_ratio(
+            _get(sd, "token_learner.net.0.weight").shape[0], tokens * d, "the TokenLearner ff_mult"
+        ),
         text_embed_dim=_get(sd, "conditioner.null_text_embed").shape[0],
         cond_dim=_get(sd, "conditioner.text_embed_stem_mlp.0.weight").shape[0],
         num_bins=_ratio(logits_rows, num_actions, f"the bins per action ({num_actions} actions)"),
@@ -223,7 +259,9 @@ def convert_state_dict(ref_sd: dict[str, Tensor], config: RT1Config) -> dict[str
             continue
         if key.endswith(".beta"):
             if torch.count_nonzero(value):
-                raise ConversionError(f"LayerNorm bias {key} is not zero: this project's LayerNorms have no bias")
+                raise ConversionError(
+                    f"LayerNorm bias {key} is not zero: this project's LayerNorms have no bias"
+                )
             continue
         if m := re.fullmatch(r"vit\.layers\.(\d+)\.0\.(?:fn\.)?(\d)\.(.+)", key):
             i, idx, rest = m.groups()
@@ -262,7 +300,9 @@ def convert_state_dict(ref_sd: dict[str, Tensor], config: RT1Config) -> dict[str
             layer, sub, rest = m.groups()
             prefix = f"transformer.layers.{layer}.{sub}"
             if rest == "to_q.weight":
-                out[f"{prefix}.to_qkv.weight"] = torch.cat((value, _get(ref_sd, f"{prefix}.to_kv.weight")), dim=0)
+                out[f"{prefix}.to_qkv.weight"] = torch.cat(
+                    (value, _get(ref_sd, f"{prefix}.to_kv.weight")), dim=0
+                )
             elif rest != "to_kv.weight":
                 out[f"{prefix}.{_RENAME[rest]}"] = value
         elif key == "to_logits.0.gamma":
@@ -281,15 +321,30 @@ def convert_state_dict(ref_sd: dict[str, Tensor], config: RT1Config) -> dict[str
     if missing or extra:
         raise ConversionError(
             "the state_dict does not fit the configuration "
-            + "; ".join(part for part in (f"missing {_few(missing)}" if missing else "",
-                                          f"not in the model {_few(extra)}" if extra else "") if part))
-    wrong = [f"{k} {tuple(out[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if out[k].shape != v.shape]
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {_few(missing)}" if missing else "",
+                    f"not in the model {_few(extra)}" if extra else "",
+                )
+                if part
+            )
+        )
+    wrong = [
+        f"{k} {tuple(out[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if out[k].shape != v.shape
+    ]
     if wrong:
-        raise ConversionError(f"{len(wrong)} tensors have the wrong shape for the configuration: {_few(wrong, 3)}")
+        raise ConversionError(
+            f"{len(wrong)} tensors have the wrong shape for the configuration: {_few(wrong, 3)}"
+        )
     return {k: out[k].contiguous() for k in expected}
 
 
-def converted_checkpoint(ref_sd: dict[str, Tensor], config: RT1Config, source: str, epoch: int | None) -> dict:
+def converted_checkpoint(
+    ref_sd: dict[str, Tensor], config: RT1Config, source: str, epoch: int | None
+) -> dict:
     """The checkpoint dict (this project's format, no optimizer) of a converted reference state_dict."""
     from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 
@@ -330,22 +385,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rt1.model.convert_original",
         description=f"Convert the original pipeline's model-{{epoch}}.pth ({REFERENCE} RT1 state_dict) to a "
-                    f"checkpoint of this project (preset `original`).")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="save/{model}_{describe}/model-{epoch}.pth")
+        f"checkpoint of this project (preset `original`).",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="save/{model}_{describe}/model-{epoch}.pth"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output directory (gets {input stem}.pt)")
     original = PRESETS["original"].model
-    parser.add_argument("--image-size", type=int, default=original.image_size,
-                        help=f"input image side (not in the state_dict; default {original.image_size})")
-    parser.add_argument("--num-frames", type=int, default=original.num_frames,
-                        help=f"frames per window (not in the state_dict; default {original.num_frames})")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=original.image_size,
+        help=f"input image side (not in the state_dict; default {original.image_size})",
+    )
+    parser.add_argument(
+        "--num-frames",
+        type=int,
+        default=original.num_frames,
+        help=f"frames per window (not in the state_dict; default {original.num_frames})",
+    )
     args = parser.parse_args(argv)
 
     def run(_) -> int:
-        out, config = convert_checkpoint(args.checkpoint, args.out, image_size=args.image_size,
-                                         num_frames=args.num_frames)
+        out, config = convert_checkpoint(
+            args.checkpoint, args.out, image_size=args.image_size, num_frames=args.num_frames
+        )
         differs = {k: v for k, v in config.to_dict().items() if v != original.to_dict()[k]}
-        print(f"wrote {out}: preset original, text_embed_dim {config.text_embed_dim}"
-              + (f"; differs from the preset in {differs}" if differs else ""))
+        print(
+            f"wrote {out}: preset original, text_embed_dim {config.text_embed_dim}"
+            + (f"; differs from the preset in {differs}" if differs else "")
+        )
         return 0
 
     return run_cli(run)

@@ -18,7 +18,9 @@ from torch import Tensor
 _LEVELS = 65536
 
 
-def dropout_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor | None:
+def dropout_mask(
+    shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor | None:
     """Float mask of `shape`: 0 where dropped, 1 / (1 - p) where kept; None if p rounds to 0."""
     if p >= 1.0:
         return torch.zeros(shape, device=device, dtype=dtype)

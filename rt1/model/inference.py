@@ -44,8 +44,15 @@ class FoldedMBConv(nn.Module):
             self.expand_weight = nn.Parameter(mbconv.expand.weight * scale[:, None], requires_grad=False)
             self.expand_bias = nn.Parameter(shift, requires_grad=False)
             dw = mbconv.depthwise
-            self.depthwise = nn.Conv2d(dw.in_channels, dw.out_channels, dw.kernel_size, stride=dw.stride,
-                                       padding=dw.padding, groups=dw.groups, bias=True)
+            self.depthwise = nn.Conv2d(
+                dw.in_channels,
+                dw.out_channels,
+                dw.kernel_size,
+                stride=dw.stride,
+                padding=dw.padding,
+                groups=dw.groups,
+                bias=True,
+            )
             scale, shift = _bn_scale_shift(mbconv.depthwise_norm)
             self.depthwise.weight.copy_(dw.weight * scale[:, None, None, None])
             self.depthwise.bias.copy_(shift)

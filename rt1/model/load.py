@@ -37,18 +37,24 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path} cannot be read (not a file written by torch.save: checkpoints "
-                              "are zip archives)")
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (not a file written by torch.save: checkpoints "
+            "are zip archives)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch's weights_only unpickler raises KeyError, IndexError, ...
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {one_line(e)})") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {one_line(e)})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = f" (format {state.get('format')!r})" if isinstance(state, dict) else ""
         raise CheckpointError(f"{path} is not an rt1 training checkpoint{found}")
     if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format_version {state.get('format_version')}, "
-                              f"this code reads {CHECKPOINT_FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint format_version {state.get('format_version')}, "
+            f"this code reads {CHECKPOINT_FORMAT_VERSION}"
+        )
     return state
 
 

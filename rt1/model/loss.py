@@ -20,10 +20,10 @@ from torch import Tensor
 
 def _check(logits: Tensor, tokens: Tensor) -> None:
     if logits.shape[:-1] != tokens.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} disagree: "
-                         f"expected logits = tokens shape + (num_bins,)")
-
-
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} disagree: "
+            f"expected logits = tokens shape + (num_bins,)"
+        )
 
 
 def action_loss(logits: Tensor, tokens: Tensor, reduction: str = "mean") -> Tensor:

@@ -93,7 +93,9 @@ def _sync_group(bn: nn.BatchNorm2d):
     return group if dist.get_world_size(group) > 1 else None
 
 
-def _sync_moments(mean: Tensor, var: Tensor, rows: int, shift: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
+def _sync_moments(
+    mean: Tensor, var: Tensor, rows: int, shift: Tensor, group
+) -> tuple[Tensor, Tensor, Tensor]:
     """This rank's batch mean and biased variance (C,) of `rows` rows -> those of the batch of all ranks.
 
     One all_reduce of 2C + 1 float32 values, [R (m - c), R (v + (m - c)^2), R], the moments about a shift c
@@ -104,7 +106,9 @@ def _sync_moments(mean: Tensor, var: Tensor, rows: int, shift: Tensor, group) ->
     with torch.autocast(mean.device.type, enabled=False):
         dtype = torch.float64 if mean.dtype == torch.float64 else torch.float32
         offset = mean.to(dtype) - shift.detach().to(dtype)
-        stats = torch.cat([offset * rows, (var.to(dtype) + offset * offset) * rows, offset.new_full((1,), float(rows))])
+        stats = torch.cat(
+            [offset * rows, (var.to(dtype) + offset * offset) * rows, offset.new_full((1,), float(rows))]
+        )
         stats = _AllReduceSum.apply(stats, group)
         c, total = mean.shape[0], stats[-1].detach()
         offset_all = stats[:c] / total
@@ -209,8 +213,9 @@ class MBConv(nn.Module):
         self.residual = dim_in == dim_out and not downsample
         self.expand = nn.Linear(dim_in, hidden, bias=False)
         self.expand_norm = nn.BatchNorm2d(hidden)
-        self.depthwise = nn.Conv2d(hidden, hidden, 3, stride=2 if downsample else 1, padding=1, groups=hidden,
-                                   bias=False)
+        self.depthwise = nn.Conv2d(
+            hidden, hidden, 3, stride=2 if downsample else 1, padding=1, groups=hidden, bias=False
+        )
         self.depthwise_norm = nn.BatchNorm2d(hidden)
         self.squeeze_excitation = SqueezeExcitation(hidden, shrinkage)
         self.project = nn.Linear(hidden, dim_out, bias=False)
@@ -224,7 +229,9 @@ class MBConv(nn.Module):
         # the spatial mean as sum / count (the same numbers): the gradient of a sum is a broadcast view that
         # autograd adds in place, the gradient of a mean a materialised full-size division
         gate = self.squeeze_excitation.gate(h.sum(dim=(1, 2)) / (h.shape[1] * h.shape[2]))  # (N, hidden)
-        h = _batch_norm_nhwc(self.project_norm, gated_linear(h, gate, self.project.weight))  # = project(SE(h))
+        h = _batch_norm_nhwc(
+            self.project_norm, gated_linear(h, gate, self.project.weight)
+        )  # = project(SE(h))
         return h + x if self.residual else h
 
 
@@ -262,7 +269,9 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, t, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).view(n, t, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (n, heads, t, dim_head) each; unbind's backward is one stack, not 3 scatters
+        q, k, v = qkv.unbind(
+            0
+        )  # (n, heads, t, dim_head) each; unbind's backward is one stack, not 3 scatters
         if self.memory_kv > 0:
             mem_k, mem_v = self.mem_kv.to(x.dtype).unbind(0)  # (heads, M, dim_head) each
             k = torch.cat((mem_k.expand(n, -1, -1, -1), k), dim=2)  # (n, heads, M + t, dim_head)
@@ -276,7 +285,9 @@ class WindowAttention(nn.Module):
             probs = dropout(scores.softmax(dim=-1), p, True)
             out = torch.matmul(probs, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (n, heads, t, dim_head)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=p
+            )  # (n, heads, t, dim_head)
         return self.to_out(out.transpose(1, 2).reshape(n, t, -1))
 
 
@@ -309,9 +320,13 @@ class MaxViTBlock(nn.Module):
         self.dropout = c.dropout
         self.film = FiLM(c.cond_dim, dim_in, c.film_mult)
         self.mbconv = MBConv(dim_in, dim, downsample, c.mbconv_expansion, c.mbconv_shrinkage)
-        self.block_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout, c.attention_memory_kv)
+        self.block_attn = WindowAttention(
+            dim, c.dim_head, c.attention_window, c.dropout, c.attention_memory_kv
+        )
         self.block_ff = FeedForward(dim, c.ff_mult, c.dropout)
-        self.grid_attn = WindowAttention(dim, c.dim_head, c.attention_window, c.dropout, c.attention_memory_kv)
+        self.grid_attn = WindowAttention(
+            dim, c.dim_head, c.attention_window, c.dropout, c.attention_memory_kv
+        )
         self.grid_ff = FeedForward(dim, c.ff_mult, c.dropout)
 
     def forward(self, x: Tensor, modulation: Tensor) -> Tensor:

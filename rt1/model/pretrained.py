@@ -55,13 +55,25 @@ def tokenizer_spec() -> dict:
     """The action tokenizer of `rt1.actions` as config.json stores it."""
     keys, start = [], 0
     for spec in CONTINUOUS_KEYS:
-        keys.append({"key": spec.key, "tokens": [start, start + spec.dims], "low": spec.low, "high": spec.high})
+        keys.append(
+            {"key": spec.key, "tokens": [start, start + spec.dims], "low": spec.low, "high": spec.high}
+        )
         start += spec.dims
-    keys.append({"key": TERMINATE_KEY, "tokens": [start, start + 1], "classes": NUM_TERMINATE_CLASSES,
-                 "decode": "one-hot of the token, clipped to the classes"})
-    return {"num_bins": NUM_BINS, "names": list(ACTION_DIM_NAMES), "keys": keys,
-            "encode": "token = floor((clip(a, low, high) - low) / (high - low) * (num_bins - 1))",
-            "decode": "a = token / (num_bins - 1) * (high - low) + low"}
+    keys.append(
+        {
+            "key": TERMINATE_KEY,
+            "tokens": [start, start + 1],
+            "classes": NUM_TERMINATE_CLASSES,
+            "decode": "one-hot of the token, clipped to the classes",
+        }
+    )
+    return {
+        "num_bins": NUM_BINS,
+        "names": list(ACTION_DIM_NAMES),
+        "keys": keys,
+        "encode": "token = floor((clip(a, low, high) - low) / (high - low) * (num_bins - 1))",
+        "decode": "a = token / (num_bins - 1) * (high - low) + low",
+    }
 
 
 def read_pretrained_config(directory: Path) -> dict:
@@ -80,16 +92,21 @@ def read_pretrained_config(directory: Path) -> dict:
         found = f" (format {config.get('format')!r})" if isinstance(config, dict) else ""
         raise PretrainedError(f"{path} is not an rt1 pretrained config{found}")
     if config.get("format_version") != PRETRAINED_FORMAT_VERSION:
-        raise PretrainedError(f"{path} has format_version {config.get('format_version')!r}, "
-                              f"this code reads {PRETRAINED_FORMAT_VERSION}")
+        raise PretrainedError(
+            f"{path} has format_version {config.get('format_version')!r}, "
+            f"this code reads {PRETRAINED_FORMAT_VERSION}"
+        )
     tokenizer = config.get("action_tokenizer")
     if not _same_tokenizer(tokenizer, tokenizer_spec()):
-        raise PretrainedError(f"{path}: action_tokenizer differs from this code's (rt1.actions: {NUM_BINS} bins, "
-                              f"order {list(ACTION_DIM_NAMES)} and its fixed bounds)")
+        raise PretrainedError(
+            f"{path}: action_tokenizer differs from this code's (rt1.actions: {NUM_BINS} bins, "
+            f"order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
+        )
     source = (config.get("instruction_embedding") or {}).get("source")
     if source not in EMBEDDING_SOURCES:
-        raise PretrainedError(f"{path}: instruction_embedding.source must be one of {list(EMBEDDING_SOURCES)}, "
-                              f"got {source!r}")
+        raise PretrainedError(
+            f"{path}: instruction_embedding.source must be one of {list(EMBEDDING_SOURCES)}, got {source!r}"
+        )
     try:
         model_config_of(config)
     except (KeyError, TypeError, ValueError) as e:
@@ -100,7 +117,9 @@ def read_pretrained_config(directory: Path) -> dict:
 def _same_tokenizer(found, expected) -> bool:
     """Equal as JSON, bounds compared as floats (json round-trips them, but be lenient on 1e-12 noise)."""
     if isinstance(found, dict) and isinstance(expected, dict):
-        return found.keys() == expected.keys() and all(_same_tokenizer(found[k], expected[k]) for k in expected)
+        return found.keys() == expected.keys() and all(
+            _same_tokenizer(found[k], expected[k]) for k in expected
+        )
     if isinstance(found, list) and isinstance(expected, list):
         return len(found) == len(expected) and all(map(_same_tokenizer, found, expected))
     if isinstance(expected, float) and isinstance(found, (int, float)) and not isinstance(found, bool):
@@ -139,12 +158,24 @@ def load_pretrained(directory: Path, device: torch.device | str = "cpu") -> tupl
     for name, want in expected.items():
         got = tensors[name]
         if got.shape != want.shape or got.dtype != want.dtype:
-            raise PretrainedError(f"{weights}: tensor {name!r} is {got.dtype} {tuple(got.shape)}, the model_config "
-                                  f"needs {want.dtype} {tuple(want.shape)}")
+            raise PretrainedError(
+                f"{weights}: tensor {name!r} is {got.dtype} {tuple(got.shape)}, the model_config "
+                f"needs {want.dtype} {tuple(want.shape)}"
+            )
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), model_config, config
 
 
-__all__ = ["PretrainedError", "PRETRAINED_FORMAT", "PRETRAINED_FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME",
-           "CARD_NAME", "EMBEDDING_SOURCES", "tokenizer_spec", "read_pretrained_config", "model_config_of",
-           "load_pretrained"]
+__all__ = [
+    "PretrainedError",
+    "PRETRAINED_FORMAT",
+    "PRETRAINED_FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "CARD_NAME",
+    "EMBEDDING_SOURCES",
+    "tokenizer_spec",
+    "read_pretrained_config",
+    "model_config_of",
+    "load_pretrained",
+]

@@ -45,8 +45,12 @@ class RT1(nn.Module):
         if config.feature_position_embedding:
             side = config.feature_map_sizes[-1]
             self.feature_position = nn.Parameter(torch.zeros(side, side, config.embed_dim))
-        self.token_learner = TokenLearner(config.embed_dim, config.num_learned_tokens, config.token_learner_ff_mult,
-                                          config.token_learner_pooling)
+        self.token_learner = TokenLearner(
+            config.embed_dim,
+            config.num_learned_tokens,
+            config.token_learner_ff_mult,
+            config.token_learner_pooling,
+        )
         self.transformer = Transformer(config)
         self.to_logits = nn.Sequential(
             nn.LayerNorm(config.embed_dim, bias=False),
@@ -97,8 +101,13 @@ class RT1(nn.Module):
 
     # ---- full forward -----------------------------------------------------------------------------
 
-    def forward(self, frames: Tensor, text_embeds: Tensor, cond_drop_prob: float | None = None,
-                cond_scale: float = 1.0) -> Tensor:
+    def forward(
+        self,
+        frames: Tensor,
+        text_embeds: Tensor,
+        cond_drop_prob: float | None = None,
+        cond_scale: float = 1.0,
+    ) -> Tensor:
         """frames (B, F, H, W, 3) uint8, text_embeds (B, E) -> logits (B, F, num_actions, num_bins).
 
         cond_drop_prob: probability of replacing each sample's text by the null embedding; default
@@ -114,7 +123,9 @@ class RT1(nn.Module):
         self._check_text(text_embeds, b)
         if cond_scale != 1.0:
             if self.training:
-                raise ValueError("cond_scale != 1 (classifier-free guidance) is for eval mode only; call model.eval()")
+                raise ValueError(
+                    "cond_scale != 1 (classifier-free guidance) is for eval mode only; call model.eval()"
+                )
             frames = torch.cat((frames, frames), dim=0)
             text_embeds = torch.cat((text_embeds, self.null_text_embed.expand_as(text_embeds)), dim=0)
         else:
@@ -124,7 +135,9 @@ class RT1(nn.Module):
 
         cond = self.condition(text_embeds)  # (B', ...) once per sample, shared by its frames
         bb = frames.shape[0]
-        tokens = self.encode_frames(frames.reshape(bb * f, h, w, channels), cond.repeat_interleave(f))  # (B'*F, n, D)
+        tokens = self.encode_frames(
+            frames.reshape(bb * f, h, w, channels), cond.repeat_interleave(f)
+        )  # (B'*F, n, D)
         logits = self.decode(tokens.view(bb, f, *tokens.shape[1:]), cond)
         return guided_logits(logits, cond_scale) if cond_scale != 1.0 else logits
 
@@ -138,6 +151,12 @@ class RT1(nn.Module):
 
     def _check_text(self, text_embeds: Tensor, batch: int | None = None) -> None:
         e = self.config.text_embed_dim
-        if text_embeds.ndim != 2 or text_embeds.shape[1] != e or (batch is not None and text_embeds.shape[0] != batch):
-            raise ValueError(f"text_embeds must be ({batch if batch is not None else 'N'}, {e}), "
-                             f"got {tuple(text_embeds.shape)}")
+        if (
+            text_embeds.ndim != 2
+            or text_embeds.shape[1] != e
+            or (batch is not None and text_embeds.shape[0] != batch)
+        ):
+            raise ValueError(
+                f"text_embeds must be ({batch if batch is not None else 'N'}, {e}), "
+                f"got {tuple(text_embeds.shape)}"
+            )

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
 class TokenLearner(nn.Module):
     def __init__(self, dim: int, num_tokens: int = 8, ff_mult: int = 2, pooling: str = "softmax") -> None:
         super().__init__()

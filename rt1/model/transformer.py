@@ -26,8 +26,9 @@ from rt1.model.film import FiLM, modulate
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def sinusoidal_time_embedding(num_frames: int, dim: int, device=None, dtype=torch.float32,
-                              temperature: float = 10000.0) -> Tensor:
+def sinusoidal_time_embedding(
+    num_frames: int, dim: int, device=None, dtype=torch.float32, temperature: float = 10000.0
+) -> Tensor:
     """(num_frames, dim): [sin(t * w_i), cos(t * w_i)], w_i = temperature ** -(i / (dim/2 - 1))."""
     half = dim // 2
     t = torch.arange(num_frames, device=device, dtype=torch.float32)
@@ -56,8 +57,16 @@ class CausalAttention(nn.Module):
     kv_source "modulated": k, v from FiLM(LN x) like q; "input": k, v from x itself (same weights).
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, cond_dim: int, film_mult: int, dropout: float,
-                 kv_source: str = "modulated") -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        cond_dim: int,
+        film_mult: int,
+        dropout: float,
+        kv_source: str = "modulated",
+    ) -> None:
         super().__init__()
         self.heads, self.dim_head, self.dropout, self.kv_source = heads, dim_head, dropout, kv_source
         self.norm = nn.LayerNorm(dim, bias=False)
@@ -74,11 +83,13 @@ class CausalAttention(nn.Module):
         else:  # the fused weight's query rows see FiLM(LN x), its key/value rows the raw x
             w = self.to_qkv.weight
             q = F.linear(modulate(self.norm(x), modulation), w[: h * dh])
-            k, v = F.linear(x, w[h * dh:]).split((dh, dh), dim=-1)
+            k, v = F.linear(x, w[h * dh :]).split((dh, dh), dim=-1)
         q = q.reshape(b, t, h, dh).transpose(1, 2)  # (B, h, T, dh)
         k = k.unsqueeze(1).expand(b, h, t, dh)  # one key/value head shared by the h query heads
         v = v.unsqueeze(1).expand(b, h, t, dh)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.to_out(out.transpose(1, 2).reshape(b, t, h * dh))
 
 
@@ -107,11 +118,20 @@ class TransformerLayer(nn.ModuleList):
     def __init__(self, config: RT1Config) -> None:
         c = config
         d = c.embed_dim
-        super().__init__([
-            CausalAttention(d, c.transformer_heads, c.transformer_dim_head, c.cond_dim, c.film_mult,
-                            c.transformer_dropout, c.transformer_kv_source),
-            ConditionedFeedForward(d, c.ff_mult, c.cond_dim, c.film_mult, c.transformer_dropout),
-        ])
+        super().__init__(
+            [
+                CausalAttention(
+                    d,
+                    c.transformer_heads,
+                    c.transformer_dim_head,
+                    c.cond_dim,
+                    c.film_mult,
+                    c.transformer_dropout,
+                    c.transformer_kv_source,
+                ),
+                ConditionedFeedForward(d, c.ff_mult, c.cond_dim, c.film_mult, c.transformer_dropout),
+            ]
+        )
         self.dropout = c.transformer_dropout
 
     def forward(self, x: Tensor, attn_modulation: Tensor, ff_modulation: Tensor, mask: Tensor) -> Tensor:

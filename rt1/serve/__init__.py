@@ -35,16 +35,42 @@ session. SIGTERM or SIGINT stops the server: connections are closed (1001), it e
 The client (`PolicyClient`, `ServedEnvPolicy`) needs numpy, msgpack and websockets only (no torch).
 """
 
-
 from rt1.serve.client import PolicyClient, ServedEnvPolicy, local_server
 from rt1.serve.protocol import (
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, PROTOCOL_VERSION, ProtocolError, ServeError, ServerError, action_of_reply,
-    check_observation, check_request, decode, encode, pack_array, unpack_array,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PORT,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    ServeError,
+    ServerError,
+    action_of_reply,
+    check_observation,
+    check_request,
+    decode,
+    encode,
+    pack_array,
+    unpack_array,
 )
 from rt1.serve.server import PolicyServer, Session, main
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_PORT", "PROTOCOL_VERSION", "PolicyClient", "PolicyServer", "ProtocolError",
-    "ServeError", "ServedEnvPolicy", "ServerError", "Session", "action_of_reply", "check_observation", "check_request",
-    "decode", "encode", "local_server", "main", "pack_array", "unpack_array",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PORT",
+    "PROTOCOL_VERSION",
+    "PolicyClient",
+    "PolicyServer",
+    "ProtocolError",
+    "ServeError",
+    "ServedEnvPolicy",
+    "ServerError",
+    "Session",
+    "action_of_reply",
+    "check_observation",
+    "check_request",
+    "decode",
+    "encode",
+    "local_server",
+    "main",
+    "pack_array",
+    "unpack_array",
 ]

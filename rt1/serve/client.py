@@ -14,30 +14,47 @@ import numpy as np
 from rt1.actions import NUM_ACTION_TOKENS
 from rt1.errors import one_line
 from rt1.serve.protocol import (
-    DEFAULT_MAX_MESSAGE_BYTES, HARD_LIMIT_FACTOR, ServeError, ServerError, _kind, action_of_reply, encode, pack_array,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HARD_LIMIT_FACTOR,
+    ServeError,
+    ServerError,
+    _kind,
+    action_of_reply,
+    encode,
+    pack_array,
 )
 
 
 class PolicyClient:
     """A blocking client of one server session (one episode at a time).
 
-        with PolicyClient("ws://127.0.0.1:8000") as client:
-            client.reset(instruction_embedding=obs["natural_language_embedding"])
-            action = client.act(obs)                 # RLDS action dict of numpy arrays
+    with PolicyClient("ws://127.0.0.1:8000") as client:
+        client.reset(instruction_embedding=obs["natural_language_embedding"])
+        action = client.act(obs)                 # RLDS action dict of numpy arrays
     """
 
-    def __init__(self, uri: str, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, uri: str, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         from websockets.sync.client import connect
 
         self.uri, self.timeout = uri, timeout
         self.last_tokens: np.ndarray | None = None
         self.last_compute_ms = math.nan  # the server's preprocessing + inference time of the last act
         try:
-            self._ws = connect(uri, open_timeout=timeout, close_timeout=min(timeout, 10.0), compression=None,
-                               max_size=max_message_bytes * HARD_LIMIT_FACTOR, proxy=None,
-                               legacy=True)  # the client owns the connection (closed by close())
+            self._ws = connect(
+                uri,
+                open_timeout=timeout,
+                close_timeout=min(timeout, 10.0),
+                compression=None,
+                max_size=max_message_bytes * HARD_LIMIT_FACTOR,
+                proxy=None,
+                legacy=True,
+            )  # the client owns the connection (closed by close())
         except Exception as e:  # noqa: BLE001 - OSError (refused), InvalidURI, InvalidHandshake, TimeoutError
-            raise ServerError(f"cannot connect to policy server {uri} ({type(e).__name__}: {one_line(e)})") from None
+            raise ServerError(
+                f"cannot connect to policy server {uri} ({type(e).__name__}: {one_line(e)})"
+            ) from None
 
     def request(self, message: dict, expect: str) -> dict:
         """Send one request and return its reply; an error reply raises ServerError."""
@@ -62,7 +79,9 @@ class PolicyClient:
     def info(self) -> dict:
         return self.request({"type": "info"}, "info")
 
-    def reset(self, instruction_embedding=None, instruction: str | None = None, cond_scale: float = 1.0) -> None:
+    def reset(
+        self, instruction_embedding=None, instruction: str | None = None, cond_scale: float = 1.0
+    ) -> None:
         message: dict[str, Any] = {"type": "reset", "cond_scale": float(cond_scale)}
         if instruction_embedding is not None:
             message["instruction_embedding"] = pack_array(np.asarray(instruction_embedding, np.float32))
@@ -112,7 +131,9 @@ class ServedEnvPolicy:
 
     def __call__(self, obs: dict) -> dict[str, np.ndarray]:
         if not self._started:
-            self.client.reset(instruction_embedding=obs["natural_language_embedding"], cond_scale=self.cond_scale)
+            self.client.reset(
+                instruction_embedding=obs["natural_language_embedding"], cond_scale=self.cond_scale
+            )
             self._started = True
         return self.client.act(obs)
 
@@ -133,10 +154,22 @@ def local_server(model: Path, *args: str, startup_timeout: float = 120.0, stop_t
     import tempfile
     import threading
 
-    cmd = [sys.executable, "-m", "rt1.serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rt1.serve",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+    ]
     errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True,
-                            cwd=Path(__file__).resolve().parents[2])  # the repository: `-m rt1.serve` finds rt1
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=errors, text=True, cwd=Path(__file__).resolve().parents[2]
+    )  # the repository: `-m rt1.serve` finds rt1
     lines: queue.Queue = queue.Queue()
 
     def read() -> None:

@@ -9,13 +9,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from rt1.rlds_spec import ACTION_SPEC, OBSERVATION_VECTORS
 from rt1.errors import RT1Error, one_line
+from rt1.rlds_spec import ACTION_SPEC, OBSERVATION_VECTORS
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 8000
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 2**20   # a 1280x1024 RGB frame and change
-HARD_LIMIT_FACTOR = 4                   # frames up to this x the limit are read and answered with an error
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 2**20  # a 1280x1024 RGB frame and change
+HARD_LIMIT_FACTOR = 4  # frames up to this x the limit are read and answered with an error
 MAX_IMAGE_SIDE = 4096
 # numpy dtype strings accepted on the wire (explicit byte order; nothing that needs pickle)
 WIRE_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<i4", "<i8", "<f4", "<f8", "|b1")
@@ -57,8 +57,11 @@ def unpack_array(value, what: str) -> np.ndarray:
     dtype, shape, data = value["dtype"], value["shape"], value["data"]
     if dtype not in WIRE_DTYPES:
         raise ProtocolError(f"{what}: dtype {dtype!r} is not one of {', '.join(WIRE_DTYPES)}")
-    if (not isinstance(shape, list) or len(shape) > 8
-            or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 8
+        or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in shape)
+    ):
         raise ProtocolError(f"{what}: shape must be a list of at most 8 non-negative ints, got {shape!r}")
     if not isinstance(data, bytes):
         raise ProtocolError(f"{what}: data must be binary, got {_kind(data)}")
@@ -69,7 +72,9 @@ def unpack_array(value, what: str) -> np.ndarray:
 
 
 def _kind(value) -> str:
-    return {dict: "a map", list: "a list", bytes: "binary", str: "text"}.get(type(value), type(value).__name__)
+    return {dict: "a map", list: "a list", bytes: "binary", str: "text"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def encode(message: dict) -> bytes:
@@ -113,7 +118,9 @@ def check_observation(observation, embedding_dim: int) -> dict[str, Any]:
     known = {"image", *shapes, *OBSERVATION_TEXT_KEYS}
     unknown = sorted(set(map(str, observation)) - known)
     if unknown:
-        raise ProtocolError(f"act: unknown observation key(s) {unknown}; RLDS fractal keys are {sorted(known)}")
+        raise ProtocolError(
+            f"act: unknown observation key(s) {unknown}; RLDS fractal keys are {sorted(known)}"
+        )
     if "image" not in observation:
         raise ProtocolError("act: the observation has no image")
     out: dict[str, Any] = {}
@@ -125,14 +132,22 @@ def check_observation(observation, embedding_dim: int) -> dict[str, Any]:
             continue
         a = unpack_array(value, f"observation/{key}")
         if key == "image":
-            if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or not (
-                    1 <= a.shape[0] <= MAX_IMAGE_SIDE and 1 <= a.shape[1] <= MAX_IMAGE_SIDE):
-                raise ProtocolError(f"act: observation/image must be uint8 (H, W, 3) RGB with sides up to "
-                                    f"{MAX_IMAGE_SIDE}, got {a.dtype} {tuple(a.shape)}")
+            if (
+                a.dtype != np.uint8
+                or a.ndim != 3
+                or a.shape[2] != 3
+                or not (1 <= a.shape[0] <= MAX_IMAGE_SIDE and 1 <= a.shape[1] <= MAX_IMAGE_SIDE)
+            ):
+                raise ProtocolError(
+                    f"act: observation/image must be uint8 (H, W, 3) RGB with sides up to "
+                    f"{MAX_IMAGE_SIDE}, got {a.dtype} {tuple(a.shape)}"
+                )
         else:
             shape, dtype = shapes[key]
             if a.dtype != dtype or a.shape != shape:
-                raise ProtocolError(f"act: observation/{key} must be {dtype} {shape}, got {a.dtype} {tuple(a.shape)}")
+                raise ProtocolError(
+                    f"act: observation/{key} must be {dtype} {shape}, got {a.dtype} {tuple(a.shape)}"
+                )
         out[key] = a
     return out
 
@@ -141,8 +156,10 @@ def action_of_reply(reply: dict) -> dict[str, np.ndarray]:
     """The RLDS action dict of an "action" reply, checked against the action spec (client side)."""
     action = reply.get("action")
     if not isinstance(action, dict) or set(action) != set(ACTION_SPEC):
-        raise ServerError(f"the server's action has keys {sorted(action) if isinstance(action, dict) else action!r}, "
-                          f"expected {sorted(ACTION_SPEC)}")
+        raise ServerError(
+            f"the server's action has keys {sorted(action) if isinstance(action, dict) else action!r}, "
+            f"expected {sorted(ACTION_SPEC)}"
+        )
     out = {}
     for key, spec in ACTION_SPEC.items():
         try:
@@ -150,6 +167,8 @@ def action_of_reply(reply: dict) -> dict[str, np.ndarray]:
         except ProtocolError as e:
             raise ServerError(str(e)) from None
         if a.dtype != np.dtype(spec.dtype) or a.shape != spec.shape:
-            raise ServerError(f"the server's action/{key} is {a.dtype} {a.shape}, expected {spec.dtype} {spec.shape}")
+            raise ServerError(
+                f"the server's action/{key} is {a.dtype} {a.shape}, expected {spec.dtype} {spec.shape}"
+            )
         out[key] = a.copy()
     return out

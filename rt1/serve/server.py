@@ -10,12 +10,23 @@ from pathlib import Path
 import numpy as np
 
 from rt1.actions import ACTION_KEYS
-from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
 from rt1.errors import one_line, run_cli
+from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
 from rt1.serve.protocol import (
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, HARD_LIMIT_FACTOR, PROTOCOL_VERSION, ProtocolError, ServeError, _kind, check_observation, check_request, decode, encode, pack_array, unpack_array,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PORT,
+    HARD_LIMIT_FACTOR,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    ServeError,
+    _kind,
+    check_observation,
+    check_request,
+    decode,
+    encode,
+    pack_array,
+    unpack_array,
 )
-
 
 # ---- the server -------------------------------------------------------------------------------------
 
@@ -38,19 +49,27 @@ class Session:
             if not isinstance(text, str) or not text.strip():
                 raise ProtocolError(f"reset: instruction must be non-empty text, got {_kind(text)}")
             if server.embed_text is None:
-                raise ProtocolError(f"reset: this model's instruction embeddings come from {server.embedding_source}, "
-                                    "which the server cannot compute: send instruction_embedding")
+                raise ProtocolError(
+                    f"reset: this model's instruction embeddings come from {server.embedding_source}, "
+                    "which the server cannot compute: send instruction_embedding"
+                )
             embedding = server.embed_text(text)
         else:
             embedding = unpack_array(message["instruction_embedding"], "reset: instruction_embedding")
             dim = server.config.text_embed_dim
             if embedding.dtype != np.float32 or embedding.shape != (dim,):
-                raise ProtocolError(f"reset: instruction_embedding must be float32 ({dim},), "
-                                    f"got {embedding.dtype} {tuple(embedding.shape)}")
+                raise ProtocolError(
+                    f"reset: instruction_embedding must be float32 ({dim},), "
+                    f"got {embedding.dtype} {tuple(embedding.shape)}"
+                )
             if not np.isfinite(embedding).all():
                 raise ProtocolError("reset: instruction_embedding has non-finite values")
         cond_scale = message.get("cond_scale", 1.0)
-        if not isinstance(cond_scale, (int, float)) or isinstance(cond_scale, bool) or not math.isfinite(cond_scale):
+        if (
+            not isinstance(cond_scale, (int, float))
+            or isinstance(cond_scale, bool)
+            or not math.isfinite(cond_scale)
+        ):
             raise ProtocolError(f"reset: cond_scale must be a finite number, got {cond_scale!r}")
         if self.policy is None or self.policy.cond_scale != float(cond_scale):
             self.policy = server.new_policy(float(cond_scale))
@@ -66,14 +85,20 @@ class Session:
             raise ProtocolError("act before reset: send reset with the episode's instruction first")
         given = observation.get("natural_language_embedding")
         if given is not None and not np.array_equal(given, self.embedding):
-            raise ProtocolError("act: observation/natural_language_embedding is not the episode's instruction; "
-                                "send reset for a new instruction")
+            raise ProtocolError(
+                "act: observation/natural_language_embedding is not the episode's instruction; "
+                "send reset for a new instruction"
+            )
         start = time.perf_counter()
         frame = training_frame(observation["image"], self.server.config.image_size, self.server.jpeg_quality)
         action, tokens = self.policy.step(frame, self.embedding, return_tokens=True)
-        return {"type": "action", "action": {k: pack_array(np.asarray(action[k], ACTION_SPEC[k].dtype)) for k in ACTION_KEYS},
-                "tokens": [int(t) for t in tokens], "step": self.policy.t,
-                "compute_ms": (time.perf_counter() - start) * 1e3}  # preprocessing + inference, for latency budgets
+        return {
+            "type": "action",
+            "action": {k: pack_array(np.asarray(action[k], ACTION_SPEC[k].dtype)) for k in ACTION_KEYS},
+            "tokens": [int(t) for t in tokens],
+            "step": self.policy.t,
+            "compute_ms": (time.perf_counter() - start) * 1e3,
+        }  # preprocessing + inference, for latency budgets
 
     def free(self) -> None:
         self.policy = self.embedding = None
@@ -82,9 +107,16 @@ class Session:
 class PolicyServer:
     """The model and settings behind every session; `serve()` runs the WebSocket server until SIGTERM/SIGINT."""
 
-    def __init__(self, model_path: Path, device: str = "cpu", jpeg_quality: int | None = None,
-                 embedding_source: str | None = None, workers: int = 1,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "cpu",
+        jpeg_quality: int | None = None,
+        embedding_source: str | None = None,
+        workers: int = 1,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        threads: int | None = None,
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
@@ -95,8 +127,9 @@ class PolicyServer:
         from rt1.model.pretrained import EMBEDDING_SOURCES, read_pretrained_config
 
         if workers < 1 or max_message_bytes < 1024:
-            raise ServeError(f"--workers must be >= 1 and --max-message-bytes >= 1024, got {workers}, "
-                             f"{max_message_bytes}")
+            raise ServeError(
+                f"--workers must be >= 1 and --max-message-bytes >= 1024, got {workers}, {max_message_bytes}"
+            )
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ServeError(f"--device {device}: CUDA is not available on this machine")
         model_path = Path(model_path)
@@ -106,15 +139,21 @@ class PolicyServer:
         # One folded copy for every session (RT1Policy would fold one per session): same actions.
         self.model = inference_model(model)
         self.device = device
-        self.jpeg_quality = int(jpeg_quality or exported.get("image_preprocessing", {}).get("jpeg_quality")
-                                or JPEG_QUALITY)
+        self.jpeg_quality = int(
+            jpeg_quality or exported.get("image_preprocessing", {}).get("jpeg_quality") or JPEG_QUALITY
+        )
         if not 1 <= self.jpeg_quality <= 100:
             raise ServeError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
-        self.embedding_source = (embedding_source or exported.get("instruction_embedding", {}).get("source")
-                                 or EMBEDDING_SOURCES[0])
+        self.embedding_source = (
+            embedding_source
+            or exported.get("instruction_embedding", {}).get("source")
+            or EMBEDDING_SOURCES[0]
+        )
         if self.embedding_source not in EMBEDDING_SOURCES:
-            raise ServeError(f"--embedding-source must be one of {', '.join(EMBEDDING_SOURCES)}, "
-                             f"got {self.embedding_source!r}")
+            raise ServeError(
+                f"--embedding-source must be one of {', '.join(EMBEDDING_SOURCES)}, "
+                f"got {self.embedding_source!r}"
+            )
         self.embed_text = None
         if self.embedding_source == "mini-fractal" and self.config.text_embed_dim == EMBEDDING_DIM:
             from rt1.sim.scene import instruction_embedding
@@ -124,8 +163,12 @@ class PolicyServer:
         self.max_message_bytes = int(max_message_bytes)
         # The intra-op thread count is per OS thread (OpenMP): set it in each worker, not only in main.
         threads = threads or torch.get_num_threads()
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rt1-inference",
-                                           initializer=torch.set_num_threads, initargs=(threads,))
+        self.executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="rt1-inference",
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
+        )
         self.sessions: set[Session] = set()
 
     def new_policy(self, cond_scale: float):
@@ -135,12 +178,21 @@ class PolicyServer:
 
     def info(self) -> dict:
         c = self.config
-        return {"type": "info", "protocol": PROTOCOL_VERSION, "sessions": len(self.sessions),
-                "max_message_bytes": self.max_message_bytes,
-                "model": {"path": str(self.model_path), "image_size": c.image_size, "num_frames": c.num_frames,
-                          "text_embed_dim": c.text_embed_dim, "embedding_source": self.embedding_source,
-                          "accepts_instruction_text": self.embed_text is not None,
-                          "jpeg_quality": self.jpeg_quality}}
+        return {
+            "type": "info",
+            "protocol": PROTOCOL_VERSION,
+            "sessions": len(self.sessions),
+            "max_message_bytes": self.max_message_bytes,
+            "model": {
+                "path": str(self.model_path),
+                "image_size": c.image_size,
+                "num_frames": c.num_frames,
+                "text_embed_dim": c.text_embed_dim,
+                "embedding_source": self.embedding_source,
+                "accepts_instruction_text": self.embed_text is not None,
+                "jpeg_quality": self.jpeg_quality,
+            },
+        }
 
     async def answer(self, session: Session, data) -> tuple[dict, bool]:
         """One frame -> (reply, close the connection after it)."""
@@ -149,7 +201,9 @@ class PolicyServer:
         kind = None
         try:
             if len(data) > self.max_message_bytes:
-                raise ProtocolError(f"message of {len(data)} bytes is over the limit of {self.max_message_bytes}")
+                raise ProtocolError(
+                    f"message of {len(data)} bytes is over the limit of {self.max_message_bytes}"
+                )
             message = decode(data)
             kind = check_request(message)
             if kind == "info":
@@ -167,8 +221,11 @@ class PolicyServer:
             import logging
 
             logging.getLogger("rt1.serve").exception("request %s failed", kind)
-            return {"type": "error", "error": f"{kind} failed: {type(e).__name__}: {one_line(e)}",
-                    "request": kind}, False
+            return {
+                "type": "error",
+                "error": f"{kind} failed: {type(e).__name__}: {one_line(e)}",
+                "request": kind,
+            }, False
 
     async def handler(self, websocket) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -202,8 +259,13 @@ class PolicyServer:
             loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
         try:
             # No per-message deflate: camera frames do not compress and it would cost milliseconds a step.
-            async with serve(self.handler, host, port, max_size=self.max_message_bytes * HARD_LIMIT_FACTOR,
-                             compression=None) as server:
+            async with serve(
+                self.handler,
+                host,
+                port,
+                max_size=self.max_message_bytes * HARD_LIMIT_FACTOR,
+                compression=None,
+            ) as server:
                 bound = server.sockets[0].getsockname()[1]
                 if ready is not None:
                     ready(bound)
@@ -219,22 +281,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rt1.serve",
         description="Serve a trained RT-1 policy over WebSocket (msgpack binary frames): one episode session "
-                    "per connection, RLDS observation in, RLDS action out.")
-    parser.add_argument("--model", type=Path, required=True,
-                        help="checkpoint-{epoch}.pt or a model directory from python -m rt1.export")
+        "per connection, RLDS observation in, RLDS action out.",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="checkpoint-{epoch}.pt or a model directory from python -m rt1.export",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="inference threads (default 1: steps of all sessions run one at a time, in order)")
-    parser.add_argument("--jpeg-quality", type=int, default=None,
-                        help="stage 2's --jpeg-quality of the training data (default: the exported config's, else 90)")
-    parser.add_argument("--embedding-source", default=None, choices=("universal-sentence-encoder", "mini-fractal"),
-                        help="instruction embeddings of the training data (default: the exported config's, else "
-                             "universal-sentence-encoder); mini-fractal lets clients send instruction text")
-    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
-                        help=f"larger requests get an error reply (default {DEFAULT_MAX_MESSAGE_BYTES})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="inference threads (default 1: steps of all sessions run one at a time, in order)",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        help="stage 2's --jpeg-quality of the training data (default: the exported config's, else 90)",
+    )
+    parser.add_argument(
+        "--embedding-source",
+        default=None,
+        choices=("universal-sentence-encoder", "mini-fractal"),
+        help="instruction embeddings of the training data (default: the exported config's, else "
+        "universal-sentence-encoder); mini-fractal lets clients send instruction text",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help=f"larger requests get an error reply (default {DEFAULT_MAX_MESSAGE_BYTES})",
+    )
     args = parser.parse_args(argv)
 
     def run(_) -> int:
@@ -247,8 +332,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ServeError(f"--port must be 0..65535 and --threads >= 1, got {args.port}, {args.threads}")
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         torch.set_num_threads(args.threads)
-        server = PolicyServer(args.model, args.device, args.jpeg_quality, args.embedding_source, args.workers,
-                              args.max_message_bytes, args.threads)
+        server = PolicyServer(
+            args.model,
+            args.device,
+            args.jpeg_quality,
+            args.embedding_source,
+            args.workers,
+            args.max_message_bytes,
+            args.threads,
+        )
 
         def ready(port: int) -> None:
             print(f"serving {args.model} on ws://{args.host}:{port} (SIGTERM or Ctrl-C stops)", flush=True)
@@ -261,4 +353,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_cli(run)
-

@@ -40,8 +40,21 @@ from gymnasium import spaces
 
 from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, IMAGE_SHAPE, OBSERVATION_VECTORS
 from rt1.sim.scene import (
-    COUNTER, DRAWER_TRAVEL, STEP_SIZE, TASK_FAMILIES, WORKSPACE_HIGH, WORKSPACE_LOW, Scene,
-    SceneObject, SimError, Task, drawer_handle, instruction_embedding, quaternion, render, sample_scene,
+    COUNTER,
+    DRAWER_TRAVEL,
+    STEP_SIZE,
+    TASK_FAMILIES,
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    Scene,
+    SceneObject,
+    SimError,
+    Task,
+    drawer_handle,
+    instruction_embedding,
+    quaternion,
+    render,
+    sample_scene,
 )
 
 MAX_EPISODE_STEPS = 80
@@ -86,20 +99,25 @@ INSTRUCTION_MAX_LENGTH = 128
 
 def observation_space() -> spaces.Dict:
     """The RLDS observation layout as a gymnasium Dict space."""
-    vectors = {key: spaces.Box(*OBSERVATION_BOUNDS[key], spec.shape, np.float32)
-               for key, spec in OBSERVATION_VECTORS.items()}
-    return spaces.Dict({
-        "image": spaces.Box(0, 255, IMAGE_SHAPE, np.uint8),
-        "natural_language_embedding": spaces.Box(-1.0, 1.0, (EMBEDDING_DIM,), np.float32),
-        "natural_language_instruction": spaces.Text(INSTRUCTION_MAX_LENGTH, charset=INSTRUCTION_CHARSET),
-        **vectors,
-    })
+    vectors = {
+        key: spaces.Box(*OBSERVATION_BOUNDS[key], spec.shape, np.float32)
+        for key, spec in OBSERVATION_VECTORS.items()
+    }
+    return spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, IMAGE_SHAPE, np.uint8),
+            "natural_language_embedding": spaces.Box(-1.0, 1.0, (EMBEDDING_DIM,), np.float32),
+            "natural_language_instruction": spaces.Text(INSTRUCTION_MAX_LENGTH, charset=INSTRUCTION_CHARSET),
+            **vectors,
+        }
+    )
 
 
 def action_space() -> spaces.Dict:
     """The RLDS action layout as a gymnasium Dict space (terminate_episode: int32 one-hot (3,))."""
     boxes: dict[str, spaces.Space] = {
-        key: spaces.Box(low, high, ACTION_SPEC[key].shape, np.float32) for key, (low, high) in ACTION_BOUNDS.items()
+        key: spaces.Box(low, high, ACTION_SPEC[key].shape, np.float32)
+        for key, (low, high) in ACTION_BOUNDS.items()
     }
     boxes["terminate_episode"] = spaces.Box(0, 1, ACTION_SPEC["terminate_episode"].shape, np.int32)
     return spaces.Dict(boxes)
@@ -147,8 +165,9 @@ class FractalSimEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
 
-    def __init__(self, max_steps: int = MAX_EPISODE_STEPS, render_images: bool = True,
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self, max_steps: int = MAX_EPISODE_STEPS, render_images: bool = True, render_mode: str | None = None
+    ) -> None:
         if max_steps < 1:
             raise SimError(f"max_steps must be at least 1, got {max_steps}")
         if render_mode not in (None, "rgb_array"):
@@ -272,7 +291,9 @@ class FractalSimEnv(gym.Env):
             if self.task.target is not None and obj is scene.objects[self.task.target]:
                 self._target_grasped = True
             return
-        handles = [(float(np.linalg.norm(drawer_handle(d, f) - tool)), d) for d, f in scene.drawer_open.items()]
+        handles = [
+            (float(np.linalg.norm(drawer_handle(d, f) - tool)), d) for d, f in scene.drawer_open.items()
+        ]
         handles = [(dist, d) for dist, d in handles if dist <= GRASP_RADIUS]
         if handles:
             scene.held_drawer = min(handles)[1]
@@ -290,12 +311,18 @@ class FractalSimEnv(gym.Env):
         if family == "pick":
             return scene.held is target and target.position[2] >= PICK_HEIGHT
         if family == "pick_from_drawer":
-            return (target.in_drawer is None and target.position[2] <= COUNTER_HEIGHT
-                    and float(np.linalg.norm(target.position[:2] - COUNTER[:2])) <= COUNTER_RADIUS)
+            return (
+                target.in_drawer is None
+                and target.position[2] <= COUNTER_HEIGHT
+                and float(np.linalg.norm(target.position[:2] - COUNTER[:2])) <= COUNTER_RADIUS
+            )
         if family == "move_near":
             other = scene.objects[task.other]
-            return (self._target_grasped and scene.held is not target
-                    and float(np.linalg.norm(target.position[:2] - other.position[:2])) <= NEAR_DISTANCE)
+            return (
+                self._target_grasped
+                and scene.held is not target
+                and float(np.linalg.norm(target.position[:2] - other.position[:2])) <= NEAR_DISTANCE
+            )
         if family == "open_drawer":
             return scene.drawer_open[task.drawer] > DRAWER_OPEN_SUCCESS
         if family == "close_drawer":

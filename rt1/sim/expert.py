@@ -25,8 +25,8 @@ is the earlier law: constant speed 1 along the straight line, components like 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -40,8 +40,12 @@ TERMINATE = np.array([1, 0, 0], np.int32)
 CONTINUE = np.array([0, 1, 0], np.int32)
 
 
-def make_action(world_vector=(0.0, 0.0, 0.0), rotation_delta=(0.0, 0.0, 0.0), gripper: float = -1.0,
-                terminate: bool = False) -> dict[str, np.ndarray]:
+def make_action(
+    world_vector=(0.0, 0.0, 0.0),
+    rotation_delta=(0.0, 0.0, 0.0),
+    gripper: float = -1.0,
+    terminate: bool = False,
+) -> dict[str, np.ndarray]:
     """An RLDS action dict: float32 world_vector (3,), rotation_delta (3,), gripper_closedness_action (1,),
     zero base motion (2,) and (1,), and int32 one-hot terminate_episode (3,)."""
     return {
@@ -87,6 +91,7 @@ def _beside_other(dz: float) -> Goal:
         other = env.scene.objects[env.task.other].position
         # Beside the other object, on the side toward the middle of the table.
         return other + np.array([0.0, -0.16 if other[1] > 0.5 else 0.16, dz])
+
     return goal
 
 
@@ -95,6 +100,7 @@ def _knock_point(sign: float) -> Goal:
         target = env.target_object().position
         side = -1.0 if target[1] > 0.5 else 1.0  # push toward the middle of the table
         return target + np.array([0.0, 0.12 * side * sign, 0.0])
+
     return goal
 
 
@@ -105,19 +111,37 @@ def plan(env: FractalSimEnv) -> list[Phase]:
     if family == "pick":
         return [reach, grasp, Phase(_offset(0.5), 1)]
     if family == "pick_from_drawer":
-        return [reach, grasp, Phase(_offset(0.3), 1), Phase(_fixed(COUNTER + np.array([0.0, 0.0, 0.3])), 1),
-                Phase(_fixed(COUNTER), 1), release]
+        return [
+            reach,
+            grasp,
+            Phase(_offset(0.3), 1),
+            Phase(_fixed(COUNTER + np.array([0.0, 0.0, 0.3])), 1),
+            Phase(_fixed(COUNTER), 1),
+            release,
+        ]
     if family == "move_near":
-        return [reach, grasp, Phase(_offset(0.2), 1), Phase(_beside_other(0.2), 1), Phase(_beside_other(0.0), 1),
-                release]
+        return [
+            reach,
+            grasp,
+            Phase(_offset(0.2), 1),
+            Phase(_beside_other(0.2), 1),
+            Phase(_beside_other(0.0), 1),
+            release,
+        ]
     if family in DRAWER_FAMILIES:
         end = 1.0 if family == "open_drawer" else 0.0
         handle = lambda env, anchor: drawer_handle(drawer, env.scene.drawer_open[drawer])  # noqa: E731
         return [Phase(handle, -1), grasp, Phase(_fixed(drawer_handle(drawer, end)), 1), release]
     if family == "place_upright":
         start = env.target_object().position.copy()
-        return [reach, grasp, Phase(_offset(0.3), 1), Phase(None, 1, steps=4, rotation=(0.0, 0.4, 0.0)),
-                Phase(_fixed(start), 1), release]
+        return [
+            reach,
+            grasp,
+            Phase(_offset(0.3), 1),
+            Phase(None, 1, steps=4, rotation=(0.0, 0.4, 0.0)),
+            Phase(_fixed(start), 1),
+            release,
+        ]
     if family == "knock_over":
         side = -1.0 if env.target_object().position[1] > 0.5 else 1.0
         return [Phase(_knock_point(-1.0), -1), Phase(_knock_point(1.0), -1, rotation=(0.3 * side, 0.0, 0.0))]
@@ -130,8 +154,9 @@ class ScriptedExpert:
     `expert(obs)` returns the next RLDS action dict.
     """
 
-    def __init__(self, env: FractalSimEnv, noise_std: float = 0.03, seed: int | None = None,
-                 control: str = "axis") -> None:
+    def __init__(
+        self, env: FractalSimEnv, noise_std: float = 0.03, seed: int | None = None, control: str = "axis"
+    ) -> None:
         if control not in CONTROL_LAWS:
             raise ValueError(f"control must be one of {CONTROL_LAWS}, got {control!r}")
         self.env = env

@@ -29,9 +29,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rt1.rlds_spec import DATASET_NAME, DATASET_VERSION
 from rt1.errors import RT1Error, run_cli
 from rt1.io import outermost_missing, remove_empty_dirs
+from rt1.rlds_spec import DATASET_NAME, DATASET_VERSION
 from rt1.sim.record import DART_STD, record_episode
 from rt1.sim.scene import instruction_embedding  # noqa: F401  (re-exported: the embedding of the data)
 
@@ -101,8 +101,14 @@ def _read_like_the_real_dataset(version_dir: Path) -> None:
     info_path.write_text(json.dumps(info, indent=2))
 
 
-def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = False, shards: int | None = None,
-                  dart_std: float = DART_STD) -> Path:
+def write_dataset(
+    out: Path,
+    episodes: int,
+    seed: int = 0,
+    overwrite: bool = False,
+    shards: int | None = None,
+    dart_std: float = DART_STD,
+) -> Path:
     """Write the dataset under `out`; returns the version directory to pass to builder_from_directory."""
     if episodes < 1:
         raise MiniFractalError(f"--episodes must be at least 1, got {episodes}")
@@ -125,8 +131,9 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
     try:
         with tempfile.TemporaryDirectory(dir=out, prefix=".mini_fractal-") as tmp:
             builder = _builder_class()(episodes=episodes, seed=seed, dart_std=dart_std, data_dir=tmp)
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                num_shards=shards, try_download_gcs=False))
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(num_shards=shards, try_download_gcs=False)
+            )
             _read_like_the_real_dataset(Path(tmp) / DATASET_NAME / DATASET_VERSION)
             final = out / DATASET_NAME
             if final.exists():
@@ -142,14 +149,31 @@ def write_dataset(out: Path, episodes: int, seed: int = 0, overwrite: bool = Fal
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rt1.sim.mini_fractal",
-        description="Write a small learnable dataset in the exact TFDS/RLDS format of fractal20220817_data 0.1.0.")
-    parser.add_argument("--out", type=Path, required=True, help="directory to create; the dataset goes to OUT/fractal20220817_data/0.1.0")
+        description="Write a small learnable dataset in the exact TFDS/RLDS format of fractal20220817_data 0.1.0.",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory to create; the dataset goes to OUT/fractal20220817_data/0.1.0",
+    )
     parser.add_argument("--episodes", type=int, required=True, help="number of episodes (>= 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset (default 0)")
-    parser.add_argument("--shards", type=int, default=None, help=f"TFRecord shards (default: about {EPISODES_PER_SHARD} episodes per shard)")
-    parser.add_argument("--dart-std", type=float, default=DART_STD,
-                        help="std of the noise on the executed world_vector; labels are the clean expert action "
-                             "(default %(default)s; 0: the noise-free expert)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed gives the same dataset (default 0)"
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help=f"TFRecord shards (default: about {EPISODES_PER_SHARD} episodes per shard)",
+    )
+    parser.add_argument(
+        "--dart-std",
+        type=float,
+        default=DART_STD,
+        help="std of the noise on the executed world_vector; labels are the clean expert action "
+        "(default %(default)s; 0: the noise-free expert)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     args = parser.parse_args(argv)
 

@@ -44,8 +44,14 @@ def episode_seeds(index: int, seed: int) -> tuple[int, int, np.random.Generator]
     return env_seed, noise_seed, rng
 
 
-def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS, *, dart_std: float = DART_STD,
-                   control: str = "axis") -> dict:
+def record_episode(
+    index: int,
+    seed: int,
+    max_steps: int = MAX_EPISODE_STEPS,
+    *,
+    dart_std: float = DART_STD,
+    control: str = "axis",
+) -> dict:
     """Episode `index` of the dataset for `seed`: one DART-noised expert rollout, as a TFDS example dict.
 
     Deterministic in (index, seed). The environment seed, the executed actions' noise and the
@@ -54,8 +60,14 @@ def record_episode(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS, *,
     return record_rollout(index, seed, max_steps, dart_std=dart_std, control=control)[0]
 
 
-def record_rollout(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS, *, dart_std: float = DART_STD,
-                   control: str = "axis") -> tuple[dict, list[dict]]:
+def record_rollout(
+    index: int,
+    seed: int,
+    max_steps: int = MAX_EPISODE_STEPS,
+    *,
+    dart_std: float = DART_STD,
+    control: str = "axis",
+) -> tuple[dict, list[dict]]:
     """(the TFDS example dict of `record_episode`, the actions the env executed after each recorded step)."""
     if dart_std < 0:
         raise ValueError(f"dart_std must be >= 0, got {dart_std}")
@@ -73,8 +85,9 @@ def record_rollout(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS, *,
             break
         run = dict(action)
         if dart_std > 0:
-            run["world_vector"] = np.clip(action["world_vector"] + noise.normal(0.0, dart_std, size=3),
-                                          -1.0, 1.0).astype(np.float32)
+            run["world_vector"] = np.clip(
+                action["world_vector"] + noise.normal(0.0, dart_std, size=3), -1.0, 1.0
+            ).astype(np.float32)
         executed.append(run)
         obs, _reward, terminated, truncated, info = env.step(run)
         if terminated or truncated:
@@ -93,15 +106,26 @@ def record_rollout(index: int, seed: int, max_steps: int = MAX_EPISODE_STEPS, *,
         step["action"]["terminate_episode"] = (TERMINATE if i == last else CONTINUE).copy()
     family = info["task_family"]
     return {
-        "aspects": {"already_success": False, "feasible": True, "has_aspects": True, "success": success and not cut,
-                    "undesirable": False},
+        "aspects": {
+            "already_success": False,
+            "feasible": True,
+            "has_aspects": True,
+            "success": success and not cut,
+            "undesirable": False,
+        },
         "attributes": {
-            "collection_mode": 1, "collection_mode_name": "teleop",
-            "data_type": 0, "data_type_name": "synthetic",
-            "env": 0, "env_name": "mini_fractal",
-            "location": 0, "location_name": "simulated table",
-            "objects_family": 0, "objects_family_name": "fractal objects",
-            "task_family": TASK_FAMILIES.index(family), "task_family_name": family,
+            "collection_mode": 1,
+            "collection_mode_name": "teleop",
+            "data_type": 0,
+            "data_type_name": "synthetic",
+            "env": 0,
+            "env_name": "mini_fractal",
+            "location": 0,
+            "location_name": "simulated table",
+            "objects_family": 0,
+            "objects_family_name": "fractal objects",
+            "task_family": TASK_FAMILIES.index(family),
+            "task_family_name": family,
         },
         "steps": steps,
     }, executed[: len(steps) - 1]

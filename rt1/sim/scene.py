@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 from rt1.errors import RT1Error
+from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 
 # name -> (RGB colour, shape); names are real fractal objects.
 OBJECTS: dict[str, tuple[tuple[int, int, int], str]] = {
@@ -36,7 +36,15 @@ OBJECTS: dict[str, tuple[tuple[int, int, int], str]] = {
 }
 UPRIGHT_OBJECTS = ("coke can", "pepsi can", "7up can", "redbull can", "water bottle", "blue plastic bottle")
 DRAWERS = ("top", "middle", "bottom")
-TASK_FAMILIES = ("pick", "pick_from_drawer", "move_near", "open_drawer", "close_drawer", "place_upright", "knock_over")
+TASK_FAMILIES = (
+    "pick",
+    "pick_from_drawer",
+    "move_near",
+    "open_drawer",
+    "close_drawer",
+    "place_upright",
+    "knock_over",
+)
 DRAWER_FAMILIES = ("open_drawer", "close_drawer")
 
 STEP_SIZE = 0.06  # workspace units moved per step at |world_vector| = 1
@@ -104,7 +112,9 @@ class Scene:
 
     gripper: np.ndarray  # (3,) tool point (x, y, z)
     objects: list[SceneObject]
-    drawer_open: dict[str, float] = field(default_factory=lambda: {d: 0.0 for d in DRAWERS})  # 0 closed .. 1 open
+    drawer_open: dict[str, float] = field(
+        default_factory=lambda: {d: 0.0 for d in DRAWERS}
+    )  # 0 closed .. 1 open
     gripper_closed: bool = False
     held: SceneObject | None = None
     held_drawer: str | None = None
@@ -136,8 +146,14 @@ def quaternion(rpy: np.ndarray) -> np.ndarray:
     """(4,) quaternion (x, y, z, w) of roll-pitch-yaw angles (3,)."""
     cr, cp, cy = np.cos(rpy / 2)
     sr, sp, sy = np.sin(rpy / 2)
-    return np.array([sr * cp * cy - cr * sp * sy, cr * sp * cy + sr * cp * sy,
-                     cr * cp * sy - sr * sp * cy, cr * cp * cy + sr * sp * sy])
+    return np.array(
+        [
+            sr * cp * cy - cr * sp * sy,
+            cr * sp * cy + sr * cp * sy,
+            cr * cp * sy - sr * sp * cy,
+            cr * cp * cy + sr * sp * sy,
+        ]
+    )
 
 
 def _place_objects(rng: np.random.Generator, count: int) -> list[np.ndarray]:
@@ -171,8 +187,12 @@ def sample_scene(rng: np.random.Generator, family: str | None = None) -> tuple[S
     n_objects = 2 if family in DRAWER_FAMILIES else int(rng.integers(2, 4))
     positions = _place_objects(rng, n_objects)
     objects = [SceneObject(str(n), p) for n, p in zip(names[:n_objects], positions)]
-    scene = Scene(gripper=gripper, objects=objects, tint=rng.integers(-15, 16, size=3),
-                  texture_seed=int(rng.integers(2**31)))
+    scene = Scene(
+        gripper=gripper,
+        objects=objects,
+        tint=rng.integers(-15, 16, size=3),
+        texture_seed=int(rng.integers(2**31)),
+    )
     target = None if family in DRAWER_FAMILIES else 0
     other = 1 if family == "move_near" else None
     if family == "close_drawer":
@@ -183,8 +203,12 @@ def sample_scene(rng: np.random.Generator, family: str | None = None) -> tuple[S
         objects[0].position = drawer_handle(drawer, 1.0) - np.array([0.12, 0.0, 0.0])
     if family == "place_upright":
         objects[0].upright = False
-    instruction = instruction_text(family, objects[0].name if target is not None else None,
-                                   objects[1].name if other is not None else None, drawer)
+    instruction = instruction_text(
+        family,
+        objects[0].name if target is not None else None,
+        objects[1].name if other is not None else None,
+        drawer,
+    )
     return scene, Task(family, drawer, target, other, instruction)
 
 
@@ -198,7 +222,9 @@ def _to_pixel(position: np.ndarray) -> tuple[float, float]:
     return row, col
 
 
-def _draw_shape(image: np.ndarray, row: float, col: float, color, shape: str, size: float, upright: bool) -> None:
+def _draw_shape(
+    image: np.ndarray, row: float, col: float, color, shape: str, size: float, upright: bool
+) -> None:
     h, w = image.shape[:2]
     r0, r1 = int(max(0, row - size * 1.6)), int(min(h, row + size * 1.6 + 1))
     c0, c1 = int(max(0, col - size * 1.6)), int(min(w, col + size * 1.6 + 1))
@@ -228,14 +254,16 @@ def render(scene: Scene) -> np.ndarray:
     image[:, CABINET_COL:] = (96, 84, 72)
     for drawer, top in DRAWER_ROWS.items():
         shift = int(scene.drawer_open[drawer] * 60)
-        image[top + shift: top + 50 + shift, CABINET_COL + 4: w - 4] = (140, 120, 100)
-        image[top + 40 + shift: top + 46 + shift, CABINET_COL + 20: w - 20] = (40, 40, 40)  # handle
+        image[top + shift : top + 50 + shift, CABINET_COL + 4 : w - 4] = (140, 120, 100)
+        image[top + 40 + shift : top + 46 + shift, CABINET_COL + 20 : w - 20] = (40, 40, 40)  # handle
     for obj in scene.objects:
         row, col = _to_pixel(obj.position)
         color, shape = OBJECTS[obj.name]
         if obj.position[2] > 0.02:  # shadow under a lifted object
             _draw_shape(image, row, col, (110, 95, 80), shape, 15, obj.upright)
-        _draw_shape(image, row - obj.position[2] * 40, col, color, shape, 16 + obj.position[2] * 8, obj.upright)
+        _draw_shape(
+            image, row - obj.position[2] * 40, col, color, shape, 16 + obj.position[2] * 8, obj.upright
+        )
     # Gripper: two fingers around the tool point, nearer together when closed, larger when higher.
     row, col = _to_pixel(scene.gripper)
     row -= scene.gripper[2] * 40

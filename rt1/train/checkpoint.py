@@ -41,17 +41,25 @@ from rt1.errors import one_line
 from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointError, read_checkpoint
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
-_STATE_KEYS = ("model", "model_config", "optimizer", "scheduler", "epoch", "epoch_complete", "step_in_epoch",
-               "global_step")
+_STATE_KEYS = (
+    "model",
+    "model_config",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "epoch_complete",
+    "step_in_epoch",
+    "global_step",
+)
 
 
 @dataclass
 class TrainState:
     """Where a run is: the counters a checkpoint stores next to the weights and the optimizer."""
 
-    epoch: int = 1                  # 1-based
-    step_in_epoch: int = 0          # optimizer steps done in this epoch
-    global_step: int = 0            # optimizer steps done in total
+    epoch: int = 1  # 1-based
+    step_in_epoch: int = 0  # optimizer steps done in this epoch
+    global_step: int = 0  # optimizer steps done in total
     epoch_complete: bool = False
     metrics: dict = field(default_factory=dict)  # the last validation metrics
 
@@ -123,28 +131,53 @@ def save_checkpoint(path: Path, contents: dict) -> Path:
     try:
         io.check_free_space(path.parent, tensor_bytes(contents), path.name)
     except io.DiskFullError as e:
-        raise CheckpointWriteError(f"cannot write checkpoint {path}: {e}; the previous checkpoints are kept") from None
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {e}; the previous checkpoints are kept"
+        ) from None
     try:
         with io.atomic_output(path) as tmp:
             torch.save(contents, tmp)
     except (RuntimeError, OSError) as e:
         free = shutil.disk_usage(path.parent).free / 2**20
-        raise CheckpointWriteError(f"cannot write checkpoint {path} ({one_line(e)}; {free:.1f} MiB free in "
-                                   f"{path.parent}); the previous checkpoints are kept") from None
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path} ({one_line(e)}; {free:.1f} MiB free in "
+            f"{path.parent}); the previous checkpoints are kept"
+        ) from None
     return path
 
 
-def checkpoint_contents(state: TrainState, *, model: torch.nn.Module, model_config: dict, train_args: dict,
-                        optimizer, scheduler, scaler, steps_per_epoch: int, total_steps: int, rng: list) -> dict:
+def checkpoint_contents(
+    state: TrainState,
+    *,
+    model: torch.nn.Module,
+    model_config: dict,
+    train_args: dict,
+    optimizer,
+    scheduler,
+    scaler,
+    steps_per_epoch: int,
+    total_steps: int,
+    rng: list,
+) -> dict:
     """The dict a checkpoint file holds (format above)."""
     return {
-        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model": model.state_dict(), "model_config": model_config, "train_args": train_args,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": model.state_dict(),
+        "model_config": model_config,
+        "train_args": train_args,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "epoch": state.epoch, "epoch_complete": state.epoch_complete, "step_in_epoch": state.step_in_epoch,
-        "global_step": state.global_step, "metrics": state.metrics,
-        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "world_size": len(rng), "rng": rng,
+        "epoch": state.epoch,
+        "epoch_complete": state.epoch_complete,
+        "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step,
+        "metrics": state.metrics,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "world_size": len(rng),
+        "rng": rng,
         "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
     }
 
@@ -158,7 +191,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     contents = read_checkpoint(path, map_location)
     missing = [k for k in _STATE_KEYS if k not in contents]
     if missing:
-        raise CheckpointError(f"{path} is not a training checkpoint (no {', '.join(missing)}): it cannot be resumed")
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (no {', '.join(missing)}): it cannot be resumed"
+        )
     try:
         train_state_of(contents)
     except (TypeError, ValueError) as e:
@@ -167,8 +202,13 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def train_state_of(contents: dict) -> TrainState:
-    return TrainState(int(contents["epoch"]), int(contents["step_in_epoch"]), int(contents["global_step"]),
-                      bool(contents["epoch_complete"]), dict(contents.get("metrics", {})))
+    return TrainState(
+        int(contents["epoch"]),
+        int(contents["step_in_epoch"]),
+        int(contents["global_step"]),
+        bool(contents["epoch_complete"]),
+        dict(contents.get("metrics", {})),
+    )
 
 
 # ---- RNG state as tensors (weights_only-safe) -----------------------------------------------------
@@ -187,8 +227,13 @@ def capture_rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     out = {
         "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": None,
     }
@@ -201,8 +246,9 @@ def restore_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached"]))
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
     torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") is not None and torch.cuda.is_available():
         cuda_states = state["cuda"]
@@ -216,13 +262,29 @@ def restore_rng(contents: dict, rank: int, world_size: int, reseed: int, log) ->
     if len(rng) == world_size:
         restore_rng_state(rng[rank])
     else:
-        log.warning(f"checkpoint has RNG states of {len(rng)} processes, this run has {world_size}: "
-                    "reseeding (the run is not bit-identical to an uninterrupted one)")
+        log.warning(
+            f"checkpoint has RNG states of {len(rng)} processes, this run has {world_size}: "
+            "reseeding (the run is not bit-identical to an uninterrupted one)"
+        )
         seed_everything(reseed)
 
 
-__all__ = ["restore_rng", 
-    "CheckpointError", "CheckpointWriteError", "tensor_bytes", "TrainState", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "prune_checkpoints",
-    "remove_stale_temporaries", "save_checkpoint", "checkpoint_contents", "load_checkpoint", "train_state_of",
-    "seed_everything", "capture_rng_state", "restore_rng_state",
+__all__ = [
+    "restore_rng",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "tensor_bytes",
+    "TrainState",
+    "checkpoint_path",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+    "checkpoint_contents",
+    "load_checkpoint",
+    "train_state_of",
+    "seed_everything",
+    "capture_rng_state",
+    "restore_rng_state",
 ]

@@ -42,12 +42,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
             "NCCL on CUDA, gloo on CPU. Writes {save-dir}/checkpoint-{epoch}.pt every epoch (and every --save-every "
             "steps; the last --keep-checkpoints kept), metrics.jsonl and TensorBoard events. Rerunning the same "
             "command resumes from the newest checkpoint in --save-dir. One run at a time per --save-dir (the lock "
-            "file train.lock names it)."),
-        epilog=("SIGTERM or SIGINT (Ctrl-C): every process stops after the current step and a checkpoint of that step "
-                "is saved (Ctrl-C twice stops at once). Exit status: 0 done; 1 error; 2 bad arguments, or "
-                "--save-dir in use by another run; 3 non-finite loss (the last good checkpoint is kept); 130 "
-                "interrupted (SIGINT); 143 terminated (SIGTERM). No partial checkpoint is ever left under a final "
-                "name."),
+            "file train.lock names it)."
+        ),
+        epilog=(
+            "SIGTERM or SIGINT (Ctrl-C): every process stops after the current step and a checkpoint of that step "
+            "is saved (Ctrl-C twice stops at once). Exit status: 0 done; 1 error; 2 bad arguments, or "
+            "--save-dir in use by another run; 3 non-finite loss (the last good checkpoint is kept); 130 "
+            "interrupted (SIGINT); 143 terminated (SIGTERM). No partial checkpoint is ever left under a final "
+            "name."
+        ),
     )
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     hints = typing.get_type_hints(TrainConfig)
@@ -63,8 +66,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         else:
             base = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
             choices = sorted(PRESETS) if f.name == "preset" else meta.get("choices")
-            kwargs.update(type=base, choices=choices, default=None if meta.get("per_preset") else f.default,
-                          required=meta.get("required", False))
+            kwargs.update(
+                type=base,
+                choices=choices,
+                default=None if meta.get("per_preset") else f.default,
+                required=meta.get("required", False),
+            )
             if meta.get("required"):
                 kwargs["help"] = meta["help"]
         groups[meta["group"]].add_argument(option_flag(f), **kwargs)
@@ -72,11 +79,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
     for name in MODEL_OVERRIDABLE:
         kind = model_hints[name]
         parse = _int_tuple if typing.get_origin(kind) is tuple else kind
-        groups["model"].add_argument(_model_flag(name), dest=f"model.{name}", type=parse, default=None,
-                                     metavar=name.upper(), help=f"RT1Config.{name} for this run (default: the preset's)")
+        groups["model"].add_argument(
+            _model_flag(name),
+            dest=f"model.{name}",
+            type=parse,
+            default=None,
+            metavar=name.upper(),
+            help=f"RT1Config.{name} for this run (default: the preset's)",
+        )
     # torch.distributed.launch without --use_env passes --local-rank; LOCAL_RANK in the environment wins.
-    groups["processes"].add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
-                                     help=argparse.SUPPRESS)
+    groups["processes"].add_argument(
+        "--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )
     return p
 
 
@@ -94,8 +108,11 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed arguments (per-preset fields left unset take the preset's). Raises ConfigError."""
     values = {name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)}
-    values["model_overrides"] = {name: value for name in MODEL_OVERRIDABLE
-                                 if (value := getattr(args, f"model.{name}", None)) is not None}
+    values["model_overrides"] = {
+        name: value
+        for name in MODEL_OVERRIDABLE
+        if (value := getattr(args, f"model.{name}", None)) is not None
+    }
     try:
         return TrainConfig(**values)
     except ConfigError as e:

@@ -82,14 +82,18 @@ def select_device(requested: str, local_rank: int) -> torch.device:
         raise DistributedSetupError("--device cuda was asked for but CUDA is not available")
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise DistributedSetupError(f"LOCAL_RANK={local_rank} but this node has only {count} CUDA device(s): "
-                                    f"start at most {count} processes per node")
+        raise DistributedSetupError(
+            f"LOCAL_RANK={local_rank} but this node has only {count} CUDA device(s): "
+            f"start at most {count} processes per node"
+        )
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     return device
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 900.0, local_rank_arg: int | None = None) -> DistInfo:
+def init_distributed(
+    device: str = "auto", timeout_s: float = 900.0, local_rank_arg: int | None = None
+) -> DistInfo:
     """Read the launcher's environment, pick the device, and create the process group if needed.
 
     `local_rank_arg` is the `--local-rank` argument that `torch.distributed.launch` passes when it is
@@ -112,20 +116,36 @@ def init_distributed(device: str = "auto", timeout_s: float = 900.0, local_rank_
         raise DistributedSetupError("this PyTorch build has no torch.distributed support")
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise DistributedSetupError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start with torchrun "
-                                    "or python -m torch.distributed.launch --use_env")
+        raise DistributedSetupError(
+            f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start with torchrun "
+            "or python -m torch.distributed.launch --use_env"
+        )
     backend = "nccl" if dev.type == "cuda" else "gloo"
     kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-    dist.init_process_group(backend=backend, init_method="env://", world_size=world_size, rank=rank,
-                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        world_size=world_size,
+        rank=rank,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        **kwargs,
+    )
     peers = [None] * world_size  # who is who, so that a lost peer can be named later
     dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
     return DistInfo(rank, world_size, local_rank, dev, backend, tuple(tuple(p) for p in peers))
 
 
 # What gloo, NCCL and the c10d store say when a peer process is gone, unreachable or too slow.
-_PEER_FAILURE = ("gloo", "nccl", "processgroup", "connection closed by peer", "connection reset", "broken pipe",
-                 "failed to recv", "communicator was aborted")
+_PEER_FAILURE = (
+    "gloo",
+    "nccl",
+    "processgroup",
+    "connection closed by peer",
+    "connection reset",
+    "broken pipe",
+    "failed to recv",
+    "communicator was aborted",
+)
 
 
 def _process_gone(pid: int) -> bool:
@@ -149,15 +169,21 @@ def _lost_peer_message(error: BaseException, info: DistInfo) -> str:
     for rank, (peer_host, pid) in enumerate(info.peers):
         if rank == me:
             continue
-        state = ("gone" if _process_gone(pid) else "still running") if peer_host == host else "on another host"
+        state = (
+            ("gone" if _process_gone(pid) else "still running") if peer_host == host else "on another host"
+        )
         described.append((state, f"rank {rank} (host {peer_host}, PID {pid}, {state})"))
     gone = [text for state, text in described if state == "gone"]
-    others = gone or [text for state, text in described if state != "still running"] or [t for _, t in described]
+    others = (
+        gone or [text for state, text in described if state != "still running"] or [t for _, t in described]
+    )
     cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     cause = re.sub(r"^\[[^\]]*\]\s*", "", cause).split(". ")[0]  # gloo: "[file:line] What happened. Advice."
-    return (f"lost contact with {'the peer' if len(others) == 1 else 'peers'} {', '.join(others)} in a "
-            f"{info.backend} collective (its node or process died, or it did not answer within --dist-timeout): "
-            f"{cause[:300]}; rerun every node's command to resume from the last checkpoint")
+    return (
+        f"lost contact with {'the peer' if len(others) == 1 else 'peers'} {', '.join(others)} in a "
+        f"{info.backend} collective (its node or process died, or it did not answer within --dist-timeout): "
+        f"{cause[:300]}; rerun every node's command to resume from the last checkpoint"
+    )
 
 
 @contextlib.contextmanager
@@ -238,8 +264,9 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo, *, sync_bn: bool, find_unused_parameters: bool,
-               compile: bool, log) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+def wrap_model(
+    model: torch.nn.Module, info: DistInfo, *, sync_bn: bool, find_unused_parameters: bool, compile: bool, log
+) -> tuple[torch.nn.Module, torch.nn.Module, object]:
     """The bare model -> (the bare model on the device, the module to call for training, DDP's no_sync or None).
 
     SyncBatchNorm (sync_bn, NCCL only) -> channels_last on the device -> DDP (world > 1) -> torch.compile.
@@ -248,22 +275,41 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, *, sync_bn: bool, find_un
         if supports_sync_batchnorm(info):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
-            log.warning(f"--syncBN: SyncBatchNorm needs CUDA (NCCL); with the {info.backend} backend on "
-                        f"{info.device.type} each process normalises with its own batch statistics")
+            log.warning(
+                f"--syncBN: SyncBatchNorm needs CUDA (NCCL); with the {info.backend} backend on "
+                f"{info.device.type} each process normalises with its own batch statistics"
+            )
     # The model runs its convolutions channels_last; matching the weights avoids a copy of every conv
     # gradient into the DDP buckets (and DDP's "grad strides do not match bucket view strides" warning).
     model = model.to(info.device, memory_format=torch.channels_last)
     forward, no_sync = model, None
     if info.distributed:
         forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
+            model,
+            device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+            gradient_as_bucket_view=True,
+        )
         no_sync = forward.no_sync
     return model, torch.compile(forward) if compile else forward, no_sync
 
 
 __all__ = [
-    "wrap_model", "DistInfo", "DistributedSetupError", "PeerLostError", "lost_peers_reported", "init_distributed", "cleanup", "select_device", "is_initialized",
-    "get_rank", "get_world_size", "is_main_process", "supports_sync_batchnorm", "barrier", "all_reduce_sum",
-    "all_gather_object", "broadcast_object",
+    "wrap_model",
+    "DistInfo",
+    "DistributedSetupError",
+    "PeerLostError",
+    "lost_peers_reported",
+    "init_distributed",
+    "cleanup",
+    "select_device",
+    "is_initialized",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "supports_sync_batchnorm",
+    "barrier",
+    "all_reduce_sum",
+    "all_gather_object",
+    "broadcast_object",
 ]

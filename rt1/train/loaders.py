@@ -143,15 +143,31 @@ def shutdown_workers(loader: DataLoader | None) -> None:
         loader._iterator = None
 
 
-def make_train_loader(dataset: Dataset, *, rank: int, world_size: int, batch_size: int, shuffle: bool, seed: int,
-                      num_workers: int, pin_memory: bool) -> tuple[DataLoader, EpochSampler]:
-    base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                              drop_last=False)
+def make_train_loader(
+    dataset: Dataset,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int,
+    pin_memory: bool,
+) -> tuple[DataLoader, EpochSampler]:
+    base = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+    )
     sampler = EpochSampler(base)
     loader = DataLoader(
-        SeededWindows(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_windows, pin_memory=pin_memory, drop_last=False,
-        persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals,
+        SeededWindows(dataset, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_windows,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
         # The generator only seeds the workers (their randomness comes from SeededWindows); giving the
         # loader its own keeps it from drawing on the global RNG, which resumes must reproduce.
         generator=torch.Generator().manual_seed(seed * 7919 + rank),
@@ -159,15 +175,21 @@ def make_train_loader(dataset: Dataset, *, rank: int, world_size: int, batch_siz
     return loader, sampler
 
 
-def make_val_loader(dataset: Dataset, *, rank: int, world_size: int, batch_size: int, num_workers: int,
-                    pin_memory: bool) -> DataLoader:
+def make_val_loader(
+    dataset: Dataset, *, rank: int, world_size: int, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-        num_workers=num_workers, collate_fn=collate_windows, pin_memory=pin_memory, drop_last=False,
-        persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals,
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardSampler(len(dataset), rank, world_size),
+        num_workers=num_workers,
+        collate_fn=collate_windows,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(rank),
     )
-
 
 
 class TrainSetupError(RT1Error, ValueError):
@@ -185,7 +207,8 @@ def check_data_fits(dataset: RT1Dataset, config: RT1Config, what: str, cfg: Trai
             f"{what} windows from {cfg.data_dir} are {shape[0]} frames of {shape[1]}x{shape[2]}, but preset "
             f"{cfg.preset!r} expects {config.num_frames} frames of {config.image_size}x{config.image_size}: "
             f"preprocess with DataPreprocess_batch_*.py --image-size {config.image_size} and index with "
-            f"data_emerge.py --window {config.num_frames}")
+            f"data_emerge.py --window {config.num_frames}"
+        )
 
 
 @dataclass
@@ -208,15 +231,30 @@ class RunData:
         try:
             check_data_fits(train_set, config, "training", cfg)
             train_loader, sampler = make_train_loader(
-                train_set, rank=rank, world_size=world_size, batch_size=cfg.batch_size, shuffle=cfg.shuffle,
-                seed=cfg.seed, num_workers=cfg.num_workers, pin_memory=pin_memory)
+                train_set,
+                rank=rank,
+                world_size=world_size,
+                batch_size=cfg.batch_size,
+                shuffle=cfg.shuffle,
+                seed=cfg.seed,
+                num_workers=cfg.num_workers,
+                pin_memory=pin_memory,
+            )
             data = RunData(train_set, train_loader, sampler)
             if cfg.val_index is not None and cfg.val_every > 0:
                 val_set = RT1Dataset(cfg.val_index, cfg.data_dir, augment=False)
                 check_data_fits(val_set, config, "validation", cfg)
-                data.val_set, data.val_loader = val_set, make_val_loader(
-                    val_set, rank=rank, world_size=world_size, batch_size=cfg.batch_size,
-                    num_workers=cfg.num_workers, pin_memory=pin_memory)
+                data.val_set, data.val_loader = (
+                    val_set,
+                    make_val_loader(
+                        val_set,
+                        rank=rank,
+                        world_size=world_size,
+                        batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers,
+                        pin_memory=pin_memory,
+                    ),
+                )
         except BaseException:
             for dataset in (train_set, val_set):
                 if dataset is not None:
@@ -256,6 +294,19 @@ class TimedBatches:
         return batch
 
 
-__all__ = ["TimedBatches", "TrainSetupError", "check_data_fits", "RunData", "SeededWindows", "EpochSampler", "ShardSampler", "collate_windows", "batches_per_epoch",
-           "make_train_loader", "make_val_loader", "sample_seed", "ignore_stop_signals",
-           "shutdown_workers"]
+__all__ = [
+    "TimedBatches",
+    "TrainSetupError",
+    "check_data_fits",
+    "RunData",
+    "SeededWindows",
+    "EpochSampler",
+    "ShardSampler",
+    "collate_windows",
+    "batches_per_epoch",
+    "make_train_loader",
+    "make_val_loader",
+    "sample_seed",
+    "ignore_stop_signals",
+    "shutdown_workers",
+]

@@ -54,12 +54,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr: float, total: int,
-                    step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr: float, total: int, step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The per-step schedule of `lr` over `total` steps, positioned after `step` steps (a resume)."""
     for group in optimizer.param_groups:
         group["initial_lr"] = lr  # LambdaLR's base lr; a restored optimizer carries the old run's
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg), last_epoch=step - 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, cfg), last_epoch=step - 1
+    )
 
 
 def build_grad_scaler(cfg: TrainConfig, device: torch.device, log=None) -> torch.amp.GradScaler:
@@ -79,8 +82,16 @@ class Optimisation:
     total_steps: int
 
     @staticmethod
-    def build(model: nn.Module, cfg: TrainConfig, world_size: int, device: torch.device, total_steps: int,
-              contents: dict | None = None, step: int = 0, log=None) -> Optimisation:
+    def build(
+        model: nn.Module,
+        cfg: TrainConfig,
+        world_size: int,
+        device: torch.device,
+        total_steps: int,
+        contents: dict | None = None,
+        step: int = 0,
+        log=None,
+    ) -> Optimisation:
         """Fresh, or restored from a checkpoint's `contents` and positioned after `step` steps of this run's
         schedule (its --lr, world size and length may differ from the checkpoint's)."""
         lr = peak_lr(cfg, world_size)
@@ -89,11 +100,21 @@ class Optimisation:
             optimizer.load_state_dict(contents["optimizer"])
             if scaler.is_enabled() and contents.get("scaler"):
                 scaler.load_state_dict(contents["scaler"])
-        return Optimisation(optimizer, build_scheduler(optimizer, cfg, lr, total_steps, step), scaler, lr, total_steps)
+        return Optimisation(
+            optimizer, build_scheduler(optimizer, cfg, lr, total_steps, step), scaler, lr, total_steps
+        )
 
     @property
     def lr_now(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
 
-__all__ = ["Optimisation", "lr_factor", "schedule_length", "peak_lr", "build_optimizer", "build_scheduler", "build_grad_scaler"]
+__all__ = [
+    "Optimisation",
+    "lr_factor",
+    "schedule_length",
+    "peak_lr",
+    "build_optimizer",
+    "build_scheduler",
+    "build_grad_scaler",
+]

@@ -21,10 +21,26 @@ from rt1.train.checkpoint import TrainState
 
 LOCK_FILE = "train.lock"
 # Fields of TrainConfig that may change between a run and its resumption without a warning.
-_RESUME_FREE_FIELDS = {"epochs", "max_steps", "resume", "num_workers", "log_every", "val_every", "progress",
-                       "tensorboard", "dist_timeout", "keep_checkpoints", "device", "data_dir", "train_index",
-                       "val_index", "save_dir", "compile", "save_every",
-                       "model_overrides"}  # a changed model is refused by the model config check itself
+_RESUME_FREE_FIELDS = {
+    "epochs",
+    "max_steps",
+    "resume",
+    "num_workers",
+    "log_every",
+    "val_every",
+    "progress",
+    "tensorboard",
+    "dist_timeout",
+    "keep_checkpoints",
+    "device",
+    "data_dir",
+    "train_index",
+    "val_index",
+    "save_dir",
+    "compile",
+    "save_every",
+    "model_overrides",
+}  # a changed model is refused by the model config check itself
 
 
 class ResumeError(RT1Error, RuntimeError):
@@ -55,7 +71,8 @@ def take_save_dir(cfg: TrainConfig) -> tuple[DirectoryLock | None, Path | None]:
             stale = lock.acquire()
             if stale is not None:
                 logging.getLogger("rt1.train").warning(
-                    f"took over the stale lock {lock.path} of a run that is gone ({stale})")
+                    f"took over the stale lock {lock.path} of a run that is gone ({stale})"
+                )
             ckpt.remove_stale_temporaries(cfg.save_dir)
         except (DirectoryLockedError, OSError) as e:
             outcome = one_line(e) if isinstance(e, DirectoryLockedError) else f"{cfg.save_dir}: {one_line(e)}"
@@ -78,8 +95,10 @@ def find_resume(cfg: TrainConfig) -> Path | None:
         path = str(latest) if latest is not None else None
     path = D.broadcast_object(path)
     if path is not None and not Path(path).is_file():
-        raise ResumeError(f"rank {D.get_rank()} cannot see checkpoint {path}: resuming a multi-node run needs "
-                          "--save-dir (or --resume) on a filesystem every node shares")
+        raise ResumeError(
+            f"rank {D.get_rank()} cannot see checkpoint {path}: resuming a multi-node run needs "
+            "--save-dir (or --resume) on a filesystem every node shares"
+        )
     return Path(path) if path is not None else None
 
 
@@ -88,12 +107,18 @@ def check_resume_fits(contents: dict, path: Path, cfg: TrainConfig, model_config
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
-        raise ResumeError(f"{path} was trained with a different model config ({details}); use another --save-dir "
-                          "or the same --preset/--cond-drop-prob")
+        raise ResumeError(
+            f"{path} was trained with a different model config ({details}); use another --save-dir "
+            "or the same --preset/--cond-drop-prob"
+        )
     old, new = contents.get("train_args", {}), cfg.to_dict()
-    changed = sorted(k for k in cfg.field_names() if k not in _RESUME_FREE_FIELDS and k in old and old[k] != new[k])
+    changed = sorted(
+        k for k in cfg.field_names() if k not in _RESUME_FREE_FIELDS and k in old and old[k] != new[k]
+    )
     if changed:
-        log.warning("resuming with changed settings: " + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed))
+        log.warning(
+            "resuming with changed settings: " + ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed)
+        )
 
 
 def load_resume(cfg: TrainConfig) -> tuple[Path | None, dict | None]:
@@ -111,9 +136,11 @@ def check_same_optimizer(contents: dict, path: Path, cfg: TrainConfig) -> None:
     before anything is written (starting it fresh would silently drop the momentum the run had built)."""
     saved = contents.get("train_args", {}).get("optimizer")
     if saved is not None and saved != cfg.optimizer:
-        raise ResumeError(f"{path} was trained with --optimizer {saved}, this run asks for --optimizer "
-                          f"{cfg.optimizer}: its optimizer state cannot be resumed by another optimizer; resume with "
-                          f"--optimizer {saved}, or start a new --save-dir")
+        raise ResumeError(
+            f"{path} was trained with --optimizer {saved}, this run asks for --optimizer "
+            f"{cfg.optimizer}: its optimizer state cannot be resumed by another optimizer; resume with "
+            f"--optimizer {saved}, or start a new --save-dir"
+        )
 
 
 def load_weights(model, contents: dict | None, path: Path | None):
@@ -123,8 +150,10 @@ def load_weights(model, contents: dict | None, path: Path | None):
     try:
         model.load_state_dict(contents["model"])
     except RuntimeError as e:
-        raise ResumeError(f"{path}: its weights do not fit the current RT1 code ({one_line(e)}); resume with the "
-                          "code that wrote it, or start a new --save-dir") from None
+        raise ResumeError(
+            f"{path}: its weights do not fit the current RT1 code ({one_line(e)}); resume with the "
+            "code that wrote it, or start a new --save-dir"
+        ) from None
     return model
 
 
@@ -132,23 +161,40 @@ def check_position(contents: dict, path: Path, state: TrainState, steps_per_epoc
     """A checkpoint written mid-epoch resumes only when this run has the same steps per epoch."""
     saved = int(contents.get("steps_per_epoch", steps_per_epoch))
     if saved != steps_per_epoch and not state.epoch_complete:
-        raise ResumeError(f"{path} stopped in the middle of epoch {state.epoch} with {saved} steps per "
-                          f"epoch; this run has {steps_per_epoch} (other data, batch size, grad accumulation "
-                          "or number of processes), so the position in the epoch cannot be resumed: resume with "
-                          "the same settings, or from an end-of-epoch checkpoint")
+        raise ResumeError(
+            f"{path} stopped in the middle of epoch {state.epoch} with {saved} steps per "
+            f"epoch; this run has {steps_per_epoch} (other data, batch size, grad accumulation "
+            "or number of processes), so the position in the epoch cannot be resumed: resume with "
+            "the same settings, or from an end-of-epoch checkpoint"
+        )
 
 
-def report_resume(log, contents: dict, path: Path, state: TrainState, steps_per_epoch: int, total_steps: int,
-                  lrf: float) -> None:
+def report_resume(
+    log, contents: dict, path: Path, state: TrainState, steps_per_epoch: int, total_steps: int, lrf: float
+) -> None:
     saved_spe = contents.get("steps_per_epoch", steps_per_epoch)
     if int(contents.get("total_steps", total_steps)) != total_steps:
-        log.warning(f"the lr schedule now spans {total_steps} steps (checkpoint: {contents['total_steps']}; "
-                    f"{steps_per_epoch} steps/epoch now, {saved_spe} in the checkpoint): the lr continues from step "
-                    f"{state.global_step} of the new schedule and reaches {lrf:g} x lr at step {total_steps}")
-    log.info(f"resumed from {path} at step {state.global_step} (epoch {state.epoch}, step {state.step_in_epoch} "
-             "of it)")
+        log.warning(
+            f"the lr schedule now spans {total_steps} steps (checkpoint: {contents['total_steps']}; "
+            f"{steps_per_epoch} steps/epoch now, {saved_spe} in the checkpoint): the lr continues from step "
+            f"{state.global_step} of the new schedule and reaches {lrf:g} x lr at step {total_steps}"
+        )
+    log.info(
+        f"resumed from {path} at step {state.global_step} (epoch {state.epoch}, step {state.step_in_epoch} "
+        "of it)"
+    )
 
 
-__all__ = ["load_weights", "report_resume", "LOCK_FILE", "ResumeError", "SaveDirInUseError", "take_save_dir", "find_resume", "load_resume", "check_same_optimizer",
-           "check_resume_fits",
-           "check_position"]
+__all__ = [
+    "load_weights",
+    "report_resume",
+    "LOCK_FILE",
+    "ResumeError",
+    "SaveDirInUseError",
+    "take_save_dir",
+    "find_resume",
+    "load_resume",
+    "check_same_optimizer",
+    "check_resume_fits",
+    "check_position",
+]

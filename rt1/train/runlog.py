@@ -193,8 +193,10 @@ class ThroughputMeter:
     def take_interval(self) -> tuple[float, float]:
         """(mean loss, windows/s) since the last call; starts a new interval."""
         now = time.perf_counter()
-        result = (self.interval_loss / max(self.interval_steps, 1),
-                  self.interval_windows / max(now - self.interval_start, 1e-9))
+        result = (
+            self.interval_loss / max(self.interval_steps, 1),
+            self.interval_windows / max(now - self.interval_start, 1e-9),
+        )
         self.interval_start, self.interval_windows, self.interval_loss, self.interval_steps = now, 0, 0.0, 0
         return result
 
@@ -241,41 +243,84 @@ def setup_message(cfg, model, info, data, lr: float, total_steps: int) -> str:
     return "; ".join(parts)
 
 
-def report_step(run_log, meter: ThroughputMeter, bar, state, loss: float, lr: float, seconds: float, batches, cfg,
-                steps_per_epoch: int, total_steps: int, tokens_per_window: int) -> None:
+def report_step(
+    run_log,
+    meter: ThroughputMeter,
+    bar,
+    state,
+    loss: float,
+    lr: float,
+    seconds: float,
+    batches,
+    cfg,
+    steps_per_epoch: int,
+    total_steps: int,
+    tokens_per_window: int,
+) -> None:
     """After every optimizer step: its metrics.jsonl line, and every --log-every steps the interval's report."""
     meter.add_step(batches.windows, loss, batches.wait)
-    run_log.record("train", step=state.global_step, epoch=state.epoch, loss=loss, lr=lr, seconds=round(seconds, 5),
-                   data_wait=round(batches.wait, 5))
+    run_log.record(
+        "train",
+        step=state.global_step,
+        epoch=state.epoch,
+        loss=loss,
+        lr=lr,
+        seconds=round(seconds, 5),
+        data_wait=round(batches.wait, 5),
+    )
     if state.global_step % cfg.log_every == 0 or state.step_in_epoch == steps_per_epoch:
-        report_interval(run_log, meter, lr, bar, state, tokens_per_window, total_steps, cfg.epochs, steps_per_epoch)
+        report_interval(
+            run_log, meter, lr, bar, state, tokens_per_window, total_steps, cfg.epochs, steps_per_epoch
+        )
     if bar is not None:
         bar.update()
 
 
-def report_interval(run_log, meter: ThroughputMeter, lr: float, bar, state, tokens_per_window: int,
-                    total_steps: int, epochs: int, steps_per_epoch: int) -> None:
+def report_interval(
+    run_log,
+    meter: ThroughputMeter,
+    lr: float,
+    bar,
+    state,
+    tokens_per_window: int,
+    total_steps: int,
+    epochs: int,
+    steps_per_epoch: int,
+) -> None:
     """TensorBoard scalars of the last --log-every steps, and the bar's numbers or one progress line."""
     loss, rate = meter.take_interval()
     run_log.scalars(state.global_step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate})
     tokens = rate * tokens_per_window
     if bar is not None:
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", tok_s=f"{tokens:.0f}",
-                        refresh=False)
+        bar.set_postfix(
+            loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", tok_s=f"{tokens:.0f}", refresh=False
+        )
     else:  # no bar (not a terminal, or --no-progress): one line per --log-every steps carries the progress
-        run_log.info(f"step {state.global_step}/{total_steps} (epoch {state.epoch}/{epochs}, "
-                     f"{state.step_in_epoch}/{steps_per_epoch}): loss {loss:.4f}, lr {lr:.3e}, "
-                     f"{rate:.1f} windows/s ({tokens:.0f} action tokens/s)")
+        run_log.info(
+            f"step {state.global_step}/{total_steps} (epoch {state.epoch}/{epochs}, "
+            f"{state.step_in_epoch}/{steps_per_epoch}): loss {loss:.4f}, lr {lr:.3e}, "
+            f"{rate:.1f} windows/s ({tokens:.0f} action tokens/s)"
+        )
 
 
 def report_epoch(run_log, meter: ThroughputMeter, state, tokens_per_window: int) -> None:
     seconds, rate, wait = meter.epoch_summary()
-    run_log.record("epoch", step=state.global_step, epoch=state.epoch, steps=state.step_in_epoch,
-                   samples=meter.epoch_windows, seconds=round(seconds, 3), samples_per_s=rate,
-                   data_wait_fraction=wait, data_wait_seconds=round(meter.epoch_wait, 3))
+    run_log.record(
+        "epoch",
+        step=state.global_step,
+        epoch=state.epoch,
+        steps=state.step_in_epoch,
+        samples=meter.epoch_windows,
+        seconds=round(seconds, 3),
+        samples_per_s=rate,
+        data_wait_fraction=wait,
+        data_wait_seconds=round(meter.epoch_wait, 3),
+    )
     run_log.scalars(state.global_step, {"train/epoch_samples_per_s": rate, "train/data_wait_fraction": wait})
-    run_log.info(f"epoch {state.epoch}: {meter.epoch_windows} windows in {seconds:.1f} s ({rate:.1f} windows/s, "
-                 f"{rate * tokens_per_window:.0f} action tokens/s, waiting for data {100 * wait:.1f}% of it)")
+    run_log.info(
+        f"epoch {state.epoch}: {meter.epoch_windows} windows in {seconds:.1f} s ({rate:.1f} windows/s, "
+        f"{rate * tokens_per_window:.0f} action tokens/s, waiting for data {100 * wait:.1f}% of it)"
+    )
 
 
 def report_validation(run_log, metrics: dict, state, seconds: float) -> None:
@@ -284,10 +329,23 @@ def report_validation(run_log, metrics: dict, state, seconds: float) -> None:
     scalars = {"val/loss": metrics["loss"], "val/token_accuracy": metrics["token_accuracy"]}
     scalars.update({f"val/token_accuracy/{name}": acc for name, acc in per_dim.items()})
     run_log.scalars(state.global_step, scalars)
-    run_log.info(f"validation after step {state.global_step} (epoch {state.epoch}): loss {metrics['loss']:.4f}, "
-                 f"token accuracy {metrics['token_accuracy']:.4f} over {metrics['windows']} windows "
-                 f"({seconds:.1f} s)")
+    run_log.info(
+        f"validation after step {state.global_step} (epoch {state.epoch}): loss {metrics['loss']:.4f}, "
+        f"token accuracy {metrics['token_accuracy']:.4f} over {metrics['windows']} windows "
+        f"({seconds:.1f} s)"
+    )
 
 
-__all__ = ["RunLog", "METRICS_FILE", "read_metrics", "truncate_metrics", "ThroughputMeter", "progress_bar",
-           "setup_message", "report_step", "report_interval", "report_epoch", "report_validation"]
+__all__ = [
+    "RunLog",
+    "METRICS_FILE",
+    "read_metrics",
+    "truncate_metrics",
+    "ThroughputMeter",
+    "progress_bar",
+    "setup_message",
+    "report_step",
+    "report_interval",
+    "report_epoch",
+    "report_validation",
+]

@@ -13,7 +13,7 @@ Batches are the loader's dicts: "frames" uint8 (B, F, H, W, 3), "text_embed" (B,
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -45,11 +45,21 @@ def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return tuple(batch[k].to(device, non_blocking=True) for k in ("frames", "text_embed", "action_tokens"))
 
 
-def train_step(model: nn.Module, batches: Iterator[dict], optimizer: torch.optim.Optimizer, *,
-               device: torch.device, accumulate: int = 1, scheduler=None, scaler: torch.amp.GradScaler | None = None,
-               loss_reduction: str = "mean", amp: str = "off", clip_grad_norm: float | None = None,
-               no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-               before_update: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+def train_step(
+    model: nn.Module,
+    batches: Iterator[dict],
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    accumulate: int = 1,
+    scheduler=None,
+    scaler: torch.amp.GradScaler | None = None,
+    loss_reduction: str = "mean",
+    amp: str = "off",
+    clip_grad_norm: float | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    before_update: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """One optimizer step over the next `accumulate` batches of `batches`; -> the mean per-token loss () float.
 
     The optimizer minimises `loss_reduction` (rt1.model.loss), each micro-batch's loss scaled by 1/accumulate;
@@ -67,13 +77,19 @@ def train_step(model: nn.Module, batches: Iterator[dict], optimizer: torch.optim
                 logits = model(frames, text)
                 loss = action_loss(logits, tokens, loss_reduction)
             scaler.scale(loss * (1.0 / accumulate)).backward()
-        loss_sum += loss.detach().float() if loss_reduction == "mean" else action_loss(logits.detach(), tokens).float()
+        loss_sum += (
+            loss.detach().float()
+            if loss_reduction == "mean"
+            else action_loss(logits.detach(), tokens).float()
+        )
     mean_loss = loss_sum / accumulate
     if before_update is not None:
         before_update(mean_loss)
     if clip_grad_norm is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm
+        )
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

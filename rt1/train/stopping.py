@@ -21,6 +21,7 @@ import torch
 from rt1.errors import EXIT_INTERRUPTED, EXIT_NON_FINITE_LOSS, EXIT_TERMINATED, RT1Error, Terminated
 from rt1.train import distributed as D
 
+
 class NonFiniteLossError(RT1Error, RuntimeError):
     """The training loss became NaN/inf; no optimizer step was taken with it."""
 
@@ -29,10 +30,15 @@ class NonFiniteLossError(RT1Error, RuntimeError):
     def __init__(self, step: int, epoch: int, ranks: list[int], last_checkpoint: Path | None):
         self.step, self.epoch, self.ranks, self.last_checkpoint = step, epoch, ranks, last_checkpoint
         where = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
-        kept = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint is not None
-                else "no checkpoint was written before it")
-        super().__init__(f"non-finite training loss (NaN or inf) at step {step} (epoch {epoch}) on {where}: "
-                         f"training stopped before updating the weights; {kept}")
+        kept = (
+            f"the last good checkpoint is {last_checkpoint}"
+            if last_checkpoint is not None
+            else "no checkpoint was written before it"
+        )
+        super().__init__(
+            f"non-finite training loss (NaN or inf) at step {step} (epoch {epoch}) on {where}: "
+            f"training stopped before updating the weights; {kept}"
+        )
 
 
 class StoppedBySignal(RT1Error):
@@ -47,14 +53,25 @@ class StoppedBySignal(RT1Error):
     def at(cls, signum: int, state, steps_per_epoch: int, checkpoint: Path | None) -> StoppedBySignal:
         what = "interrupted (SIGINT)" if signum == signal.SIGINT else "terminated by SIGTERM"
         # Collective (every rank raises this after the same agreed step): whose torchrun agent died, if any.
-        lost = [(rank, host) for rank, (gone, host) in enumerate(D.all_gather_object((launcher_lost(), _host())))
-                if gone]
+        lost = [
+            (rank, host)
+            for rank, (gone, host) in enumerate(D.all_gather_object((launcher_lost(), _host())))
+            if gone
+        ]
         if lost:
-            what += " (the torchrun agent of " + ", ".join(f"rank {r} on host {h}" for r, h in lost) + " died)"
-        where = (f"{checkpoint} holds step {state.global_step}" if checkpoint is not None
-                 else "no checkpoint was written (no step was done)")
-        return cls(signum, f"{what} at step {state.global_step} (epoch {state.epoch}, step {state.step_in_epoch} "
-                           f"of {steps_per_epoch}): {where}; rerun the same command to resume")
+            what += (
+                " (the torchrun agent of " + ", ".join(f"rank {r} on host {h}" for r, h in lost) + " died)"
+            )
+        where = (
+            f"{checkpoint} holds step {state.global_step}"
+            if checkpoint is not None
+            else "no checkpoint was written (no step was done)"
+        )
+        return cls(
+            signum,
+            f"{what} at step {state.global_step} (epoch {state.epoch}, step {state.step_in_epoch} "
+            f"of {steps_per_epoch}): {where}; rerun the same command to resume",
+        )
 
 
 _STOP = {"deferring": 0, "received": None}
@@ -171,6 +188,16 @@ def agree(loss: torch.Tensor | None, device: torch.device) -> Agreement:
     return Agreement(float(stats[0]) / world, [r for r in range(world) if stats[3 + r] > 0], stop)
 
 
-__all__ = ["NonFiniteLossError", "StoppedBySignal", "install_stop_handlers", "signals_deferred", "stop_requested", "acknowledge_stop", "signal_name",
-           "stop_when_the_launcher_dies", "launcher_lost",
-           "Agreement", "agree"]
+__all__ = [
+    "NonFiniteLossError",
+    "StoppedBySignal",
+    "install_stop_handlers",
+    "signals_deferred",
+    "stop_requested",
+    "acknowledge_stop",
+    "signal_name",
+    "stop_when_the_launcher_dies",
+    "launcher_lost",
+    "Agreement",
+    "agree",
+]

@@ -30,13 +30,34 @@ from rt1.train import distributed as D
 from rt1.train.checkpoint import TrainState, seed_everything
 from rt1.train.loaders import RunData, TimedBatches, TrainSetupError
 from rt1.train.optim import Optimisation, schedule_length
-from rt1.train.run_dir import (ResumeError, SaveDirInUseError, check_position, check_resume_fits, load_resume,
-                               load_weights, report_resume, take_save_dir)
-from rt1.train.runlog import (RunLog, ThroughputMeter, progress_bar, report_epoch, report_step, report_validation,
-                              setup_message)
+from rt1.train.run_dir import (
+    ResumeError,
+    SaveDirInUseError,
+    check_position,
+    check_resume_fits,
+    load_resume,
+    load_weights,
+    report_resume,
+    take_save_dir,
+)
+from rt1.train.runlog import (
+    RunLog,
+    ThroughputMeter,
+    progress_bar,
+    report_epoch,
+    report_step,
+    report_validation,
+    setup_message,
+)
 from rt1.train.step import evaluate, set_train_mode, train_step
-from rt1.train.stopping import (NonFiniteLossError, StoppedBySignal, acknowledge_stop, agree, signal_name,
-                                signals_deferred)
+from rt1.train.stopping import (
+    NonFiniteLossError,
+    StoppedBySignal,
+    acknowledge_stop,
+    agree,
+    signal_name,
+    signals_deferred,
+)
 
 
 @dataclass
@@ -74,10 +95,15 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
 class Trainer:
     """One run on this rank: built once from the config (and a checkpoint), then `run()`."""
 
-    def __init__(self, cfg: TrainConfig, info: D.DistInfo, resume_path: Path | None, contents: dict | None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, info: D.DistInfo, resume_path: Path | None, contents: dict | None
+    ) -> None:
         self.cfg, self.device = cfg, info.device
-        self.log = RunLog.open(cfg.save_dir, resume_step=None if contents is None else int(contents["global_step"]),
-                               tensorboard=cfg.tensorboard)
+        self.log = RunLog.open(
+            cfg.save_dir,
+            resume_step=None if contents is None else int(contents["global_step"]),
+            tensorboard=cfg.tensorboard,
+        )
         self.data: RunData | None = None
         try:
             self._build(info, resume_path, contents)
@@ -90,24 +116,46 @@ class Trainer:
         if contents is not None:
             check_resume_fits(contents, resume_path, cfg, model_config, self.log)
         # Data first, so a wrong image size fails before the model is built.
-        self.data = RunData.open(cfg, model_config, info.rank, info.world_size, pin_memory=self.device.type == "cuda")
+        self.data = RunData.open(
+            cfg, model_config, info.rank, info.world_size, pin_memory=self.device.type == "cuda"
+        )
         resumed = ckpt.train_state_of(contents) if contents is not None else TrainState()
         total_steps = schedule_length(resumed, self.data.steps_per_epoch, cfg.epochs, cfg.max_steps)
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         model = load_weights(RT1(model_config), contents, resume_path)
         # With condition dropout off the null text embedding gets no gradient: tell DDP.
         self.model, self.forward, self.no_sync = D.wrap_model(
-            model, info, sync_bn=cfg.sync_bn, find_unused_parameters=model_config.cond_drop_prob == 0.0,
-            compile=cfg.compile, log=self.log)
-        self.opt = Optimisation.build(self.model, cfg, info.world_size, self.device, total_steps, contents,
-                                      step=resumed.global_step, log=self.log)
+            model,
+            info,
+            sync_bn=cfg.sync_bn,
+            find_unused_parameters=model_config.cond_drop_prob == 0.0,
+            compile=cfg.compile,
+            log=self.log,
+        )
+        self.opt = Optimisation.build(
+            self.model,
+            cfg,
+            info.world_size,
+            self.device,
+            total_steps,
+            contents,
+            step=resumed.global_step,
+            log=self.log,
+        )
         self.state, self.last_save = resumed, (None, None)  # (the last checkpoint, the step it holds)
         seed_everything(cfg.seed * 1009 + info.rank + 1)  # per-rank stream (condition dropout)
         if contents is not None:
             check_position(contents, resume_path, resumed, self.data.steps_per_epoch)
-            ckpt.restore_rng(contents, info.rank, info.world_size, log=self.log,
-                             reseed=cfg.seed * 1009 + info.rank + 1 + resumed.global_step)
-            report_resume(self.log, contents, resume_path, resumed, self.data.steps_per_epoch, total_steps, cfg.lrf)
+            ckpt.restore_rng(
+                contents,
+                info.rank,
+                info.world_size,
+                log=self.log,
+                reseed=cfg.seed * 1009 + info.rank + 1 + resumed.global_step,
+            )
+            report_resume(
+                self.log, contents, resume_path, resumed, self.data.steps_per_epoch, total_steps, cfg.lrf
+            )
             self.last_save = (resume_path, resumed.global_step)
             if resumed.epoch_complete:
                 resumed.start_next_epoch()
@@ -126,7 +174,9 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg, state, steps_per_epoch = self.cfg, self.state, self.data.steps_per_epoch
         if (cfg.max_steps is not None and state.global_step >= cfg.max_steps) or state.epoch > cfg.epochs:
-            self.log.info(f"nothing to do: the run in {cfg.save_dir} already reached step {state.global_step}")
+            self.log.info(
+                f"nothing to do: the run in {cfg.save_dir} already reached step {state.global_step}"
+            )
             done = state.step_in_epoch == 0 and state.epoch > 1  # counters point at the epoch after the last
             return self._result("already_done", epoch=state.epoch - 1 if done else None)
         self.log.start()
@@ -139,14 +189,19 @@ class Trainer:
                 hit_max = cfg.max_steps is not None and state.global_step >= cfg.max_steps
                 if finished_epoch or hit_max:
                     state.epoch_complete = finished_epoch
-                    if self.data.val_loader is not None and (state.epoch % cfg.val_every == 0
-                                                             or state.epoch == cfg.epochs or hit_max):
+                    if self.data.val_loader is not None and (
+                        state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs or hit_max
+                    ):
                         state.metrics = self._validate()
                     self._save()
                 if hit_max:
                     stopped_by = "max_steps"
-                    self.log.record("stop", step=state.global_step, epoch=state.epoch,
-                                    reason=f"--max-steps {cfg.max_steps}")
+                    self.log.record(
+                        "stop",
+                        step=state.global_step,
+                        epoch=state.epoch,
+                        reason=f"--max-steps {cfg.max_steps}",
+                    )
                     self.log.info(f"stopped at --max-steps {cfg.max_steps}")
                     break
                 state.start_next_epoch()
@@ -167,35 +222,76 @@ class Trainer:
             steps_left = min(steps_left, cfg.max_steps - state.global_step)
         if steps_left <= 0:
             return None
-        meter, batches, stop, agreed = ThroughputMeter(), TimedBatches(data.train_loader, D.get_world_size()), None, []
+        meter, batches, stop, agreed = (
+            ThroughputMeter(),
+            TimedBatches(data.train_loader, D.get_world_size()),
+            None,
+            [],
+        )
         tokens_per_window = self.model.config.num_frames * self.model.config.num_actions
 
         def check(loss: torch.Tensor) -> None:  # every rank, before the weights change
             agreed.append(agree(loss, self.device))
             if agreed[-1].non_finite_ranks:
-                raise NonFiniteLossError(state.global_step + 1, state.epoch, agreed[-1].non_finite_ranks,
-                                         self.last_save[0])
+                raise NonFiniteLossError(
+                    state.global_step + 1, state.epoch, agreed[-1].non_finite_ranks, self.last_save[0]
+                )
 
-        with progress_bar(self.log, cfg.progress, data.steps_per_epoch, state.step_in_epoch,
-                          f"epoch {state.epoch}/{cfg.epochs}") as bar:
+        with progress_bar(
+            self.log,
+            cfg.progress,
+            data.steps_per_epoch,
+            state.step_in_epoch,
+            f"epoch {state.epoch}/{cfg.epochs}",
+        ) as bar:
             for step in range(steps_left):
-                step_start, accumulate, lr = time.perf_counter(), min(cfg.grad_accum, remaining), self.opt.lr_now
+                step_start, accumulate, lr = (
+                    time.perf_counter(),
+                    min(cfg.grad_accum, remaining),
+                    self.opt.lr_now,
+                )
                 batches.reset()
-                train_step(self.forward, batches, self.opt.optimizer, device=self.device, accumulate=accumulate,
-                           scheduler=self.opt.scheduler, scaler=self.opt.scaler, loss_reduction=cfg.loss_reduction,
-                           amp=cfg.amp, clip_grad_norm=cfg.clip_grad_norm, no_sync=self.no_sync, before_update=check)
+                train_step(
+                    self.forward,
+                    batches,
+                    self.opt.optimizer,
+                    device=self.device,
+                    accumulate=accumulate,
+                    scheduler=self.opt.scheduler,
+                    scaler=self.opt.scaler,
+                    loss_reduction=cfg.loss_reduction,
+                    amp=cfg.amp,
+                    clip_grad_norm=cfg.clip_grad_norm,
+                    no_sync=self.no_sync,
+                    before_update=check,
+                )
                 remaining -= accumulate
                 loss, stop = agreed[-1].loss, agreed.pop().stop
                 state.global_step, state.step_in_epoch = state.global_step + 1, state.step_in_epoch + 1
-                report_step(self.log, meter, bar, state, loss, lr, time.perf_counter() - step_start, batches, cfg,
-                            data.steps_per_epoch, self.opt.total_steps, tokens_per_window)
+                report_step(
+                    self.log,
+                    meter,
+                    bar,
+                    state,
+                    loss,
+                    lr,
+                    time.perf_counter() - step_start,
+                    batches,
+                    cfg,
+                    data.steps_per_epoch,
+                    self.opt.total_steps,
+                    tokens_per_window,
+                )
                 if stop is not None and step < steps_left - 1:
                     break
                 stop = None  # the last step of this call ends normally (validation, save); the run loop's
                 # next check (the flag is still set) then stops without another save
-                if (cfg.save_every and state.global_step % cfg.save_every == 0
-                        and state.step_in_epoch < data.steps_per_epoch
-                        and not (cfg.max_steps is not None and state.global_step >= cfg.max_steps)):
+                if (
+                    cfg.save_every
+                    and state.global_step % cfg.save_every == 0
+                    and state.step_in_epoch < data.steps_per_epoch
+                    and not (cfg.max_steps is not None and state.global_step >= cfg.max_steps)
+                ):
                     self._save()  # mid-epoch: this epoch's checkpoint, overwritten atomically
         del batches
         if stop is None:
@@ -216,14 +312,23 @@ class Trainer:
 
     def _result(self, stopped_by: str, epoch: int | None = None) -> TrainResult:
         s = self.state
-        return TrainResult(self.cfg.save_dir, s.global_step, s.epoch if epoch is None else epoch,
-                           s.epoch_complete or epoch is not None, self.last_save[0], s.metrics, stopped_by)
+        return TrainResult(
+            self.cfg.save_dir,
+            s.global_step,
+            s.epoch if epoch is None else epoch,
+            s.epoch_complete or epoch is not None,
+            self.last_save[0],
+            s.metrics,
+            stopped_by,
+        )
 
     # ---- validation and checkpoints -------------------------------------------------------------------
 
     def _validate(self) -> dict:
         start = time.perf_counter()
-        metrics = evaluate(self.model, self.data.val_loader, device=self.device, amp=self.cfg.amp)  # bare: no sync
+        metrics = evaluate(
+            self.model, self.data.val_loader, device=self.device, amp=self.cfg.amp
+        )  # bare: no sync
         set_train_mode(self.model, self.cfg.freeze_bn)
         if metrics:
             report_validation(self.log, metrics, self.state, time.perf_counter() - start)
@@ -234,17 +339,37 @@ class Trainer:
         rng = D.all_gather_object(ckpt.capture_rng_state())
         path = ckpt.checkpoint_path(self.cfg.save_dir, self.state.epoch)
         if D.is_main_process():
-            ckpt.save_checkpoint(path, ckpt.checkpoint_contents(
-                self.state, model=self.model, model_config=self.model.config.to_dict(),
-                train_args=self.cfg.to_dict(), optimizer=self.opt.optimizer, scheduler=self.opt.scheduler,
-                scaler=self.opt.scaler, steps_per_epoch=self.data.steps_per_epoch,
-                total_steps=self.opt.total_steps, rng=rng))
+            ckpt.save_checkpoint(
+                path,
+                ckpt.checkpoint_contents(
+                    self.state,
+                    model=self.model,
+                    model_config=self.model.config.to_dict(),
+                    train_args=self.cfg.to_dict(),
+                    optimizer=self.opt.optimizer,
+                    scheduler=self.opt.scheduler,
+                    scaler=self.opt.scaler,
+                    steps_per_epoch=self.data.steps_per_epoch,
+                    total_steps=self.opt.total_steps,
+                    rng=rng,
+                ),
+            )
             removed = ckpt.prune_checkpoints(self.cfg.save_dir, self.cfg.keep_checkpoints)
             self.log.flush()
-            self.log.info(f"saved {path}" + (f" (removed {', '.join(p.name for p in removed)})" if removed else ""))
+            self.log.info(
+                f"saved {path}" + (f" (removed {', '.join(p.name for p in removed)})" if removed else "")
+            )
         self.last_save = (path, self.state.global_step)
         D.barrier()
 
 
-__all__ = ["train", "Trainer", "TrainResult", "NonFiniteLossError", "ResumeError", "TrainSetupError",
-           "SaveDirInUseError", "StoppedBySignal"]
+__all__ = [
+    "train",
+    "Trainer",
+    "TrainResult",
+    "NonFiniteLossError",
+    "ResumeError",
+    "TrainSetupError",
+    "SaveDirInUseError",
+    "StoppedBySignal",
+]
