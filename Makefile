@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_output
 GPU_CHECK_DIR ?= gpu_check_output/$(shell date +%Y%m%d-%H%M%S)
 GPU_CHECK_ARGS ?=
 
-.PHONY: install test test-fast demo bench gpu-check clean
+.PHONY: install lint format test test-fast demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -21,10 +21,20 @@ $(STAMP): requirements.txt env/constraints.txt
 		     "(see README, 'Environment', for the smaller CPU build; install log: $(VENV)/install.log)"; fi
 	touch $@
 
-test: $(STAMP)
+# The formatter and the linter (settings in pyproject.toml) fail the run before any test does.
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+# Rewrites the tree in the house style (what `make lint` checks).
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)

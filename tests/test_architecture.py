@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 from conftest import REPO
@@ -123,9 +124,20 @@ def test_ground_floor_modules_sit_at_the_top_of_the_package():
     assert all(module.count(".") == 1 for module in LAYERS[0]), LAYERS[0]
 
 
+def logical_lines(path: Path) -> int:
+    """The logical lines of a module (tokenize's NEWLINE tokens: one per statement, however the formatter
+    wraps it; blank lines and comments do not count)."""
+    with path.open() as f:
+        return sum(token.type == tokenize.NEWLINE for token in tokenize.generate_tokens(f.readline))
+
+
+# Measured in logical lines so that the formatter's wrapping does not count: the 400-line cap of the
+# packed style before `ruff format` (rt1/data/preprocess.py: 393 lines, 260 logical lines).
+MODULE_LOGICAL_LINE_LIMIT = 270
+TRAINER_LOGICAL_LINE_LIMIT = 180  # the former 250-line cap on rt1/train/trainer.py, in the same unit
+
+
 def test_no_module_is_longer_than_the_team_limit():
-    lengths = {
-        path.relative_to(REPO): len(path.read_text().splitlines()) for path in (REPO / "rt1").rglob("*.py")
-    }
-    assert not {p: n for p, n in lengths.items() if n > 400}
-    assert lengths[Path("rt1/train/trainer.py")] <= 250
+    lengths = {path.relative_to(REPO): logical_lines(path) for path in (REPO / "rt1").rglob("*.py")}
+    assert not {p: n for p, n in lengths.items() if n > MODULE_LOGICAL_LINE_LIMIT}
+    assert lengths[Path("rt1/train/trainer.py")] <= TRAINER_LOGICAL_LINE_LIMIT
