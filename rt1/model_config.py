@@ -186,6 +186,11 @@ class RT1Config:
         return tuple(self.image_size // 2 ** (i + 2) for i in range(len(self.depth)))
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the uint8 frames the model takes: the stored frames and the policy's images."""
+        return (self.image_size, self.image_size)
+
+    @property
     def tokens_per_window(self) -> int:
         return self.num_frames * self.num_learned_tokens
 
