@@ -18,6 +18,9 @@ One run prints, each as a ratio measured in the same run (absolute times drift w
                optimised (BatchNorms folded, inference mode, token cache), unoptimised with the cache, and
                re-encoding the 6 frames every step as the reference's loop does; actions compared step by
                step; the FLOPs of a step and this machine's matmul rate give the compute floor
+  google       Google's network (the `rt1` preset) at full size: forward + backward per window against the
+               `original` preset, its policy step, and with --google-ref REF its logits against Google's own
+               TF code (benchmarks/google_section.py)
 
 The reference is optional: without it the ratios against it are skipped, and the benchmark says how to
 install it (benchmarks/reference_model.py: a separate venv; run this script with that venv's python).
@@ -44,13 +47,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import google_section  # noqa: E402
 import reference_model  # noqa: E402
 
 from rt1.config import PRESETS, RT1Config, model_preset  # noqa: E402
 from rt1.model import RT1, action_loss, normalize_frames  # noqa: E402
 from rt1.policy import RT1Policy  # noqa: E402
 
-SECTIONS = ("params", "equivalence", "train", "memory", "policy")
+SECTIONS = ("params", "equivalence", "train", "memory", "policy", "google")
 GPU_SIZES_GB = (16, 24, 32, 40, 48, 80)
 CUDA_OVERHEAD_GB = 1.0  # CUDA context + library workspaces, roughly
 POLICY_TARGET_MS = 100.0
@@ -475,7 +479,18 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--target-batch", type=int, default=8, help="the per-GPU batch the memory is judged at"
     )
-    parser.add_argument("--policy-presets", default="rt1,original")
+    parser.add_argument(
+        "--policy-presets", default="original", help="MaxViT presets (rt1: the google section)"
+    )
+    parser.add_argument(
+        "--google-ref",
+        type=Path,
+        default=None,
+        help="reference environment of Google's TF code (REF with venv/, robotics_transformer/, stubs/)",
+    )
+    parser.add_argument(
+        "--google-sections", default="train,policy,google", help="parts of the google section"
+    )
     parser.add_argument("--policy-steps", type=int, default=8)
     parser.add_argument("--cond-scale", type=float, default=1.0, help="policy guidance scale")
     parser.add_argument(
@@ -520,6 +535,10 @@ def main(argv=None) -> None:
         )
     if "policy" in sections:
         section_policy([p for p in args.policy_presets.split(",") if p], args.policy_steps, args.cond_scale)
+    if "google" in sections:
+        google_section.run(
+            args.google_sections.split(","), args.batch_size, args.repeats, args.policy_steps, args.google_ref
+        )
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

@@ -1,6 +1,8 @@
 """One torch-free home for the pipeline's configuration: the model, the training run, and the presets.
 
-    RT1Config     every hyper-parameter of the model (frozen, validated; defined in `rt1.model_config`)
+    RT1Config     every hyper-parameter of the MaxViT model (frozen, validated; defined in `rt1.model_config`);
+                  GoogleRT1Config the same for Google's network (`rt1.google_config`); `rt1.model_families`
+                  says which family a config dict is
     TrainConfig   every setting of a training run; `train_ddp.py`'s command line is generated from its
                   fields (flag, group and help text in each field's metadata, defaults shown from values)
     PRESETS       named presets, each a model config together with its training defaults:
@@ -10,9 +12,9 @@
                   keys/values from the layer input, raw 0..255 pixels, no condition dropout) and its update
                   (SGD momentum 0.9, lr 1e-4 per process, weight decay 1e-3, batch 8, 100 epochs, the loss
                   summed over the batch's frames, no augmentation). The default.
-        rt1       the same sizes and optimiser with the RT-1 paper's choices: Google's TokenLearner, no
-                  memory key/values, k/v from the modulated input, ImageNet input scaling, condition dropout
-                  0.2 (trains the null embedding guidance needs), the mean loss, random-shift augmentation
+        rt1       Google's RT-1 network (`GoogleRT1Config`, rt1main's configuration: FiLM-EfficientNet-B3 +
+                  TokenLearner + decoder over image and action tokens, 256x320 frames) with Google's Adam at
+                  lr 1e-4 and its random shift
         tiny      small enough to train on 2 CPU cores in minutes (64 x 64 input, ~0.68 M parameters)
 
 Values defined once elsewhere and only derived here: the 11 action tokens and 256 bins (`rt1.actions`),
@@ -32,12 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from rt1.google_config import GoogleRT1Config
 from rt1.model_config import (
-    RUNTIME_ONLY_FIELDS,
     TOKEN_LEARNER_POOLINGS,  # noqa: F401 (re-exported)
     ConfigError,
     RT1Config,
 )
+from rt1.model_families import MODEL_FAMILIES, ModelConfig, family_name, overridable_fields
 
 # ---- the training run -----------------------------------------------------------------------------
 
@@ -71,12 +74,10 @@ def option(
     )
 
 
-# RT1Config fields a run may override (`--model.FIELD` on the command line): every field of the model function;
-# cond_drop_prob and activation_checkpointing have their own options, the action head is the tokenizer's.
+# Model fields a run may override (`--model.FIELD` on the command line): every field of the model function
+# of the preset's family (`overridable_fields`); the command line offers the union over the families.
 MODEL_OVERRIDABLE = tuple(
-    f.name
-    for f in dataclasses.fields(RT1Config)
-    if f.name not in ("cond_drop_prob", "num_actions", "num_bins", *RUNTIME_ONLY_FIELDS)
+    dict.fromkeys(name for cls in MODEL_FAMILIES.values() for name in overridable_fields(cls))
 )
 
 
@@ -299,12 +300,29 @@ class TrainConfig:
                 fail(name, "must be an existing file")
         if self.save_dir.exists() and not self.save_dir.is_dir():
             fail("save_dir", "exists and is not a directory")
-        if not isinstance(self.model_overrides, dict) or set(self.model_overrides) - set(MODEL_OVERRIDABLE):
-            fail("model_overrides", f"must map fields of {', '.join(MODEL_OVERRIDABLE)} to values")
+        family = type(PRESETS[self.preset].model)
+        allowed = overridable_fields(family)
+        if not isinstance(self.model_overrides, dict) or set(self.model_overrides) - set(allowed):
+            unknown = (
+                sorted(set(self.model_overrides) - set(allowed))
+                if isinstance(self.model_overrides, dict)
+                else []
+            )
+            fail(
+                "model_overrides",
+                f"{unknown} not fields of preset {self.preset!r} ({family_name(PRESETS[self.preset].model)}), "
+                f"which has {', '.join(allowed)}",
+            )
+        if self.cond_drop_prob is not None and not hasattr(family, "cond_drop_prob"):
+            fail(
+                "cond_drop_prob",
+                f"is not an option of preset {self.preset!r}: {family_name(PRESETS[self.preset].model)} has no "
+                "classifier-free guidance",
+            )
         _ = self.model_config  # the overridden model validates itself (a ConfigError naming the field)
 
     @property
-    def model_config(self) -> RT1Config:
+    def model_config(self) -> ModelConfig:
         """The preset's model with this run's overrides, condition dropout (when given) and activation checkpointing."""
         model = PRESETS[self.preset].model.replace(
             **self.model_overrides, activation_checkpointing=self.activation_checkpointing
@@ -340,7 +358,7 @@ class Preset:
     name: str
     description: str
     run_name: str  # {run_name}_{describe} is the default save directory
-    model: RT1Config
+    model: ModelConfig
     train: MappingProxyType  # TrainConfig per_preset field -> value
 
     def __post_init__(self) -> None:
@@ -352,7 +370,7 @@ class Preset:
             )
 
 
-def _preset(name: str, run_name: str, description: str, model: RT1Config, **train) -> Preset:
+def _preset(name: str, run_name: str, description: str, model: ModelConfig, **train) -> Preset:
     return Preset(name, description, run_name, model, MappingProxyType(train))
 
 
@@ -384,16 +402,18 @@ PRESETS: dict[str, Preset] = {
             loss_reduction="sum_frames_mean_tokens",
             augment=False,
         ),
-        # The original's sizes and run with the RT-1 paper's choices (Google's TokenLearner, ImageNet input
-        # scaling, condition dropout 0.2 so the null embedding that guidance needs is trained).
+        # Google's RT-1 network (rt1main's configuration) with Google's optimiser (transformer_mixin.gin: Adam,
+        # lr 1e-4, no weight decay = AdamW with weight decay 0; Keras' Adam eps is 1e-7, torch's 1e-8) and its
+        # random shift of 256x320 frames (preprocessors.py: pad 20/50, crop back). Not Google's: the batch (the
+        # paper trained on far larger ones across TPUs) and the epoch count, which are this pipeline's.
         _preset(
             "rt1",
-            "rt1_paper",
-            "the original's sizes with the RT-1 paper's choices (224x224, ~244 M parameters)",
-            RT1Config(),
-            optimizer="sgd",
+            "rt1_google",
+            "Google's RT-1: FiLM-EfficientNet-B3 + TokenLearner + 8-layer decoder (256x320 frames, 35.3 M values)",
+            GoogleRT1Config(),
+            optimizer="adamw",
             lr=1e-4,
-            weight_decay=1e-3,
+            weight_decay=0.0,
             batch_size=8,
             epochs=100,
             loss_reduction="mean",
@@ -477,13 +497,27 @@ DEFAULT_IMAGE_SIZE = PRESETS[DEFAULT_PRESET].model.image_size
 DEFAULT_WINDOW = PRESETS[DEFAULT_PRESET].model.num_frames
 
 
+def retired_preset(train_args: dict, model_type: str) -> str | None:
+    """Why a model trained with a preset that has since become another network cannot be used, or None.
+
+    The `rt1` preset was the original's MaxViT with some of Google's choices until it became Google's network.
+    """
+    if train_args.get("preset") == "rt1" and model_type == RT1Config.model_type:
+        return (
+            "was trained with the former `rt1` preset (the original's MaxViT with some of Google's choices); "
+            "`--preset rt1` is now Google's RT-1 network (FiLM-EfficientNet-B3 + TokenLearner + decoder, "
+            "256x320 frames), which these weights do not fit: train again with --preset rt1"
+        )
+    return None
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available presets: {sorted(PRESETS)}")
     return PRESETS[name]
 
 
-def model_preset(name: str, **overrides) -> RT1Config:
+def model_preset(name: str, **overrides) -> ModelConfig:
     """The model of the named preset (see `PRESETS`), with optional field overrides (validated)."""
     config = get_preset(name).model
     return config.replace(**overrides) if overrides else config

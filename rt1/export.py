@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from rt1.errors import RT1Error, one_line, run_cli
+from rt1.model_families import architecture
 
 EXPORT_NOTE = "exported by python -m rt1.export"
 
@@ -59,21 +60,11 @@ def build_config(
 ) -> dict:
     """The config.json of an export (format in rt1.model.pretrained)."""
     from rt1.data.images import DATASET_JPEG_QUALITY, RESIZE_DESCRIPTION
-    from rt1.model import IMAGENET_MEAN, IMAGENET_STD
     from rt1.model.pretrained import PRETRAINED_FORMAT, PRETRAINED_FORMAT_VERSION, tokenizer_spec
     from rt1.rlds_spec import IMAGE_SHAPE
 
     train_args = _plain(dict(state.get("train_args") or {}))
-    size = model_config.image_size
-    scaling = {"pixel_scaling": model_config.pixel_scaling}
-    if model_config.pixel_scaling == "imagenet":
-        scaling.update(
-            mean=list(IMAGENET_MEAN),
-            std=list(IMAGENET_STD),
-            formula="x = (pixel / 255 - mean) / std, channels RGB",
-        )
-    else:
-        scaling.update(formula="x = float(pixel), 0..255")
+    height, width = model_config.frame_size
     return {
         "format": PRETRAINED_FORMAT,
         "format_version": PRETRAINED_FORMAT_VERSION,
@@ -86,11 +77,11 @@ def build_config(
             "input": f"RLDS observation/image: uint8 (H, W, 3) RGB; the camera's is {list(IMAGE_SHAPE)}",
             "dataset_jpeg_quality": DATASET_JPEG_QUALITY,
             "resize": RESIZE_DESCRIPTION,
-            "image_size": [size, size],
+            "image_size": [height, width],
             "jpeg_quality": int(jpeg_quality),
             "steps": "JPEG at dataset_jpeg_quality, squash-resize to image_size, JPEG at jpeg_quality, decode "
-            "(rt1.data.images.training_frame), then pixel_scaling",
-            **scaling,
+            "(rt1.data.images.training_frame), then what the network does (formula)",
+            **model_config.pixel_processing(),
         },
         "instruction_embedding": {"dim": model_config.text_embed_dim, "source": embedding_source},
         "training": {
@@ -118,8 +109,9 @@ def model_card(config: dict, num_parameters: int) -> str:
         "",
         f"# RT-1 ({config['preset'] or 'custom'} preset)",
         "",
-        f"RT-1 (MaxViT + TokenLearner + causal Transformer, FiLM-conditioned) with {num_parameters:,} parameters, "
-        f"{mc['image_size']}x{mc['image_size']} input, {config['num_frames']}-frame history, "
+        f"RT-1 ({architecture(mc.get('model_type', 'maxvit'))}) with {num_parameters:,} parameters, "
+        f"{'x'.join(map(str, config['image_preprocessing']['image_size']))} input, "
+        f"{config['num_frames']}-frame history, "
         f"{len(config['action_tokenizer']['names'])} action tokens of {config['action_tokenizer']['num_bins']} bins. "
         f"{EXPORT_NOTE} from `{config['source_checkpoint']}`.",
         "",
@@ -179,10 +171,10 @@ def export(
     from safetensors.torch import save_file
 
     from rt1 import io
-    from rt1.config import RT1Config
     from rt1.data.images import JPEG_QUALITY
-    from rt1.model import RT1, read_checkpoint
+    from rt1.model import build_model, read_checkpoint
     from rt1.model.pretrained import CARD_NAME, CONFIG_NAME, EMBEDDING_SOURCES, WEIGHTS_NAME
+    from rt1.model_families import model_config_from_dict
 
     checkpoint, out = Path(checkpoint), Path(out)
     if embedding_source not in EMBEDDING_SOURCES:
@@ -200,8 +192,8 @@ def export(
         raise ExportError(f"{checkpoint} is a directory: --checkpoint takes a checkpoint-{{epoch}}.pt file")
     state = read_checkpoint(checkpoint)
     try:  # the weights fit their config before anything is written
-        model_config = RT1Config.from_dict(state["model_config"])
-        model = RT1(model_config)
+        model_config = model_config_from_dict(state["model_config"])
+        model = build_model(model_config)
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ExportError(f"{checkpoint}: model weights or model_config unusable ({one_line(e)})") from None

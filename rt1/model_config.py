@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from rt1.actions import NUM_ACTION_TOKENS, NUM_BINS
 from rt1.errors import RT1Error
@@ -25,12 +26,16 @@ class ConfigError(RT1Error, ValueError):
 TOKEN_LEARNER_POOLINGS = ("softmax", "mean")
 TRANSFORMER_KV_SOURCES = ("modulated", "input")
 PIXEL_SCALINGS = ("imagenet", "raw")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 RUNTIME_ONLY_FIELDS = ("activation_checkpointing",)  # how to compute, not what: not compared, not persisted
 
 
 @dataclass(frozen=True)
 class RT1Config:
     """Every hyper-parameter of the RT-1 model; the defaults are the original configuration."""
+
+    model_type: ClassVar[str] = "maxvit"  # not written by to_dict: an untagged dict is this family
 
     # image encoder (MaxViT)
     image_size: int = 224  # square input images, H = W = image_size
@@ -184,6 +189,17 @@ class RT1Config:
     def feature_map_sizes(self) -> tuple[int, ...]:
         """Side of the square feature map in each MaxViT stage."""
         return tuple(self.image_size // 2 ** (i + 2) for i in range(len(self.depth)))
+
+    def pixel_processing(self) -> dict:
+        """What the network does to the uint8 frames it is given (an export's `image_preprocessing` says it)."""
+        if self.pixel_scaling == "imagenet":
+            return {
+                "pixel_scaling": "imagenet",
+                "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD),
+                "formula": "x = (pixel / 255 - mean) / std, channels RGB",
+            }
+        return {"pixel_scaling": "raw", "formula": "x = float(pixel), 0..255"}
 
     @property
     def frame_size(self) -> tuple[int, int]:

@@ -19,9 +19,11 @@ keeps the tokens of the last 6 frames and encodes only the new frame each step
 (`use_cache=False` re-encodes all of them, the same result at ~6x the cost). The FiLM modulations
 depend on the instruction only: they are computed at the episode's first step and reused.
 
-Inference-only speed-ups (same actions, tests/test_policy.py): the policy runs a copy of the model
-with every MBConv BatchNorm folded into the layer before it (`rt1.model.inference`, sharing the other
-weights; `fold_batch_norms=False` runs the model as it is), under torch.inference_mode.
+Inference-only speed-ups (same actions, tests/test_policy.py): the policy runs the model's
+`for_inference()` form (the MaxViT: a copy with every MBConv BatchNorm folded into the layer before it,
+`rt1.model.inference`, sharing the other weights; `fold_batch_norms=False` runs the model as it is), under
+torch.inference_mode. Any model family works (`rt1.model.build_model`); Google's step-by-step policy
+caches per-frame image tokens the same way (its `context_image_tokens`).
 
 With cond_scale != 1 the policy keeps a second cache of null-conditioned tokens and returns
 classifier-free-guided actions (null + (cond - null) * cond_scale).
@@ -36,17 +38,16 @@ from collections import deque
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rt1.actions import detokenize
-from rt1.model import RT1, Conditioning, guided_logits
-from rt1.model.inference import inference_model
+from rt1.model import Conditioning, guided_logits
 
 
 class RT1Policy:
     def __init__(
         self,
-        model: RT1,
+        model: nn.Module,
         cond_scale: float = 1.0,
         device: torch.device | str | None = None,
         use_cache: bool = True,
@@ -56,9 +57,11 @@ class RT1Policy:
             device = next(model.parameters()).device
         self.device = torch.device(device)
         model = model.to(self.device).eval()
-        # BatchNorms folded into the layers before them (rt1.model.inference): same actions, less work.
-        # A snapshot of the weights: build a new policy after changing them.
-        self.model = inference_model(model) if fold_batch_norms else model
+        if cond_scale != 1.0 and not model.supports_guidance:
+            raise ValueError(f"cond_scale={cond_scale}: this model has no classifier-free guidance (use 1)")
+        # The family's inference form (MaxViT: BatchNorms folded into the layers before them, the same
+        # actions with less work). A snapshot of the weights: build a new policy after changing them.
+        self.model = model.for_inference() if fold_batch_norms else model
         self.config = model.config
         self.cond_scale = float(cond_scale)
         self.use_cache = use_cache
@@ -96,10 +99,10 @@ class RT1Policy:
         if x.dtype != torch.uint8:
             raise TypeError(f"images must be uint8 (H, W, 3), got dtype {x.dtype}")
         x = x.reshape(-1, *x.shape[-3:])
-        size = self.config.image_size
-        if tuple(x.shape[1:]) != (size, size, 3):
+        height, width = self.config.frame_size
+        if tuple(x.shape[1:]) != (height, width, 3):
             raise ValueError(
-                f"images must be ({size}, {size}, 3) uint8 (resize before the policy), "
+                f"images must be ({height}, {width}, 3) uint8 (resize before the policy), "
                 f"got {tuple(x.shape[1:])}"
             )
         return x.to(self.device)
@@ -161,15 +164,11 @@ class RT1Policy:
         text = self._texts(text_embed)  # (k, E)
         cond = self.model.condition(text)
         k, steps, f = text.shape[0], frames.shape[0], self.config.num_frames
-        tokens = torch.cat(
-            [
-                self.model.encode_frames(chunk.repeat(k, 1, 1, 1), cond.repeat_interleave(len(chunk))).view(
-                    k, len(chunk), self.config.num_learned_tokens, self.config.embed_dim
-                )
-                for chunk in frames.split(batch_size)
-            ],
-            dim=1,
-        )  # (k, T, n, D)
+        encoded = [
+            self.model.encode_frames(chunk.repeat(k, 1, 1, 1), cond.repeat_interleave(len(chunk)))
+            for chunk in frames.split(batch_size)
+        ]  # (k * chunk, n, D) each, instruction-major
+        tokens = torch.cat([e.view(k, -1, *e.shape[1:]) for e in encoded], dim=1)  # (k, T, n, D)
         if steps <= f:  # one window from the start: frame t's logits are step t's
             logits = self._action_logits(self.model.decode(tokens, cond))  # (T, A, bins)
         else:

@@ -21,6 +21,8 @@ LAYERS = [
         "rt1.rlds_spec",
         "rt1.actions",
         "rt1.model_config",
+        "rt1.google_config",
+        "rt1.model_families",
         "rt1.config",
     ],
     ["rt1.data", "rt1.model", "rt1.sim"],

@@ -49,6 +49,19 @@ TINY_SIZES = {
     "film_mult": 2,
     "token_learner_ff_mult": 1,
 }
+# --quick for Google's network: its function at a small EfficientNet and decoder (64x80 frames).
+GOOGLE_TINY_SIZES = {
+    "image_height": 64,
+    "image_width": 80,
+    "encoder_input_size": 64,
+    "width_coefficient": 0.25,
+    "depth_coefficient": 0.25,
+    "num_layers": 2,
+    "num_heads": 2,
+    "key_dim": 16,
+    "model_dim": 64,
+}
+QUICK_OVERRIDES = {"maxvit": TINY_SIZES, "google_rt1": GOOGLE_TINY_SIZES}
 
 
 class GpuCheckError(RT1Error):
@@ -245,7 +258,7 @@ class GpuCheck:
     def measure_training(self) -> None:
         from rt1.config import DEFAULT_IMAGE_SIZE, PRESETS
 
-        presets = [name for name, p in PRESETS.items() if p.model.image_size >= DEFAULT_IMAGE_SIZE]
+        presets = [name for name, p in PRESETS.items() if min(p.model.frame_size) >= DEFAULT_IMAGE_SIZE]
         presets.sort(key=lambda name: name != "original")
         have_ref, why = reference_available(self.cfg.reference_module)
         device = "cuda:0" if self.device == "cuda" else "cpu"
@@ -258,6 +271,9 @@ class GpuCheck:
                     " + checkpointing" if ckpt else ""
                 )
                 name = f"measure {label}"
+                if kind == "reference" and PRESETS[preset].model.model_type != "maxvit":
+                    self.add(name, "skipped", "the reference model is the original's MaxViT network")
+                    continue
                 if kind == "reference" and not have_ref:
                     self.add(name, "skipped", why)
                     continue
@@ -271,7 +287,7 @@ class GpuCheck:
                     "warmup": warmup,
                     "device": device,
                     "activation_checkpointing": ckpt,
-                    "overrides": TINY_SIZES if self.cfg.quick else {},
+                    "overrides": QUICK_OVERRIDES[PRESETS[preset].model.model_type] if self.cfg.quick else {},
                     "reference_module": str(self.cfg.reference_module),
                 }
                 try:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rt1.config import PRESETS
-from rt1.model import RT1, action_loss
+from rt1.model import action_loss, build_model
 from rt1.model.normalize import normalize_frames
 from rt1.policy import RT1Policy
 from rt1.train import distributed as D
@@ -52,7 +52,7 @@ def _batches(config, batch: int, device: torch.device, seed: int = 0):
     frames = torch.randint(
         0,
         256,
-        (batch, config.num_frames, config.image_size, config.image_size, 3),
+        (batch, config.num_frames, *config.frame_size, 3),
         generator=g,
         dtype=torch.uint8,
     )
@@ -80,7 +80,12 @@ def measure_train(spec: dict, device: torch.device) -> dict:
         forward = None
     else:
         bare, forward, _ = D.wrap_model(
-            RT1(config).train(), info, sync_bn=False, find_unused_parameters=False, compile=False, log=None
+            build_model(config).train(),
+            info,
+            sync_bn=False,
+            find_unused_parameters=False,
+            compile=False,
+            log=None,
         )
     optimizer = torch.optim.SGD(bare.parameters(), lr=1e-4, momentum=0.9)
     amp = spec.get("amp", "off")
@@ -119,10 +124,9 @@ def measure_train(spec: dict, device: torch.device) -> dict:
 def measure_policy(spec: dict, device: torch.device) -> dict:
     config = model_config(spec)
     torch.manual_seed(0)
-    policy = RT1Policy(RT1(config), device=device)
+    policy = RT1Policy(build_model(config), device=device)
     rng = np.random.default_rng(0)
-    size = config.image_size
-    frames = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (8, *config.frame_size, 3), dtype=np.uint8)
     text = rng.standard_normal(config.text_embed_dim).astype(np.float32)
     times = []
     for step in range(spec["warmup"] + spec["steps"]):

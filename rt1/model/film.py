@@ -30,25 +30,27 @@ def modulate(x: Tensor, modulation: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Conditioning:
-    """All FiLM modulations of the model for N instructions (from `RT1.condition`).
+    """All FiLM modulations of a model for N instructions (from its `condition`).
 
-    vit:         one (N, 2 * input width) tensor per MaxViT block, in order
-    transformer: one (N, 2 * embed_dim) tensor per transformer sub-layer (attn, ff, attn, ff, ...)
+    encoder:     one (N, 2 * width) tensor per FiLM layer of the image encoder, in order (MaxViT: one per
+                 block; Google's EfficientNet: one per MBConv block, then the 1x1 projection's)
+    transformer: one (N, 2 * embed_dim) tensor per transformer sub-layer (attn, ff, attn, ff, ...); empty
+                 for a decoder that is not conditioned (Google's)
     """
 
-    vit: tuple[Tensor, ...]
+    encoder: tuple[Tensor, ...]
     transformer: tuple[Tensor, ...]
 
     @property
     def batch(self) -> int:
-        return self.transformer[0].shape[0]
+        return (self.encoder + self.transformer)[0].shape[0]
 
     def repeat_interleave(self, repeats: int) -> Conditioning:
         """Each row repeated `repeats` times in place (e.g. once per frame of its window)."""
         if repeats == 1:
             return self
         return Conditioning(
-            tuple(m.repeat_interleave(repeats, dim=0) for m in self.vit),
+            tuple(m.repeat_interleave(repeats, dim=0) for m in self.encoder),
             tuple(m.repeat_interleave(repeats, dim=0) for m in self.transformer),
         )
 

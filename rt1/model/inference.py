@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rt1.model.maxvit import MBConv, WindowAttention, gated_linear
-from rt1.model.rt1 import RT1
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -69,8 +68,9 @@ class FoldedMBConv(nn.Module):
         return h + x if self.residual else h
 
 
-def inference_model(model: RT1) -> RT1:
-    """An eval-only copy of `model` with folded BatchNorms (see the module docstring)."""
+def inference_model(model: nn.Module) -> nn.Module:
+    """An eval-only copy of an `RT1` (the MaxViT family) with folded BatchNorms (see the module docstring);
+    `RT1.for_inference()` calls it."""
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     fast = copy.deepcopy(model, memo)  # new modules, the same tensors
     fast.eval()

@@ -4,7 +4,7 @@ A checkpoint file is a dict of plain types and tensors, read with `torch.load(we
 
     format, format_version     "rt1-train-checkpoint", 1
     model                      state_dict of the bare RT1
-    model_config               RT1Config.to_dict()
+    model_config               the model config's to_dict() (`rt1.model_families`: no model_type = MaxViT)
     train_args                 TrainConfig.to_dict() of the run that wrote it (empty for a converted checkpoint)
     ...                        the training state (rt1/train/checkpoint.py documents those keys)
 
@@ -18,10 +18,12 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from rt1.config import RT1Config
+from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
-from rt1.model.rt1 import RT1
+from rt1.model.factory import build_model
+from rt1.model_families import ModelConfig, model_config_from_dict
 
 CHECKPOINT_FORMAT = "rt1-train-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -68,8 +70,8 @@ def check_model_path(path: Path) -> None:
         read_checkpoint(path)
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RT1, RT1Config, dict]:
-    """A checkpoint file or an exported directory -> (RT1 in eval mode on `device`, its RT1Config, the
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
+    """A checkpoint file or an exported directory -> (the model in eval mode on `device`, its config, the
     train_args dict of the run that wrote it)."""
     if Path(path).is_dir():
         from rt1.model.pretrained import load_pretrained
@@ -78,10 +80,13 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RT1, RT1
         return model, config, dict((exported.get("training") or {}).get("train_args") or {})
     state = read_checkpoint(path, map_location="cpu")
     try:
-        config = RT1Config.from_dict(state["model_config"])
+        config = model_config_from_dict(state["model_config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad model_config ({one_line(e)})") from None
-    model = RT1(config)
+    retired = retired_preset(dict(state.get("train_args", {})), config.model_type)
+    if retired:
+        raise CheckpointError(f"{path} {retired}")
+    model = build_model(config)
     try:
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:

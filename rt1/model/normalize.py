@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rt1.model_config import IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalize_frames(frames: Tensor, scaling: str, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -1,21 +1,21 @@
 """Exported models: the Hugging Face directory layout `python -m rt1.export` writes, and loading it.
 
-    DIR/model.safetensors   the state_dict of the bare RT1 (safetensors: tensors and a JSON header, no pickle)
+    DIR/model.safetensors   the state_dict of the bare model (safetensors: tensors and a JSON header, no pickle)
     DIR/config.json         what a user of the weights needs besides them (below)
     DIR/README.md           a short model card
 
 config.json (plain JSON):
 
     format, format_version   "rt1-pretrained", 1 (a directory of another version is refused)
-    model_type               "rt1"
+    model_type               "rt1" (the file's kind; the network's family is model_config's model_type)
     preset                   the preset the model config is (or was trained from), or null
-    model_config             RT1Config.to_dict()
+    model_config             the model config's to_dict() (`rt1.model_families`; no model_type: MaxViT)
     action_tokenizer         num_bins, the token order (`names`), and per RLDS action key its token slice
                              and bounds: the fixed ones of `rt1.actions` (a mismatch is refused, this code
                              detokenizes with its own)
     image_preprocessing      camera frame -> model input: JPEG at the dataset's quality, squash-resize to
-                             image_size, JPEG at stage 2's quality, decode (`rt1.data.images.training_frame`),
-                             then `pixel_scaling`
+                             image_size (H, W), JPEG at stage 2's quality, decode
+                             (`rt1.data.images.training_frame`), then what the network does inside
     instruction_embedding    dim and `source`: "universal-sentence-encoder" (fractal20220817_data; callers send
                              the embedding) or "mini-fractal" (the bundled dataset's word-hash embedding,
                              `rt1.sim.scene.instruction_embedding`; the server also takes instruction text)
@@ -33,11 +33,13 @@ import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_BINS, NUM_TERMINATE_CLASSES, TERMINATE_KEY
-from rt1.config import RT1Config
+from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
-from rt1.model.rt1 import RT1
+from rt1.model.factory import build_model
+from rt1.model_families import ModelConfig, model_config_from_dict
 
 PRETRAINED_FORMAT = "rt1-pretrained"
 PRETRAINED_FORMAT_VERSION = 1
@@ -127,12 +129,14 @@ def _same_tokenizer(found, expected) -> bool:
     return type(found) is type(expected) and found == expected
 
 
-def model_config_of(config: dict) -> RT1Config:
-    return RT1Config.from_dict(config["model_config"])
+def model_config_of(config: dict) -> ModelConfig:
+    return model_config_from_dict(config["model_config"])
 
 
-def load_pretrained(directory: Path, device: torch.device | str = "cpu") -> tuple[RT1, RT1Config, dict]:
-    """-> (RT1 in eval mode on `device`, its RT1Config, the whole config.json dict); raises PretrainedError."""
+def load_pretrained(
+    directory: Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, ModelConfig, dict]:
+    """-> (the model in eval mode on `device`, its config, the whole config.json dict); raises PretrainedError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -146,7 +150,10 @@ def load_pretrained(directory: Path, device: torch.device | str = "cpu") -> tupl
         tensors = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise PretrainedError(f"{weights} cannot be read ({one_line(e)})") from None
-    model = RT1(model_config)
+    retired = retired_preset((config.get("training") or {}).get("train_args") or {}, model_config.model_type)
+    if retired:
+        raise PretrainedError(f"{directory} {retired}")
+    model = build_model(model_config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]

@@ -37,6 +37,8 @@ def guided_logits(logits: Tensor, cond_scale: float) -> Tensor:
 
 
 class RT1(nn.Module):
+    supports_guidance = True  # a learned null instruction (classifier-free guidance)
+
     def __init__(self, config: RT1Config | None = None) -> None:
         super().__init__()
         self.config = config = config if config is not None else RT1Config()
@@ -65,6 +67,17 @@ class RT1(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def trains_every_parameter(self) -> bool:
+        """Without condition dropout the null embedding gets no gradient (DDP must look for unused parameters)."""
+        return self.config.cond_drop_prob > 0.0
+
+    def for_inference(self) -> RT1:
+        """An eval-only copy with folded BatchNorms (`rt1.model.inference`), what a policy runs."""
+        from rt1.model.inference import inference_model
+
+        return inference_model(self)
+
     # ---- conditioning, encoder, decoder -----------------------------------------------------------
 
     def condition(self, text_embeds: Tensor) -> Conditioning:
@@ -82,7 +95,7 @@ class RT1(nn.Module):
         cond = self._conditioning(text_embeds, frames.shape[0])
         # (N, H, W, 3) -> (N, 3, H, W) as a view: NCHW in channels_last memory, what the convolutions take.
         pixels = normalize_frames(frames, self.config.pixel_scaling).permute(0, 3, 1, 2)
-        features = self.vit(pixels, cond.vit)  # (N, h, w, D)
+        features = self.vit(pixels, cond.encoder)  # (N, h, w, D)
         if self.config.feature_position_embedding:
             features = features + self.feature_position
         return self.token_learner(features)

@@ -90,7 +90,7 @@ class Session:
                 "send reset for a new instruction"
             )
         start = time.perf_counter()
-        frame = training_frame(observation["image"], self.server.config.image_size, self.server.jpeg_quality)
+        frame = training_frame(observation["image"], self.server.config.frame_size, self.server.jpeg_quality)
         action, tokens = self.policy.step(frame, self.embedding, return_tokens=True)
         return {
             "type": "action",
@@ -123,7 +123,6 @@ class PolicyServer:
 
         from rt1.data.images import JPEG_QUALITY
         from rt1.model import check_model_path, load_model
-        from rt1.model.inference import inference_model
         from rt1.model.pretrained import EMBEDDING_SOURCES, read_pretrained_config
 
         if workers < 1 or max_message_bytes < 1024:
@@ -136,8 +135,8 @@ class PolicyServer:
         check_model_path(model_path)
         exported = read_pretrained_config(model_path) if model_path.is_dir() else {}
         model, self.config, _ = load_model(model_path, device)
-        # One folded copy for every session (RT1Policy would fold one per session): same actions.
-        self.model = inference_model(model)
+        # One inference form for every session (RT1Policy would make one per session): same actions.
+        self.model = model.for_inference()
         self.device = device
         self.jpeg_quality = int(
             jpeg_quality or exported.get("image_preprocessing", {}).get("jpeg_quality") or JPEG_QUALITY
@@ -185,7 +184,7 @@ class PolicyServer:
             "max_message_bytes": self.max_message_bytes,
             "model": {
                 "path": str(self.model_path),
-                "image_size": c.image_size,
+                "image_size": list(c.frame_size),
                 "num_frames": c.num_frames,
                 "text_embed_dim": c.text_embed_dim,
                 "embedding_source": self.embedding_source,

@@ -5,7 +5,7 @@ tensors only, so `torch.load(path, weights_only=True)` reads it (`rt1.model.load
 
     format, format_version     "rt1-train-checkpoint", 1
     model                      state_dict of the bare RT1 (no DDP "module." / torch.compile "_orig_mod." prefix)
-    model_config               RT1Config.to_dict()
+    model_config               the model config's to_dict() (`rt1.model_families`)
     train_args                 TrainConfig.to_dict() of the run that wrote it (paths as strings)
     optimizer, scheduler       state_dicts
     scaler                     GradScaler state_dict (fp16), or None

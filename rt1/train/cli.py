@@ -1,8 +1,8 @@
 """The command line of train_ddp.py, generated from `TrainConfig`'s fields (flag, group and help in metadata).
 
 Each field becomes `--field-name` (or its metadata's `flag`); booleans get `--x/--no-x`; the default shown
-in the help is the field's value, or each preset's for the per-preset fields. Every overridable `RT1Config`
-field becomes `--model.field-name` (a tuple as comma-separated values, e.g. `--model.depth 1,1`), replacing
+in the help is the field's value, or each preset's for the per-preset fields. Every overridable field of a
+model family (`RT1Config`, `GoogleRT1Config`; the preset says which applies) becomes `--model.field-name` (a tuple as comma-separated values, e.g. `--model.depth 1,1`), replacing
 the preset's value for this run. `config_from_args` builds the TrainConfig and names the option (not the
 field) in its errors.
 """
@@ -14,7 +14,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from rt1.config import MODEL_OVERRIDABLE, PRESETS, ConfigError, RT1Config, TrainConfig
+from rt1.config import MODEL_OVERRIDABLE, PRESETS, ConfigError, TrainConfig
+from rt1.model_families import MODEL_FAMILIES
 
 GROUPS = ("data", "model", "optimisation", "output", "processes")
 _TYPES = {"Path": Path, "int": int, "float": float, "str": str}
@@ -75,9 +76,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
             if meta.get("required"):
                 kwargs["help"] = meta["help"]
         groups[meta["group"]].add_argument(option_flag(f), **kwargs)
-    model_hints = typing.get_type_hints(RT1Config)
+    model_hints = {}  # the union of the families' fields (a name shared by two has one type in both)
+    for family in reversed(MODEL_FAMILIES.values()):
+        model_hints.update(
+            {name: (family.__name__, kind) for name, kind in typing.get_type_hints(family).items()}
+        )
     for name in MODEL_OVERRIDABLE:
-        kind = model_hints[name]
+        owner, kind = model_hints[name]
         parse = _int_tuple if typing.get_origin(kind) is tuple else kind
         groups["model"].add_argument(
             _model_flag(name),
@@ -85,7 +90,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
             type=parse,
             default=None,
             metavar=name.upper(),
-            help=f"RT1Config.{name} for this run (default: the preset's)",
+            help=f"{owner}.{name} for this run (default: the preset's)",
         )
     # torch.distributed.launch without --use_env passes --local-rank; LOCAL_RANK in the environment wins.
     groups["processes"].add_argument(
@@ -118,7 +123,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     except ConfigError as e:
         message = str(e)
         for name in MODEL_OVERRIDABLE:
-            message = message.replace(f"RT1Config.{name} ", f"{_model_flag(name)} ")
+            for family in MODEL_FAMILIES.values():
+                message = message.replace(f"{family.__name__}.{name} ", f"{_model_flag(name)} ")
         for f in dataclasses.fields(TrainConfig):  # name the option the user typed, not the field
             message = message.replace(f"TrainConfig.{f.name} ", f"{option_flag(f)} ")
         raise ConfigError(message) from None

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from rt1.io import atomic_output
+from rt1.model_families import architecture
 from rt1.progress import stderr_is_terminal
 from rt1.train.distributed import is_main_process
 
@@ -236,8 +237,9 @@ def setup_message(cfg, model, info, data, lr: float, total_steps: int) -> str:
         f"{cfg.optimizer} lr {lr:g} (= {cfg.lr:g} x {world_size}) -> {lr * cfg.lrf:g}",
         f"trains on the {cfg.loss_reduction} loss reduction (the logged loss is the per-token mean)",
         f"augmentation {'on' if cfg.augment else 'off'}",
-        f"condition dropout {model.config.cond_drop_prob:g}",
-        f"pixels {model.config.pixel_scaling}",
+        f"network: {architecture(model.config.model_type)}",
+        f"condition dropout {getattr(model.config, 'cond_drop_prob', 0.0):g}",
+        f"pixels {model.config.pixel_processing()['pixel_scaling']}",
         f"save dir {cfg.save_dir}",
     ]
     return "; ".join(parts)

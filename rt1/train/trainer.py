@@ -2,7 +2,7 @@
 
     run dir   run_dir: the save-dir lock, the checkpoint to resume, whether it fits this run
     data      loaders.RunData: RT1Dataset(train_index) via EpochSampler/DistributedSampler (uint8 frames)
-    model     RT1(cfg.model_config) -> distributed.wrap_model (SyncBatchNorm, DDP, torch.compile)
+    model     build_model(cfg.model_config) -> distributed.wrap_model (SyncBatchNorm, DDP, torch.compile)
     schedule  optim: lr x world_size, per-step cosine to lrf x that (resume: rebuilt at the saved step)
     step      step.train_step; before the update every rank agrees on the loss, a non-finite loss and a
               stop signal in one collective (stopping.agree)
@@ -24,7 +24,7 @@ import torch
 
 from rt1.config import TrainConfig
 from rt1.io import remove_empty_dirs
-from rt1.model import RT1
+from rt1.model import build_model
 from rt1.train import checkpoint as ckpt
 from rt1.train import distributed as D
 from rt1.train.checkpoint import TrainState, seed_everything
@@ -122,13 +122,13 @@ class Trainer:
         resumed = ckpt.train_state_of(contents) if contents is not None else TrainState()
         total_steps = schedule_length(resumed, self.data.steps_per_epoch, cfg.epochs, cfg.max_steps)
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-        model = load_weights(RT1(model_config), contents, resume_path)
-        # With condition dropout off the null text embedding gets no gradient: tell DDP.
+        model = load_weights(build_model(model_config), contents, resume_path)
+        # Parameters without a gradient (the MaxViT's null embedding without condition dropout): tell DDP.
         self.model, self.forward, self.no_sync = D.wrap_model(
             model,
             info,
             sync_bn=cfg.sync_bn,
-            find_unused_parameters=model_config.cond_drop_prob == 0.0,
+            find_unused_parameters=not model.trains_every_parameter,
             compile=cfg.compile,
             log=self.log,
         )
