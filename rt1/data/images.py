@@ -55,7 +55,11 @@ def parse_image_size(value) -> tuple[int, int] | str:
     if text == NATIVE:
         return NATIVE
     parts = (
-        [value] if isinstance(value, int) else list(value) if isinstance(value, tuple) else text.split("x")
+        [value]
+        if isinstance(value, int)
+        else list(value)
+        if isinstance(value, (tuple, list))
+        else text.split("x")
     )
     try:
         size = tuple(int(x) for x in (parts * 2 if len(parts) == 1 else parts))
