@@ -1,7 +1,7 @@
 """Stage 2 (all tasks): preprocess segment files for training.
 
-    python DataPreprocess_batch_all.py --in-dir SEG_DIR --out-dir PRE_DIR [--image-size 224] [--workers N]
-                                       [--delete-input]
+    python DataPreprocess_batch_all.py --in-dir SEG_DIR --out-dir PRE_DIR [--image-size N|HxW|native]
+                                       [--workers N] [--delete-input]
 
 See `python DataPreprocess_batch_all.py --help` and rt1/data/preprocess.py.
 """

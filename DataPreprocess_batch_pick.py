@@ -1,7 +1,7 @@
 """Stage 2 (pick-object tasks only): preprocess segment files, keeping the episodes the "pick" filter selects.
 
-    python DataPreprocess_batch_pick.py --in-dir SEG_DIR --out-dir PRE_DIR [--image-size 224] [--workers N]
-                                        [--delete-input]
+    python DataPreprocess_batch_pick.py --in-dir SEG_DIR --out-dir PRE_DIR [--image-size N|HxW|native]
+                                        [--workers N] [--delete-input]
 
 The filter is `rt1.data.filters` "pick" (the original's rule: "pick" in the instruction, "from" not in it).
 See `python DataPreprocess_batch_pick.py --help` and rt1/data/preprocess.py.

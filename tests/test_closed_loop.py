@@ -123,6 +123,7 @@ class _RecordingPolicy:
 
     class config:
         image_size = 32
+        frame_size = (32, 32)  # RT1Config's (height, width): what RT1EnvPolicy resizes to
 
     def __init__(self):
         self.frames, self.resets = [], 0
@@ -153,6 +154,15 @@ def test_rt1_env_policy_sees_training_frames_and_gives_env_actions():
     assert action["world_vector"].dtype == np.float32 and action["terminate_episode"].dtype == np.int32
     env.step(action)
     assert np.array_equal(decode_jpeg(dataset_jpeg(obs["image"])).shape, obs["image"].shape)
+
+
+def test_rt1_env_policy_resizes_to_a_non_square_frame_size():
+    inner = _RecordingPolicy()
+    inner.config = type("config", (), {"frame_size": (48, 80)})
+    obs, _ = FractalSimEnv(max_steps=3).reset(seed=0)
+    RT1EnvPolicy(inner)(obs)
+    assert np.array_equal(inner.frames[0], training_frame(obs["image"], (48, 80)))
+    assert inner.frames[0].shape == (48, 80, 3)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,8 +30,52 @@ RESIZE_DESCRIPTION = (
 )
 
 
+# `--image-size native`: the source frames' JPEG bytes are stored as they are (no second JPEG generation).
+NATIVE = "native"
+NATIVE_DESCRIPTION = (
+    "none (--image-size native): the source frames' JPEG bytes stored as they are, at the camera's size"
+)
+IMAGE_SIZE_RANGE = (16, 4096)
+
+
 class ImageDecodeError(RT1Error, ValueError):
     """Bytes that are not a decodable RGB JPEG of the expected size."""
+
+
+class ImageSizeError(RT1Error, ValueError):
+    """An `--image-size` value that is not N, HxW or native (or is out of range)."""
+
+
+def parse_image_size(value) -> tuple[int, int] | str:
+    """Stage 2's `--image-size`: N (square N x N), HxW (H rows, W columns) or `native` -> (H, W) or NATIVE.
+
+    Also takes an int or an (H, W) pair. Raises `ImageSizeError` naming the value otherwise.
+    """
+    text = str(value).strip().lower()
+    if text == NATIVE:
+        return NATIVE
+    parts = (
+        [value]
+        if isinstance(value, int)
+        else list(value)
+        if isinstance(value, (tuple, list))
+        else text.split("x")
+    )
+    try:
+        size = tuple(int(x) for x in (parts * 2 if len(parts) == 1 else parts))
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or isinstance(value, bool):
+        raise ImageSizeError(f"--image-size {value!r} is not N, HxW or native (e.g. 224, 256x320, native)")
+    low, high = IMAGE_SIZE_RANGE
+    if not all(low <= x <= high for x in size):
+        raise ImageSizeError(f"--image-size {value!r} is out of range (each side {low}..{high})")
+    return size
+
+
+def image_size_label(size: tuple[int, int] | str) -> str:
+    """ "224x224", or "native" for the source frames kept as they are."""
+    return NATIVE if size == NATIVE else f"{size[0]}x{size[1]}"
 
 
 def decoder_name() -> str:
@@ -107,6 +151,18 @@ def resize_jpeg(data, size: tuple[int, int], quality: int = JPEG_QUALITY) -> byt
     return encode_jpeg(resize_frame(decode_jpeg(data), size), quality)
 
 
+def stored_frame(data, size: tuple[int, int], quality: int | None = JPEG_QUALITY) -> bytes:
+    """Stage 2's frame: source JPEG bytes -> the bytes stored, decodable to uint8 (H, W, 3) of `size`.
+
+    `quality` None (`--image-size native`): the source bytes themselves, checked to decode at `size`;
+    otherwise squash-resized and re-encoded (`resize_jpeg`).
+    """
+    if quality is None:
+        decode_jpeg(data, (*size, 3))
+        return bytes(data)
+    return resize_jpeg(data, size, quality)
+
+
 # ---- the frames a policy saw in training, made from a live camera image -------------------------
 
 # The bundled dataset stores camera frames through tfds.features.Image(encoding_format="jpeg"), which
@@ -126,13 +182,16 @@ def dataset_jpeg(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def training_frame(image: np.ndarray, size: int | tuple[int, int], quality: int = JPEG_QUALITY) -> np.ndarray:
+def training_frame(
+    image: np.ndarray, size: int | tuple[int, int], quality: int | None = JPEG_QUALITY
+) -> np.ndarray:
     """A live camera frame uint8 (256, 320, 3) -> exactly the uint8 (H, W, 3) a training frame became.
 
     The training path of a frame: stored as JPEG in the RLDS dataset (`dataset_jpeg`), copied as bytes
-    by stage 1, squash-resized and re-encoded at `quality` by stage 2 (`resize_jpeg`), decoded by the
+    by stage 1, squash-resized and re-encoded at `quality` by stage 2 (`stored_frame`), decoded by the
     loader (`decode_jpeg`). Closed-loop evaluation feeds the policy through this one function;
-    `size` and `quality` are stage 2's `--image-size` and `--jpeg-quality`.
+    `size` (an int N for N x N, or (H, W)) and `quality` are stage 2's `--image-size` and `--jpeg-quality`;
+    `quality` None is `--image-size native` (size: the camera's), whose frames are not re-encoded.
     """
-    height, width = (size, size) if isinstance(size, int) else size
-    return decode_jpeg(resize_jpeg(dataset_jpeg(image), (height, width), quality), (height, width, 3))
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return decode_jpeg(stored_frame(dataset_jpeg(image), (height, width), quality), (height, width, 3))

@@ -1,9 +1,10 @@
 """Stage 2: segment files (stage 1) -> preprocessed files (`rt1.data.preprocessed_schema`).
 
 For each `*_episode.h5` segment file in the input directory, keeps the episodes the task filter
-selects, resizes every frame to the target size (squash) and re-encodes it as JPEG, tokenizes the
-actions with the fixed RT-1 bounds, and writes one output file of the same name. Used by
-`DataPreprocess_batch_all.py` (filter "all") and `DataPreprocess_batch_pick.py` (filter "pick").
+selects, resizes every frame to the target size (squash) and re-encodes it as JPEG (`--image-size
+native`: keeps the source JPEG bytes as they are), tokenizes the actions with the fixed RT-1 bounds, and
+writes one output file of the same name. Used by `DataPreprocess_batch_all.py` (filter "all") and
+`DataPreprocess_batch_pick.py` (filter "pick").
 
 - Atomic: an output appears under its final name only when complete (temp name + rename).
 - Resumable: a rerun skips outputs that are complete and still match their input, redoes the others,
@@ -30,7 +31,17 @@ from rt1.actions import flatten_actions, tokenize
 from rt1.config import DEFAULT_IMAGE_SIZE
 from rt1.data.filters import TASK_FILTERS, get_filter
 from rt1.data.h5files import existing_output
-from rt1.data.images import JPEG_QUALITY, RESIZE_DESCRIPTION, ImageDecodeError, resize_jpeg
+from rt1.data.images import (
+    JPEG_QUALITY,
+    NATIVE,
+    NATIVE_DESCRIPTION,
+    RESIZE_DESCRIPTION,
+    ImageDecodeError,
+    ImageSizeError,
+    image_size_label,
+    parse_image_size,
+    stored_frame,
+)
 from rt1.data.preprocessed_schema import (
     FORMAT,
     PreprocessedEpisode,
@@ -49,7 +60,7 @@ from rt1.io import (
     worker_pool,
 )
 from rt1.progress import progress_bar as new_progress
-from rt1.rlds_spec import EMBEDDING_DIM
+from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 
 
 class PreprocessError(RT1Error, RuntimeError):
@@ -74,7 +85,7 @@ class Summary:
     in_dir: Path
     out_dir: Path
     task_filter: str
-    image_size: int
+    image_size: tuple[int, int] | str  # (H, W) or NATIVE
     files: list[FileResult] = field(default_factory=list)
     stale_removed: int = 0
     seconds: float = 0.0
@@ -105,7 +116,7 @@ class Summary:
         deleted = sum(r.input_deleted for r in self.files)
         lines = [
             f"preprocessed {len(self.files)} segment files from {self.in_dir} into {self.out_dir} "
-            f"(filter '{self.task_filter}', {self.image_size}x{self.image_size} JPEG) in {self.seconds:.1f} s",
+            f"(filter '{self.task_filter}', {image_size_label(self.image_size)} JPEG) in {self.seconds:.1f} s",
             f"  files: {self.written} written, {self.skipped} skipped (already complete), "
             f"{self.stale_removed} stale temporaries removed",
             f"  episodes: {self.episodes} in the outputs, {dropped} left out by the filter in this run",
@@ -121,7 +132,7 @@ def output_is_complete(
     in_path: Path | None,
     *,
     task_filter: str,
-    image_size: int,
+    image_size: int | tuple[int, int] | str,
     jpeg_quality: int = JPEG_QUALITY,
 ) -> bool:
     """True when `out_path` is a finished output of this configuration for `in_path`, so a rerun may skip it.
@@ -143,6 +154,7 @@ def output_is_complete(
                     "task_filter",
                     "image_size",
                     "jpeg_quality",
+                    "resize",
                     "source_file",
                     "episode_range",
                     "source_num_episodes",
@@ -158,13 +170,17 @@ def output_is_complete(
             f"{out_path} was written with task filter '{attrs['task_filter']}', this run uses "
             f"'{task_filter}': use a separate --out-dir per filter"
         )
-    found_size = tuple(int(x) for x in attrs["image_size"])
-    if found_size != (image_size, image_size):
+    size, native = _target_size(image_size)
+    found_size, found_native = (
+        tuple(int(x) for x in attrs["image_size"]),
+        attrs["resize"] == NATIVE_DESCRIPTION,
+    )
+    if (found_size, found_native) != (size, native):
         raise PreprocessError(
-            f"{out_path} was written at image size {found_size}, this run uses "
-            f"{image_size}x{image_size}: use a separate --out-dir per image size"
+            f"{out_path} was written at image size {found_size}{' by --image-size native' if found_native else ''}, this run "
+            f"uses {image_size_label(NATIVE if native else size)}: use a separate --out-dir per image size"
         )
-    if int(attrs["jpeg_quality"]) != jpeg_quality:
+    if not native and int(attrs["jpeg_quality"]) != jpeg_quality:
         raise PreprocessError(
             f"{out_path} was written at JPEG quality {int(attrs['jpeg_quality'])}, this run uses "
             f"{jpeg_quality}: use a separate --out-dir per quality"
@@ -190,6 +206,12 @@ def output_is_complete(
     return same
 
 
+def _target_size(image_size) -> tuple[tuple[int, int], bool]:
+    """((H, W) of the stored frames, whether they are the source bytes kept: `--image-size native`)."""
+    size = parse_image_size(image_size)
+    return (tuple(IMAGE_SHAPE[:2]), True) if size == NATIVE else (size, False)
+
+
 def check_output_in_the_way(out_path: Path) -> h5py.File | None:
     """The check stage 1 makes too (`existing_output`): a preprocessed HDF5 file under the name, None, or refused."""
     return existing_output(out_path, FORMAT, "a preprocessed file", PreprocessError, redo_damaged=True)
@@ -207,7 +229,7 @@ def preprocess_segment(
     out_path: Path,
     *,
     task_filter: str = "all",
-    image_size: int = DEFAULT_IMAGE_SIZE,
+    image_size: int | tuple[int, int] | str = DEFAULT_IMAGE_SIZE,
     jpeg_quality: int = JPEG_QUALITY,
     verify: bool = False,
 ) -> FileResult:
@@ -234,7 +256,7 @@ def preprocess_segment(
             f"{in_path}: corrupt segment file ({type(e).__name__}: {one_line(e)})"
         ) from None
 
-    size = (image_size, image_size)
+    size, native = _target_size(image_size)
     episodes, dropped = [], 0
     for ep in segment.episodes:
         if ep.num_steps == 0 or not keep(ep.instruction):
@@ -255,9 +277,16 @@ def preprocess_segment(
         frames = []
         for t, jpeg in enumerate(ep.images):
             try:
-                frames.append(resize_jpeg(jpeg, size, jpeg_quality))
+                frames.append(stored_frame(jpeg, size, None if native else jpeg_quality))
             except ImageDecodeError as e:
-                raise PreprocessError(f"{in_path}: source episode {ep.source_index}, step {t}: {e}") from None
+                hint = (
+                    " (--image-size native stores 256x320 frames as they are: resize with HxW)"
+                    if native
+                    else ""
+                )
+                raise PreprocessError(
+                    f"{in_path}: source episode {ep.source_index}, step {t}: {e}{hint}"
+                ) from None
         try:
             tokens = tokenize(ep.actions)
             flat = flatten_actions(ep.actions)
@@ -289,8 +318,8 @@ def preprocess_segment(
             out_path,
             episodes,
             image_size=size,
-            jpeg_quality=jpeg_quality,
-            resize=RESIZE_DESCRIPTION,
+            jpeg_quality=0 if native else jpeg_quality,
+            resize=NATIVE_DESCRIPTION if native else RESIZE_DESCRIPTION,
             task_filter=task_filter,
             source=source,
         )
@@ -311,7 +340,7 @@ class _Task:
     in_path: Path
     out_path: Path
     task_filter: str
-    image_size: int
+    image_size: tuple[int, int] | str
     jpeg_quality: int
     delete_input: bool
 
@@ -379,7 +408,7 @@ def preprocess_dir(
     out_dir: Path,
     *,
     task_filter: str = "all",
-    image_size: int = DEFAULT_IMAGE_SIZE,
+    image_size: int | tuple[int, int] | str = DEFAULT_IMAGE_SIZE,
     workers: int = 1,
     delete_input: bool = False,
     jpeg_quality: int = JPEG_QUALITY,
@@ -394,8 +423,10 @@ def preprocess_dir(
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if task_filter not in TASK_FILTERS:
         raise PreprocessError(f"unknown task filter '{task_filter}'; known: {sorted(TASK_FILTERS)}")
-    if not 16 <= image_size <= 4096:
-        raise PreprocessError(f"image size {image_size} is out of range (16..4096)")
+    try:
+        image_size = parse_image_size(image_size)
+    except ImageSizeError as e:
+        raise PreprocessError(str(e)) from None
     if not 1 <= jpeg_quality <= 100:
         raise PreprocessError(f"JPEG quality {jpeg_quality} is out of range (1..100)")
     if workers < 1:
@@ -473,10 +504,12 @@ def build_arg_parser(task_filter: str, prog: str | None = None) -> argparse.Argu
     )
     parser.add_argument(
         "--image-size",
-        type=int,
-        default=DEFAULT_IMAGE_SIZE,
-        help=f"side of the square output frames in pixels (default {DEFAULT_IMAGE_SIZE}: the default "
-        "preset's image_size, as the original; frames are 256x320 and are resized without keeping the aspect ratio)",
+        default=str(DEFAULT_IMAGE_SIZE),
+        metavar="N|HxW|native",
+        help=f"size of the stored frames: N for N x N (default {DEFAULT_IMAGE_SIZE}: the default preset's "
+        "image_size, as the original), HxW for H rows and W columns (e.g. 256x320), or native: the camera's "
+        "256x320 frames stored as the source JPEG bytes, not re-encoded (--jpeg-quality unused). The 256x320 "
+        "frames are squashed to the size without keeping the aspect ratio",
     )
     parser.add_argument(
         "--workers",

@@ -17,10 +17,12 @@ File layout (format_version 2):
         episode_range        int64 [a, b): the source episodes the segment covers
         segment_task_filter  the filter stage 1 used
         task_filter          the filter this run used ("all", "pick", ...): kept episodes pass both
-        image_size           int64 [H, W] of every stored frame (224, 224 by default)
+        image_size           int64 [H, W] of every stored frame (224, 224 by default; `--image-size N`,
+                             `HxW` or `native`: 256, 320)
         image_encoding       "jpeg"
-        jpeg_quality         90 by default (`--jpeg-quality`)
-        resize               how frames were resized (see "Images" below)
+        jpeg_quality         90 by default (`--jpeg-quality`); 0 with `--image-size native`: not re-encoded
+        resize               how frames were resized (see "Images" below): `images.RESIZE_DESCRIPTION`,
+                             or `images.NATIVE_DESCRIPTION` for `--image-size native`
         num_episodes, num_steps
         content_digest       sha256 (hex) of the content (`content_digest()`); an index records it so
                              a loader can tell that a file changed after the index was built
@@ -47,7 +49,17 @@ Images: every frame is resized from 256x320 to image_size by a plain squash (the
 to HxW with Pillow's antialiased bilinear filter, aspect ratio not kept), as the original PyTorch
 pipeline does and as RT-1's released policies do (`tf.image.resize(image, (300, 300))`). A centre
 crop would cut off the sides of the scene (drawers and cabinet sit at the frame's edge). Frames are
-then re-encoded as JPEG at quality 90 (4:2:0) and decoded by the loader.
+then re-encoded as JPEG at quality 90 (4:2:0) and decoded by the loader. `--image-size HxW` squashes
+to H rows and W columns the same way (256x320 keeps the size and only re-encodes).
+
+`--image-size native` (for networks that take the camera's frames and resize them themselves, e.g.
+Google's RT-1): the segment's JPEG bytes, i.e. the RLDS dataset's own (quality 95 in the bundled
+dataset), are stored byte for byte: no resize, no second JPEG generation, so a decoded frame equals the
+decoded source frame exactly. Every frame is decoded once to check it is a 256x320 RGB JPEG (a frame of
+another size is refused: resize with `HxW`). The layout is the same as for resized frames (one JPEG per
+step in `images/jpeg`), so format_version stays 2; such a file says image_size [256, 320],
+jpeg_quality 0 and resize `NATIVE_DESCRIPTION`, and a rerun into the same directory with another
+`--image-size` (`256x320` included: re-encoded, not the same bytes) is refused.
 
 Why JPEG, and why quality 90, measured on this project's 2-core machine with textured 256x320 frames
 calibrated to the real dataset's mean JPEG size (~29 KB per frame: 111 GiB of TFRecords for 3.79 M

@@ -224,13 +224,15 @@ def env_action(action: dict) -> dict[str, np.ndarray]:
 class RT1EnvPolicy:
     """An `RT1Policy` acting in the env: each camera image goes through `training_frame` first.
 
-    `image_size` defaults to the model's; `jpeg_quality` must be stage 2's `--jpeg-quality` of the
-    training data (default `JPEG_QUALITY`).
+    `image_size` (N or (H, W)) defaults to the model's `frame_size`; `jpeg_quality` must be stage 2's
+    `--jpeg-quality` of the training data (default `JPEG_QUALITY`).
     """
 
-    def __init__(self, policy, image_size: int | None = None, jpeg_quality: int = JPEG_QUALITY) -> None:
+    def __init__(
+        self, policy, image_size: int | tuple[int, int] | None = None, jpeg_quality: int = JPEG_QUALITY
+    ) -> None:
         self.policy = policy
-        self.image_size = int(image_size or policy.config.image_size)
+        self.image_size = image_size or tuple(policy.config.frame_size)
         self.jpeg_quality = jpeg_quality
 
     def reset(self) -> None:

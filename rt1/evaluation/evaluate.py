@@ -171,13 +171,14 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     sizes = check_index_matches_data(selected, cfg.index, cfg.data_dir)
     device = check_device(cfg.device)
     model, model_config, _ = load_model(cfg.checkpoint, device)
-    expected = (model_config.image_size, model_config.image_size)
+    expected = tuple(model_config.frame_size)
     wrong = {name: size for name, size in sizes.items() if tuple(size) != expected}
     if wrong:
         name, size = next(iter(wrong.items()))
         raise EvaluationError(
             f"{cfg.data_dir / name} holds {size[0]}x{size[1]} frames but {cfg.checkpoint} was trained on "
-            f"{expected[0]}x{expected[1]}: evaluate it on data preprocessed with --image-size {expected[0]}"
+            f"{expected[0]}x{expected[1]}: evaluate it on data preprocessed with --image-size "
+            f"{expected[0]}x{expected[1]} (or native for the camera's 256x320)"
         )
     policy = RT1Policy(model, cond_scale=cfg.cond_scale)
     created = outermost_missing(cfg.out)

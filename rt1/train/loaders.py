@@ -202,12 +202,13 @@ def check_data_fits(dataset: RT1Dataset, config: RT1Config, what: str, cfg: Trai
     if len(dataset) == 0:
         raise TrainSetupError(f"{what} index {dataset.index_csv} lists no windows")
     shape = tuple(dataset[0]["frames"].shape)  # (F, H, W, 3)
-    if shape[1:3] != (config.image_size, config.image_size) or shape[0] != config.num_frames:
+    height, width = config.frame_size
+    if shape[1:3] != (height, width) or shape[0] != config.num_frames:
         raise TrainSetupError(
             f"{what} windows from {cfg.data_dir} are {shape[0]} frames of {shape[1]}x{shape[2]}, but preset "
-            f"{cfg.preset!r} expects {config.num_frames} frames of {config.image_size}x{config.image_size}: "
-            f"preprocess with DataPreprocess_batch_*.py --image-size {config.image_size} and index with "
-            f"data_emerge.py --window {config.num_frames}"
+            f"{cfg.preset!r} expects {config.num_frames} frames of {height}x{width}: preprocess with "
+            f"DataPreprocess_batch_*.py --image-size {height}x{width} (or native for the camera's 256x320) "
+            f"and index with data_emerge.py --window {config.num_frames}"
         )
 
 
