@@ -155,13 +155,13 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tiny_da
 
 
 def test_a_refused_run_leaves_nothing_behind(tiny_data, tmp_path):
-    """The rt1 preset wants 224x224 windows, the data is 64x64: refused before training, nothing written."""
+    """The rt1 preset wants 256x320 windows, the data is 64x64: refused before training, nothing written."""
     save = tmp_path / "runs" / "save"
     cmd = train_cmd(tiny_data, save, "--max-steps", "1")
     cmd[cmd.index("tiny")] = "rt1"
     cmd.remove("--no-tensorboard")
     proc = run(cmd)
-    assert_one_line_error(proc, 1, "64x64", "224")
+    assert_one_line_error(proc, 1, "64x64", "256x320")
     assert not (tmp_path / "runs").exists(), sorted(p.name for p in (tmp_path / "runs").rglob("*"))
     save.mkdir(parents=True)  # an existing save dir stays as it was: no metrics.jsonl, no events file
     proc = run(cmd)

@@ -180,3 +180,50 @@ def test_training_frame_takes_n_or_h_w():
     np.testing.assert_array_equal(
         training_frame(camera, NATIVE_SIZE, None), decode_jpeg(dataset_jpeg(camera))
     )
+
+
+@pytest.mark.slow
+def test_the_rt1_preset_trains_end_to_end_on_native_frames_and_its_checkpoint_plots(native_run, tmp_path):
+    """Stages 1-3 at the camera's 256x320 -> train_ddp.py --preset rt1 (Google's full-size network, 2 steps)
+    -> plot_actions.py on a validation episode: the preset users run, through the scripts they run."""
+    import json
+
+    pre, train_csv = native_run
+    save = tmp_path / "save"
+    args = ("--preset", "rt1", "--data-dir", pre, "--train-index", train_csv, "--save-dir", save)
+    run_script(
+        "train_ddp.py",
+        *args,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-tensorboard",
+    )
+    metrics = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if m["event"] == "train"]
+    assert len(losses) == 2 and all(np.isfinite(losses)), metrics
+    (checkpoint,) = save.glob("checkpoint-*.pt")
+    episode = next(iter(source_frames_index(train_csv)))
+    run_script(
+        "plot_actions.py",
+        "--checkpoint",
+        checkpoint,
+        "--data-dir",
+        pre,
+        "--index",
+        train_csv,
+        "--episode",
+        episode,
+        "--out",
+        tmp_path / "plots",
+    )
+    assert (tmp_path / "plots" / f"episode_{episode}.png").is_file()
+
+
+def source_frames_index(index_csv: Path) -> list[int]:
+    from rt1.data.index import index_episodes
+
+    return [e.source_index for e in index_episodes(index_csv)]

@@ -267,3 +267,36 @@ def test_the_rt1main_configuration_has_exactly_rt1mains_tensors():
             rt1main[name] = math.prod(int(d) for d in shape.split("x")) if shape else 1
     assert set(rt1main) == set(layout)
     assert all(rt1main[key] == state[slot.key].numel() for key, slot in layout.items())
+
+
+# ---- the former rt1 preset ---------------------------------------------------------------------------
+
+
+def test_a_model_of_the_former_rt1_preset_is_refused_in_one_line(tmp_path):
+    """Until Google's network, `--preset rt1` was a MaxViT: its checkpoints fit no preset's network now."""
+    from rt1.config import PRESETS, TrainConfig
+    from rt1.model import CheckpointError, load_model
+    from rt1.model.load import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
+    from rt1.train.run_dir import ResumeError, check_resume_fits
+
+    tiny = PRESETS["tiny"].model
+    contents = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": build_model(tiny).state_dict(),
+        "model_config": tiny.to_dict(),
+        "train_args": {"preset": "rt1"},
+    }
+    path = tmp_path / "checkpoint-3.pt"
+    torch.save(contents, path)
+    with pytest.raises(CheckpointError, match=r"former `rt1` preset .*now Google's RT-1 network") as error:
+        load_model(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "train.csv").write_text("")
+    cfg = TrainConfig(preset="rt1", data_dir=tmp_path / "data", train_index=tmp_path / "train.csv")
+    with pytest.raises(ResumeError, match="former `rt1` preset"):
+        check_resume_fits(contents, path, cfg, cfg.model_config, log=None)
+    contents["train_args"] = {"preset": "tiny"}  # the same weights of another preset load
+    torch.save(contents, path)
+    assert load_model(path)[1] == tiny

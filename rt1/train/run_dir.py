@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rt1.config import TrainConfig
+from rt1.config import TrainConfig, retired_preset
 from rt1.errors import EXIT_ERROR, EXIT_USAGE, RT1Error, one_line
 from rt1.io import DirectoryLock, DirectoryLockedError, outermost_missing, remove_empty_dirs
-from rt1.model.load import check_not_retired_preset
 from rt1.model_families import ModelConfig, model_config_from_dict
 from rt1.train import checkpoint as ckpt
 from rt1.train import distributed as D
@@ -105,9 +104,10 @@ def find_resume(cfg: TrainConfig) -> Path | None:
 
 
 def check_resume_fits(contents: dict, path: Path, cfg: TrainConfig, model_config: ModelConfig, log) -> None:
-    check_not_retired_preset(
-        path, contents.get("train_args", {}), model_config_from_dict(contents["model_config"])
-    )
+    saved_type = model_config_from_dict(contents["model_config"]).model_type
+    retired = retired_preset(contents.get("train_args", {}), saved_type)
+    if retired:
+        raise ResumeError(f"{path} {retired}")
     saved, current = contents["model_config"], model_config.to_dict()
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
