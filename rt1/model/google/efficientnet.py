@@ -98,12 +98,13 @@ def pad_for_stride_2(x: Tensor, kernel: int) -> Tensor:
     return F.pad(x, (before, after, before, after))
 
 
-def drop_connect(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Keras Dropout with noise_shape (N, 1, 1, 1): drop whole samples' residual branches, scale the rest."""
+def drop_connect_add(x: Tensor, residual: Tensor, rate: float, training: bool) -> Tensor:
+    """residual + Keras Dropout(rate, noise_shape=(N, 1, 1, 1))(x): whole samples' branches dropped in
+    training, the others scaled by 1 / (1 - rate)."""
     if not training or rate == 0.0:
-        return x
+        return x + residual
     keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) >= rate
-    return x * keep / (1.0 - rate)
+    return torch.addcmul(residual, x, keep.to(x.dtype) / (1.0 - rate))
 
 
 # ---- leaf modules ----------------------------------------------------------------------------------
@@ -112,28 +113,15 @@ def drop_connect(x: Tensor, rate: float, training: bool) -> Tensor:
 class BatchNorm(nn.BatchNorm2d):
     """Keras' BatchNormalization (eps 1e-3, momentum 0.99) without a num_batches_tracked buffer.
 
-    Training on the CPU takes the batch statistics in two passes (mean, then the mean squared deviation):
-    torch's CPU kernel computes a channels_last tensor's variance as E[x^2] - E[x]^2 in float32, which after
-    a few blocks is off by ~4e-4 of the activations with one thread (off Google's, and off itself with two).
-    The running variance is updated with the unbiased batch variance, as torch's kernels (and SyncBatchNorm
-    on the GPU) do; Keras uses the biased one (a factor n / (n - 1), n >= 486 values per channel here).
+    On the CPU, torch's kernel loses precision in a channels_last tensor's batch variance (measured in
+    float32: after a few blocks ~4e-4 of the activations with one thread, off Google's output and off itself
+    with two threads); on NCHW tensors it is exact to ~4e-6. So GoogleRT1 trains in NCHW on the CPU
+    (`encode_frames`); on the GPU (cuDNN) and in eval mode channels_last is exact and faster.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.num_batches_tracked = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and x.device.type == "cpu"):
-            return super().forward(x)
-        mean = x.mean(dim=(0, 2, 3))
-        var = (x - mean[:, None, None]).square().mean(dim=(0, 2, 3))
-        with torch.no_grad():
-            n = x.numel() // x.shape[1]
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         # A state_dict without torch's version metadata (safetensors, Google's layout) would get a
@@ -215,7 +203,7 @@ class MBConv(nn.Module):
         h = h * torch.sigmoid(self.se_expand(se))
         h = self.project_bn(self.project_conv(h))
         if self.residual:
-            h = drop_connect(h, self.spec.drop_rate, self.training) + x
+            h = drop_connect_add(h, x, self.spec.drop_rate, self.training)
         return h
 
 

@@ -115,6 +115,8 @@ class GoogleRT1(nn.Module):
         if cond.batch != frames.shape[0]:
             raise ValueError(f"got conditioning for {cond.batch} rows, expected {frames.shape[0]}")
         pixels = preprocess(frames, self.config.encoder_input_size).to(self.encoder.normalization.mean.dtype)
+        if self.training and pixels.device.type == "cpu":
+            pixels = pixels.contiguous()  # exact batch statistics on the CPU (efficientnet.BatchNorm)
         features = self.encoder(pixels, cond.encoder)  # (N, 512, s, s)
         return self.token_learner(features.flatten(2).transpose(1, 2))
 
