@@ -53,8 +53,8 @@ class PretrainedError(RT1Error, RuntimeError):
     """An exported model directory cannot be read or does not fit (the message names the file)."""
 
 
-def tokenizer_spec() -> dict:
-    """The action tokenizer of `rt1.actions` as config.json stores it."""
+def tokenizer_spec(num_bins: int = NUM_BINS) -> dict:
+    """The action tokenizer of `rt1.actions` as config.json stores it, for a model of `num_bins` bins."""
     keys, start = [], 0
     for spec in CONTINUOUS_KEYS:
         keys.append(
@@ -70,7 +70,7 @@ def tokenizer_spec() -> dict:
         }
     )
     return {
-        "num_bins": NUM_BINS,
+        "num_bins": num_bins,
         "names": list(ACTION_DIM_NAMES),
         "keys": keys,
         "encode": "token = floor((clip(a, low, high) - low) / (high - low) * (num_bins - 1))",
@@ -98,21 +98,22 @@ def read_pretrained_config(directory: Path) -> dict:
             f"{path} has format_version {config.get('format_version')!r}, "
             f"this code reads {PRETRAINED_FORMAT_VERSION}"
         )
-    tokenizer = config.get("action_tokenizer")
-    if not _same_tokenizer(tokenizer, tokenizer_spec()):
+    try:
+        model_config = model_config_of(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PretrainedError(f"{path}: bad model_config ({one_line(e)})") from None
+    # The model's logits are in rt1.actions' token order (a network with another slot order, e.g. a converted
+    # rt1main, permutes its own: its model_config.action_order), with its model_config's bins.
+    if not _same_tokenizer(config.get("action_tokenizer"), tokenizer_spec(model_config.num_bins)):
         raise PretrainedError(
-            f"{path}: action_tokenizer differs from this code's (rt1.actions: {NUM_BINS} bins, "
-            f"order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
+            f"{path}: action_tokenizer differs from this code's (rt1.actions: {model_config.num_bins} bins as "
+            f"model_config says, order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
         )
     source = (config.get("instruction_embedding") or {}).get("source")
     if source not in EMBEDDING_SOURCES:
         raise PretrainedError(
             f"{path}: instruction_embedding.source must be one of {list(EMBEDDING_SOURCES)}, got {source!r}"
         )
-    try:
-        model_config_of(config)
-    except (KeyError, TypeError, ValueError) as e:
-        raise PretrainedError(f"{path}: bad model_config ({one_line(e)})") from None
     return config
 
 
