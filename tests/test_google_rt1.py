@@ -472,3 +472,120 @@ def test_a_truncated_or_missing_file_is_one_line(tmp_path, capsys):
         == 2
     )
     assert "--action-order" in capsys.readouterr().err
+
+
+# ---- fine-tuning from converted weights (train_ddp.py --init-from) ----------------------------------
+
+FIXTURE_SIZES = (
+    *("--model.width-coefficient", "0.1", "--model.depth-coefficient", "0.5", "--model.num-layers", "2"),
+    *(
+        "--model.num-heads",
+        "2",
+        "--model.key-dim",
+        "16",
+        "--model.model-dim",
+        "64",
+        "--model.num-frames",
+        "3",
+    ),
+)
+
+
+def test_train_ddp_init_from_converted_weights_starts_a_new_run_and_a_resume_stays_one(
+    tmp_path, google, segment_dir
+):
+    """The fixture's network with a 256-bin head (the pipeline's tokens) in Google's layout -> converted ->
+    --preset rt1 (the fixture's sizes) --init-from it on the bundled data at native frames, 3-step windows."""
+    from conftest import run_script
+
+    from rt1.train.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    out, t = tmp_path / "converted", "agent/_actor_network/_transformer/_output_tokens/"
+    prefix = _variant(
+        tmp_path,
+        google,
+        lambda x: x.update(
+            {
+                t + "kernel": rng.normal(0, 0.1, (64, 256)).astype(np.float32),
+                t + "bias": np.zeros(256, np.float32),
+                "agent/_actor_network/_action_token_emb/kernel": np.zeros((256, 512), np.float32),
+            }
+        ),
+    )
+    assert convert_cli("--checkpoint", prefix, "--out", out, "--action-order", ",".join(FIXTURE_ORDER)) == 0
+    pre = tmp_path / "pre"
+    run_script(
+        "DataPreprocess_batch_all.py",
+        "--in-dir",
+        segment_dir,
+        "--out-dir",
+        pre,
+        "--image-size",
+        "native",
+        "--workers",
+        "2",
+        "--no-progress",
+    )
+    run_script(
+        "data_emerge.py",
+        "--data-dir",
+        pre,
+        "--out-dir",
+        tmp_path / "index",
+        "--window",
+        "3",
+        "--val-frac",
+        "0",
+    )
+    (train_csv,) = (tmp_path / "index").glob("train_idx_*.csv")
+    save = tmp_path / "save"
+    args = [
+        "train_ddp.py",
+        "--preset",
+        "rt1",
+        *FIXTURE_SIZES,
+        "--data-dir",
+        pre,
+        "--train-index",
+        train_csv,
+        "--save-dir",
+        save,
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-tensorboard",
+        "--init-from",
+        out,
+    ]
+    first = run_script(*args, "--max-steps", "2")
+    assert f"initialised the model from {out}" in first.stdout + first.stderr
+    (checkpoint,) = save.glob("checkpoint-*.pt")
+    contents = load_checkpoint(checkpoint)
+    assert contents["train_args"]["init_from"] == str(out) and contents["global_step"] == 2
+    assert contents["model_config"]["action_order"] == list(FIXTURE_ORDER)  # the weights' order, kept
+    again = run_script(*args, "--max-steps", "3")
+    assert "resumed from" in again.stdout + again.stderr and "initialised" not in again.stdout + again.stderr
+    # another vocabulary (the fixture's 32 bins) and another network are refused in one line
+    small = tmp_path / "small"
+    assert convert_cli("--checkpoint", FIXTURE / "ckpt" / "rt1", "--out", small) == 0
+    for source, preset, message in ((small, "rt1", "num_bins 32 vs 256"), (out, "tiny", "is Google's RT-1")):
+        sizes = FIXTURE_SIZES if preset == "rt1" else ()
+        refused = run_script(
+            "train_ddp.py",
+            "--preset",
+            preset,
+            *sizes,
+            "--data-dir",
+            pre,
+            "--train-index",
+            train_csv,
+            "--save-dir",
+            tmp_path / f"save_{preset}",
+            "--init-from",
+            source,
+            check=False,
+        )
+        lines = [line for line in refused.stderr.splitlines() if line.startswith("error")]
+        assert refused.returncode == 2 and len(lines) == 1 and message in lines[0], refused.stderr
