@@ -9,10 +9,12 @@ config.json (plain JSON):
     format, format_version   "rt1-pretrained", 1 (a directory of another version is refused)
     model_type               "rt1" (the file's kind; the network's family is model_config's model_type)
     preset                   the preset the model config is (or was trained from), or null
-    model_config             the model config's to_dict() (`rt1.model_families`; no model_type: MaxViT)
-    action_tokenizer         num_bins, the token order (`names`), and per RLDS action key its token slice
-                             and bounds: the fixed ones of `rt1.actions` (a mismatch is refused, this code
-                             detokenizes with its own)
+    model_config             the model config's to_dict() (`rt1.model_families`; no model_type: MaxViT). Google's
+                             network may carry `action_order`, the RLDS key of each of its output slots (a
+                             converted rt1main: Google's order); its logits come out in rt1.actions' order
+    action_tokenizer         num_bins (the model_config's), the token order of the logits (`names`), and per
+                             RLDS action key its token slice and bounds: those of `rt1.actions` (a mismatch
+                             is refused; the policy detokenizes with them and the model's bins)
     image_preprocessing      camera frame -> model input: JPEG at the dataset's quality, squash-resize to
                              image_size (H, W), JPEG at stage 2's quality, decode
                              (`rt1.data.images.training_frame`), then what the network does inside
@@ -21,6 +23,7 @@ config.json (plain JSON):
                              `rt1.sim.scene.instruction_embedding`; the server also takes instruction text)
     training                 the run that wrote the checkpoint: train_args, epoch, global_step, metrics
     source_checkpoint        file name of the checkpoint it was exported from
+    conversion               (converted models only) the source's kind, the action order and its evidence
 
 `load_pretrained(DIR)` checks the format version, the tokenizer, and that the tensors are exactly the
 model's (names, shapes, dtypes); anything else is a one-line `PretrainedError` naming the file.
