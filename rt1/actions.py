@@ -79,6 +79,26 @@ NUM_CONTINUOUS_TOKENS = len(TOKEN_LOW)
 assert NUM_CONTINUOUS_TOKENS + 1 == NUM_ACTION_TOKENS == len(ACTION_DIM_NAMES)
 
 
+def check_action_order(order) -> tuple[str, ...]:
+    """A model's token order (every RLDS action key once, e.g. Google's rt1main starts with terminate_episode)
+    as a tuple; ValueError naming what is wrong."""
+    order = tuple(order) if isinstance(order, (list, tuple)) else order
+    if not isinstance(order, tuple) or sorted(map(str, order)) != sorted(ACTION_KEYS):
+        raise ValueError(f"an action order names each of {list(ACTION_KEYS)} once, got {order!r}")
+    return order
+
+
+def token_index(order) -> tuple[int, ...]:
+    """For a model whose tokens follow `order` (each key's dims in turn, terminate_episode one token): for each
+    token of this module's order, the model's token that carries it (logits[..., token_index(order), :])."""
+    theirs = [(key, d) for key in check_action_order(order) for d in range(_token_dims(key))]
+    return tuple(theirs.index((key, d)) for key in ACTION_KEYS for d in range(_token_dims(key)))
+
+
+def _token_dims(key: str) -> int:
+    return 1 if key == TERMINATE_KEY else ACTION_SPEC[key].shape[0]
+
+
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
@@ -124,10 +144,11 @@ def tokenize(actions: dict):
     return np.concatenate([tokens, terminate], axis=-1)
 
 
-def detokenize(tokens) -> dict:
+def detokenize(tokens, num_bins: int = NUM_BINS) -> dict:
     """Tokens (..., 11) -> RLDS action dict: float32 arrays (..., dims), terminate int32 one-hot (..., 3).
 
-    Returns numpy arrays for numpy input and torch tensors for torch input.
+    Returns numpy arrays for numpy input and torch tensors for torch input. `num_bins`: the model's vocabulary
+    (Google's formula: token / (num_bins - 1) between the bounds; the pipeline's data has 256).
     """
     if tokens.shape[-1] != NUM_ACTION_TOKENS:
         raise ValueError(f"tokens have last dimension {tokens.shape[-1]}, expected {NUM_ACTION_TOKENS}")
@@ -136,14 +157,14 @@ def detokenize(tokens) -> dict:
 
         low = torch.as_tensor(TOKEN_LOW, device=tokens.device)
         high = torch.as_tensor(TOKEN_HIGH, device=tokens.device)
-        values = tokens[..., :NUM_CONTINUOUS_TOKENS].to(torch.float64) / (NUM_BINS - 1) * (high - low) + low
+        values = tokens[..., :NUM_CONTINUOUS_TOKENS].to(torch.float64) / (num_bins - 1) * (high - low) + low
         values = values.to(torch.float32)
         terminate_index = tokens[..., NUM_CONTINUOUS_TOKENS].long().clamp(0, NUM_TERMINATE_CLASSES - 1)
         terminate = torch.nn.functional.one_hot(terminate_index, NUM_TERMINATE_CLASSES).to(torch.int32)
     else:
         tokens = np.asarray(tokens)
         values = (
-            tokens[..., :NUM_CONTINUOUS_TOKENS].astype(np.float64) / (NUM_BINS - 1) * (TOKEN_HIGH - TOKEN_LOW)
+            tokens[..., :NUM_CONTINUOUS_TOKENS].astype(np.float64) / (num_bins - 1) * (TOKEN_HIGH - TOKEN_LOW)
             + TOKEN_LOW
         ).astype(np.float32)
         terminate_index = np.clip(

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from rt1.actions import NUM_ACTION_TOKENS
+from rt1.actions import ACTION_KEYS, NUM_ACTION_TOKENS, check_action_order
 from rt1.model_config import RUNTIME_ONLY_FIELDS, ConfigError
 from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 
@@ -51,6 +51,11 @@ class GoogleRT1Config:
     num_actions: int = NUM_ACTION_TOKENS  # tokens per step, one per float dimension, one for terminate
     num_bins: int = 256  # vocab_size
     text_embed_dim: int = EMBEDDING_DIM  # the FiLM context: the dataset's 512-d instruction embedding
+    # which RLDS action key each of the network's 11 output slots predicts (Google's gin ACTION_ORDER): a fact of
+    # the weights. The model's logits always come out in rt1.actions' order (the slots permuted), so the data,
+    # the loss and the policy never see it. Our own runs: rt1.actions' order; a converted rt1main: Google's
+    # (rt1.model.google.convert_google). to_dict() leaves it out when it is rt1.actions' order.
+    action_order: tuple[str, ...] = ACTION_KEYS
     # how to compute, not what (see RT1Config): recompute each EfficientNet block and transformer layer
     # in the backward pass
     activation_checkpointing: bool = field(default=False, compare=False)
@@ -83,6 +88,10 @@ class GoogleRT1Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"GoogleRT1Config.{name} must be in [0, 1), got {value!r}")
+        try:
+            object.__setattr__(self, "action_order", check_action_order(self.action_order))
+        except ValueError as e:
+            raise ConfigError(f"GoogleRT1Config.action_order: {e}") from None
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(
                 f"GoogleRT1Config.activation_checkpointing must be True or False, "
@@ -150,6 +159,10 @@ class GoogleRT1Config:
         out = {"model_type": self.model_type, **dataclasses.asdict(self)}
         for name in RUNTIME_ONLY_FIELDS:
             del out[name]
+        if self.action_order == ACTION_KEYS:
+            del out["action_order"]  # the dicts of every checkpoint written before the field existed
+        else:
+            out["action_order"] = list(self.action_order)
         return out
 
     @classmethod

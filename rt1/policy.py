@@ -147,7 +147,7 @@ class RT1Policy:
         self.t += 1
         self.last_logits = logits
         self.last_tokens = logits.argmax(dim=-1).cpu().numpy()
-        action = detokenize(self.last_tokens)
+        action = detokenize(self.last_tokens, self.config.num_bins)
         return (action, self.last_tokens) if return_tokens else action
 
     # ---- whole episodes ---------------------------------------------------------------------------
