@@ -159,6 +159,48 @@ def model_card(config: dict, num_parameters: int) -> str:
     return "\n".join(lines)
 
 
+def _check_out(out: Path, overwrite: bool) -> Path:
+    """The directory to write (a symlink's target); refuses `.`, `..`, the working directory or one above it,
+    and replacing anything but an export of ours that holds only the files an export writes."""
+    from rt1.model.pretrained import (
+        CARD_NAME,
+        CONFIG_NAME,
+        PRETRAINED_FORMAT,
+        PRETRAINED_FORMAT_VERSION,
+        WEIGHTS_NAME,
+    )
+
+    given = out
+    if out.is_symlink():  # replace what the link points to, never the link itself
+        out = out.resolve()
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if given.name in ("", ".", "..") or resolved == cwd or resolved in cwd.parents:
+        raise ExportError(f"--out {given} is the working directory or above it: name a new model directory")
+    if not os.path.lexists(out):
+        return out
+    if not overwrite:
+        raise ExportError(f"{given} exists; pass --overwrite to replace it")
+    refuse = f"{given} exists and is not an exported model directory: refusing to replace it"
+    if not out.is_dir():
+        raise ExportError(refuse)
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return out
+    try:
+        config = json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise ExportError(f"{refuse} (no readable {CONFIG_NAME})") from None
+    if not isinstance(config, dict) or (config.get("format"), config.get("format_version")) != (
+        PRETRAINED_FORMAT,
+        PRETRAINED_FORMAT_VERSION,
+    ):
+        raise ExportError(f"{refuse} ({CONFIG_NAME} is not an {PRETRAINED_FORMAT} config)")
+    others = sorted(names - {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME})
+    if others:
+        raise ExportError(f"{refuse} (it also holds {others[0]!r}, which an export does not write)")
+    return out
+
+
 def export(
     checkpoint: Path,
     out: Path,
@@ -184,10 +226,7 @@ def export(
     jpeg_quality = JPEG_QUALITY if jpeg_quality is None else jpeg_quality
     if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
         raise ExportError(f"--jpeg-quality must be 1..100, got {jpeg_quality!r}")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists; pass --overwrite to replace it")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_NAME).is_file())):
-        raise ExportError(f"{out} exists and is not an exported model directory: refusing to replace it")
+    out = _check_out(out, overwrite)
     if checkpoint.is_dir():
         raise ExportError(f"{checkpoint} is a directory: --checkpoint takes a checkpoint-{{epoch}}.pt file")
     state = read_checkpoint(checkpoint)
@@ -251,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stage 2's --jpeg-quality of the training data (default 90)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing exported directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing export (a directory holding only an export's files; anything else is refused)",
+    )
     args = parser.parse_args(argv)
 
     def run(_) -> int:

@@ -181,6 +181,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
             f"{expected[0]}x{expected[1]} (or native for the camera's 256x320)"
         )
     policy = RT1Policy(model, cond_scale=cfg.cond_scale)
+    check_out_is_this_models(cfg)
     created = outermost_missing(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -189,6 +190,22 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
         if created is not None:
             remove_empty_dirs(cfg.out, created)
         raise
+
+
+def check_out_is_this_models(cfg: EvalConfig) -> None:
+    """Refuse an --out holding another model's outputs (two models whose paths end in the same name share
+    the default plots/NAME folder): its metrics.json records the model's resolved path."""
+    try:
+        recorded = json.loads((cfg.out / "metrics.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # no outputs of an earlier run (or unreadable ones, which this run replaces)
+    if not isinstance(recorded, dict):
+        return
+    other = recorded.get("checkpoint_path", recorded.get("checkpoint"))
+    if isinstance(other, str) and Path(other).resolve() != Path(cfg.checkpoint).resolve():
+        raise EvaluationError(
+            f"{cfg.out} holds the outputs of another model ({other}): pass --out with a folder of its own"
+        )
 
 
 def _evaluate_into(
@@ -233,6 +250,7 @@ def _evaluate_into(
     overall = metrics.summarize(metrics.combine(all_sums))
     result = {
         "checkpoint": str(cfg.checkpoint),
+        "checkpoint_path": str(Path(cfg.checkpoint).resolve()),
         "index": str(cfg.index),
         "cond_scale": cfg.cond_scale,
         "episodes": per_episode,

@@ -1,0 +1,129 @@
+"""Faults a new user meets in export, serving, evaluation and the GPU check (issue 36).
+
+Each test runs the real thing (real files in temporary directories, real subprocesses for command lines, the
+server on 127.0.0.1) and failed before its fix; the item of the issue is in each section's title.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from test_export import TINY, write_checkpoint
+from test_policy import calibrated
+
+from rt1.export import ExportError, export
+from rt1.export import main as export_main
+from rt1.model.pretrained import CONFIG_NAME, WEIGHTS_NAME
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("ck") / "checkpoint-3.pt", calibrated(TINY))
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    return export(checkpoint, tmp_path_factory.mktemp("export") / "rt1-tiny", embedding_source="mini-fractal")
+
+
+def _tree(directory: Path) -> dict:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None for p in directory.rglob("*")
+    }
+
+
+# ---- 1. export --overwrite replaces only an export of ours --------------------------------------------
+
+
+def test_export_overwrite_refuses_a_users_project_with_a_config_json(checkpoint, tmp_path, capsys):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"name": "my app"}')
+    (project / "notes.txt").write_text("mine")
+    (project / "src" / "main.py").write_text("print(1)")
+    before = _tree(project)
+    argv = ["--checkpoint", str(checkpoint), "--out", str(project), "--overwrite"]
+    assert export_main(argv) == 2
+    assert "not an exported model directory" in one_error_line(capsys)
+    assert _tree(project) == before
+
+
+def test_export_overwrite_refuses_an_export_holding_a_file_it_did_not_write(checkpoint, exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    (copy / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="notes.txt"):
+        export(checkpoint, copy, overwrite=True)
+    assert (copy / "notes.txt").read_text() == "mine"
+    (copy / "notes.txt").unlink()
+    export(checkpoint, copy, overwrite=True)  # an export of ours and nothing else: replaced
+    assert sorted(p.name for p in copy.iterdir()) == sorted([WEIGHTS_NAME, CONFIG_NAME, "README.md"])
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_export_out_dot_and_dotdot_are_one_line_errors(checkpoint, exported, tmp_path, out):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(exported, work)  # an export of ours as the working directory: still never replaced
+    before = _tree(work)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rt1.export", "--checkpoint", checkpoint, "--out", out, "--overwrite"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "working directory" in lines[0], proc.stderr
+    assert _tree(work) == before
+
+
+def test_export_out_symlink_to_an_export_replaces_the_target(checkpoint, exported, tmp_path):
+    import shutil
+
+    target = tmp_path / "target"
+    shutil.copytree(exported, target)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    export(checkpoint, link, overwrite=True, jpeg_quality=77)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert json.loads((target / CONFIG_NAME).read_text())["image_preprocessing"]["jpeg_quality"] == 77
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]  # no stray .replaced-* link
+
+
+@pytest.mark.slow  # builds the bundled preprocessed data (session fixture)
+def test_plot_actions_of_two_models_with_the_same_name_never_share_a_folder(
+    checkpoint, preprocessed_dir, index_dir, tmp_path, capsys
+):
+    from rt1.evaluation.evaluate import main as plot_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = write_checkpoint(run / "checkpoint-3.pt", calibrated(TINY))
+    second = export(checkpoint, run / "checkpoint-3")  # a model directory: the same default plots/NAME
+    index = sorted(index_dir.glob("val_idx_*.csv"))[0]
+    common = ["--data-dir", str(preprocessed_dir), "--index", str(index), "--max-episodes", "1"]
+    assert plot_main(["--checkpoint", str(first), *common]) == 0
+    plots = run / "plots" / "checkpoint-3"
+    before = _tree(plots)
+    capsys.readouterr()
+    assert plot_main(["--checkpoint", str(second), *common]) == 2
+    assert "another model" in one_error_line(capsys)
+    assert _tree(plots) == before  # the first model's plots and metrics.json are kept
+    assert plot_main(["--checkpoint", str(first), *common]) == 0  # the same model again: its own folder
