@@ -127,3 +127,105 @@ def test_plot_actions_of_two_models_with_the_same_name_never_share_a_folder(
     assert "another model" in one_error_line(capsys)
     assert _tree(plots) == before  # the first model's plots and metrics.json are kept
     assert plot_main(["--checkpoint", str(first), *common]) == 0  # the same model again: its own folder
+
+
+# ---- 2. one client cannot stall the others ------------------------------------------------------------
+
+
+def _served(exported, scenario, **server_args):
+    """Run `scenario(uri)` (blocking, in a thread) against an in-process server on 127.0.0.1."""
+    import asyncio
+
+    from rt1.serve import PolicyServer
+
+    server = PolicyServer(exported, threads=1, **server_args)
+
+    async def run():
+        stop = asyncio.get_running_loop().create_future()
+        ports: list[int] = []
+        serving = asyncio.create_task(server.serve("127.0.0.1", 0, ready=ports.append, stop=stop))
+        for _ in range(600):
+            if ports:
+                break
+            await asyncio.sleep(0.05)
+        try:
+            return await asyncio.to_thread(scenario, f"ws://127.0.0.1:{ports[0]}")
+        finally:
+            stop.set_result(0)
+            await asyncio.wait_for(serving, 60)
+
+    return asyncio.run(run())
+
+
+def test_a_slow_reset_does_not_delay_another_clients_step(exported, monkeypatch):
+    """Per-message work (here a reset made to take 4 s) runs off the event loop: another step is answered."""
+    import threading
+    import time
+
+    from test_serve import EMBEDDING, IMAGE
+
+    from rt1.serve import PolicyClient, Session
+
+    reset, started = Session.reset, threading.Event()
+
+    def slow_reset(self, message):
+        if message.get("instruction") == "slow":
+            started.set()
+            time.sleep(4.0)
+        return reset(self, message)
+
+    monkeypatch.setattr(Session, "reset", slow_reset)
+
+    def scenario(uri):
+        with PolicyClient(uri, timeout=60) as other:
+            other.reset(instruction_embedding=EMBEDDING)
+            other.act({"image": IMAGE})  # warm: the first step builds the inference form's caches
+
+            def slow():
+                with PolicyClient(uri, timeout=60) as client:
+                    client.reset(instruction="slow")
+
+            thread = threading.Thread(target=slow)
+            thread.start()
+            assert started.wait(30)
+            t0 = time.monotonic()
+            other.act({"image": IMAGE})
+            elapsed = time.monotonic() - t0
+            thread.join(60)
+            return elapsed
+
+    assert _served(exported, scenario) < 2.0
+
+
+def test_a_huge_instruction_is_refused_at_once_and_does_not_delay_another_client(exported):
+    import threading
+    import time
+
+    from test_serve import EMBEDDING, IMAGE
+
+    from rt1.serve import PolicyClient, ServerError, local_server
+
+    with local_server(exported, "--threads", "1", "--max-message-bytes", str(4 * 2**20)) as (uri, _):
+        with PolicyClient(uri, timeout=60) as other, PolicyClient(uri, timeout=60) as big:
+            other.reset(instruction_embedding=EMBEDDING)
+            other.act({"image": IMAGE})
+            errors = []
+
+            def huge():
+                try:
+                    big.reset(instruction="pick coke can " * 110_000)  # 1.5 MB of text
+                except ServerError as e:
+                    errors.append(str(e))
+
+            thread = threading.Thread(target=huge)
+            t0 = time.monotonic()
+            thread.start()
+            steps = []
+            for _ in range(3):
+                s0 = time.monotonic()
+                other.act({"image": IMAGE})
+                steps.append(time.monotonic() - s0)
+            thread.join(60)
+            assert time.monotonic() - t0 < 5.0 and max(steps) < 2.0, steps
+            assert errors and "over the limit of" in errors[0], errors
+            big.reset(instruction="pick coke can")  # a fractal-length instruction is fine

@@ -28,7 +28,8 @@ The camera image goes through the model's image preprocessing (`rt1.data.images.
 JPEG quality from config.json or --jpeg-quality) and then `RT1Policy.step`: the same calls as in-process
 closed-loop evaluation (`rt1.evaluation.closed_loop.RT1EnvPolicy`), so the actions are the same.
 Inference runs in a worker thread pool (`--workers`, default 1: every step of every session in one
-thread, in arrival order) so the event loop keeps serving other connections; a session's steps are
+thread, in arrival order) and all other per-message work (decoding, checks, resets) in message threads, so
+the event loop keeps serving other connections; instruction text is at most 1000 characters; a session's steps are
 sequential and its result does not depend on other sessions. A client that disconnects frees its
 session. SIGTERM or SIGINT stops the server: connections are closed (1001), it exits 0.
 

@@ -28,6 +28,24 @@ from rt1.serve.protocol import (
     unpack_array,
 )
 
+MESSAGE_THREADS = 4  # threads that decode and check messages and run resets, for all connections
+MAX_INSTRUCTION_CHARS = 1000  # fractal20220817_data's instructions are under 100 characters
+
+
+def error_reply(error: Exception, kind: str | None) -> dict:
+    """The error reply of a request; a failure that is not a refused message is logged with its traceback."""
+    if isinstance(error, ProtocolError):
+        return {"type": "error", "error": one_line(error), "request": kind}
+    import logging
+
+    logging.getLogger("rt1.serve").error("request %s failed", kind, exc_info=error)
+    return {
+        "type": "error",
+        "error": f"{kind} failed: {type(error).__name__}: {one_line(error)}",
+        "request": kind,
+    }
+
+
 # ---- the server -------------------------------------------------------------------------------------
 
 
@@ -47,7 +65,12 @@ class Session:
         if has_text:
             text = message["instruction"]
             if not isinstance(text, str) or not text.strip():
-                raise ProtocolError(f"reset: instruction must be non-empty text, got {_kind(text)}")
+                got = "empty text" if isinstance(text, str) else _kind(text)
+                raise ProtocolError(f"reset: instruction must be non-empty text, got {got}")
+            if len(text) > MAX_INSTRUCTION_CHARS:
+                raise ProtocolError(
+                    f"reset: instruction is {len(text)} characters, over the limit of {MAX_INSTRUCTION_CHARS}"
+                )
             if server.embed_text is None:
                 raise ProtocolError(
                     f"reset: this model's instruction embeddings come from {server.embedding_source}, "
@@ -168,6 +191,8 @@ class PolicyServer:
             initializer=torch.set_num_threads,
             initargs=(threads,),
         )
+        # Decoding, checks and resets of all connections, off the event loop and off the inference queue.
+        self.messages = ThreadPoolExecutor(max_workers=MESSAGE_THREADS, thread_name_prefix="rt1-messages")
         self.sessions: set[Session] = set()
 
     def new_policy(self, cond_scale: float):
@@ -193,38 +218,41 @@ class PolicyServer:
             },
         }
 
+    def read(self, session: Session, data) -> tuple[dict | None, bool, dict | None]:
+        """One frame, in a message thread (never the event loop: decoding, checks and a reset take time)
+        -> (reply, close after it, None) or, for an act that passed its checks, (None, False, observation)."""
+        kind = None
+        try:
+            message = decode(data)
+            kind = check_request(message)
+            if kind == "info":
+                return self.info(), False, None
+            if kind == "close":
+                return {"type": "closed"}, True, None
+            if kind == "reset":
+                return session.reset(message), False, None
+            return None, False, check_observation(message["observation"], self.config.text_embed_dim)
+        except Exception as e:  # noqa: BLE001 - a bad message or a failed reset must not take the server down
+            return error_reply(e, kind), False, None
+
     async def answer(self, session: Session, data) -> tuple[dict, bool]:
         """One frame -> (reply, close the connection after it)."""
         import asyncio
 
+        loop = asyncio.get_running_loop()
         kind = None
         try:
             if len(data) > self.max_message_bytes:
                 raise ProtocolError(
                     f"message of {len(data)} bytes is over the limit of {self.max_message_bytes}"
                 )
-            message = decode(data)
-            kind = check_request(message)
-            if kind == "info":
-                return self.info(), False
-            if kind == "close":
-                return {"type": "closed"}, True
-            if kind == "reset":
-                return session.reset(message), False
-            observation = check_observation(message["observation"], self.config.text_embed_dim)
-            loop = asyncio.get_running_loop()
+            reply, close, observation = await loop.run_in_executor(self.messages, self.read, session, data)
+            if reply is not None:
+                return reply, close
+            kind = "act"
             return await loop.run_in_executor(self.executor, session.act, observation), False
-        except ProtocolError as e:
-            return {"type": "error", "error": one_line(e), "request": kind}, False
         except Exception as e:  # noqa: BLE001 - a failed step must not take the server down
-            import logging
-
-            logging.getLogger("rt1.serve").exception("request %s failed", kind)
-            return {
-                "type": "error",
-                "error": f"{kind} failed: {type(e).__name__}: {one_line(e)}",
-                "request": kind,
-            }, False
+            return error_reply(e, kind), False
 
     async def handler(self, websocket) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -273,6 +301,7 @@ class PolicyServer:
             for signum in signals:
                 loop.remove_signal_handler(signum)
             self.executor.shutdown(wait=True)
+            self.messages.shutdown(wait=True)
         return received
 
 
