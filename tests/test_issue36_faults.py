@@ -229,3 +229,78 @@ def test_a_huge_instruction_is_refused_at_once_and_does_not_delay_another_client
             assert time.monotonic() - t0 < 5.0 and max(steps) < 2.0, steps
             assert errors and "over the limit of" in errors[0], errors
             big.reset(instruction="pick coke can")  # a fractal-length instruction is fine
+
+
+# ---- 3. what the server protects ----------------------------------------------------------------------
+
+
+def _handshake(uri, **kwargs):
+    """Open a WebSocket and send info -> the reply's type, or the refusal as text."""
+    from websockets.sync.client import connect
+
+    from rt1.serve import decode, encode
+
+    try:
+        with connect(uri, proxy=None, open_timeout=30, **kwargs) as ws:
+            ws.send(encode({"type": "info"}))
+            return decode(ws.recv(timeout=30))["type"]
+    except Exception as e:  # noqa: BLE001 - InvalidStatus (HTTP 403/401) or a close
+        return f"{type(e).__name__}: {e}"
+
+
+def test_cross_origin_handshakes_are_refused_unless_allowed(exported):
+    from rt1.serve import local_server
+
+    with local_server(exported, "--threads", "1", "--allow-origin", "http://robot.lab") as (uri, _):
+        assert _handshake(uri) == "info"  # a program's client sends no Origin
+        assert "403" in _handshake(uri, origin="http://evil.example")  # a web page in the user's browser
+        assert _handshake(uri, origin="http://robot.lab") == "info"
+
+
+def test_a_token_is_required_when_set_and_compared_exactly(exported, monkeypatch):
+    from rt1.serve import PolicyClient, ServerError, local_server
+
+    monkeypatch.setenv("RT1_SERVE_TOKEN", "s3cret-token")
+    with local_server(exported, "--threads", "1") as (uri, _):
+        assert "401" in _handshake(uri)
+        assert "401" in _handshake(uri, additional_headers={"Authorization": "Bearer s3cret-tokeN"})
+        assert _handshake(uri, additional_headers={"Authorization": "Bearer s3cret-token"}) == "info"
+        with PolicyClient(uri, timeout=30) as client:  # the client sends $RT1_SERVE_TOKEN
+            assert client.info()["type"] == "info"
+        with pytest.raises(ServerError, match="401"):
+            PolicyClient(uri, timeout=30, token="wrong")
+
+
+def test_connections_are_capped_and_info_reveals_no_paths(exported):
+    from rt1.serve import PolicyClient, ServerError, local_server
+
+    with local_server(exported, "--threads", "1", "--max-connections", "1") as (uri, _):
+        with PolicyClient(uri, timeout=30) as first:
+            info = first.info()
+            with pytest.raises(ServerError, match="limit of 1 connections"):
+                with PolicyClient(uri, timeout=30) as second:
+                    second.info()
+        assert (
+            str(exported.parent) not in json.dumps(info, default=str)
+            and info["model"]["name"] == exported.name
+        )
+        for _ in range(100):  # the first's session is freed once its connection is gone
+            try:
+                with PolicyClient(uri, timeout=30) as again:
+                    assert again.info()["sessions"] == 1
+                break
+            except ServerError:
+                import time
+
+                time.sleep(0.1)
+        else:
+            raise AssertionError("a connection freed by its client was never available again")
+
+
+def test_serve_help_says_what_is_protected():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rt1.serve", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    text = " ".join(proc.stdout.split())
+    for phrase in ("127.0.0.1", "--allow-origin", "RT1_SERVE_TOKEN", "--max-connections", "not encrypted"):
+        assert phrase in text, phrase

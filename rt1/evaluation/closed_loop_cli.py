@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     *common,
                     settings={
                         "server": args.server,
-                        "model": served["path"],
+                        "model": served["name"],
                         "cond_scale": args.cond_scale,
                         "jpeg_quality": served["jpeg_quality"],
                     },

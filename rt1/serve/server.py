@@ -28,6 +28,8 @@ from rt1.serve.protocol import (
     unpack_array,
 )
 
+DEFAULT_MAX_CONNECTIONS = 8
+TOKEN_ENV = "RT1_SERVE_TOKEN"
 MESSAGE_THREADS = 4  # threads that decode and check messages and run resets, for all connections
 MAX_INSTRUCTION_CHARS = 1000  # fractal20220817_data's instructions are under 100 characters
 
@@ -139,6 +141,9 @@ class PolicyServer:
         workers: int = 1,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         threads: int | None = None,
+        allow_origins: tuple[str, ...] = (),
+        token: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -148,10 +153,14 @@ class PolicyServer:
         from rt1.model import check_model_path, load_model
         from rt1.model.pretrained import EMBEDDING_SOURCES, read_pretrained_config
 
-        if workers < 1 or max_message_bytes < 1024:
+        if workers < 1 or max_message_bytes < 1024 or max_connections < 1:
             raise ServeError(
-                f"--workers must be >= 1 and --max-message-bytes >= 1024, got {workers}, {max_message_bytes}"
+                "--workers and --max-connections must be >= 1 and --max-message-bytes >= 1024, got "
+                f"{workers}, {max_connections}, {max_message_bytes}"
             )
+        if token is not None and not token.strip():
+            raise ServeError("--token (or RT1_SERVE_TOKEN) must not be empty")
+        self.allow_origins, self.token, self.max_connections = tuple(allow_origins), token, max_connections
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ServeError(f"--device {device}: CUDA is not available on this machine")
         model_path = Path(model_path)
@@ -208,7 +217,7 @@ class PolicyServer:
             "sessions": len(self.sessions),
             "max_message_bytes": self.max_message_bytes,
             "model": {
-                "path": str(self.model_path),
+                "name": self.model_path.name,  # never the server's filesystem path
                 "image_size": list(c.frame_size),
                 "num_frames": c.num_frames,
                 "text_embed_dim": c.text_embed_dim,
@@ -254,9 +263,26 @@ class PolicyServer:
         except Exception as e:  # noqa: BLE001 - a failed step must not take the server down
             return error_reply(e, kind), False
 
+    def check_token(self, connection, request):
+        """The handshake's shared-token check (`Authorization: Bearer TOKEN`), in constant time."""
+        if self.token is None:
+            return None
+        import hashlib
+        import hmac
+        from http import HTTPStatus
+
+        given = request.headers.get("Authorization", "").encode()
+        expected = f"Bearer {self.token}".encode()
+        if hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest()):
+            return None
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "this policy server needs its token\n")
+
     async def handler(self, websocket) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        if len(self.sessions) >= self.max_connections:
+            await websocket.close(1013, f"the server is at its limit of {self.max_connections} connections")
+            return
         session = Session(self)
         self.sessions.add(session)
         try:
@@ -292,6 +318,9 @@ class PolicyServer:
                 port,
                 max_size=self.max_message_bytes * HARD_LIMIT_FACTOR,
                 compression=None,
+                # A browser always sends Origin, a robot's client does not: only listed origins may connect.
+                origins=None if "*" in self.allow_origins else [None, *self.allow_origins],
+                process_request=self.check_token,
             ) as server:
                 bound = server.sockets[0].getsockname()[1]
                 if ready is not None:
@@ -310,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m rt1.serve",
         description="Serve a trained RT-1 policy over WebSocket (msgpack binary frames): one episode session "
         "per connection, RLDS observation in, RLDS action out.",
+        epilog="What is protected: it listens on 127.0.0.1 only unless --host says otherwise; handshakes that "
+        "carry a browser Origin are refused unless --allow-origin lists it; with --token (or "
+        f"${TOKEN_ENV}) a client without the token is refused (HTTP 401); at most --max-connections at "
+        "once; info names the model, not its path. Not protected: the traffic is not encrypted, and "
+        "without a token any program that can reach the port can drive the robot.",
     )
     parser.add_argument(
         "--model",
@@ -317,7 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="checkpoint-{epoch}.pt or a model directory from python -m rt1.export",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1: this machine only). Another address exposes the "
+        "robot to every machine that can reach it: the protocol has no encryption, so use --token and a "
+        "trusted network (or an SSH tunnel)",
+    )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)"
     )
@@ -348,11 +388,34 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_MESSAGE_BYTES,
         help=f"larger requests get an error reply (default {DEFAULT_MAX_MESSAGE_BYTES})",
     )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSocket handshakes from this browser Origin (repeatable; '*': any). By default "
+        "a handshake with an Origin header (every web page's) is refused, so a page open in your browser "
+        "cannot drive the robot",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"require this shared token from every client (Authorization: Bearer TOKEN; PolicyClient and "
+        f"eval_closed_loop.py send ${TOKEN_ENV}). Default: ${TOKEN_ENV} if set, else no token: anyone who "
+        "can connect can drive the robot. The environment variable keeps it out of the process list",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"concurrent connections; more are closed at once (code 1013; default {DEFAULT_MAX_CONNECTIONS})",
+    )
     args = parser.parse_args(argv)
 
     def run(_) -> int:
         import asyncio
         import logging
+        import os
 
         import torch
 
@@ -368,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             args.max_message_bytes,
             args.threads,
+            tuple(args.allow_origin),
+            args.token if args.token is not None else os.environ.get(TOKEN_ENV),
+            args.max_connections,
         )
 
         def ready(port: int) -> None:
