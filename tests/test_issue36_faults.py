@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO
 from test_export import TINY, write_checkpoint
 from test_policy import calibrated
@@ -304,3 +305,69 @@ def test_serve_help_says_what_is_protected():
     text = " ".join(proc.stdout.split())
     for phrase in ("127.0.0.1", "--allow-origin", "RT1_SERVE_TOKEN", "--max-connections", "not encrypted"):
         assert phrase in text, phrase
+
+
+# ---- 4. non-finite weights, guidance scales and logits -------------------------------------------------
+
+
+def _copy(exported, tmp_path, name="copy"):
+    import shutil
+
+    return Path(shutil.copytree(exported, tmp_path / name))
+
+
+def _edit_tensors(directory, edit):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(directory / WEIGHTS_NAME)
+    edit(tensors)
+    save_file(tensors, directory / WEIGHTS_NAME)
+
+
+def _edit_config(directory, edit):
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    edit(config)
+    (directory / CONFIG_NAME).write_text(json.dumps(config))
+
+
+def test_weights_with_nan_are_refused_at_load(exported, tmp_path):
+    from rt1.model import CheckpointError, PretrainedError, load_model
+
+    bad = _copy(exported, tmp_path)
+    name = "to_logits.1.weight"
+    _edit_tensors(bad, lambda t: t[name].view(-1).__setitem__(0, float("nan")))
+    with pytest.raises(PretrainedError, match=f"{name}.*non-finite"):
+        load_model(bad)
+    model = calibrated(TINY)
+    with torch.no_grad():
+        model.to_logits[1].bias.fill_(float("inf"))
+    with pytest.raises(CheckpointError, match="to_logits.1.bias.*non-finite"):
+        load_model(write_checkpoint(tmp_path / "checkpoint-1.pt", model))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rt1.serve", "--model", bad, "--host", "127.0.0.1", "--port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "non-finite" in lines[0], proc.stderr
+
+
+def test_the_server_bounds_cond_scale_and_sends_no_action_from_non_finite_logits(tmp_path):
+    from test_serve import EMBEDDING, IMAGE
+
+    from rt1.serve import PolicyClient, ServerError, local_server
+
+    model = calibrated(TINY)
+    with torch.no_grad():  # finite weights whose logits overflow to inf and NaN
+        model.to_logits[1].weight.fill_(3e38)
+    directory = export(write_checkpoint(tmp_path / "checkpoint-1.pt", model), tmp_path / "model")
+    with local_server(directory, "--threads", "1") as (uri, _):
+        with PolicyClient(uri, timeout=60) as client:
+            for scale in (1e308, -1e9, 101.0):
+                with pytest.raises(ServerError, match="cond_scale must be within"):
+                    client.reset(instruction_embedding=EMBEDDING, cond_scale=scale)
+            client.reset(instruction_embedding=EMBEDDING)
+            with pytest.raises(ServerError, match="not finite.*no action sent"):
+                client.act({"image": IMAGE})

@@ -60,6 +60,18 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     return state
 
 
+def check_finite(tensors: dict, where: Path, error: type[Exception]) -> None:
+    """Refuse weights with a NaN or infinite value: such a model acts (its argmax of NaN logits is token 0,
+    a full-speed -1 motion on every dimension) instead of failing."""
+    for name, tensor in tensors.items():
+        if (
+            isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and not torch.isfinite(tensor).all()
+        ):
+            raise error(f"{where}: tensor {name!r} has non-finite values (NaN or inf): refusing to load it")
+
+
 def check_model_path(path: Path) -> None:
     """Fail early (one-line error) unless `path` is a readable checkpoint file or exported model directory."""
     if Path(path).is_dir():
@@ -86,6 +98,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     retired = retired_preset(dict(state.get("train_args", {})), config.model_type)
     if retired:
         raise CheckpointError(f"{path} {retired}")
+    if isinstance(state.get("model"), dict):
+        check_finite(state["model"], path, CheckpointError)
     model = build_model(config)
     try:
         model.load_state_dict(state["model"])

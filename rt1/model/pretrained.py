@@ -39,6 +39,7 @@ from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_BINS, NUM_TERMINA
 from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
 from rt1.model.factory import build_model
+from rt1.model.load import check_finite
 from rt1.model_families import ModelConfig, model_config_from_dict
 
 PRETRAINED_FORMAT = "rt1-pretrained"
@@ -169,6 +170,7 @@ def load_pretrained(
                 f"{weights}: tensor {name!r} is {got.dtype} {tuple(got.shape)}, the model_config "
                 f"needs {want.dtype} {tuple(want.shape)}"
             )
+    check_finite(tensors, weights, PretrainedError)
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), model_config, config
 

@@ -30,6 +30,7 @@ from rt1.serve.protocol import (
 
 DEFAULT_MAX_CONNECTIONS = 8
 TOKEN_ENV = "RT1_SERVE_TOKEN"
+MAX_COND_SCALE = 100.0  # classifier-free guidance scales in use are single digits
 MESSAGE_THREADS = 4  # threads that decode and check messages and run resets, for all connections
 MAX_INSTRUCTION_CHARS = 1000  # fractal20220817_data's instructions are under 100 characters
 
@@ -96,8 +97,13 @@ class Session:
             or not math.isfinite(cond_scale)
         ):
             raise ProtocolError(f"reset: cond_scale must be a finite number, got {cond_scale!r}")
+        if abs(cond_scale) > MAX_COND_SCALE:
+            raise ProtocolError(f"reset: cond_scale must be within +-{MAX_COND_SCALE:g}, got {cond_scale!r}")
         if self.policy is None or self.policy.cond_scale != float(cond_scale):
-            self.policy = server.new_policy(float(cond_scale))
+            try:
+                self.policy = server.new_policy(float(cond_scale))
+            except ValueError as e:  # a model without guidance: cond_scale must be 1
+                raise ProtocolError(f"reset: {one_line(e)}") from None
         self.policy.reset()
         self.embedding = np.array(embedding, dtype=np.float32)
         return {"type": "reset", "step": 0}
@@ -117,6 +123,10 @@ class Session:
         start = time.perf_counter()
         frame = training_frame(observation["image"], self.server.config.frame_size, self.server.jpeg_quality)
         action, tokens = self.policy.step(frame, self.embedding, return_tokens=True)
+        if not bool(self.policy.last_logits.isfinite().all()):
+            raise ProtocolError(
+                "act: the model's logits are not finite (NaN or inf) for this observation: no action sent"
+            )
         return {
             "type": "action",
             "action": {k: pack_array(np.asarray(action[k], ACTION_SPEC[k].dtype)) for k in ACTION_KEYS},
