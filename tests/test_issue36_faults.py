@@ -371,3 +371,20 @@ def test_the_server_bounds_cond_scale_and_sends_no_action_from_non_finite_logits
             client.reset(instruction_embedding=EMBEDDING)
             with pytest.raises(ServerError, match="not finite.*no action sent"):
                 client.act({"image": IMAGE})
+
+
+# ---- 7. eval_closed_loop.py --server with --replay ----------------------------------------------------
+
+
+def test_eval_closed_loop_replays_through_the_server(exported, tmp_path, capsys, one_thread):
+    from rt1.evaluation.closed_loop_cli import main
+    from rt1.serve import local_server
+
+    common = ["--episodes", "1", "--task-family", "pick", "--max-steps", "4", "--replay", "1"]
+    with local_server(exported, "--threads", "1") as (uri, _):
+        assert main(["--server", uri, *common, "--out", str(tmp_path / "served")]) == 0
+    assert main(["--checkpoint", str(exported), *common, "--out", str(tmp_path / "local")]) == 0
+    assert "open-loop replay" in capsys.readouterr().out
+    served = json.loads((tmp_path / "served" / "results.json").read_text())
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert served["replay"]["episodes"] and served["replay"] == local["replay"]

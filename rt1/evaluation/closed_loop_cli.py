@@ -3,6 +3,7 @@ to the scripted expert and the no-op baseline, and the open-loop replay of recor
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -118,44 +119,42 @@ def main(argv: list[str] | None = None) -> int:
             args.episodes, args.task_family, args.seed
         )  # bad values fail before loading torch
         common = (args.episodes, args.task_family, args.seed, args.max_steps, args.out, args.videos)
-        if args.server:
-            from rt1.serve import PolicyClient, ServedEnvPolicy
+        with contextlib.ExitStack() as stack:
+            if args.server:
+                from rt1.serve import PolicyClient, ServedEnvPolicy
 
-            with PolicyClient(args.server) as client:
+                client = stack.enter_context(PolicyClient(args.server))
                 served = client.info()["model"]
-                results = closed_loop_evaluation(
-                    lambda env: ServedEnvPolicy(client, args.cond_scale),
-                    *common,
-                    settings={
-                        "server": args.server,
-                        "model": served["name"],
-                        "cond_scale": args.cond_scale,
-                        "jpeg_quality": served["jpeg_quality"],
-                    },
-                )
-        else:
-            import torch
 
-            from rt1.model import load_model
+                def factory(env):
+                    return ServedEnvPolicy(client, args.cond_scale)
 
-            torch.set_num_threads(args.threads)
-            model, _config, _train_args = load_model(args.checkpoint)
-            results = closed_loop_evaluation(
-                rt1_policy_factory(model, args.cond_scale, args.jpeg_quality),
-                *common,
-                settings={
+                settings = {
+                    "server": args.server,
+                    "model": served["name"],
+                    "cond_scale": args.cond_scale,
+                    "jpeg_quality": served["jpeg_quality"],
+                }
+            else:
+                import torch
+
+                from rt1.model import load_model
+
+                torch.set_num_threads(args.threads)
+                model, _config, _train_args = load_model(args.checkpoint)
+                factory = rt1_policy_factory(model, args.cond_scale, args.jpeg_quality)
+                settings = {
                     "checkpoint": str(args.checkpoint),
                     "cond_scale": args.cond_scale,
                     "jpeg_quality": args.jpeg_quality,
-                },
-            )
-        print(format_table(results))
-        if args.replay:
-            factory = rt1_policy_factory(model, args.cond_scale, args.jpeg_quality)
-            results["replay"] = replay_recorded(factory, args.replay, args.replay_seed, args.max_steps)
-            write_results(args.out / "results.json", results)
-            print()
-            print(format_replay(results["replay"]))
+                }
+            results = closed_loop_evaluation(factory, *common, settings=settings)
+            print(format_table(results))
+            if args.replay:  # through the same policy: the server's session, or the in-process model
+                results["replay"] = replay_recorded(factory, args.replay, args.replay_seed, args.max_steps)
+                write_results(args.out / "results.json", results)
+                print()
+                print(format_replay(results["replay"]))
         print(f"wrote {args.out / 'results.json'}")
         for path in results["policy"].get("videos", []):
             print(f"  {path}")
