@@ -388,3 +388,41 @@ def test_eval_closed_loop_replays_through_the_server(exported, tmp_path, capsys,
     served = json.loads((tmp_path / "served" / "results.json").read_text())
     local = json.loads((tmp_path / "local" / "results.json").read_text())
     assert served["replay"]["episodes"] and served["replay"] == local["replay"]
+
+
+# ---- 8. malformed config.json fields: one line naming the file and field ------------------------------
+
+MALFORMED = {
+    "instruction_embedding": (lambda c: c.update(instruction_embedding="use"), "instruction_embedding"),
+    "image_preprocessing": (lambda c: c.update(image_preprocessing=[1]), "image_preprocessing"),
+    "jpeg_quality text": (lambda c: c["image_preprocessing"].update(jpeg_quality="abc"), "jpeg_quality"),
+    "jpeg_quality 1000": (lambda c: c["image_preprocessing"].update(jpeg_quality=1000), "jpeg_quality"),
+    "training": (lambda c: c.update(training=["x"]), "training"),
+    "model_config": (lambda c: c.update(model_config="tiny"), "model_config"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_a_malformed_config_field_is_one_line_in_every_consumer(exported, tmp_path, capsys, kind):
+    from rt1.evaluation.closed_loop_cli import main as eval_main
+    from rt1.evaluation.evaluate import main as plot_main
+    from rt1.model import PretrainedError, load_pretrained
+    from rt1.serve import main as serve_main
+
+    directory = _copy(exported, tmp_path)
+    edit, field = MALFORMED[kind]
+    _edit_config(directory, edit)
+    with pytest.raises(PretrainedError, match=field):
+        load_pretrained(directory)
+    out = str(tmp_path / "out")
+    for main, argv in (
+        (serve_main, ["--model", str(directory), "--port", "0"]),
+        (eval_main, ["--checkpoint", str(directory), "--episodes", "1", "--out", out]),
+        (
+            plot_main,
+            ["--checkpoint", str(directory), "--data-dir", out, "--index", out + ".csv", "--out", out],
+        ),
+    ):
+        assert main(argv) == 2, main
+        line = one_error_line(capsys)
+        assert str(directory / CONFIG_NAME) in line and field in line and "--jpeg-quality" not in line, line

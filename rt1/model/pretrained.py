@@ -105,6 +105,16 @@ def read_pretrained_config(directory: Path) -> dict:
             f"{path}: action_tokenizer differs from this code's (rt1.actions: {NUM_BINS} bins, "
             f"order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
         )
+    for key in ("model_config", "image_preprocessing", "instruction_embedding", "training"):
+        if key in config and not isinstance(config[key], dict):
+            raise PretrainedError(f"{path}: {key} must be an object, got {json.dumps(config[key])[:60]}")
+    if not isinstance((config.get("training") or {}).get("train_args", {}), dict):
+        raise PretrainedError(f"{path}: training.train_args must be an object")
+    quality = (config.get("image_preprocessing") or {}).get("jpeg_quality")
+    if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
+        raise PretrainedError(
+            f"{path}: image_preprocessing.jpeg_quality must be an integer 1..100, got {json.dumps(quality)[:60]}"
+        )
     source = (config.get("instruction_embedding") or {}).get("source")
     if source not in EMBEDDING_SOURCES:
         raise PretrainedError(
