@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rt1.actions import NUM_ACTION_TOKENS
-from rt1.model_config import RUNTIME_ONLY_FIELDS, ConfigError
+from rt1.model_config import RUNTIME_ONLY_FIELDS, ConfigError, check_complete
 from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 
 # Fixed by Google's code: the 1x1 projection after the EfficientNet and the last FiLM layer have 512
@@ -162,4 +162,5 @@ class GoogleRT1Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown GoogleRT1Config fields {unknown}; known fields: {sorted(known)}")
+        check_complete(cls, values)
         return cls(**values)

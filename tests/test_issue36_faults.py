@@ -426,3 +426,35 @@ def test_a_malformed_config_field_is_one_line_in_every_consumer(exported, tmp_pa
         assert main(argv) == 2, main
         line = one_error_line(capsys)
         assert str(directory / CONFIG_NAME) in line and field in line and "--jpeg-quality" not in line, line
+
+
+# ---- 9. every saved model_config field is required ----------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["pixel_scaling", "transformer_kv_source", "cond_dim", "image_size"])
+def test_a_missing_model_config_field_is_a_one_line_error_naming_it(exported, tmp_path, capsys, field):
+    from rt1.evaluation.closed_loop_cli import main as eval_main
+    from rt1.model import PretrainedError, load_pretrained
+
+    directory = _copy(exported, tmp_path)
+    _edit_config(directory, lambda c: c["model_config"].pop(field))
+    with pytest.raises(PretrainedError, match=f"no field '{field}'"):
+        load_pretrained(directory)
+    assert eval_main(["--checkpoint", str(directory), "--episodes", "1", "--out", str(tmp_path / "o")]) == 2
+    assert f"no field '{field}'" in one_error_line(capsys)
+
+
+def test_both_families_require_every_field():
+    from rt1.config import PRESETS
+    from rt1.model_config import ConfigError
+    from rt1.model_families import model_config_from_dict
+
+    for preset in ("tiny", "rt1"):
+        saved = PRESETS[preset].model.to_dict()
+        assert model_config_from_dict(saved) == PRESETS[preset].model
+        # feature_position_embedding alone predates nothing else: a dict without it is one saved before it
+        # existed (False then; a model with it has a tensor more, which the weights check refuses)
+        for name in [k for k in saved if k not in ("model_type", "feature_position_embedding")]:
+            partial = {k: v for k, v in saved.items() if k != name}
+            with pytest.raises(ConfigError, match=f"no field '{name}'"):
+                model_config_from_dict(partial)
