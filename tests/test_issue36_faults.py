@@ -458,3 +458,26 @@ def test_both_families_require_every_field():
             partial = {k: v for k, v in saved.items() if k != name}
             with pytest.raises(ConfigError, match=f"no field '{name}'"):
                 model_config_from_dict(partial)
+
+
+# ---- 10. the config is checked against the weights before the model is built -------------------------
+
+
+def test_a_config_edited_to_another_size_is_refused_before_building_the_model(exported, tmp_path):
+    """cond_dim 400,000 in a tiny export: refused by the tensor shapes, without allocating the model (the
+    real build would take over 1.5 GB)."""
+    directory = _copy(exported, tmp_path)
+    _edit_config(directory, lambda c: c["model_config"].update(cond_dim=400_000))
+    code = (
+        "import resource, sys\n"
+        "from rt1.model import PretrainedError, load_pretrained\n"
+        "try:\n"
+        f"    load_pretrained({str(directory)!r})\n"
+        "except PretrainedError as e:\n"
+        "    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    message, peak_mb = proc.stdout.strip().splitlines()
+    assert "the model_config needs" in message and str(directory) in message, proc.stdout + proc.stderr
+    assert int(peak_mb) < 1000, peak_mb

@@ -72,6 +72,31 @@ def check_finite(tensors: dict, where: Path, error: type[Exception]) -> None:
             raise error(f"{where}: tensor {name!r} has non-finite values (NaN or inf): refusing to load it")
 
 
+def check_weights(tensors, config: ModelConfig, where: Path, error: type[Exception], whose: str) -> None:
+    """The tensors are exactly those of `config`'s model (names, shapes, dtypes) and finite; compared with
+    a model built on the meta device (no memory), before the real one is: a config edited to another size
+    is refused before anything is allocated."""
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise error(f"{where}: the weights are not a dict of tensors")
+    with torch.device("meta"):
+        expected = build_model(config).state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        names = missing or unexpected
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        what = "missing tensor" if missing else "unexpected tensor"
+        raise error(f"{where}: {what} {names[0]!r}{more} for {whose}")
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise error(
+                f"{where}: tensor {name!r} is {got.dtype} {tuple(got.shape)}, the model_config "
+                f"needs {want.dtype} {tuple(want.shape)}"
+            )
+    check_finite(tensors, where, error)
+
+
 def check_model_path(path: Path) -> None:
     """Fail early (one-line error) unless `path` is a readable checkpoint file or exported model directory."""
     if Path(path).is_dir():
@@ -98,8 +123,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     retired = retired_preset(dict(state.get("train_args", {})), config.model_type)
     if retired:
         raise CheckpointError(f"{path} {retired}")
-    if isinstance(state.get("model"), dict):
-        check_finite(state["model"], path, CheckpointError)
+    check_weights(state.get("model"), config, path, CheckpointError, "its model_config")
     model = build_model(config)
     try:
         model.load_state_dict(state["model"])

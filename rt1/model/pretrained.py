@@ -39,7 +39,7 @@ from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_BINS, NUM_TERMINA
 from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
 from rt1.model.factory import build_model
-from rt1.model.load import check_finite
+from rt1.model.load import check_weights
 from rt1.model_families import ModelConfig, model_config_from_dict
 
 PRETRAINED_FORMAT = "rt1-pretrained"
@@ -164,23 +164,8 @@ def load_pretrained(
     retired = retired_preset((config.get("training") or {}).get("train_args") or {}, model_config.model_type)
     if retired:
         raise PretrainedError(f"{directory} {retired}")
+    check_weights(tensors, model_config, weights, PretrainedError, f"its {CONFIG_NAME}'s model_config")
     model = build_model(model_config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        names = missing or unexpected
-        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
-        what = "missing tensor" if missing else "unexpected tensor"
-        raise PretrainedError(f"{weights}: {what} {names[0]!r}{more} for its {CONFIG_NAME}'s model_config")
-    for name, want in expected.items():
-        got = tensors[name]
-        if got.shape != want.shape or got.dtype != want.dtype:
-            raise PretrainedError(
-                f"{weights}: tensor {name!r} is {got.dtype} {tuple(got.shape)}, the model_config "
-                f"needs {want.dtype} {tuple(want.shape)}"
-            )
-    check_finite(tensors, weights, PretrainedError)
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), model_config, config
 
