@@ -481,3 +481,58 @@ def test_a_config_edited_to_another_size_is_refused_before_building_the_model(ex
     message, peak_mb = proc.stdout.strip().splitlines()
     assert "the model_config needs" in message and str(directory) in message, proc.stdout + proc.stderr
     assert int(peak_mb) < 1000, peak_mb
+
+
+# ---- 11. one preprocessing, read from the model, in evaluation and the server -------------------------
+
+
+def test_eval_closed_loop_takes_the_exports_jpeg_quality_as_the_server_does(
+    checkpoint, tmp_path, capsys, one_thread
+):
+    from rt1.evaluation.closed_loop_cli import main
+    from rt1.serve import local_server
+
+    directory = export(checkpoint, tmp_path / "q75", jpeg_quality=75, embedding_source="mini-fractal")
+    common = ["--episodes", "1", "--task-family", "pick", "--max-steps", "6"]
+    assert main(["--checkpoint", str(directory), *common, "--out", str(tmp_path / "local")]) == 0
+    with local_server(directory, "--threads", "1") as (uri, _):
+        assert main(["--server", uri, *common, "--out", str(tmp_path / "served")]) == 0
+        assert main(["--server", uri, *common, "--jpeg-quality", "75", "--out", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    served = json.loads((tmp_path / "served" / "results.json").read_text())
+    assert local["settings"]["jpeg_quality"] == served["settings"]["jpeg_quality"] == 75
+    assert local["policy"]["episodes"] == served["policy"]["episodes"]
+
+
+# ---- 12. rt1.serve --device and --jpeg-quality ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--device", "foo"], "--device 'foo' is not a device"),
+        (["--device", "mps"], "--device 'mps': use cpu or cuda"),
+        (["--jpeg-quality", "0"], "--jpeg-quality must be 1..100, got 0"),
+        (["--jpeg-quality", "101"], "--jpeg-quality must be 1..100, got 101"),
+    ],
+)
+def test_serve_refuses_a_bad_device_or_jpeg_quality_in_one_line(exported, args, fragment):
+    cmd = [
+        sys.executable,
+        "-m",
+        "rt1.serve",
+        "--model",
+        exported,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+    ]
+    try:  # before the fix --jpeg-quality 0 was ignored and the server went on serving
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{args} were accepted: the server started") from None
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr

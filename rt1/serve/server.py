@@ -159,9 +159,9 @@ class PolicyServer:
 
         import torch
 
-        from rt1.data.images import JPEG_QUALITY
         from rt1.model import check_model_path, load_model
         from rt1.model.pretrained import EMBEDDING_SOURCES, read_pretrained_config
+        from rt1.policy import check_device, model_jpeg_quality
 
         if workers < 1 or max_message_bytes < 1024 or max_connections < 1:
             raise ServeError(
@@ -171,20 +171,15 @@ class PolicyServer:
         if token is not None and not token.strip():
             raise ServeError("--token (or RT1_SERVE_TOKEN) must not be empty")
         self.allow_origins, self.token, self.max_connections = tuple(allow_origins), token, max_connections
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ServeError(f"--device {device}: CUDA is not available on this machine")
+        device = str(check_device(device))
         model_path = Path(model_path)
         check_model_path(model_path)
         exported = read_pretrained_config(model_path) if model_path.is_dir() else {}
+        self.jpeg_quality = model_jpeg_quality(model_path, jpeg_quality)  # rt1.policy: as in-process runs
         model, self.config, _ = load_model(model_path, device)
         # One inference form for every session (RT1Policy would make one per session): same actions.
         self.model = model.for_inference()
         self.device = device
-        self.jpeg_quality = int(
-            jpeg_quality or exported.get("image_preprocessing", {}).get("jpeg_quality") or JPEG_QUALITY
-        )
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ServeError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
         self.embedding_source = (
             embedding_source
             or exported.get("instruction_embedding", {}).get("source")
