@@ -536,3 +536,57 @@ def test_serve_refuses_a_bad_device_or_jpeg_quality_in_one_line(exported, args, 
         raise AssertionError(f"{args} were accepted: the server started") from None
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr
+
+
+# ---- 13. the GPU check: finite budgets, no pass when nothing ran, no empty --out -----------------------
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan", "-1", "0"])
+def test_gpu_check_refuses_a_budget_that_is_not_finite_and_positive(tmp_path, budget):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--quick", "--out", out, "--budget-s", budget],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--budget-s must be a finite" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_gpu_check_with_every_training_check_skipped_is_not_a_pass(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--quick",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "--budget-s",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 4 and "passed" not in proc.stdout.splitlines()[-1], proc.stdout + proc.stderr
+    assert "gpu_check: INCOMPLETE: no training check ran" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpu_check_refused_for_missing_cuda_leaves_no_out(tmp_path):
+    out = tmp_path / "new"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cuda", "--out", out],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--device cuda was asked for" in proc.stderr and not out.exists()
