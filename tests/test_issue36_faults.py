@@ -590,3 +590,27 @@ def test_gpu_check_refused_for_missing_cuda_leaves_no_out(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "--device cuda was asked for" in proc.stderr and not out.exists()
+
+
+# ---- 6. an expected bad message is an error reply, not a logged traceback --------------------------------
+
+
+def test_a_zero_size_array_with_huge_dimensions_is_a_refusal_without_a_traceback(exported, caplog):
+    from test_serve import IMAGE
+
+    from rt1.serve import PolicyClient, ServerError, encode, pack_array
+
+    huge = {"dtype": "<f4", "shape": [0, 2**62, 2**62], "data": b""}
+
+    def scenario(uri):
+        with PolicyClient(uri, timeout=30) as client:
+            client.reset(instruction="pick coke can")
+            image = pack_array(IMAGE)
+            for observation in ({"image": huge}, {"image": image, "natural_language_embedding": huge}):
+                with pytest.raises(ServerError, match="shape must be a list"):
+                    client.request_raw(encode({"type": "act", "observation": observation}))
+            assert client.info()["type"] == "info"
+
+    with caplog.at_level("DEBUG", logger="rt1.serve"):
+        _served(exported, scenario)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
