@@ -480,7 +480,7 @@ def test_a_config_edited_to_another_size_is_refused_before_building_the_model(ex
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     message, peak_mb = proc.stdout.strip().splitlines()
     assert "the model_config needs" in message and str(directory) in message, proc.stdout + proc.stderr
-    assert int(peak_mb) < 1000, peak_mb
+    assert int(peak_mb) < 1400, peak_mb  # python + torch + the tiny export: ~1000 MB; the build: ~1950
 
 
 # ---- 11. one preprocessing, read from the model, in evaluation and the server -------------------------

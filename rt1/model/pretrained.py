@@ -39,7 +39,7 @@ from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_BINS, NUM_TERMINA
 from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
 from rt1.model.factory import build_model
-from rt1.model.load import check_weights
+from rt1.model.weights import check_weights
 from rt1.model_families import ModelConfig, model_config_from_dict
 
 PRETRAINED_FORMAT = "rt1-pretrained"
