@@ -105,7 +105,7 @@ def export(
     jpeg_quality = JPEG_QUALITY if jpeg_quality is None else jpeg_quality
     if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
         raise ExportError(f"--jpeg-quality must be 1..100, got {jpeg_quality!r}")
-    check_output_dir(out, overwrite, ExportError)
+    out = check_output_dir(out, overwrite, ExportError)
     if checkpoint.is_dir():
         raise ExportError(f"{checkpoint} is a directory: --checkpoint takes a checkpoint-{{epoch}}.pt file")
     state = read_checkpoint(checkpoint)
@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stage 2's --jpeg-quality of the training data (default 90)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing exported directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing export (a directory holding only an export's files; anything else is refused)",
+    )
     args = parser.parse_args(argv)
 
     def run(_) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rt1.actions import ACTION_KEYS, NUM_ACTION_TOKENS, check_action_order
-from rt1.model_config import RUNTIME_ONLY_FIELDS, ConfigError
+from rt1.model_config import RUNTIME_ONLY_FIELDS, ConfigError, check_complete
 from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 
 # Fixed by Google's code: the 1x1 projection after the EfficientNet and the last FiLM layer have 512
@@ -159,10 +159,7 @@ class GoogleRT1Config:
         out = {"model_type": self.model_type, **dataclasses.asdict(self)}
         for name in RUNTIME_ONLY_FIELDS:
             del out[name]
-        if self.action_order == ACTION_KEYS:
-            del out["action_order"]  # the dicts of every checkpoint written before the field existed
-        else:
-            out["action_order"] = list(self.action_order)
+        out["action_order"] = list(self.action_order)
         return out
 
     @classmethod
@@ -175,4 +172,5 @@ class GoogleRT1Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown GoogleRT1Config fields {unknown}; known fields: {sorted(known)}")
+        check_complete(cls, values)
         return cls(**values)

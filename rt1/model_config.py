@@ -31,6 +31,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RUNTIME_ONLY_FIELDS = ("activation_checkpointing",)  # how to compute, not what: not compared, not persisted
 
 
+# Fields added after checkpoints were first written, each group at once, whose defaults are the network those
+# checkpoints hold: a saved dict may lack a whole group (it predates it), never part of one.
+LEGACY_FIELD_GROUPS = (
+    ("attention_memory_kv", "token_learner_pooling", "transformer_kv_source", "pixel_scaling"),
+    ("feature_position_embedding",),
+)
+
+
+def check_complete(cls, values: dict, legacy_groups=()) -> None:
+    """A saved model_config names every field (but the run-time-only ones): a missing one would silently
+    become its default, another model. Raises ConfigError naming the first missing field."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in RUNTIME_ONLY_FIELDS]
+    absent = {name for group in legacy_groups if not set(group) & set(values) for name in group}
+    missing = [name for name in names if name not in values and name not in absent]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"model_config has no field {missing[0]!r}{more}: a saved config names every field")
+
+
 @dataclass(frozen=True)
 class RT1Config:
     """Every hyper-parameter of the RT-1 model; the defaults are the original configuration."""
@@ -231,6 +250,7 @@ class RT1Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown RT1Config fields {unknown}; known fields: {sorted(known)}")
+        check_complete(cls, values, LEGACY_FIELD_GROUPS)
         return cls(**values)
 
 

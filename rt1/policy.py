@@ -41,7 +41,52 @@ import torch
 from torch import Tensor, nn
 
 from rt1.actions import detokenize
+from rt1.errors import RT1Error
 from rt1.model import Conditioning, guided_logits
+
+
+class InferenceSettingError(RT1Error, ValueError):
+    """A bad --device or --jpeg-quality of an inference command; the message names the option."""
+
+
+def check_device(device: str) -> torch.device:
+    """A torch.device for --device, or a one-line error (unknown name, CUDA not available)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InferenceSettingError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceSettingError(
+                f"--device {device}: CUDA is not available on this machine; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InferenceSettingError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise InferenceSettingError(f"--device {device!r}: use cpu or cuda")
+    return dev
+
+
+def model_jpeg_quality(path, override: int | None = None) -> int | None:
+    """The JPEG quality of the frames the model at `path` was trained on, the one preprocessing of every
+    consumer: `override` (--jpeg-quality, 1..100) if given, else an export's config.json value (null: the frames
+    were the dataset's JPEG, not re-encoded, as stage 2's --image-size native and Google's data keep them),
+    else stage 2's default (a checkpoint does not record it)."""
+    from pathlib import Path
+
+    from rt1.data.images import JPEG_QUALITY
+
+    if override is not None:
+        if not isinstance(override, int) or isinstance(override, bool) or not 1 <= override <= 100:
+            raise InferenceSettingError(f"--jpeg-quality must be 1..100, got {override!r}")
+        return override
+    if Path(path).is_dir():
+        from rt1.model.pretrained import read_pretrained_config
+
+        return read_pretrained_config(path)["image_preprocessing"]["jpeg_quality"]
+    return JPEG_QUALITY
 
 
 class RT1Policy:

@@ -3,6 +3,7 @@ to the scripted expert and the no-op baseline, and the open-loop replay of recor
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -76,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jpeg-quality",
         type=int,
-        default=JPEG_QUALITY,
-        help="stage 2's --jpeg-quality of the training data (default %(default)s; with --server "
-        "the server's own setting applies)",
+        default=None,
+        help="stage 2's --jpeg-quality of the training data (default: the model's, as rt1.serve takes it: "
+        f"an export's config.json value, {JPEG_QUALITY} for a checkpoint; not with --server, whose "
+        "model's applies)",
     )
     parser.add_argument(
         "--threads",
@@ -105,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run(_) -> int:
-        if args.videos < 0 or args.threads < 1 or args.max_steps < 1 or not 1 <= args.jpeg_quality <= 100:
-            raise ClosedLoopError(
-                "--videos must be >= 0, --threads and --max-steps >= 1, --jpeg-quality 1..100"
-            )
+        if args.videos < 0 or args.threads < 1 or args.max_steps < 1:
+            raise ClosedLoopError("--videos must be >= 0, --threads and --max-steps >= 1")
+        if args.server and args.jpeg_quality is not None:
+            raise ClosedLoopError("--jpeg-quality does not apply with --server: the server's model sets it")
         if not math.isfinite(args.cond_scale):  # NaN would "succeed" with 0% and write invalid JSON
             raise ClosedLoopError(f"--cond-scale must be a finite number, got {args.cond_scale}")
         check_output_dir_option(args.out)
@@ -118,44 +120,44 @@ def main(argv: list[str] | None = None) -> int:
             args.episodes, args.task_family, args.seed
         )  # bad values fail before loading torch
         common = (args.episodes, args.task_family, args.seed, args.max_steps, args.out, args.videos)
-        if args.server:
-            from rt1.serve import PolicyClient, ServedEnvPolicy
+        with contextlib.ExitStack() as stack:
+            if args.server:
+                from rt1.serve import PolicyClient, ServedEnvPolicy
 
-            with PolicyClient(args.server) as client:
+                client = stack.enter_context(PolicyClient(args.server))
                 served = client.info()["model"]
-                results = closed_loop_evaluation(
-                    lambda env: ServedEnvPolicy(client, args.cond_scale),
-                    *common,
-                    settings={
-                        "server": args.server,
-                        "model": served["path"],
-                        "cond_scale": args.cond_scale,
-                        "jpeg_quality": served["jpeg_quality"],
-                    },
-                )
-        else:
-            import torch
 
-            from rt1.model import load_model
+                def factory(env):
+                    return ServedEnvPolicy(client, args.cond_scale)
 
-            torch.set_num_threads(args.threads)
-            model, _config, _train_args = load_model(args.checkpoint)
-            results = closed_loop_evaluation(
-                rt1_policy_factory(model, args.cond_scale, args.jpeg_quality),
-                *common,
-                settings={
+                settings = {
+                    "server": args.server,
+                    "model": served["name"],
+                    "cond_scale": args.cond_scale,
+                    "jpeg_quality": served["jpeg_quality"],
+                }
+            else:
+                import torch
+
+                from rt1.model import load_model
+                from rt1.policy import model_jpeg_quality
+
+                torch.set_num_threads(args.threads)
+                jpeg_quality = model_jpeg_quality(args.checkpoint, args.jpeg_quality)  # as rt1.serve does
+                model, _config, _train_args = load_model(args.checkpoint)
+                factory = rt1_policy_factory(model, args.cond_scale, jpeg_quality)
+                settings = {
                     "checkpoint": str(args.checkpoint),
                     "cond_scale": args.cond_scale,
-                    "jpeg_quality": args.jpeg_quality,
-                },
-            )
-        print(format_table(results))
-        if args.replay:
-            factory = rt1_policy_factory(model, args.cond_scale, args.jpeg_quality)
-            results["replay"] = replay_recorded(factory, args.replay, args.replay_seed, args.max_steps)
-            write_results(args.out / "results.json", results)
-            print()
-            print(format_replay(results["replay"]))
+                    "jpeg_quality": jpeg_quality,
+                }
+            results = closed_loop_evaluation(factory, *common, settings=settings)
+            print(format_table(results))
+            if args.replay:  # through the same policy: the server's session, or the in-process model
+                results["replay"] = replay_recorded(factory, args.replay, args.replay_seed, args.max_steps)
+                write_results(args.out / "results.json", results)
+                print()
+                print(format_replay(results["replay"]))
         print(f"wrote {args.out / 'results.json'}")
         for path in results["policy"].get("videos", []):
             print(f"  {path}")

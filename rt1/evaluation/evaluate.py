@@ -67,28 +67,6 @@ def default_out_dir(checkpoint: Path) -> Path:
     return checkpoint.parent / "plots" / checkpoint.stem
 
 
-def check_device(device: str):
-    """A torch.device for --device, or a one-line EvaluationError (unknown name, CUDA not available)."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise EvaluationError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EvaluationError(
-                f"--device {device}: CUDA is not available on this machine; use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise EvaluationError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif dev.type != "cpu":
-        raise EvaluationError(f"--device {device!r}: use cpu or cuda")
-    return dev
-
-
 def check_index_matches_data(episodes: list[IndexEpisode], index_csv: Path, data_dir: Path) -> dict:
     """The files the episodes come from exist in data_dir with the content digests the index recorded.
 
@@ -158,7 +136,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     """
     from rt1.data.preprocessed_file import PreprocessedFile
     from rt1.model import check_model_path, load_model
-    from rt1.policy import RT1Policy
+    from rt1.policy import RT1Policy, check_device
 
     check_model_path(cfg.checkpoint)  # a missing or unreadable checkpoint fails before any output is made
     try:
@@ -169,7 +147,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
         raise EvaluationError(f"{cfg.index} lists no episodes")
     selected = select_episodes(available, cfg)
     sizes = check_index_matches_data(selected, cfg.index, cfg.data_dir)
-    device = check_device(cfg.device)
+    device = check_device(cfg.device)  # rt1.policy: one line naming --device
     model, model_config, _ = load_model(cfg.checkpoint, device)
     expected = tuple(model_config.frame_size)
     wrong = {name: size for name, size in sizes.items() if tuple(size) != expected}
@@ -181,6 +159,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
             f"{expected[0]}x{expected[1]} (or native for the camera's 256x320)"
         )
     policy = RT1Policy(model, cond_scale=cfg.cond_scale)
+    check_out_is_this_models(cfg)
     created = outermost_missing(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -189,6 +168,22 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
         if created is not None:
             remove_empty_dirs(cfg.out, created)
         raise
+
+
+def check_out_is_this_models(cfg: EvalConfig) -> None:
+    """Refuse an --out holding another model's outputs (two models whose paths end in the same name share
+    the default plots/NAME folder): its metrics.json records the model's resolved path."""
+    try:
+        recorded = json.loads((cfg.out / "metrics.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # no outputs of an earlier run (or unreadable ones, which this run replaces)
+    if not isinstance(recorded, dict):
+        return
+    other = recorded.get("checkpoint_path", recorded.get("checkpoint"))
+    if isinstance(other, str) and Path(other).resolve() != Path(cfg.checkpoint).resolve():
+        raise EvaluationError(
+            f"{cfg.out} holds the outputs of another model ({other}): pass --out with a folder of its own"
+        )
 
 
 def _evaluate_into(
@@ -233,6 +228,7 @@ def _evaluate_into(
     overall = metrics.summarize(metrics.combine(all_sums))
     result = {
         "checkpoint": str(cfg.checkpoint),
+        "checkpoint_path": str(Path(cfg.checkpoint).resolve()),
         "index": str(cfg.index),
         "cond_scale": cfg.cond_scale,
         "episodes": per_episode,

@@ -9,6 +9,7 @@
                 (rt1.gpu_check.measure, one process each); the data-loader wait share of a train_ddp.py step
                 with --num-workers 2/4/8 (pinned memory on CUDA); the policy step latency (median, p99)
     4 report    DIR/gpu_check.json and DIR/gpu_check.md; exit 1 with one line naming the first failed check
+                (exit 4, INCOMPLETE, when no training check ran: the budget or the machine skipped them all)
 
 The device, the backend and the amp choice are the only differences between a CUDA run and `--quick` on a
 machine without CUDA; --quick also makes everything small (tiny sizes, fewer steps) to finish in under 2
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -32,6 +34,7 @@ from pathlib import Path
 from rt1.errors import RT1Error, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
+EXIT_INCOMPLETE = 4  # the essential checks (training) were all skipped: neither a pass nor a failure
 FULL_BUDGET_S, QUICK_BUDGET_S = 480.0, 115.0
 # --quick: the full-size presets' function at the tiny preset's sizes (64x64, ~0.7 M parameters).
 TINY_SIZES = {
@@ -415,11 +418,20 @@ class GpuCheck:
             seconds=self.elapsed(),
         )
         skipped = sum(r["status"] == "skipped" for r in self.results)
+        trained = [r for r in self.results if r["name"].startswith("train ") and r["status"] == "passed"]
         if failed:
             print(
                 f"gpu_check: FAILED: {failed[0]['name']}: {failed[0]['detail']}", file=sys.stderr, flush=True
             )
             return 1
+        if not trained:  # nothing that matters ran: not a pass
+            print(
+                f"gpu_check: INCOMPLETE: no training check ran ({skipped} checks skipped, budget "
+                f"{self.budget:.0f} s); report {md_path}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return EXIT_INCOMPLETE
         print(
             f"gpu_check: passed ({len(self.results) - skipped} checks passed, {skipped} skipped) in "
             f"{self.elapsed():.0f} s; report {md_path} and {json_path}",
@@ -472,10 +484,11 @@ def main(argv: list[str] | None = None, *, reference_module: Path | None = None)
         out = args.out
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise GpuCheckError(f"--out {out} must be a new or empty directory")
-        if args.budget_s is not None and args.budget_s <= 0:
-            raise GpuCheckError(f"--budget-s must be positive, got {args.budget_s}")
-        out.mkdir(parents=True, exist_ok=True)
+        if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
+            raise GpuCheckError(f"--budget-s must be a finite number of seconds > 0, got {args.budget_s}")
         cfg = GpuCheckConfig(out.resolve(), args.quick, args.device, args.budget_s, reference_module)
-        return GpuCheck(cfg).run()
+        check = GpuCheck(cfg)  # refuses a missing CUDA before --out exists: a refused run leaves no directory
+        out.mkdir(parents=True, exist_ok=True)
+        return check.run()
 
     return run_cli(_main, argv, label="gpu_check: error")

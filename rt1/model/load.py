@@ -23,6 +23,7 @@ from torch import nn
 from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
 from rt1.model.factory import build_model
+from rt1.model.weights import check_weights
 from rt1.model_families import ModelConfig, model_config_from_dict
 
 CHECKPOINT_FORMAT = "rt1-train-checkpoint"
@@ -86,6 +87,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     retired = retired_preset(dict(state.get("train_args", {})), config.model_type)
     if retired:
         raise CheckpointError(f"{path} {retired}")
+    check_weights(state.get("model"), config, path, CheckpointError, "its model_config")
     model = build_model(config)
     try:
         model.load_state_dict(state["model"])

@@ -20,14 +20,48 @@ from rt1.model_families import architecture
 EXPORT_NOTE = "exported by python -m rt1.export"
 
 
-def check_output_dir(out: Path, overwrite: bool, error: type[Exception]) -> None:
-    """Raise `error` unless OUT may be written: absent, or (with overwrite) a model directory or empty folder."""
-    from rt1.model.pretrained import CONFIG_NAME
+def check_output_dir(out: Path, overwrite: bool, error: type[Exception]) -> Path:
+    """The directory to write for `--out OUT` (a symlink's target); raises `error` for `.`, `..`, the working
+    directory or one above it, an existing OUT without overwrite, and (with overwrite) anything but an empty
+    folder or a model directory of ours that holds only the files one holds (never a user's folder that merely
+    has a config.json)."""
+    from rt1.model.pretrained import (
+        CARD_NAME,
+        CONFIG_NAME,
+        PRETRAINED_FORMAT,
+        PRETRAINED_FORMAT_VERSION,
+        WEIGHTS_NAME,
+    )
 
-    if out.exists() and not overwrite:
-        raise error(f"{out} exists; pass --overwrite to replace it")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_NAME).is_file())):
-        raise error(f"{out} exists and is not an exported model directory: refusing to replace it")
+    given = out
+    if out.is_symlink():  # replace what the link points to, never the link itself
+        out = out.resolve()
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if given.name in ("", ".", "..") or resolved == cwd or resolved in cwd.parents:
+        raise error(f"--out {given} is the working directory or above it: name a new model directory")
+    if not os.path.lexists(out):
+        return out
+    if not overwrite:
+        raise error(f"{given} exists; pass --overwrite to replace it")
+    refuse = f"{given} exists and is not an exported model directory: refusing to replace it"
+    if not out.is_dir():
+        raise error(refuse)
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return out
+    try:
+        config = json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise error(f"{refuse} (no readable {CONFIG_NAME})") from None
+    if not isinstance(config, dict) or (config.get("format"), config.get("format_version")) != (
+        PRETRAINED_FORMAT,
+        PRETRAINED_FORMAT_VERSION,
+    ):
+        raise error(f"{refuse} ({CONFIG_NAME} is not an {PRETRAINED_FORMAT} config)")
+    others = sorted(names - {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME})
+    if others:
+        raise error(f"{refuse} (it also holds {others[0]!r}, which an export does not write)")
+    return out
 
 
 def base_config(

@@ -42,6 +42,7 @@ from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_BINS, NUM_TERMINA
 from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
 from rt1.model.factory import build_model
+from rt1.model.weights import check_weights
 from rt1.model_families import ModelConfig, model_config_from_dict
 
 PRETRAINED_FORMAT = "rt1-pretrained"
@@ -101,6 +102,9 @@ def read_pretrained_config(directory: Path) -> dict:
             f"{path} has format_version {config.get('format_version')!r}, "
             f"this code reads {PRETRAINED_FORMAT_VERSION}"
         )
+    for key in ("model_config", "image_preprocessing", "instruction_embedding", "training"):
+        if key in config and not isinstance(config[key], dict):
+            raise PretrainedError(f"{path}: {key} must be an object, got {json.dumps(config[key])[:60]}")
     try:
         model_config = model_config_of(config)
     except (KeyError, TypeError, ValueError) as e:
@@ -111,6 +115,16 @@ def read_pretrained_config(directory: Path) -> dict:
         raise PretrainedError(
             f"{path}: action_tokenizer differs from this code's (rt1.actions: {model_config.num_bins} bins as "
             f"model_config says, order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
+        )
+    if not isinstance((config.get("training") or {}).get("train_args", {}), dict):
+        raise PretrainedError(f"{path}: training.train_args must be an object")
+    quality = (config.get("image_preprocessing") or {}).get("jpeg_quality")
+    if quality is not None and (
+        not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100
+    ):
+        raise PretrainedError(
+            f"{path}: image_preprocessing.jpeg_quality must be an integer 1..100 or null (frames not re-encoded), "
+            f"got {json.dumps(quality)[:60]}"
         )
     source = (config.get("instruction_embedding") or {}).get("source")
     if source not in EMBEDDING_SOURCES:
@@ -157,22 +171,8 @@ def load_pretrained(
     retired = retired_preset((config.get("training") or {}).get("train_args") or {}, model_config.model_type)
     if retired:
         raise PretrainedError(f"{directory} {retired}")
+    check_weights(tensors, model_config, weights, PretrainedError, f"its {CONFIG_NAME}'s model_config")
     model = build_model(model_config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        names = missing or unexpected
-        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
-        what = "missing tensor" if missing else "unexpected tensor"
-        raise PretrainedError(f"{weights}: {what} {names[0]!r}{more} for its {CONFIG_NAME}'s model_config")
-    for name, want in expected.items():
-        got = tensors[name]
-        if got.shape != want.shape or got.dtype != want.dtype:
-            raise PretrainedError(
-                f"{weights}: tensor {name!r} is {got.dtype} {tuple(got.shape)}, the model_config "
-                f"needs {want.dtype} {tuple(want.shape)}"
-            )
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), model_config, config
 

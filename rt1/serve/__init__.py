@@ -9,7 +9,7 @@ Wire format: every message is one binary WebSocket frame holding one msgpack map
 map {"dtype": numpy dtype string ("|u1", "<f4", "<i4", ...), "shape": [...], "data": raw C-order bytes}.
 
     request                                                    reply
-    {"type": "info"}                                           {"type": "info", "protocol", "model": {...},
+    {"type": "info"}                                           {"type": "info", "protocol", "model": {name, ...},
                                                                 "sessions", "max_message_bytes"}
     {"type": "reset", "instruction_embedding": array (E,)      {"type": "reset", "step": 0}
        | "instruction": text (models whose config names
@@ -28,9 +28,14 @@ The camera image goes through the model's image preprocessing (`rt1.data.images.
 JPEG quality from config.json or --jpeg-quality) and then `RT1Policy.step`: the same calls as in-process
 closed-loop evaluation (`rt1.evaluation.closed_loop.RT1EnvPolicy`), so the actions are the same.
 Inference runs in a worker thread pool (`--workers`, default 1: every step of every session in one
-thread, in arrival order) so the event loop keeps serving other connections; a session's steps are
+thread, in arrival order) and all other per-message work (decoding, checks, resets) in message threads, so
+the event loop keeps serving other connections; instruction text is at most 1000 characters; a session's steps are
 sequential and its result does not depend on other sessions. A client that disconnects frees its
 session. SIGTERM or SIGINT stops the server: connections are closed (1001), it exits 0.
+
+Protection (README, "What the server protects"): 127.0.0.1 by default; handshakes with a browser Origin are
+refused unless --allow-origin lists it; an optional shared token (--token / $RT1_SERVE_TOKEN, sent as
+`Authorization: Bearer TOKEN`, compared in constant time); at most --max-connections at once. No encryption.
 
 The client (`PolicyClient`, `ServedEnvPolicy`) needs numpy, msgpack and websockets only (no torch).
 """

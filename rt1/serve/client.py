@@ -34,9 +34,18 @@ class PolicyClient:
     """
 
     def __init__(
-        self, uri: str, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        uri: str,
+        timeout: float = 60.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        """`token`: the server's shared token (default: $RT1_SERVE_TOKEN, if set)."""
+        import os
+
         from websockets.sync.client import connect
+
+        token = os.environ.get("RT1_SERVE_TOKEN") if token is None else token
 
         self.uri, self.timeout = uri, timeout
         self.last_tokens: np.ndarray | None = None
@@ -49,6 +58,7 @@ class PolicyClient:
                 compression=None,
                 max_size=max_message_bytes * HARD_LIMIT_FACTOR,
                 proxy=None,
+                additional_headers={"Authorization": f"Bearer {token}"} if token else None,
                 legacy=True,
             )  # the client owns the connection (closed by close())
         except Exception as e:  # noqa: BLE001 - OSError (refused), InvalidURI, InvalidHandshake, TimeoutError

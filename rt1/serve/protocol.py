@@ -17,6 +17,7 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 2**20  # a 1280x1024 RGB frame and change
 HARD_LIMIT_FACTOR = 4  # frames up to this x the limit are read and answered with an error
 MAX_IMAGE_SIDE = 4096
+MAX_DIMENSION = 2**31 - 1  # per array dimension: larger ones (even of a zero-size array) are refused
 # numpy dtype strings accepted on the wire (explicit byte order; nothing that needs pickle)
 WIRE_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<i4", "<i8", "<f4", "<f8", "|b1")
 REQUEST_KEYS = {
@@ -60,9 +61,11 @@ def unpack_array(value, what: str) -> np.ndarray:
     if (
         not isinstance(shape, list)
         or len(shape) > 8
-        or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in shape)
+        or any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_DIMENSION for n in shape)
     ):
-        raise ProtocolError(f"{what}: shape must be a list of at most 8 non-negative ints, got {shape!r}")
+        raise ProtocolError(
+            f"{what}: shape must be a list of at most 8 ints 0..{MAX_DIMENSION}, got {str(shape)[:80]}"
+        )
     if not isinstance(data, bytes):
         raise ProtocolError(f"{what}: data must be binary, got {_kind(data)}")
     dt = np.dtype(dtype)

@@ -28,6 +28,27 @@ from rt1.serve.protocol import (
     unpack_array,
 )
 
+DEFAULT_MAX_CONNECTIONS = 8
+TOKEN_ENV = "RT1_SERVE_TOKEN"
+MAX_COND_SCALE = 100.0  # classifier-free guidance scales in use are single digits
+MESSAGE_THREADS = 4  # threads that decode and check messages and run resets, for all connections
+MAX_INSTRUCTION_CHARS = 1000  # fractal20220817_data's instructions are under 100 characters
+
+
+def error_reply(error: Exception, kind: str | None) -> dict:
+    """The error reply of a request; a failure that is not a refused message is logged with its traceback."""
+    if isinstance(error, ProtocolError):
+        return {"type": "error", "error": one_line(error), "request": kind}
+    import logging
+
+    logging.getLogger("rt1.serve").error("request %s failed", kind, exc_info=error)
+    return {
+        "type": "error",
+        "error": f"{kind} failed: {type(error).__name__}: {one_line(error)}",
+        "request": kind,
+    }
+
+
 # ---- the server -------------------------------------------------------------------------------------
 
 
@@ -47,7 +68,12 @@ class Session:
         if has_text:
             text = message["instruction"]
             if not isinstance(text, str) or not text.strip():
-                raise ProtocolError(f"reset: instruction must be non-empty text, got {_kind(text)}")
+                got = "empty text" if isinstance(text, str) else _kind(text)
+                raise ProtocolError(f"reset: instruction must be non-empty text, got {got}")
+            if len(text) > MAX_INSTRUCTION_CHARS:
+                raise ProtocolError(
+                    f"reset: instruction is {len(text)} characters, over the limit of {MAX_INSTRUCTION_CHARS}"
+                )
             if server.embed_text is None:
                 raise ProtocolError(
                     f"reset: this model's instruction embeddings come from {server.embedding_source}, "
@@ -71,8 +97,13 @@ class Session:
             or not math.isfinite(cond_scale)
         ):
             raise ProtocolError(f"reset: cond_scale must be a finite number, got {cond_scale!r}")
+        if abs(cond_scale) > MAX_COND_SCALE:
+            raise ProtocolError(f"reset: cond_scale must be within +-{MAX_COND_SCALE:g}, got {cond_scale!r}")
         if self.policy is None or self.policy.cond_scale != float(cond_scale):
-            self.policy = server.new_policy(float(cond_scale))
+            try:
+                self.policy = server.new_policy(float(cond_scale))
+            except ValueError as e:  # a model without guidance: cond_scale must be 1
+                raise ProtocolError(f"reset: {one_line(e)}") from None
         self.policy.reset()
         self.embedding = np.array(embedding, dtype=np.float32)
         return {"type": "reset", "step": 0}
@@ -92,6 +123,10 @@ class Session:
         start = time.perf_counter()
         frame = training_frame(observation["image"], self.server.config.frame_size, self.server.jpeg_quality)
         action, tokens = self.policy.step(frame, self.embedding, return_tokens=True)
+        if not bool(self.policy.last_logits.isfinite().all()):
+            raise ProtocolError(
+                "act: the model's logits are not finite (NaN or inf) for this observation: no action sent"
+            )
         return {
             "type": "action",
             "action": {k: pack_array(np.asarray(action[k], ACTION_SPEC[k].dtype)) for k in ACTION_KEYS},
@@ -116,33 +151,35 @@ class PolicyServer:
         workers: int = 1,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         threads: int | None = None,
+        allow_origins: tuple[str, ...] = (),
+        token: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
-        from rt1.data.images import JPEG_QUALITY
         from rt1.model import check_model_path, load_model
         from rt1.model.pretrained import EMBEDDING_SOURCES, read_pretrained_config
+        from rt1.policy import check_device, model_jpeg_quality
 
-        if workers < 1 or max_message_bytes < 1024:
+        if workers < 1 or max_message_bytes < 1024 or max_connections < 1:
             raise ServeError(
-                f"--workers must be >= 1 and --max-message-bytes >= 1024, got {workers}, {max_message_bytes}"
+                "--workers and --max-connections must be >= 1 and --max-message-bytes >= 1024, got "
+                f"{workers}, {max_connections}, {max_message_bytes}"
             )
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ServeError(f"--device {device}: CUDA is not available on this machine")
+        if token is not None and not token.strip():
+            raise ServeError("--token (or RT1_SERVE_TOKEN) must not be empty")
+        self.allow_origins, self.token, self.max_connections = tuple(allow_origins), token, max_connections
+        device = str(check_device(device))
         model_path = Path(model_path)
         check_model_path(model_path)
         exported = read_pretrained_config(model_path) if model_path.is_dir() else {}
+        self.jpeg_quality = model_jpeg_quality(model_path, jpeg_quality)  # rt1.policy: as in-process runs
         model, self.config, _ = load_model(model_path, device)
         # One inference form for every session (RT1Policy would make one per session): same actions.
         self.model = model.for_inference()
         self.device = device
-        self.jpeg_quality = int(
-            jpeg_quality or exported.get("image_preprocessing", {}).get("jpeg_quality") or JPEG_QUALITY
-        )
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ServeError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
         self.embedding_source = (
             embedding_source
             or exported.get("instruction_embedding", {}).get("source")
@@ -168,6 +205,8 @@ class PolicyServer:
             initializer=torch.set_num_threads,
             initargs=(threads,),
         )
+        # Decoding, checks and resets of all connections, off the event loop and off the inference queue.
+        self.messages = ThreadPoolExecutor(max_workers=MESSAGE_THREADS, thread_name_prefix="rt1-messages")
         self.sessions: set[Session] = set()
 
     def new_policy(self, cond_scale: float):
@@ -183,7 +222,7 @@ class PolicyServer:
             "sessions": len(self.sessions),
             "max_message_bytes": self.max_message_bytes,
             "model": {
-                "path": str(self.model_path),
+                "name": self.model_path.name,  # never the server's filesystem path
                 "image_size": list(c.frame_size),
                 "num_frames": c.num_frames,
                 "text_embed_dim": c.text_embed_dim,
@@ -193,42 +232,62 @@ class PolicyServer:
             },
         }
 
+    def read(self, session: Session, data) -> tuple[dict | None, bool, dict | None]:
+        """One frame, in a message thread (never the event loop: decoding, checks and a reset take time)
+        -> (reply, close after it, None) or, for an act that passed its checks, (None, False, observation)."""
+        kind = None
+        try:
+            message = decode(data)
+            kind = check_request(message)
+            if kind == "info":
+                return self.info(), False, None
+            if kind == "close":
+                return {"type": "closed"}, True, None
+            if kind == "reset":
+                return session.reset(message), False, None
+            return None, False, check_observation(message["observation"], self.config.text_embed_dim)
+        except Exception as e:  # noqa: BLE001 - a bad message or a failed reset must not take the server down
+            return error_reply(e, kind), False, None
+
     async def answer(self, session: Session, data) -> tuple[dict, bool]:
         """One frame -> (reply, close the connection after it)."""
         import asyncio
 
+        loop = asyncio.get_running_loop()
         kind = None
         try:
             if len(data) > self.max_message_bytes:
                 raise ProtocolError(
                     f"message of {len(data)} bytes is over the limit of {self.max_message_bytes}"
                 )
-            message = decode(data)
-            kind = check_request(message)
-            if kind == "info":
-                return self.info(), False
-            if kind == "close":
-                return {"type": "closed"}, True
-            if kind == "reset":
-                return session.reset(message), False
-            observation = check_observation(message["observation"], self.config.text_embed_dim)
-            loop = asyncio.get_running_loop()
+            reply, close, observation = await loop.run_in_executor(self.messages, self.read, session, data)
+            if reply is not None:
+                return reply, close
+            kind = "act"
             return await loop.run_in_executor(self.executor, session.act, observation), False
-        except ProtocolError as e:
-            return {"type": "error", "error": one_line(e), "request": kind}, False
         except Exception as e:  # noqa: BLE001 - a failed step must not take the server down
-            import logging
+            return error_reply(e, kind), False
 
-            logging.getLogger("rt1.serve").exception("request %s failed", kind)
-            return {
-                "type": "error",
-                "error": f"{kind} failed: {type(e).__name__}: {one_line(e)}",
-                "request": kind,
-            }, False
+    def check_token(self, connection, request):
+        """The handshake's shared-token check (`Authorization: Bearer TOKEN`), in constant time."""
+        if self.token is None:
+            return None
+        import hashlib
+        import hmac
+        from http import HTTPStatus
+
+        given = request.headers.get("Authorization", "").encode()
+        expected = f"Bearer {self.token}".encode()
+        if hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest()):
+            return None
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "this policy server needs its token\n")
 
     async def handler(self, websocket) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        if len(self.sessions) >= self.max_connections:
+            await websocket.close(1013, f"the server is at its limit of {self.max_connections} connections")
+            return
         session = Session(self)
         self.sessions.add(session)
         try:
@@ -264,6 +323,9 @@ class PolicyServer:
                 port,
                 max_size=self.max_message_bytes * HARD_LIMIT_FACTOR,
                 compression=None,
+                # A browser always sends Origin, a robot's client does not: only listed origins may connect.
+                origins=None if "*" in self.allow_origins else [None, *self.allow_origins],
+                process_request=self.check_token,
             ) as server:
                 bound = server.sockets[0].getsockname()[1]
                 if ready is not None:
@@ -273,6 +335,7 @@ class PolicyServer:
             for signum in signals:
                 loop.remove_signal_handler(signum)
             self.executor.shutdown(wait=True)
+            self.messages.shutdown(wait=True)
         return received
 
 
@@ -281,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m rt1.serve",
         description="Serve a trained RT-1 policy over WebSocket (msgpack binary frames): one episode session "
         "per connection, RLDS observation in, RLDS action out.",
+        epilog="What is protected: it listens on 127.0.0.1 only unless --host says otherwise; handshakes that "
+        "carry a browser Origin are refused unless --allow-origin lists it; with --token (or "
+        f"${TOKEN_ENV}) a client without the token is refused (HTTP 401); at most --max-connections at "
+        "once; info names the model, not its path. Not protected: the traffic is not encrypted, and "
+        "without a token any program that can reach the port can drive the robot.",
     )
     parser.add_argument(
         "--model",
@@ -288,7 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="checkpoint-{epoch}.pt or a model directory from python -m rt1.export",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1: this machine only). Another address exposes the "
+        "robot to every machine that can reach it: the protocol has no encryption, so use --token and a "
+        "trusted network (or an SSH tunnel)",
+    )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)"
     )
@@ -319,11 +393,34 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_MESSAGE_BYTES,
         help=f"larger requests get an error reply (default {DEFAULT_MAX_MESSAGE_BYTES})",
     )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSocket handshakes from this browser Origin (repeatable; '*': any). By default "
+        "a handshake with an Origin header (every web page's) is refused, so a page open in your browser "
+        "cannot drive the robot",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"require this shared token from every client (Authorization: Bearer TOKEN; PolicyClient and "
+        f"eval_closed_loop.py send ${TOKEN_ENV}). Default: ${TOKEN_ENV} if set, else no token: anyone who "
+        "can connect can drive the robot. The environment variable keeps it out of the process list",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"concurrent connections; more are closed at once (code 1013; default {DEFAULT_MAX_CONNECTIONS})",
+    )
     args = parser.parse_args(argv)
 
     def run(_) -> int:
         import asyncio
         import logging
+        import os
 
         import torch
 
@@ -339,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             args.max_message_bytes,
             args.threads,
+            tuple(args.allow_origin),
+            args.token if args.token is not None else os.environ.get(TOKEN_ENV),
+            args.max_connections,
         )
 
         def ready(port: int) -> None:

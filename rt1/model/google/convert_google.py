@@ -241,8 +241,7 @@ def convert(
     from rt1.model.google.checkpoint_layout import state_dict_from_google
     from rt1.model.model_dir import base_config, check_output_dir, model_card, write_model_dir
 
-    out = Path(out)
-    check_output_dir(out, overwrite, ConvertError)
+    out = check_output_dir(Path(out), overwrite, ConvertError)
     try:
         order = check_action_order(action_order)
     except ValueError as e:
