@@ -4,13 +4,23 @@ in training mode the loss is the mean over the same windows, and the gradients a
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from test_model import randomize_film
+from test_train import tiny_data  # noqa: F401  (session fixture: preprocessed bundled data at 64x64)
 
 from rt1.config import PRESETS
+from rt1.data.dataset import DatasetError, RT1Dataset
+from rt1.data.index import read_index
+from rt1.data.preprocessed_file import PreprocessedFile
 from rt1.model import action_loss, build_model
 from rt1.model.chunks import window_index
+from rt1.train.chunks import ChunkBatchSampler, collate_chunks
+from rt1.train.loaders import batches_per_epoch
 
 TOLERANCE = 1e-5
 
@@ -128,3 +138,169 @@ def test_chunk_input_errors_are_one_line(preset):
         with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")) as e:
             model(args[0], args[1], chunk_windows=args[2])
         assert "\n" not in str(e.value)
+
+
+# ---- the loader side: chunk tiling, one read per chunk, batches of exactly B windows -----------------
+
+
+def chunk_index(train_index: Path, out: Path, episodes: int, windows: int) -> Path:
+    """The first `windows` windows of each of the first `episodes` episodes of an index: runs of consecutive
+    windows to chunk (an index CSV without sidecar)."""
+    idx = read_index(train_index)
+    order = np.lexsort((idx.starts, idx.file_ids))
+    rows, run = [], []
+    for i in order:
+        start, name = int(idx.starts[i]), idx.files[idx.file_ids[i]]
+        if run and (name != run[-1][1] or start != run[-1][0] + 1):
+            rows += run[:windows] if len(run) >= windows else []
+            run = []
+        run.append((start, name))
+        if len(rows) >= episodes * windows:
+            break
+    out.write_text("start_index,file\n" + "".join(f"{s},{n}\n" for s, n in rows[: episodes * windows]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_set(tiny_data):
+    return RT1Dataset(tiny_data.train_index, tiny_data.data_dir)
+
+
+def test_chunk_table_tiles_every_episode_into_chunks_of_consecutive_windows(train_set):
+    rows, chunk = train_set.chunk_table(6)
+    assert sorted(rows.tolist()) == list(range(len(train_set)))
+    starts, files = train_set._starts[rows], train_set._file_ids[rows]
+    sizes = np.bincount(chunk)
+    assert sizes.max() == 6 and (sizes >= 1).all() and (np.diff(chunk) >= 0).all()
+    same_chunk = chunk[1:] == chunk[:-1]
+    assert (starts[1:][same_chunk] == starts[:-1][same_chunk] + 1).all()
+    assert (files[1:][same_chunk] == files[:-1][same_chunk]).all()
+    episodes = [train_set[int(rows[i])]["source_index"] for i in range(0, 200)]
+    for i in range(199):
+        if chunk[i] == chunk[i + 1]:
+            assert episodes[i] == episodes[i + 1]
+    # an episode of n windows gives ceil(n / 6) chunks: its tail is a shorter chunk, never two episodes' tails
+    run = np.cumsum(np.r_[True, (files[1:] != files[:-1]) | (starts[1:] != starts[:-1] + 1)]) - 1
+    assert len(sizes) == sum(math.ceil(n / 6) for n in np.bincount(run))
+    assert (
+        len(train_set.chunk_table(1)[1]) == len(train_set)
+        and train_set.chunk_table(1)[1][-1] == len(train_set) - 1
+    )
+
+
+def test_a_chunk_is_its_windows_read_as_one_slice_decoded_once(train_set, monkeypatch):
+    rows, chunk = train_set.chunk_table(6)
+    first = int(np.flatnonzero(np.bincount(chunk) == 6)[0])
+    positions = np.flatnonzero(chunk == first)
+    calls = []
+    original = PreprocessedFile.decode_frames
+    monkeypatch.setattr(
+        PreprocessedFile,
+        "decode_frames",
+        lambda self, a, b, out=None: calls.append((a, b)) or original(self, a, b, out),
+    )
+    item = train_set.chunk(int(rows[positions[0]]), 6)
+    assert (
+        len(calls) == 1 and calls[0][1] - calls[0][0] == 11
+    )  # one slice of 6 + 5 steps, each frame decoded once
+    assert item["frames"].shape == (11, 64, 64, 3) and item["action_tokens"].shape == (11, 11)
+    batch = collate_chunks([item, train_set.chunk(int(rows[positions[0]]), 2)])
+    assert batch["chunk_windows"].tolist() == [6, 2] and batch["frames"].shape[0] == 11 + 7
+    for j, p in enumerate(positions):
+        window = train_set[int(rows[p])]
+        assert torch.equal(item["frames"][j : j + 6], window["frames"])
+        assert torch.equal(batch["action_tokens"][j], window["action_tokens"])
+        assert torch.equal(item["text_embed"], window["text_embed"])
+    assert torch.equal(batch["action_tokens"][6:], batch["action_tokens"][:2])
+
+
+def test_a_chunk_across_the_end_of_an_episode_is_refused_naming_the_row(train_set):
+    rows, chunk = train_set.chunk_table(6)
+    last_of_tail = int(rows[np.flatnonzero(np.diff(chunk))[0]])
+    with pytest.raises(DatasetError, match=f"row {last_of_tail}.*crosses the end of episode"):
+        train_set.chunk(last_of_tail, 30)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_an_epoch_of_chunk_batches_visits_every_window_once_in_batches_of_b(train_set, world, shuffle):
+    b, k = 8, 6
+    samplers = [
+        ChunkBatchSampler(train_set, k, rank=r, world_size=world, batch_size=b, shuffle=shuffle, seed=3)
+        for r in range(world)
+    ]
+    for s in samplers:
+        s.set_epoch(2)
+    batches = [list(s) for s in samplers]
+    steps = batches_per_epoch(len(train_set), world, b)
+    assert all(len(bs) == steps == len(s) for bs, s in zip(batches, samplers))
+    seen = []
+    for rank_batches in batches:
+        for i, keys in enumerate(rank_batches):
+            windows = sum(n for _, _, n in keys)
+            assert windows == b or i == steps - 1
+            assert all(e == 2 and 1 <= n <= k for e, _, n in keys)
+            seen += [(row, j) for _, row, n in keys for j in range(n)]
+    rows, _ = train_set.chunk_table(k)
+    position = {int(r): p for p, r in enumerate(rows)}
+    windows = [int(rows[position[row] + j]) for row, j in seen]
+    assert len(windows) - len(set(windows)) < world and set(windows) == set(range(len(train_set)))
+    if shuffle:  # chunks of several episodes per batch
+        assert np.mean([len(keys) for keys in batches[0]]) > 1
+
+
+def test_one_rank_with_batch_2b_takes_the_windows_of_two_ranks_with_batch_b(train_set):
+    one = ChunkBatchSampler(train_set, 6, rank=0, world_size=1, batch_size=8, shuffle=True, seed=1)
+    two = [
+        ChunkBatchSampler(train_set, 6, rank=r, world_size=2, batch_size=4, shuffle=True, seed=1)
+        for r in (0, 1)
+    ]
+
+    def windows(keys):
+        rows, _ = train_set.chunk_table(6)
+        position = {int(r): p for p, r in enumerate(rows)}
+        return sorted(int(rows[position[row] + j]) for _, row, n in keys for j in range(n))
+
+    for step, (a, b0, b1) in enumerate(zip(one, *two)):
+        if step < len(one) - 1:
+            assert windows(a) == windows(b0 + b1)
+
+
+def test_skip_resumes_the_epoch_where_it_stopped_and_epochs_differ(train_set):
+    s = ChunkBatchSampler(train_set, 6, rank=0, world_size=1, batch_size=8, shuffle=True, seed=0)
+    s.set_epoch(1)
+    full = list(s)
+    s.set_epoch(1, skip=5 * 8)
+    assert list(s) == full[5:] and len(s) == len(full) - 5
+    s.set_epoch(2)
+    assert [key[1:] for keys in s for key in keys] != [key[1:] for keys in full for key in keys]
+    with pytest.raises(ValueError, match="whole number of batches"):
+        s.set_epoch(1, skip=3)
+
+
+def test_the_chunk_loader_trains_a_step_and_counts_windows(tiny_data, tmp_path):
+    from rt1.train.loaders import TimedBatches, make_train_loader
+    from rt1.train.step import train_step
+
+    index = chunk_index(tiny_data.train_index, tmp_path / "train.csv", 3, 10)
+    dataset = RT1Dataset(index, tiny_data.data_dir, augment=True)
+    loader, sampler = make_train_loader(
+        dataset,
+        rank=0,
+        world_size=1,
+        batch_size=8,
+        shuffle=True,
+        seed=0,
+        num_workers=0,
+        pin_memory=False,
+        chunk_windows=6,
+    )
+    sampler.set_epoch(1)
+    batches = TimedBatches(loader, 1)
+    model = built("tiny").train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = train_step(model, batches, optimizer, device=torch.device("cpu"))
+    assert torch.isfinite(loss) and batches.windows == 8
+    assert len(loader) == 4  # 30 windows in batches of 8
+    again = next(iter(loader))
+    assert again["frames"].shape[0] == int(again["chunk_windows"].sum()) + 5 * len(again["chunk_windows"])
