@@ -2,6 +2,12 @@
 
     python benchmarks/bench_train.py                        # builds the bundled dataset in a temp dir
     python benchmarks/bench_train.py --data-dir PRE --train-index train_idx_N.csv --steps 100
+    python benchmarks/bench_train.py --chunks [--chunk-presets original,demo,rt1] [--chunk-windows 6]
+
+--chunks measures --chunk-windows K against K = 1 instead, side by side per preset at the same windows per
+step (in-process, interleaved; benchmarks/bench_chunks_section.py): windows/s, the ratio, and the encoder's
+share of the step time at both K. Targets (issue 33, K = 6): >= 2.5x for original (batch 4 on a CPU),
+>= 2x for demo; reported for rt1 (Google's network).
 
 Each configuration runs `train_ddp.py` as a user would (the 2-process one under torchrun as a
 subprocess), for --steps optimizer steps without validation, and reads rank 0's per-step timings
@@ -117,6 +123,38 @@ def measure(nproc: int, threads: int | None, data_dir: Path, train_index: Path, 
     }
 
 
+def chunk_comparison(args) -> int:
+    import json
+
+    import torch
+    from bench_chunks_section import compare, print_row
+
+    torch.set_num_threads(args.threads)
+    print(
+        f"--chunk-windows {args.chunk_windows} vs 1, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_chunks_") as tmp:
+        for preset in args.chunk_presets.split(","):
+            size = PRESETS[preset].model.frame_size
+            image_size = "native" if size == (256, 320) else size[0]
+            print(f"building the bundled dataset at {size[0]}x{size[1]} ({args.chunk_episodes} episodes) ...")
+            data_dir, index = build_bundled_data(
+                Path(tmp) / preset,
+                args.chunk_episodes,
+                image_size=image_size,
+                episodes_per_segment=10,
+                val_fraction=0.0,
+                label="bench_train",
+            )
+            rows.append(
+                compare(preset, data_dir, index, args.chunk_windows, args.chunk_steps, args.chunk_batch)
+            )
+            print_row(rows[-1])
+    print("RESULTS " + json.dumps(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -137,7 +175,20 @@ def main(argv=None) -> int:
         help="PROCESSESxTHREADS per process, comma-separated; an empty THREADS keeps torch's default "
         "(all cores) (default 1x,1x1,2x1)",
     )
+    p.add_argument("--threads", type=int, default=1, help="torch threads of --chunks (default 1)")
+    p.add_argument(
+        "--chunk-batch", type=int, help="windows per step of --chunks (default: 4 for original and rt1)"
+    )
+    p.add_argument("--chunks", action="store_true", help="compare --chunk-windows K with K = 1 instead")
+    p.add_argument(
+        "--chunk-presets", default="original,demo,rt1", help="presets of --chunks (default all three)"
+    )
+    p.add_argument("--chunk-windows", type=int, default=6, help="K of --chunks (default 6)")
+    p.add_argument("--chunk-steps", type=int, default=3, help="timed steps per K and preset (default 3)")
+    p.add_argument("--chunk-episodes", type=int, default=12, help="bundled episodes per preset (default 12)")
     args = p.parse_args(argv)
+    if args.chunks:
+        return chunk_comparison(args)
     if args.steps <= args.warmup:
         p.error(f"--steps {args.steps} must exceed --warmup {args.warmup}")
     if (args.data_dir is None) != (args.train_index is None):

@@ -100,6 +100,12 @@ class TrainConfig:
     shuffle: bool = option(
         True, "shuffle training windows every epoch (DistributedSampler, reseeded per epoch)", group="data"
     )
+    chunk_windows: int = option(
+        1,
+        "train on chunks of up to K consecutive windows of an episode, each frame encoded once per chunk "
+        "(batches still count windows; 1: independent windows, the original's sampling)",
+        group="data",
+    )
     # model
     preset: str = option("original", "model preset and its training defaults", group="model", choices=None)
     cond_drop_prob: float | None = option(
@@ -265,7 +271,7 @@ class TrainConfig:
         for name in ("data_dir", "train_index"):
             if getattr(self, name) is None:
                 fail(name, "is required")
-        for name in ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "chunk_windows"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 fail(name, "must be a positive integer")
         for name in ("num_workers", "val_every", "seed", "save_every"):

@@ -68,10 +68,9 @@ def test_quick_mode_passes_on_cpu_without_tensorflow_and_reports_every_check(tmp
     # Measurements: both full-size presets, with and without checkpointing; the reference skipped with its reason
     # when it is not importable; a skip is a skip, never a pass.
     rows = report["measurements"]["training"]
-    assert {(r["preset"], r["activation_checkpointing"]) for r in rows if r["model"] == "ours"} >= {
-        ("original", False),
-        ("original", True),
-    }
+    assert {
+        (r["preset"], r["activation_checkpointing"], r["chunk_windows"]) for r in rows if r["model"] == "ours"
+    } >= {("original", False, 1), ("original", False, 6), ("original", True, 1)}  # K = 1 and 6 side by side
     assert all(r["windows_per_s"] > 0 and r["peak_rss_bytes"] > 0 for r in rows)
     reference = checks["measure original reference"]
     assert reference["status"] in ("passed", "skipped")

@@ -225,6 +225,18 @@ def small_index(tiny_data, tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="module", params=[1, 5], ids=["windows", "chunks_of_5"])
+def resume_data(request, small_index, tiny_data, tmp_path_factory):
+    """(train index, val index, --chunk-windows flags): the resume tests run on independent windows and on chunks
+    (48 windows: the first 12 of 4 episodes, each tiled 5 + 5 + 2, the chunks split at batch boundaries)."""
+    from test_chunks import chunk_index
+
+    if request.param == 1:
+        return (*small_index, [])
+    train = chunk_index(tiny_data.train_index, tmp_path_factory.mktemp("chunk_index") / "train.csv", 4, 12)
+    return train, small_index[1], ["--chunk-windows", str(request.param)]
+
+
 def _assert_same_run(reference: Path, resumed: Path, checkpoint: str) -> None:
     a, b = load_checkpoint(reference / checkpoint), load_checkpoint(resumed / checkpoint)
     for name in a["model"]:
@@ -234,9 +246,9 @@ def _assert_same_run(reference: Path, resumed: Path, checkpoint: str) -> None:
     assert val_entries(reference) == val_entries(resumed)
 
 
-def test_sigterm_after_epoch_one_then_rerun_resumes_exactly(tiny_data, small_index, tmp_path):
-    train_csv, val_csv = small_index
-    common = ["--epochs", "2", "--num-workers", "1", "--batch-size", "4"]
+def test_sigterm_after_epoch_one_then_rerun_resumes_exactly(tiny_data, resume_data, tmp_path):
+    train_csv, val_csv, chunking = resume_data
+    common = ["--epochs", "2", "--num-workers", "1", "--batch-size", "4"] + chunking
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
 
@@ -274,11 +286,11 @@ def test_sigterm_after_epoch_one_then_rerun_resumes_exactly(tiny_data, small_ind
     assert "nothing to do" in again.stderr
 
 
-def test_max_steps_mid_epoch_then_rerun_resumes_exactly(tiny_data, small_index, tmp_path):
+def test_max_steps_mid_epoch_then_rerun_resumes_exactly(tiny_data, resume_data, tmp_path):
     """--max-steps stops inside epoch 2 and writes a resumable checkpoint; the rerun skips the windows
     already seen. (lrf 1: a constant lr, because --max-steps also sets the schedule's length.)"""
-    train_csv, val_csv = small_index
-    common = ["--epochs", "2", "--num-workers", "0", "--batch-size", "4", "--lrf", "1"]
+    train_csv, val_csv, chunking = resume_data
+    common = ["--epochs", "2", "--num-workers", "0", "--batch-size", "4", "--lrf", "1"] + chunking
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train(
         "python",
@@ -298,6 +310,14 @@ def test_max_steps_mid_epoch_then_rerun_resumes_exactly(tiny_data, small_index, 
         partial["step_in_epoch"],
         partial["global_step"],
     ) == (2, False, 5, 17)
+    if chunking:  # another K visits the epoch's windows in another order: its position cannot be resumed
+        other = [*common[:-2], "--chunk-windows", "3"]
+        refused = run_train(
+            "python",
+            *train_args(tiny_data.data_dir, train_csv, resumed, *other, val_index=val_csv),
+            expect=None,
+        )
+        assert refused.returncode != 0 and "--chunk-windows 5; this run asks for 3" in refused.stderr
     run_train("python", *train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv))
     a = load_checkpoint(reference / "checkpoint-2.pt")["model"]
     b = load_checkpoint(resumed / "checkpoint-2.pt")["model"]
@@ -332,12 +352,12 @@ def _start(kind: str, args: list[str], log: Path) -> subprocess.Popen:
 
 
 def test_sigterm_to_the_whole_torchrun_job_saves_the_current_step_and_the_rerun_resumes_exactly(
-    tiny_data, small_index, tmp_path
+    tiny_data, resume_data, tmp_path
 ):
     """A scheduler's SIGTERM reaches every process of the job: torchrun, both ranks and their DataLoader
     workers. Every rank stops after the same step, a checkpoint of that step is saved, no rank prints a
     DataLoader traceback, and the rerun continues as if the run had never stopped."""
-    train_csv, val_csv = small_index
+    train_csv, val_csv, chunking = resume_data
     common = [
         "--epochs",
         "2",
@@ -347,7 +367,7 @@ def test_sigterm_to_the_whole_torchrun_job_saves_the_current_step_and_the_rerun_
         "2",
         "--log-every",
         "1",
-    ]  # 12 steps/epoch
+    ] + chunking  # 12 steps/epoch
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train("torchrun", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
 
@@ -384,12 +404,12 @@ def test_sigterm_to_the_whole_torchrun_job_saves_the_current_step_and_the_rerun_
 
 
 def test_save_every_bounds_what_a_kill_loses_and_sigint_saves_the_current_step(
-    tiny_data, small_index, tmp_path
+    tiny_data, resume_data, tmp_path
 ):
     """--save-every 5: SIGKILL at step 7 loses 2 steps (the rerun takes over the dead run's lock and resumes
     from step 5); then Ctrl-C (SIGINT) saves the step it arrives at (exit 130); the third run finishes equal
     to an uninterrupted run."""
-    train_csv, val_csv = small_index
+    train_csv, val_csv, chunking = resume_data
     common = [
         "--epochs",
         "2",
@@ -401,7 +421,7 @@ def test_save_every_bounds_what_a_kill_loses_and_sigint_saves_the_current_step(
         "1",
         "--save-every",
         "5",
-    ]
+    ] + chunking
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_train("python", *train_args(tiny_data.data_dir, train_csv, reference, *common, val_index=val_csv))
     args = train_args(tiny_data.data_dir, train_csv, resumed, *common, val_index=val_csv)

@@ -15,6 +15,9 @@ An item is a dict:
     episode_step   int                  position of the window's first step in its episode
     row            int                  the item's row in the index
 
+`chunk(row, k)` reads k consecutive windows at once (training with --chunk-windows): their k + 5 frames as
+one slice of the file, decoded once; `chunk_table(K)` tiles the index's windows into such chunks.
+
 Rows are looked up directly (arrays indexed by row, no scan). Files are opened lazily in the process
 that reads them and kept open (at most `MAX_OPEN_FILES`, least recently used closed first); a
 handle opened in another process (the parent of a forked DataLoader worker) is never used, and
@@ -176,14 +179,14 @@ class RT1Dataset(Dataset):
             oldest.close()
         return handle
 
-    def _frame_buffer(self, image_size: tuple[int, int]) -> np.ndarray:
-        """A (window, H, W, 3) decode buffer reused by this thread (fresh pages cost more than decoding them)."""
-        shape = (self.window, *image_size, 3)
+    def _frame_buffer(self, image_size: tuple[int, int], length: int) -> np.ndarray:
+        """A (length, H, W, 3) view of a decode buffer reused by this thread (fresh pages cost more than decoding
+        them); grown to the longest chunk read so far."""
         thread = threading.get_ident()
         buffer = self._frames.get(thread)
-        if buffer is None or buffer.shape != shape:
-            buffer = self._frames[thread] = np.empty(shape, np.uint8)
-        return buffer
+        if buffer is None or buffer.shape[1:3] != tuple(image_size) or len(buffer) < length:
+            buffer = self._frames[thread] = np.empty((max(length, self.window), *image_size, 3), np.uint8)
+        return buffer[:length]
 
     def close(self) -> None:
         """Close the files this process opened."""
@@ -195,32 +198,10 @@ class RT1Dataset(Dataset):
     # -- items ---------------------------------------------------------------------------------------
 
     def __getitem__(self, row: int) -> dict:
-        n = len(self._starts)
-        row = int(row)
-        if row < 0:
-            row += n
-        if not 0 <= row < n:
-            raise IndexError(f"row {row} out of range for {self.index_csv} ({n} windows)")
+        row, w, frames = self._read(row, self.window)
         start = int(self._starts[row])
-        handle = self._file(int(self._file_ids[row]), row)
-        try:
-            w = handle.window(start, self.window, out=self._frame_buffer(handle.image_size))
-        except WindowError as e:
-            raise DatasetError(
-                f"{self.index_csv} row {row}: {e}: the index does not match the data, "
-                "rebuild it with data_emerge.py"
-            ) from None
-        except PreprocessedFormatError as e:
-            raise DatasetError(f"{self.index_csv} row {row}: {e}") from None
-        frames = w["frames"]  # (6, H, W, 3), a buffer this process reuses
-        offset = (0, 0)
-        if self.augment:
-            height, width = frames.shape[1:3]
-            offset = random_offset(
-                (int(round(height * RT1_SHIFT_FRACTION[0])), int(round(width * RT1_SHIFT_FRACTION[1])))
-            )
         return {
-            "frames": torch.from_numpy(shifted_frames(frames, offset)),  # a copy: the buffer is reused
+            "frames": frames,
             "text_embed": torch.from_numpy(np.asarray(w["language_embedding"], np.float32)),
             "instruction": w["instruction"],
             "action_tokens": torch.from_numpy(w["action_tokens"].astype(np.int64)),
@@ -231,3 +212,68 @@ class RT1Dataset(Dataset):
             "episode_step": w["episode_step"],
             "row": row,
         }
+
+    def chunk(self, row: int, windows: int) -> dict:
+        """The `windows` consecutive windows from index row `row`'s, as one chunk: its windows + F - 1 steps read
+        as one slice of the file (each frame decoded once), one random shift for all of them (`augment`).
+
+        -> frames uint8 (windows + F - 1, H, W, 3), action_tokens int64 (windows + F - 1, 11) (window j's
+        targets are steps j .. j + F - 1), text_embed float32 (512,), windows, row. The steps must lie in one
+        episode (DatasetError naming the row otherwise); `chunk(row, 1)` holds the frames of `self[row]`.
+        """
+        if int(windows) < 1:
+            raise ValueError(f"a chunk has at least one window, got {windows}")
+        row, w, frames = self._read(row, int(windows) + self.window - 1)
+        return {
+            "frames": frames,
+            "text_embed": torch.from_numpy(np.asarray(w["language_embedding"], np.float32)),
+            "action_tokens": torch.from_numpy(w["action_tokens"].astype(np.int64)),
+            "windows": int(windows),
+            "row": row,
+        }
+
+    def chunk_table(self, chunk_windows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every window tiled into chunks of up to `chunk_windows` consecutive windows of one episode.
+
+        -> (rows (N,) int64: every index row once, ordered by file and start step; chunk (N,) int64: the chunk
+        of rows[i], numbered in that order). Windows of one file whose starts follow each other are one episode's
+        (every window lies in one episode, and the next episode's first window starts F steps after this one's
+        last; with F = 1 every window is a chunk: nothing to share); each such run is cut into chunks from its
+        first window, its tail a shorter chunk.
+        """
+        rows = np.lexsort((self._starts, self._file_ids)).astype(np.int64)
+        starts, files = self._starts[rows], self._file_ids[rows]
+        new_run = np.ones(len(rows), bool)
+        new_run[1:] = (files[1:] != files[:-1]) | (starts[1:] != starts[:-1] + 1) | (self.window == 1)
+        run_start = np.maximum.accumulate(np.where(new_run, np.arange(len(rows)), 0))
+        new_chunk = new_run | ((np.arange(len(rows)) - run_start) % int(chunk_windows) == 0)
+        return rows, np.cumsum(new_chunk) - 1
+
+    def _read(self, row: int, length: int) -> tuple[int, dict, torch.Tensor]:
+        """(the row, the `length` steps from its window's start (PreprocessedFile.window), their frames shifted as
+        `augment` says, a new tensor)."""
+        n = len(self._starts)
+        row = int(row)
+        if row < 0:
+            row += n
+        if not 0 <= row < n:
+            raise IndexError(f"row {row} out of range for {self.index_csv} ({n} windows)")
+        start = int(self._starts[row])
+        handle = self._file(int(self._file_ids[row]), row)
+        try:
+            w = handle.window(start, length, out=self._frame_buffer(handle.image_size, length))
+        except WindowError as e:
+            raise DatasetError(
+                f"{self.index_csv} row {row}: {e}: the index does not match the data, "
+                "rebuild it with data_emerge.py"
+            ) from None
+        except PreprocessedFormatError as e:
+            raise DatasetError(f"{self.index_csv} row {row}: {e}") from None
+        frames = w["frames"]  # (length, H, W, 3), a buffer this process reuses
+        offset = (0, 0)
+        if self.augment:
+            height, width = frames.shape[1:3]
+            offset = random_offset(
+                (int(round(height * RT1_SHIFT_FRACTION[0])), int(round(width * RT1_SHIFT_FRACTION[1])))
+            )
+        return row, w, torch.from_numpy(shifted_frames(frames, offset))  # a copy: the buffer is reused

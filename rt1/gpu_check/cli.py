@@ -269,9 +269,17 @@ class GpuCheck:
         logs = self.cfg.out / "measure"
         logs.mkdir(exist_ok=True)
         for preset in presets:
-            for kind, ckpt in (("ours", False), ("ours", True), ("reference", False)):
-                label = f"{preset} {'reference' if kind == 'reference' else 'ours'}" + (
-                    " + checkpointing" if ckpt else ""
+            # --chunk-windows 6 right after K = 1, side by side (issue 33)
+            for kind, ckpt, chunks in (
+                ("ours", False, 1),
+                ("ours", False, 6),
+                ("ours", True, 1),
+                ("reference", False, 1),
+            ):
+                label = (
+                    f"{preset} {'reference' if kind == 'reference' else 'ours'}"
+                    + (" + checkpointing" if ckpt else "")
+                    + (f" --chunk-windows {chunks}" if chunks > 1 else "")
                 )
                 name = f"measure {label}"
                 if kind == "reference" and PRESETS[preset].model.model_type != "maxvit":
@@ -290,11 +298,12 @@ class GpuCheck:
                     "warmup": warmup,
                     "device": device,
                     "activation_checkpointing": ckpt,
+                    "chunk_windows": chunks,
                     "overrides": QUICK_OVERRIDES[PRESETS[preset].model.model_type] if self.cfg.quick else {},
                     "reference_module": str(self.cfg.reference_module),
                 }
                 try:
-                    r = self._child(spec, logs / f"{preset}_{kind}_{int(ckpt)}.log")
+                    r = self._child(spec, logs / f"{preset}_{kind}_{int(ckpt)}_k{chunks}.log")
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     self.add(name, "failed", str(e))
                     continue
@@ -302,6 +311,7 @@ class GpuCheck:
                     "preset": preset,
                     "model": "reference" if kind == "reference" else "ours",
                     "activation_checkpointing": ckpt,
+                    "chunk_windows": chunks,
                     "batch": batch,
                     "device": device,
                     **r,

@@ -6,7 +6,8 @@ prints one line `RESULT {json}`. Kinds:
 
     train      training steps of our model (windows/s, peak memory), built and placed as train_ddp.py places
                it (`distributed.wrap_model`: channels_last on the device) and stepped by `step.train_step`
-               (autocast and GradScaler as --amp says), with or without activation checkpointing
+               (autocast and GradScaler as --amp says), with or without activation checkpointing, on windows
+               or (spec["chunk_windows"] > 1) on chunks of consecutive windows, at the same windows per step
     reference  the same steps of robotic-transformer-pytorch 0.2.3 (spec["reference_module"]: the file that
                builds it, benchmarks/reference_model.py; the package never imports it)
     policy     `RT1Policy.step` latency on the device (median and p99 over spec["steps"] steps after a warm-up)
@@ -47,19 +48,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _batches(config, batch: int, device: torch.device, seed: int = 0):
+def _batches(config, batch: int, device: torch.device, seed: int = 0, chunk_windows: int = 1):
+    """The same batch every step; with chunk_windows K > 1 the batch's windows as chunks of K consecutive windows
+    (the last shorter; a chunk loader's batches encode as many frames on average: B + chunks x (F - 1))."""
     g = torch.Generator().manual_seed(seed)
-    frames = torch.randint(
-        0,
-        256,
-        (batch, config.num_frames, *config.frame_size, 3),
-        generator=g,
-        dtype=torch.uint8,
+    windows = [chunk_windows] * (batch // chunk_windows) + [batch % chunk_windows] * (
+        batch % chunk_windows > 0
     )
-    text = torch.randn(batch, config.text_embed_dim, generator=g)
+    chunked = chunk_windows > 1
+    shape = (batch + len(windows) * (config.num_frames - 1),) if chunked else (batch, config.num_frames)
+    frames = torch.randint(0, 256, (*shape, *config.frame_size, 3), generator=g, dtype=torch.uint8)
+    text = torch.randn(len(windows) if chunked else batch, config.text_embed_dim, generator=g)
     tokens = torch.randint(0, config.num_bins, (batch, config.num_frames, config.num_actions), generator=g)
+    extra = {"chunk_windows": torch.tensor(windows)} if chunked else {}
     while True:  # the same batch every step (no loader in this measurement: only the model's own cost)
-        yield {"frames": frames, "text_embed": text, "action_tokens": tokens}
+        yield {"frames": frames, "text_embed": text, "action_tokens": tokens, **extra}
 
 
 def _memory(device: torch.device) -> dict:
@@ -90,7 +93,7 @@ def measure_train(spec: dict, device: torch.device) -> dict:
     optimizer = torch.optim.SGD(bare.parameters(), lr=1e-4, momentum=0.9)
     amp = spec.get("amp", "off")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    batches = _batches(config, spec["batch"], device)
+    batches = _batches(config, spec["batch"], device, chunk_windows=int(spec.get("chunk_windows", 1)))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []

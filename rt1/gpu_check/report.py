@@ -32,14 +32,15 @@ def markdown(mode: str, env: dict, results: list[dict], measurements: dict, seco
     if training:
         lines += [
             "",
-            "| preset | model | activation checkpointing | batch per GPU | windows/s per GPU | peak memory |",
-            "|---|---|---|---|---|---|",
+            "| preset | model | activation checkpointing | --chunk-windows | batch per GPU | windows/s per GPU | "
+            "peak memory |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in training:
             rate = "-" if row.get("oom") else f"{row['windows_per_s']:.2f}"
             lines.append(
                 f"| {row['preset']} | {row['model']} | {'on' if row['activation_checkpointing'] else 'off'} | "
-                f"{row['batch']} | {rate} | {_memory(row)} |"
+                f"{row.get('chunk_windows', 1)} | {row['batch']} | {rate} | {_memory(row)} |"
             )
     loader = measurements.get("loader", [])
     if loader:

@@ -45,8 +45,15 @@ class Conditioning:
     def batch(self) -> int:
         return (self.encoder + self.transformer)[0].shape[0]
 
-    def repeat_interleave(self, repeats: int) -> Conditioning:
-        """Each row repeated `repeats` times in place (e.g. once per frame of its window)."""
+    def repeat_interleave(self, repeats: int | Tensor) -> Conditioning:
+        """Each row repeated `repeats` times in place (e.g. once per frame of its window); a (N,) int64 tensor
+        repeats row i repeats[i] times (e.g. once per frame of its chunk)."""
+        if isinstance(repeats, Tensor):  # an index built on the CPU: no device sync for the output size
+            index = torch.repeat_interleave(torch.arange(len(repeats)), repeats.cpu())
+            return Conditioning(
+                tuple(m.index_select(0, index.to(m.device, non_blocking=True)) for m in self.encoder),
+                tuple(m.index_select(0, index.to(m.device, non_blocking=True)) for m in self.transformer),
+            )
         if repeats == 1:
             return self
         return Conditioning(

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rt1.config import RT1Config
+from rt1.model.chunks import check_chunks, chunk_logits
 from rt1.model.film import Conditioning, TextConditioner
 from rt1.model.maxvit import MaxViT
 from rt1.model.normalize import normalize_frames
@@ -120,20 +121,28 @@ class RT1(nn.Module):
         text_embeds: Tensor,
         cond_drop_prob: float | None = None,
         cond_scale: float = 1.0,
+        chunk_windows: Tensor | None = None,
     ) -> Tensor:
         """frames (B, F, H, W, 3) uint8, text_embeds (B, E) -> logits (B, F, num_actions, num_bins).
 
-        cond_drop_prob: probability of replacing each sample's text by the null embedding; default
+        chunk_windows (C,) int64 (`rt1.model.chunks`): frames are instead (T, H, W, 3), the frames of C chunks of
+        consecutive windows, text_embeds (C, E), and the logits are every window's, (sum(chunk_windows), F, ...);
+        each frame is encoded once.
+        cond_drop_prob: probability of replacing each sample's (chunk's) text by the null embedding; default
         config.cond_drop_prob in training mode and 0 in eval mode.
         cond_scale: classifier-free guidance scale (eval only); 1 = plain conditioned forward.
         """
         c = self.config
-        if frames.ndim != 5 or frames.shape[-1] != c.channels:
+        if chunk_windows is None and (frames.ndim != 5 or frames.shape[-1] != c.channels):
             raise ValueError(f"frames must be (B, F, H, W, {c.channels}), got {tuple(frames.shape)}")
-        b, f, h, w, channels = frames.shape
-        if h != c.image_size or w != c.image_size:
+        h, w, channels = frames.shape[-3:]
+        if h != c.image_size or w != c.image_size or channels != c.channels:
             raise ValueError(f"frames are {h}x{w}, the model expects {c.image_size}x{c.image_size}")
-        self._check_text(text_embeds, b)
+        if chunk_windows is None:
+            self._check_text(text_embeds, frames.shape[0])
+        else:
+            self._check_text(text_embeds)
+            windows = check_chunks(frames, chunk_windows, c.num_frames, text_embeds.shape[0])
         if cond_scale != 1.0:
             if self.training:
                 raise ValueError(
@@ -141,17 +150,19 @@ class RT1(nn.Module):
                 )
             frames = torch.cat((frames, frames), dim=0)
             text_embeds = torch.cat((text_embeds, self.null_text_embed.expand_as(text_embeds)), dim=0)
+            windows = windows * 2 if chunk_windows is not None else None
         else:
             if cond_drop_prob is None:
                 cond_drop_prob = c.cond_drop_prob if self.training else 0.0
             text_embeds = self.conditioner.drop(text_embeds, cond_drop_prob)
 
-        cond = self.condition(text_embeds)  # (B', ...) once per sample, shared by its frames
-        bb = frames.shape[0]
-        tokens = self.encode_frames(
-            frames.reshape(bb * f, h, w, channels), cond.repeat_interleave(f)
-        )  # (B'*F, n, D)
-        logits = self.decode(tokens.view(bb, f, *tokens.shape[1:]), cond)
+        cond = self.condition(text_embeds)  # (B', ...) once per sample (chunk), shared by its frames
+        if chunk_windows is not None:
+            logits = chunk_logits(self, frames, cond, windows)
+        else:
+            bb, f = frames.shape[:2]
+            tokens = self.encode_frames(frames.flatten(0, 1), cond.repeat_interleave(f))  # (B'*F, n, D)
+            logits = self.decode(tokens.view(bb, f, *tokens.shape[1:]), cond)
         return guided_logits(logits, cond_scale) if cond_scale != 1.0 else logits
 
     # ---- checks -----------------------------------------------------------------------------------

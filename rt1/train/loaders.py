@@ -15,7 +15,9 @@ Validation: `ShardSampler` gives rank r the windows r, r + W, r + 2W, ... with n
 sums the trainer all-reduces count every validation window exactly once.
 
 The collate function keeps only what training needs: uint8 frames (B, F, H, W, 3), text_embed
-(B, 512), action_tokens (B, F, 11). The frames stay uint8 until they are on the device.
+(B, 512), action_tokens (B, F, 11). The frames stay uint8 until they are on the device. With --chunk-windows
+K > 1 the training loader's batches are chunks of consecutive windows instead (`rt1.train.chunks`: frames
+(T, H, W, 3), chunk_windows (C,), text_embed (C, 512), action_tokens (B, F, 11)); validation stays per window.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from rt1.config import RT1Config, TrainConfig
 from rt1.data.dataset import RT1Dataset
 from rt1.data.index_checks import check_train_val
 from rt1.errors import EXIT_ERROR, RT1Error
+from rt1.train.chunks import ChunkBatchSampler, collate_chunks
 
 _MASK63 = (1 << 63) - 1
 
@@ -45,7 +48,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededWindows(Dataset):
-    """Wraps a dataset; item (epoch, index) is dataset[index] drawn with torch's CPU RNG seeded per sample.
+    """Wraps a dataset; item (epoch, index) is dataset[index] drawn with torch's CPU RNG seeded per sample, item
+    (epoch, index, k) the chunk dataset.chunk(index, k) of k windows from it (`rt1.train.chunks`), seeded alike.
 
     The caller's RNG state is restored afterwards, so this also works with num_workers=0 (where the
     dataset runs in the training process and must not disturb its RNG).
@@ -59,11 +63,11 @@ class SeededWindows(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        epoch, index = key
+        epoch, index, *chunk = key
         state = torch.get_rng_state()
         try:
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.dataset[index]
+            return self.dataset.chunk(index, chunk[0]) if chunk else self.dataset[index]
         finally:
             torch.set_rng_state(state)
 
@@ -153,19 +157,37 @@ def make_train_loader(
     seed: int,
     num_workers: int,
     pin_memory: bool,
-) -> tuple[DataLoader, EpochSampler]:
-    base = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
-    )
-    sampler = EpochSampler(base)
+    chunk_windows: int = 1,
+) -> tuple[DataLoader, EpochSampler | ChunkBatchSampler]:
+    """The training loader: windows (EpochSampler over DistributedSampler), or with chunk_windows > 1 batches of
+    chunks of consecutive windows (`rt1.train.chunks`); either sampler has set_epoch(epoch, skip windows)."""
+    if chunk_windows > 1:
+        sampler = ChunkBatchSampler(
+            dataset,
+            chunk_windows,
+            rank=rank,
+            world_size=world_size,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        batching = {"batch_sampler": sampler, "collate_fn": collate_chunks}
+    else:
+        base = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
+        sampler = EpochSampler(base)
+        batching = {
+            "batch_size": batch_size,
+            "sampler": sampler,
+            "collate_fn": collate_windows,
+            "drop_last": False,
+        }
     loader = DataLoader(
         SeededWindows(dataset, seed),
-        batch_size=batch_size,
-        sampler=sampler,
+        **batching,
         num_workers=num_workers,
-        collate_fn=collate_windows,
         pin_memory=pin_memory,
-        drop_last=False,
         persistent_workers=num_workers > 0,
         worker_init_fn=ignore_stop_signals,
         # The generator only seeds the workers (their randomness comes from SeededWindows); giving the
@@ -218,7 +240,7 @@ class RunData:
 
     train_set: RT1Dataset
     train_loader: DataLoader
-    train_sampler: EpochSampler
+    train_sampler: EpochSampler | ChunkBatchSampler
     val_set: RT1Dataset | None = None
     val_loader: DataLoader | None = None
     batches_per_epoch: int = 0
@@ -240,6 +262,7 @@ class RunData:
                 seed=cfg.seed,
                 num_workers=cfg.num_workers,
                 pin_memory=pin_memory,
+                chunk_windows=cfg.chunk_windows,
             )
             data = RunData(train_set, train_loader, sampler)
             if cfg.val_index is not None and cfg.val_every > 0:
@@ -291,7 +314,7 @@ class TimedBatches:
         start = time.perf_counter()
         batch = next(self.batches)
         self.wait += time.perf_counter() - start
-        self.windows += batch["frames"].shape[0] * self.world_size
+        self.windows += batch["action_tokens"].shape[0] * self.world_size  # windows (chunked or not)
         return batch
 
 

@@ -127,6 +127,13 @@ def check_resume_fits(contents: dict, path: Path, cfg: TrainConfig, model_config
             "or the same --preset/--cond-drop-prob"
         )
     old, new = contents.get("train_args", {}), cfg.to_dict()
+    if not contents.get("epoch_complete", True) and old.get("chunk_windows", 1) != cfg.chunk_windows:
+        raise ResumeError(
+            f"{path} stopped in the middle of epoch {contents.get('epoch')} with --chunk-windows "
+            f"{old.get('chunk_windows', 1)}; this run asks for {cfg.chunk_windows}, whose epoch visits the windows "
+            "in another order, so the position in the epoch cannot be resumed: resume with the same "
+            "--chunk-windows, or from an end-of-epoch checkpoint"
+        )
     changed = sorted(
         k for k in cfg.field_names() if k not in _RESUME_FREE_FIELDS and k in old and old[k] != new[k]
     )

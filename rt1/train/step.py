@@ -7,7 +7,8 @@ a notebook call.
     evaluate     loss and token accuracy over a loader, summed over every rank's windows before dividing
 
 Batches are the loader's dicts: "frames" uint8 (B, F, H, W, 3), "text_embed" (B, E), "action_tokens"
-(B, F, 11); the model normalises the pixels itself.
+(B, F, 11); or chunks of consecutive windows (--chunk-windows): "frames" (T, H, W, 3), "chunk_windows" (C,) (kept
+on the CPU), "text_embed" (C, E), "action_tokens" (B, F, 11). The model normalises the pixels itself.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return tuple(batch[k].to(device, non_blocking=True) for k in ("frames", "text_embed", "action_tokens"))
 
 
+def chunks_of(batch: dict) -> dict:
+    """The model's chunk argument of a chunked batch ({"chunk_windows": (C,) on the CPU}), {} for windows."""
+    return {"chunk_windows": batch["chunk_windows"]} if "chunk_windows" in batch else {}
+
+
 def train_step(
     model: nn.Module,
     batches: Iterator[dict],
@@ -70,11 +76,12 @@ def train_step(
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     loss_sum = torch.zeros((), device=device)
     for micro in range(accumulate):
-        frames, text, tokens = to_device(next(batches), device)
+        batch = next(batches)
+        frames, text, tokens = to_device(batch, device)
         last = micro == accumulate - 1
         with contextlib.nullcontext() if (last or no_sync is None) else no_sync():
             with amp_context(device, amp):
-                logits = model(frames, text)
+                logits = model(frames, text, **chunks_of(batch))
                 loss = action_loss(logits, tokens, loss_reduction)
             scaler.scale(loss * (1.0 / accumulate)).backward()
         loss_sum += (
@@ -112,7 +119,7 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str = "off"
     for batch in loader:
         frames, text, tokens = to_device(batch, device)
         with amp_context(device, amp):
-            logits = model(frames, text)
+            logits = model(frames, text, **chunks_of(batch))
         sums[0] += action_loss(logits, tokens).double() * tokens.numel()  # the per-token mean, summed
         correct, counted = token_correct_counts(logits, tokens)
         sums[1] += counted.double()
@@ -129,4 +136,4 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str = "off"
     }
 
 
-__all__ = ["amp_context", "set_train_mode", "to_device", "train_step", "evaluate"]
+__all__ = ["chunks_of", "amp_context", "set_train_mode", "to_device", "train_step", "evaluate"]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from rt1.actions import ACTION_KEYS, token_index
 from rt1.google_config import IMAGE_TOKEN_WIDTH, GoogleRT1Config
+from rt1.model.chunks import check_chunks, chunk_logits
 from rt1.model.film import Conditioning
 from rt1.model.google.efficientnet import FiLMEfficientNet
 from rt1.model.google.transformer import Decoder
@@ -144,17 +145,31 @@ class GoogleRT1(nn.Module):
         text_embeds: Tensor,
         cond_drop_prob: float | None = None,
         cond_scale: float = 1.0,
+        chunk_windows: Tensor | None = None,
     ) -> Tensor:
-        """frames (B, F, H, W, 3) uint8, text_embeds (B, 512) -> logits (B, F, num_actions, num_bins)."""
+        """frames (B, F, H, W, 3) uint8, text_embeds (B, 512) -> logits (B, F, num_actions, num_bins).
+
+        chunk_windows (C,) int64 (`rt1.model.chunks`): frames are instead (T, H, W, 3), the frames of C chunks of
+        consecutive windows, text_embeds (C, 512), and the logits are every window's, (sum(chunk_windows), F, ...);
+        each frame is encoded once.
+        """
         if cond_scale != 1.0 or cond_drop_prob:
             raise ValueError(
                 "Google's RT-1 has no classifier-free guidance: cond_scale must be 1, no cond_drop_prob"
             )
         c = self.config
-        if frames.ndim != 5 or tuple(frames.shape[2:]) != (*c.frame_size, 3):
+        if frames.ndim != (5 if chunk_windows is None else 4) or tuple(frames.shape[-3:]) != (
+            *c.frame_size,
+            3,
+        ):
+            layout = "B, F" if chunk_windows is None else "T"
             raise ValueError(
-                f"frames must be (B, F, {c.image_height}, {c.image_width}, 3), got {tuple(frames.shape)}"
+                f"frames must be ({layout}, {c.image_height}, {c.image_width}, 3), got {tuple(frames.shape)}"
             )
+        if chunk_windows is not None:
+            self._check_text(text_embeds)
+            windows = check_chunks(frames, chunk_windows, c.num_frames, text_embeds.shape[0])
+            return chunk_logits(self, frames, self.condition(text_embeds), windows)
         b, f = frames.shape[:2]
         self._check_text(text_embeds, b)
         cond = self.condition(text_embeds).repeat_interleave(f)
