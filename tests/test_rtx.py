@@ -24,7 +24,7 @@ from rt1.model.google.rtx_checkpoint import (
     is_rtx_checkpoint,
     state_dict_and_config_from_rtx,
 )
-from rt1.model.google.transformer import attention_mask
+from rt1.model.google.transformer import rtx_attention_mask
 from rt1.model_config import ConfigError
 from rt1.policy import RT1Policy
 
@@ -195,7 +195,7 @@ def test_logits_equal_the_release(converted, io):
     model = build(config, state_dict)
     diff = np.abs(logits_of(model, io) - action_logits(io, config)).max()
     assert diff <= TOLERANCE, f"max |logit diff| {diff:.2e}"
-    mask = attention_mask(15, config.num_learned_tokens, 11, config.image_attends_past_actions)
+    mask = rtx_attention_mask(15, config.num_learned_tokens, 11)
     assert np.array_equal(mask.numpy(), io["attention_mask"].astype(bool))
     with torch.no_grad():
         frames, texts = windows(io)

@@ -103,12 +103,15 @@ def block_specs(config: GoogleRT1Config) -> list[BlockSpec]:
     return specs
 
 
-def pad_for_stride_2(x: Tensor, kernel: int, mode: str = "tf_asymmetric") -> Tensor:
-    """Zero padding before a stride-2 convolution: Google's TF one ("tf_asymmetric": one less before than
-    after) or XLA's "same" (RT-1-X: output ceil(n / 2), the smaller half of the total before)."""
-    if mode == "tf_asymmetric":
-        before, after = kernel // 2 - 1, kernel // 2
-        return F.pad(x, (before, after, before, after))
+def pad_for_stride_2(x: Tensor, kernel: int) -> Tensor:
+    """Google's zero padding before a stride-2 convolution: one less before than after."""
+    before, after = kernel // 2 - 1, kernel // 2
+    return F.pad(x, (before, after, before, after))
+
+
+def pad_same_stride_2(x: Tensor, kernel: int) -> Tensor:
+    """XLA's 'SAME' zero padding before a stride-2 convolution (RT-1-X, stride2_padding="same"): output
+    ceil(n / 2), the smaller half of the total before."""
     pads = []
     for n in (x.shape[3], x.shape[2]):  # F.pad's order: width, then height
         total = max((-(-n // 2) - 1) * 2 + kernel - n, 0)
@@ -228,7 +231,8 @@ class MBConv(nn.Module):
         """x (N, C_in, H, W) -> (N, C_out, H', W')"""
         h = F.silu(self.expand_bn(self.expand_conv(x))) if self.spec.expand_ratio != 1 else x
         if self.spec.stride == 2:
-            h = pad_for_stride_2(h, self.spec.kernel, self.spec.padding)
+            pad = pad_for_stride_2 if self.spec.padding == "tf_asymmetric" else pad_same_stride_2
+            h = pad(h, self.spec.kernel)
         h = F.silu(self.bn(self.dwconv(h)))
         se = F.silu(self.se_reduce(h.mean(dim=(2, 3), keepdim=True)))
         h = h * torch.sigmoid(self.se_expand(se))
@@ -312,7 +316,8 @@ class FiLMEfficientNet(nn.Module):
 
     def forward(self, pixels: Tensor, modulations: tuple[Tensor, ...]) -> Tensor:
         """pixels (N, 3, S, S) in [0, 1], modulations (one (N, 2C) per FiLM layer) -> (N, 512, s, s)"""
-        x = pad_for_stride_2(self.normalization(pixels), 3, self.padding)
+        pad = pad_for_stride_2 if self.padding == "tf_asymmetric" else pad_same_stride_2
+        x = pad(self.normalization(pixels), 3)
         x = F.silu(self.stem_bn(self.stem_conv(x)))
         for block, modulation in zip(self.blocks, modulations[:-1], strict=True):
             if self.activation_checkpointing:

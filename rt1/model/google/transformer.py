@@ -40,17 +40,21 @@ LAYER_NORM_EPS = 1e-6
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def attention_mask(
-    num_frames: int, image_tokens: int, action_tokens: int, image_attends_past_actions: bool = True
-) -> Tensor:
-    """(L, L) bool, True = query i may attend to key j; L = num_frames * (image_tokens + action_tokens).
-    image_attends_past_actions=False (RT-1-X): image queries do not see earlier action slots either."""
+def attention_mask(num_frames: int, image_tokens: int, action_tokens: int) -> Tensor:
+    """(L, L) bool, True = query i may attend to key j; L = num_frames * (image_tokens + action_tokens)."""
     step = image_tokens + action_tokens
     position = torch.arange(num_frames * step)
     is_action = position % step >= image_tokens
     causal = position[None, :] <= position[:, None]
-    queries = is_action if image_attends_past_actions else torch.ones_like(is_action)
-    return causal & ~(queries[:, None] & is_action[None, :])
+    return causal & ~(is_action[:, None] & is_action[None, :])
+
+
+def rtx_attention_mask(num_frames: int, image_tokens: int, action_tokens: int) -> Tensor:
+    """RT-1-X's mask (image_attends_past_actions=False): `attention_mask` and image queries do not see
+    earlier steps' action slots either (the release's rt1.py L547-549): no key is an action slot."""
+    step = image_tokens + action_tokens
+    is_action = torch.arange(num_frames * step) % step >= image_tokens
+    return attention_mask(num_frames, image_tokens, action_tokens) & ~is_action[None, :]
 
 
 def action_read_positions(num_frames: int, image_tokens: int, action_tokens: int) -> Tensor:
@@ -133,7 +137,8 @@ class Decoder(nn.Module):
         )
         self.to_logits = nn.Linear(c.model_dim, c.num_bins)
         shape = (c.num_frames, c.num_learned_tokens, c.num_actions)
-        self.register_buffer("mask", attention_mask(*shape, c.image_attends_past_actions), persistent=False)
+        mask = attention_mask(*shape) if c.image_attends_past_actions else rtx_attention_mask(*shape)
+        self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("read_positions", action_read_positions(*shape), persistent=False)
 
     def embed(self, image_tokens: Tensor) -> Tensor:
