@@ -18,11 +18,12 @@ terminate_episode: token = argmax(one_hot); detokenize gives the one-hot of the 
 
 `tokenize` and `detokenize` work on numpy arrays and torch tensors with any leading shape.
 
-`ActionTokenizer` is the same scheme with a model's own bins, world_vector bound and token order
-(`ActionTokenizer.of(config)`): RT-1-X (the Open X-Embodiment release) has 512 bins, world_vector in
-[-2, 2] and the order terminate_episode, world_vector, rotation_delta, gripper, base rotation, base vector
-(its rt1.py L287-305, `RTX_TOKEN_ORDER`). Its invalid terminate tokens (3..511) give [0, 0, 1], as the
-release's RT1Policy does (rt1_inference_example.py L140-144) and as the clipping here does.
+`ActionTokenizer` is the same scheme with a model's own bins and world_vector bound
+(`ActionTokenizer.of(config)`): RT-1-X (the Open X-Embodiment release) has 512 bins and world_vector in
+[-2, 2]. Its invalid terminate tokens (3..511) give [0, 0, 1], as the release's RT1Policy does
+(rt1_inference_example.py L140-144) and as the clipping here does. The token order is always this
+module's: a network whose output slots follow another order (`check_action_order`, e.g. rt1main's and
+RT-1-X's, terminate_episode first) permutes its logits with `token_index` before anyone reads them.
 """
 
 from __future__ import annotations
@@ -85,9 +86,24 @@ NUM_CONTINUOUS_TOKENS = len(TOKEN_LOW)
 assert NUM_CONTINUOUS_TOKENS + 1 == NUM_ACTION_TOKENS == len(ACTION_DIM_NAMES)
 
 
-# RT-1-X's token i is this module's token RTX_TOKEN_ORDER[i]
-RTX_TOKEN_ORDER = (10, 0, 1, 2, 3, 4, 5, 6, 9, 7, 8)
-TOKEN_ORDERS = {"rt1": tuple(range(NUM_ACTION_TOKENS)), "rtx": RTX_TOKEN_ORDER}
+def check_action_order(order) -> tuple[str, ...]:
+    """A model's token order (every RLDS action key once, e.g. Google's rt1main starts with terminate_episode)
+    as a tuple; ValueError naming what is wrong."""
+    order = tuple(order) if isinstance(order, (list, tuple)) else order
+    if not isinstance(order, tuple) or sorted(map(str, order)) != sorted(ACTION_KEYS):
+        raise ValueError(f"an action order names each of {list(ACTION_KEYS)} once, got {order!r}")
+    return order
+
+
+def token_index(order) -> tuple[int, ...]:
+    """For a model whose tokens follow `order` (each key's dims in turn, terminate_episode one token): for each
+    token of this module's order, the model's token that carries it (logits[..., token_index(order), :])."""
+    theirs = [(key, d) for key in check_action_order(order) for d in range(_token_dims(key))]
+    return tuple(theirs.index((key, d)) for key in ACTION_KEYS for d in range(_token_dims(key)))
+
+
+def _token_dims(key: str) -> int:
+    return 1 if key == TERMINATE_KEY else ACTION_SPEC[key].shape[0]
 
 
 def _is_torch(x) -> bool:
@@ -140,8 +156,9 @@ def tokenize(actions: dict, num_bins: int = NUM_BINS, low=TOKEN_LOW, high=TOKEN_
 def detokenize(tokens, num_bins: int = NUM_BINS, low=TOKEN_LOW, high=TOKEN_HIGH) -> dict:
     """Tokens (..., 11) -> RLDS action dict: float32 arrays (..., dims), terminate int32 one-hot (..., 3).
 
-    Returns numpy arrays for numpy input and torch tensors for torch input. num_bins, low and high are
-    `ActionTokenizer`'s; the defaults are RT-1's.
+    Returns numpy arrays for numpy input and torch tensors for torch input. num_bins, low and high are the
+    model's (`ActionTokenizer.of(config)`: e.g. RT-1-X's 512 bins, world_vector in [-2, 2]); the defaults are
+    RT-1's (the pipeline's data: 256 bins).
     """
     if tokens.shape[-1] != NUM_ACTION_TOKENS:
         raise ValueError(f"tokens have last dimension {tokens.shape[-1]}, expected {NUM_ACTION_TOKENS}")
@@ -174,24 +191,15 @@ def detokenize(tokens, num_bins: int = NUM_BINS, low=TOKEN_LOW, high=TOKEN_HIGH)
 
 @dataclass(frozen=True)
 class ActionTokenizer:
-    """A model's action tokenizer: this module's scheme with its bins, world_vector bound and token order."""
+    """A model's action tokenizer: this module's scheme (and token order) with its bins and world_vector bound."""
 
     num_bins: int = NUM_BINS
     world_vector_bound: float = 1.0
-    order: str = "rt1"  # a key of TOKEN_ORDERS
-
-    def __post_init__(self) -> None:
-        if self.order not in TOKEN_ORDERS:
-            raise ValueError(f"action token order must be one of {sorted(TOKEN_ORDERS)}, got {self.order!r}")
 
     @classmethod
     def of(cls, config) -> ActionTokenizer:
-        """The tokenizer of a model config (fields num_bins, world_vector_bound, action_order; RT-1's if absent)."""
-        return cls(
-            getattr(config, "num_bins", NUM_BINS),
-            float(getattr(config, "world_vector_bound", 1.0)),
-            getattr(config, "action_order", "rt1"),
-        )
+        """The tokenizer of a model config (fields num_bins, world_vector_bound; RT-1's if absent)."""
+        return cls(getattr(config, "num_bins", NUM_BINS), float(getattr(config, "world_vector_bound", 1.0)))
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -201,14 +209,12 @@ class ActionTokenizer:
         return low, high
 
     def tokenize(self, actions: dict):
-        """RLDS action dict -> tokens (..., 11) in the model's order."""
-        tokens = tokenize(actions, self.num_bins, *self.bounds)
-        return tokens[..., list(TOKEN_ORDERS[self.order])]
+        """RLDS action dict -> tokens (..., 11) (see `tokenize`)."""
+        return tokenize(actions, self.num_bins, *self.bounds)
 
     def detokenize(self, tokens) -> dict:
-        """Tokens (..., 11) in the model's order -> RLDS action dict (see `detokenize`)."""
-        back = list(np.argsort(TOKEN_ORDERS[self.order]))
-        return detokenize(tokens[..., back], self.num_bins, *self.bounds)
+        """Tokens (..., 11), e.g. the argmax of a model's logits -> RLDS action dict (see `detokenize`)."""
+        return detokenize(tokens, self.num_bins, *self.bounds)
 
 
 def flatten_actions(actions: dict):

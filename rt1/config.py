@@ -194,6 +194,13 @@ class TrainConfig:
         "checkpoint to resume from (none: the newest checkpoint-*.pt in --save-dir, if any)",
         group="output",
     )
+    init_from: Path | None = option(
+        None,
+        "start a new run from these model weights: a model directory (python -m rt1.export, or Google's "
+        "rt1main converted by python -m rt1.model.convert_google) or a checkpoint-*.pt; weights only, the "
+        "optimizer and lr schedule start fresh; a --save-dir with a checkpoint resumes it instead",
+        group="output",
+    )
     keep_checkpoints: int = option(3, "checkpoints kept", group="output")
     save_every: int = option(
         0,
@@ -233,7 +240,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if f.metadata.get("per_preset") and getattr(self, f.name) is None:
                 object.__setattr__(self, f.name, PRESETS[self.preset].train[f.name])
-        for name in ("data_dir", "train_index", "val_index", "save_dir", "resume"):
+        for name in ("data_dir", "train_index", "val_index", "save_dir", "resume", "init_from"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 if not isinstance(value, str) or not value:
@@ -298,6 +305,8 @@ class TrainConfig:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 fail(name, "must be an existing file")
+        if self.init_from is not None and not self.init_from.exists():
+            fail("init_from", "must be an existing model directory or checkpoint file")
         if self.save_dir.exists() and not self.save_dir.is_dir():
             fail("save_dir", "exists and is not a directory")
         family = type(PRESETS[self.preset].model)

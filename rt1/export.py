@@ -13,16 +13,11 @@ never half-written.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from rt1.errors import RT1Error, one_line, run_cli
-from rt1.model_families import architecture
-
-EXPORT_NOTE = "exported by python -m rt1.export"
+from rt1.model.model_dir import base_config, check_output_dir, model_card, write_model_dir
 
 
 class ExportError(RT1Error, ValueError):
@@ -60,103 +55,32 @@ def build_config(
 ) -> dict:
     """The config.json of an export (format in rt1.model.pretrained)."""
     from rt1.data.images import DATASET_JPEG_QUALITY, RESIZE_DESCRIPTION
-    from rt1.model.pretrained import PRETRAINED_FORMAT, PRETRAINED_FORMAT_VERSION, tokenizer_spec
     from rt1.rlds_spec import IMAGE_SHAPE
 
     train_args = _plain(dict(state.get("train_args") or {}))
-    height, width = model_config.frame_size
-    return {
-        "format": PRETRAINED_FORMAT,
-        "format_version": PRETRAINED_FORMAT_VERSION,
-        "model_type": "rt1",
-        "preset": _preset_name(train_args, model_config),
-        "model_config": model_config.to_dict(),
-        "num_frames": model_config.num_frames,
-        "action_tokenizer": tokenizer_spec(),
-        "image_preprocessing": {
-            "input": f"RLDS observation/image: uint8 (H, W, 3) RGB; the camera's is {list(IMAGE_SHAPE)}",
-            "dataset_jpeg_quality": DATASET_JPEG_QUALITY,
-            "resize": RESIZE_DESCRIPTION,
-            "image_size": [height, width],
-            "jpeg_quality": int(jpeg_quality),
-            "steps": "JPEG at dataset_jpeg_quality, squash-resize to image_size, JPEG at jpeg_quality, decode "
-            "(rt1.data.images.training_frame), then what the network does (formula)",
-            **model_config.pixel_processing(),
-        },
-        "instruction_embedding": {"dim": model_config.text_embed_dim, "source": embedding_source},
-        "training": {
-            "train_args": train_args,
-            "epoch": _plain(state.get("epoch")),
-            "global_step": _plain(state.get("global_step")),
-            "epoch_complete": _plain(state.get("epoch_complete")),
-            "metrics": _plain(dict(state.get("metrics") or {})),
-        },
-        "source_checkpoint": Path(checkpoint).name,
+    images = {
+        "input": f"RLDS observation/image: uint8 (H, W, 3) RGB; the camera's is {list(IMAGE_SHAPE)}",
+        "dataset_jpeg_quality": DATASET_JPEG_QUALITY,
+        "resize": RESIZE_DESCRIPTION,
+        "jpeg_quality": int(jpeg_quality),
+        "steps": "JPEG at dataset_jpeg_quality, squash-resize to image_size, JPEG at jpeg_quality, decode "
+        "(rt1.data.images.training_frame), then what the network does (formula)",
     }
-
-
-def model_card(config: dict, num_parameters: int) -> str:
-    """A short README.md: what the model is, what it was trained on, its metrics, how to load it."""
-    training = config["training"]
-    args = training["train_args"]
-    mc = config["model_config"]
-    data = args.get("data_dir")
-    lines = [
-        "---",
-        "library_name: pytorch",
-        "tags: [robotics, rt-1, imitation-learning]",
-        "---",
-        "",
-        f"# RT-1 ({config['preset'] or 'custom'} preset)",
-        "",
-        f"RT-1 ({architecture(mc.get('model_type', 'maxvit'))}) with {num_parameters:,} parameters, "
-        f"{'x'.join(map(str, config['image_preprocessing']['image_size']))} input, "
-        f"{config['num_frames']}-frame history, "
-        f"{len(config['action_tokenizer']['names'])} action tokens of {config['action_tokenizer']['num_bins']} bins. "
-        f"{EXPORT_NOTE} from `{config['source_checkpoint']}`.",
-        "",
-        "## Training",
-        "",
-        f"- data: {f'`{data}`' if data else 'not recorded (converted checkpoint)'} (fractal20220817_data format), "
-        f"instruction embeddings: {config['instruction_embedding']['source']} "
-        f"({config['instruction_embedding']['dim']}-d)",
-        f"- train index: `{args['train_index']}`"
-        if args.get("train_index")
-        else "- train index: not recorded",
-        f"- epoch {training['epoch']}, {training['global_step']} optimizer steps"
-        if training.get("global_step") is not None
-        else "- steps: not recorded",
-    ]
-    run = [f"{k} {args[k]}" for k in ("optimizer", "lr", "batch_size", "epochs", "seed") if k in args]
-    if run:
-        lines.append("- run: " + ", ".join(run))
-    lines += ["", "## Metrics", ""]
-    metrics = training.get("metrics") or {}
-    if metrics:
-        lines += ["| metric | value |", "| --- | --- |"]
-        lines += [
-            f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
-            for k, v in sorted(metrics.items())
-        ]
-    else:
-        lines.append("The checkpoint holds no validation metrics.")
-    lines += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from rt1.model import load_pretrained",
-        "from rt1.policy import RT1Policy",
-        "",
-        "model, config, exported = load_pretrained(DIR)",
-        "policy = RT1Policy(model)",
-        "```",
-        "",
-        "or serve it to a robot: `python -m rt1.serve --model DIR`. `config.json` gives the image "
-        "preprocessing, the action tokenizer (order and bounds) and the instruction embedding.",
-        "",
-    ]
-    return "\n".join(lines)
+    training = {
+        "train_args": train_args,
+        "epoch": _plain(state.get("epoch")),
+        "global_step": _plain(state.get("global_step")),
+        "epoch_complete": _plain(state.get("epoch_complete")),
+        "metrics": _plain(dict(state.get("metrics") or {})),
+    }
+    return base_config(
+        model_config,
+        preset=_preset_name(train_args, model_config),
+        image_preprocessing=images,
+        embedding_source=embedding_source,
+        training=training,
+        source=Path(checkpoint).name,
+    )
 
 
 def export(
@@ -168,12 +92,9 @@ def export(
     overwrite: bool = False,
 ) -> Path:
     """Write the model directory `out` from a training checkpoint; returns `out`."""
-    from safetensors.torch import save_file
-
-    from rt1 import io
     from rt1.data.images import JPEG_QUALITY
     from rt1.model import build_model, read_checkpoint
-    from rt1.model.pretrained import CARD_NAME, CONFIG_NAME, EMBEDDING_SOURCES, WEIGHTS_NAME
+    from rt1.model.pretrained import EMBEDDING_SOURCES
     from rt1.model_families import model_config_from_dict
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -184,10 +105,7 @@ def export(
     jpeg_quality = JPEG_QUALITY if jpeg_quality is None else jpeg_quality
     if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
         raise ExportError(f"--jpeg-quality must be 1..100, got {jpeg_quality!r}")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists; pass --overwrite to replace it")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_NAME).is_file())):
-        raise ExportError(f"{out} exists and is not an exported model directory: refusing to replace it")
+    check_output_dir(out, overwrite, ExportError)
     if checkpoint.is_dir():
         raise ExportError(f"{checkpoint} is a directory: --checkpoint takes a checkpoint-{{epoch}}.pt file")
     state = read_checkpoint(checkpoint)
@@ -202,27 +120,7 @@ def export(
     config = build_config(state, model_config, checkpoint, embedding_source, jpeg_quality)
     card = model_card(config, model.num_parameters())
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    io.check_free_space(out.parent, sum(t.numel() * t.element_size() for t in tensors.values()), out.name)
-    tmp = out.with_name(f".{out.name}{io.TEMP_MARKER}{os.getpid()}")
-    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})  # "pt": what transformers expects
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / CARD_NAME).write_text(card)
-        for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
-            os.chmod(tmp / name, 0o644)  # safetensors creates its file owner-only; the folder is for sharing
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        if out.exists():  # --overwrite: a directory cannot be renamed onto a non-empty one
-            os.replace(out, old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    return write_model_dir(out, tensors, config, card)
 
 
 def main(argv: list[str] | None = None) -> int:

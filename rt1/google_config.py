@@ -25,8 +25,11 @@ besides sizes, each with rt1main's value as the default (file:line of the releas
                                window is filled with all-zero steps (zero image, zero instruction), as the
                                release's training pads every episode (Minimal_Training_Example
                                `pad_initial_zero_steps`), so its RT1Policy always sees 15 frames
-    action_order               "rt1" (rt1.actions' order, terminate last) | "rtx": terminate_episode,
-                               world_vector, rotation_delta, gripper, base rotation, base vector (rt1.py L287-305)
+    action_order               the RLDS key of each output slot: rt1.actions' ACTION_KEYS (terminate last)
+                               | RTX_ACTION_ORDER: terminate_episode, world_vector, rotation_delta,
+                               gripper_closedness_action, base_displacement_vertical_rotation,
+                               base_displacement_vector (rt1.py L287-305); the logits come out in
+                               rt1.actions' order either way (the network permutes its slots)
     world_vector_bound         1.0 | 2.0: world_vector bounds (-b, b) of the action tokenizer
                                (rt1_inference_example.py L162-163)
 An invalid terminate token (3..num_bins-1) detokenizes to [0, 0, 1] in both (rt1.actions clips to class 2;
@@ -39,7 +42,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from rt1.actions import NUM_ACTION_TOKENS
+from rt1.actions import ACTION_KEYS, NUM_ACTION_TOKENS, check_action_order
 from rt1.model_config import RUNTIME_ONLY_FIELDS, ConfigError
 from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 
@@ -53,8 +56,18 @@ CHOICES = {
     "feed_forward": ("linear", "swiglu"),
     "preprocessing": ("google", "rtx"),
     "episode_start": ("prefix", "zero_frames"),
-    "action_order": ("rt1", "rtx"),
 }
+# RT-1-X's output slots (the release's rt1.py L287-305 hard-codes this order); rt1main's converter defaults to it
+RTX_ACTION_ORDER = (
+    "terminate_episode",
+    "world_vector",
+    "rotation_delta",
+    "gripper_closedness_action",
+    "base_displacement_vertical_rotation",
+    "base_displacement_vector",
+)
+# action_order as config dicts of rtx-38's development named it (before the tuple of keys)
+LEGACY_ACTION_ORDERS = {"rt1": ACTION_KEYS, "rtx": RTX_ACTION_ORDER}
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,11 @@ class GoogleRT1Config:
     num_actions: int = NUM_ACTION_TOKENS  # tokens per step, one per float dimension, one for terminate
     num_bins: int = 256  # vocab_size
     text_embed_dim: int = EMBEDDING_DIM  # the FiLM context: the dataset's 512-d instruction embedding
+    # which RLDS action key each of the network's 11 output slots predicts (Google's gin ACTION_ORDER): a fact of
+    # the weights. The model's logits always come out in rt1.actions' order (the slots permuted), so the data,
+    # the loss and the policy never see it. Our own runs: rt1.actions' order; a converted rt1main: Google's
+    # (rt1.model.google.convert_google). to_dict() leaves it out when it is rt1.actions' order.
+    action_order: tuple[str, ...] = ACTION_KEYS
     # RT-1-X's differences (module docstring); the defaults are rt1main's
     stride2_padding: str = "tf_asymmetric"
     feed_forward: str = "linear"
@@ -92,7 +110,6 @@ class GoogleRT1Config:
     action_token_embedding: bool = True
     preprocessing: str = "google"
     episode_start: str = "prefix"
-    action_order: str = "rt1"
     world_vector_bound: float = 1.0
     # how to compute, not what (see RT1Config): recompute each EfficientNet block and transformer layer
     # in the backward pass
@@ -126,6 +143,10 @@ class GoogleRT1Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"GoogleRT1Config.{name} must be in [0, 1), got {value!r}")
+        try:
+            object.__setattr__(self, "action_order", check_action_order(self.action_order))
+        except ValueError as e:
+            raise ConfigError(f"GoogleRT1Config.action_order: {e}") from None
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(
@@ -219,6 +240,10 @@ class GoogleRT1Config:
         out = {"model_type": self.model_type, **dataclasses.asdict(self)}
         for name in RUNTIME_ONLY_FIELDS:
             del out[name]
+        if self.action_order == ACTION_KEYS:
+            del out["action_order"]  # the dicts of every checkpoint written before the field existed
+        else:
+            out["action_order"] = list(self.action_order)
         return out
 
     @classmethod
@@ -237,6 +262,9 @@ class GoogleRT1Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown GoogleRT1Config fields {unknown}; known fields: {sorted(known)}")
+        order = values.get("action_order")
+        if isinstance(order, str) and order in LEGACY_ACTION_ORDERS:
+            values["action_order"] = LEGACY_ACTION_ORDERS[order]
         return cls(**values)
 
 
@@ -253,7 +281,7 @@ RTX_FIELDS = {
     "action_token_embedding": False,
     "preprocessing": "rtx",
     "episode_start": "zero_frames",
-    "action_order": "rtx",
+    "action_order": RTX_ACTION_ORDER,
     "world_vector_bound": 2.0,
 }
 RTX_CONFIG = GoogleRT1Config.rtx()

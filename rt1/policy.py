@@ -18,8 +18,9 @@ A model whose config has `episode_start="zero_frames"` (RT-1-X) always runs full
 window before the episode's first frame is filled with the tokens of an all-zero frame under a zero
 instruction embedding, the zero steps the Open X-Embodiment release pads every training episode with, so
 the release's RT1Policy (which is given 15 frames) and this one see the same windows at every step.
-Actions are detokenized with the model's own tokenizer (`rt1.actions.ActionTokenizer.of(config)`: bins,
-world_vector bound, token order).
+Actions are detokenized with the model's own bins and bounds (`rt1.actions.ActionTokenizer.of(config)`:
+RT-1-X's 512 bins and world_vector in [-2, 2]); the logits are in rt1.actions' token order whatever the
+network's slot order (GoogleRT1Config.action_order), so the policy never re-orders.
 
 Each frame's TokenLearner tokens depend on that frame (and the instruction) only, so the policy
 keeps the tokens of the last 6 frames and encodes only the new frame each step

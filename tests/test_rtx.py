@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from rt1.actions import ActionTokenizer, detokenize, tokenize
+from rt1.actions import ACTION_KEYS, ActionTokenizer, detokenize, token_index, tokenize
 from rt1.errors import one_line
-from rt1.google_config import RTX_CONFIG, GoogleRT1Config
+from rt1.google_config import RTX_ACTION_ORDER, RTX_CONFIG, GoogleRT1Config
 from rt1.model.google.network import GoogleRT1, preprocess
 from rt1.model.google.rtx_checkpoint import (
     RTXCheckpointError,
@@ -32,6 +32,10 @@ FIXTURE = Path(__file__).parent / "fixtures" / "rtx_jax"
 CHECKPOINT = FIXTURE / "variables.msgpack"
 TOLERANCE = 1e-4
 MUTATION_MIN = 1e-2
+# the release's token (output slot) i carries rt1.actions' token RELEASE_SLOTS[i] (its rt1.py L287-305)
+RELEASE_SLOTS = (10, 0, 1, 2, 3, 4, 5, 6, 9, 7, 8)
+# the release's slots in rt1.actions' order: our network permutes its logits the same way (action_order)
+IN_RT1_ORDER = list(token_index(RTX_ACTION_ORDER))
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +60,11 @@ def build(config: GoogleRT1Config, state_dict: dict) -> GoogleRT1:
 
 
 def action_logits(io: dict, config: GoogleRT1Config) -> np.ndarray:
-    """The release's logits (2, 300, V) at every action position -> (2, 15, 11, V)."""
+    """The release's logits (2, 300, V) at every action position -> (2, 15, 11, V), in rt1.actions' token
+    order (the release's slots permuted as GoogleRT1 permutes its own)."""
     n, step = config.num_learned_tokens, config.tokens_per_step
     read = (np.arange(config.num_frames)[:, None] * step + n - 1 + np.arange(11)[None]).flatten()
-    return io["window_logits"][:, read].reshape(2, config.num_frames, 11, -1)
+    return io["window_logits"][:, read].reshape(2, config.num_frames, 11, -1)[:, :, IN_RT1_ORDER]
 
 
 def windows(io: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,10 +105,20 @@ def test_rt1main_config_is_unchanged_and_old_dicts_load():
         "action_token_embedding": True,
         "preprocessing": "google",
         "episode_start": "prefix",
-        "action_order": "rt1",
         "world_vector_bound": 1.0,
-    }
+    }  # action_order: left out of the dict when it is rt1.actions' order (a dict written before it existed)
+    assert RTX_CONFIG.to_dict()["action_order"] == list(RTX_ACTION_ORDER)
     assert GoogleRT1Config.from_dict(RTX_CONFIG.to_dict()) == RTX_CONFIG
+    # the order's names while RT-1-X was developed on its own ("rt1" / "rtx") still load
+    assert GoogleRT1Config.from_dict({**RTX_CONFIG.to_dict(), "action_order": "rtx"}) == RTX_CONFIG
+    assert GoogleRT1Config.from_dict({**old, "action_order": "rt1"}) == GoogleRT1Config()
+
+
+def test_rtx_action_order_is_the_release_slot_mapping():
+    """The tuple of keys gives the release's slot -> token mapping (rtx-38's RTX_TOKEN_ORDER)."""
+    assert [RELEASE_SLOTS[j] for j in IN_RT1_ORDER] == list(range(11))
+    assert RTX_CONFIG.action_order == RTX_ACTION_ORDER != ACTION_KEYS
+    # (that GoogleRT1 applies it: test_logits_equal_the_release compares in rt1.actions' order)
 
 
 RTX_FIELD_NAMES = (
@@ -145,7 +160,7 @@ def test_rtx_preprocessing_passes_a_300x300_frame_unchanged():
 
 def test_action_tokenizer_of_rtx():
     tok = ActionTokenizer.of(RTX_CONFIG)
-    assert (tok.num_bins, tok.world_vector_bound, tok.order) == (512, 2.0, "rtx")
+    assert (tok.num_bins, tok.world_vector_bound) == (512, 2.0)
     rs = np.random.RandomState(0)
     actions = {
         "world_vector": rs.uniform(-2, 2, (5, 3)),
@@ -155,17 +170,15 @@ def test_action_tokenizer_of_rtx():
         "base_displacement_vertical_rotation": rs.uniform(-3, 3, (5, 1)),
         "terminate_episode": np.eye(3, dtype=np.int32)[rs.randint(0, 3, 5)],
     }
-    tokens = tok.tokenize(actions)
-    # the release's order (rt1.py L287-305): terminate, world_vector, rotation, gripper, base rotation, vector
-    ours = tokenize(actions, 512, *tok.bounds)
-    assert np.array_equal(tokens, ours[:, [10, 0, 1, 2, 3, 4, 5, 6, 9, 7, 8]])
+    tokens = tok.tokenize(actions)  # rt1.actions' order: the network's logits come out in it
+    assert np.array_equal(tokens, tokenize(actions, 512, *tok.bounds))
     expected_world = np.floor((actions["world_vector"] + 2) / 4 * 511)
-    assert np.array_equal(tokens[:, 1:4], expected_world)
+    assert np.array_equal(tokens[:, 0:3], expected_world)
     back = tok.detokenize(tokens)
     assert np.abs(back["world_vector"] - actions["world_vector"]).max() <= 4 / 511 + 1e-6
     assert np.array_equal(back["terminate_episode"], actions["terminate_episode"])
     invalid = np.zeros(11, np.int64)
-    invalid[0] = 4  # RT1Policy.action: an invalid terminate token -> [0, 0, 1]
+    invalid[10] = 4  # RT1Policy.action: an invalid terminate token -> [0, 0, 1]
     assert tok.detokenize(invalid)["terminate_episode"].tolist() == [0, 0, 1]
     assert detokenize(np.zeros(11, np.int64))["world_vector"].tolist() == [
         -1.0,
@@ -248,15 +261,16 @@ def test_policy_acts_as_the_release_rt1policy(converted, io, use_cache):
     worst = 0.0
     for t in range(len(episode)):  # steps 0..13 with zero steps in the window, 14..16 full windows
         action = policy.step(episode[t], io["embedding_a"])
-        worst = max(worst, float(np.abs(policy.last_logits.numpy() - io["policy_logits"][t]).max()))
-        assert np.array_equal(policy.last_tokens, io["policy_tokens"][t]), f"step {t}"
+        release_logits = io["policy_logits"][t][IN_RT1_ORDER]  # the release's slots in rt1.actions' order
+        worst = max(worst, float(np.abs(policy.last_logits.numpy() - release_logits).max()))
+        assert np.array_equal(policy.last_tokens, io["policy_tokens"][t][IN_RT1_ORDER]), f"step {t}"
         for key, value in action.items():
             release = io[f"policy_action_{key}"][t]
             assert np.allclose(value, release, atol=1e-6), f"step {t} {key}: {value} vs {release}"
     assert worst <= TOLERANCE, f"max |logit diff| {worst:.2e}"
     predicted, logits = policy.predict_episode(episode, io["embedding_a"], return_logits=True)
-    assert np.array_equal(predicted, io["policy_tokens"])
-    assert np.abs(logits.numpy() - io["policy_logits"]).max() <= TOLERANCE
+    assert np.array_equal(predicted, io["policy_tokens"][:, IN_RT1_ORDER])
+    assert np.abs(logits.numpy() - io["policy_logits"][:, IN_RT1_ORDER]).max() <= TOLERANCE
 
 
 # ---- reader formats and errors --------------------------------------------------------------------

@@ -9,10 +9,12 @@ config.json (plain JSON):
     format, format_version   "rt1-pretrained", 1 (a directory of another version is refused)
     model_type               "rt1" (the file's kind; the network's family is model_config's model_type)
     preset                   the preset the model config is (or was trained from), or null
-    model_config             the model config's to_dict() (`rt1.model_families`; no model_type: MaxViT)
-    action_tokenizer         num_bins, the token order (`names`), and per RLDS action key its token slice
-                             and bounds: the fixed ones of `rt1.actions` (a mismatch is refused, this code
-                             detokenizes with its own)
+    model_config             the model config's to_dict() (`rt1.model_families`; no model_type: MaxViT). Google's
+                             network may carry `action_order`, the RLDS key of each of its output slots (a
+                             converted rt1main: Google's order); its logits come out in rt1.actions' order
+    action_tokenizer         num_bins (the model_config's), the token order of the logits (`names`), and per
+                             RLDS action key its token slice and bounds: those of `rt1.actions` (a mismatch
+                             is refused; the policy detokenizes with them and the model's bins)
     image_preprocessing      camera frame -> model input: JPEG at the dataset's quality, squash-resize to
                              image_size (H, W), JPEG at stage 2's quality, decode
                              (`rt1.data.images.training_frame`), then what the network does inside
@@ -21,6 +23,7 @@ config.json (plain JSON):
                              `rt1.sim.scene.instruction_embedding`; the server also takes instruction text)
     training                 the run that wrote the checkpoint: train_args, epoch, global_step, metrics
     source_checkpoint        file name of the checkpoint it was exported from
+    conversion               (converted models only) the source's kind, the action order and its evidence
 
 `load_pretrained(DIR)` checks the format version, the tokenizer, and that the tensors are exactly the
 model's (names, shapes, dtypes); anything else is a one-line `PretrainedError` naming the file.
@@ -53,8 +56,8 @@ class PretrainedError(RT1Error, RuntimeError):
     """An exported model directory cannot be read or does not fit (the message names the file)."""
 
 
-def tokenizer_spec() -> dict:
-    """The action tokenizer of `rt1.actions` as config.json stores it."""
+def tokenizer_spec(num_bins: int = NUM_BINS) -> dict:
+    """The action tokenizer of `rt1.actions` as config.json stores it, for a model of `num_bins` bins."""
     keys, start = [], 0
     for spec in CONTINUOUS_KEYS:
         keys.append(
@@ -70,7 +73,7 @@ def tokenizer_spec() -> dict:
         }
     )
     return {
-        "num_bins": NUM_BINS,
+        "num_bins": num_bins,
         "names": list(ACTION_DIM_NAMES),
         "keys": keys,
         "encode": "token = floor((clip(a, low, high) - low) / (high - low) * (num_bins - 1))",
@@ -98,21 +101,22 @@ def read_pretrained_config(directory: Path) -> dict:
             f"{path} has format_version {config.get('format_version')!r}, "
             f"this code reads {PRETRAINED_FORMAT_VERSION}"
         )
-    tokenizer = config.get("action_tokenizer")
-    if not _same_tokenizer(tokenizer, tokenizer_spec()):
+    try:
+        model_config = model_config_of(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PretrainedError(f"{path}: bad model_config ({one_line(e)})") from None
+    # The model's logits are in rt1.actions' token order (a network with another slot order, e.g. a converted
+    # rt1main, permutes its own: its model_config.action_order), with its model_config's bins.
+    if not _same_tokenizer(config.get("action_tokenizer"), tokenizer_spec(model_config.num_bins)):
         raise PretrainedError(
-            f"{path}: action_tokenizer differs from this code's (rt1.actions: {NUM_BINS} bins, "
-            f"order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
+            f"{path}: action_tokenizer differs from this code's (rt1.actions: {model_config.num_bins} bins as "
+            f"model_config says, order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
         )
     source = (config.get("instruction_embedding") or {}).get("source")
     if source not in EMBEDDING_SOURCES:
         raise PretrainedError(
             f"{path}: instruction_embedding.source must be one of {list(EMBEDDING_SOURCES)}, got {source!r}"
         )
-    try:
-        model_config_of(config)
-    except (KeyError, TypeError, ValueError) as e:
-        raise PretrainedError(f"{path}: bad model_config ({one_line(e)})") from None
     return config
 
 

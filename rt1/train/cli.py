@@ -83,7 +83,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         )
     for name in MODEL_OVERRIDABLE:
         owner, kind = model_hints[name]
-        parse = _int_tuple if typing.get_origin(kind) is tuple else kind
+        tuple_of = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else None
+        parse = kind if tuple_of is None else _int_tuple if tuple_of is int else _names
         groups["model"].add_argument(
             _model_flag(name),
             dest=f"model.{name}",
@@ -108,6 +109,10 @@ def _int_tuple(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -5,6 +5,9 @@ and a checkpoint is checked to fit the run before anything is built from it.
     find_resume        --resume, else the newest checkpoint-*.pt; the same path on every rank
     check_resume_fits  same model config (else ResumeError), changed training settings warned about
     check_position     a mid-epoch checkpoint resumes only at the same steps per epoch
+    --init-from        a new run from a model directory's or checkpoint's weights (`load_weights`): the same
+                       network family (checked before anything is written) and the same tensor shapes; the
+                       weights' action order (GoogleRT1Config.action_order, a fact of the weights) is the run's
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ _RESUME_FREE_FIELDS = {
     "compile",
     "save_every",
     "model_overrides",
+    "init_from",  # a resume is a resume: the checkpoint's weights, whatever --init-from says
 }  # a changed model is refused by the model config check itself
 
 
@@ -48,6 +52,12 @@ class ResumeError(RT1Error, RuntimeError):
     """A checkpoint does not fit this run (different model, world size mismatch that matters...)."""
 
     exit_code = EXIT_ERROR
+
+
+class InitError(RT1Error, RuntimeError):
+    """--init-from's weights do not fit this run (another network, other shapes); the message names them."""
+
+    exit_code = EXIT_USAGE
 
 
 class SaveDirInUseError(RT1Error, RuntimeError):
@@ -126,14 +136,39 @@ def check_resume_fits(contents: dict, path: Path, cfg: TrainConfig, model_config
         )
 
 
-def load_resume(cfg: TrainConfig) -> tuple[Path | None, dict | None]:
-    """(the checkpoint to resume, its contents), or (None, None) for a fresh run; checked before anything is written."""
+def load_resume(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, dict | None]:
+    """(the run's config, the checkpoint to resume, its contents), or (cfg, None, None) for a fresh run; checked
+    before anything is written. The config takes the action order of the weights it starts from (the
+    checkpoint's, else --init-from's) unless --model.action-order says it."""
     path = find_resume(cfg)
     if path is None:
-        return None, None
+        return (cfg if cfg.init_from is None else _with_order_of(cfg, init_source_config(cfg))), None, None
     contents = ckpt.load_checkpoint(path)
     check_same_optimizer(contents, path, cfg)
-    return path, contents
+    return _with_order_of(cfg, model_config_from_dict(contents["model_config"])), path, contents
+
+
+def init_source_config(cfg: TrainConfig) -> ModelConfig:
+    """--init-from's model config; another network family than the run's is refused in one line."""
+    from rt1.model.load import read_checkpoint
+    from rt1.model.pretrained import model_config_of, read_pretrained_config
+    from rt1.model_families import family_name
+
+    source = cfg.init_from
+    config = model_config_of(read_pretrained_config(source) if source.is_dir() else read_checkpoint(source))
+    if config.model_type != cfg.model_config.model_type:
+        raise InitError(
+            f"--init-from {source} is {family_name(config)}, --preset {cfg.preset} builds "
+            f"{family_name(cfg.model_config)}: start from weights of the preset's network"
+        )
+    return config
+
+
+def _with_order_of(cfg: TrainConfig, weights: ModelConfig) -> TrainConfig:
+    order, current = getattr(weights, "action_order", None), getattr(cfg.model_config, "action_order", None)
+    if order is None or current is None or "action_order" in cfg.model_overrides or order == current:
+        return cfg
+    return cfg.replace(model_overrides={**cfg.model_overrides, "action_order": tuple(order)})
 
 
 def check_same_optimizer(contents: dict, path: Path, cfg: TrainConfig) -> None:
@@ -148,8 +183,10 @@ def check_same_optimizer(contents: dict, path: Path, cfg: TrainConfig) -> None:
         )
 
 
-def load_weights(model, contents: dict | None, path: Path | None):
-    """`model` with the checkpoint's weights (none: as it is); ResumeError when they do not fit."""
+def load_weights(model, contents: dict | None, path: Path | None, init_from: Path | None = None, log=None):
+    """`model` with the checkpoint's weights, else --init-from's, else as it is; ResumeError when they do not fit."""
+    if contents is None and init_from is not None and path is None:
+        return _init_weights(model, init_from, log)
     if contents is None:
         return model
     try:
@@ -159,6 +196,34 @@ def load_weights(model, contents: dict | None, path: Path | None):
             f"{path}: its weights do not fit the current RT1 code ({one_line(e)}); resume with the "
             "code that wrote it, or start a new --save-dir"
         ) from None
+    return model
+
+
+def _init_weights(model, source: Path, log):
+    """The weights of a model directory or checkpoint, tensor by tensor the shapes of this run's model."""
+    from rt1.model import load_model
+
+    weights, config, _ = load_model(source)
+    ours, theirs = model.state_dict(), weights.state_dict()
+    bad = next((k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape), None)
+    if bad is not None or set(theirs) - set(ours):
+        mine, other = model.config.to_dict(), config.to_dict()
+        fields = [
+            f"{k} {other.get(k)!r} vs {mine.get(k)!r}" for k in sorted(mine) if other.get(k) != mine.get(k)
+        ]
+        hint = (
+            "; the training data's action tokens have 256 bins (rt1.actions)"
+            if config.num_bins != 256
+            else ""
+        )
+        raise InitError(
+            f"--init-from {source}: tensor {bad} is {tuple(theirs[bad].shape) if bad in theirs else 'missing'}, "
+            f"this run's model needs {tuple(ours[bad].shape) if bad else '-'} (model config, source vs run: "
+            f"{', '.join(fields) or 'equal'}){hint}; match it with --model.FIELD"
+        )
+    model.load_state_dict(theirs)
+    if log is not None:
+        log.info(f"initialised the model from {source} (weights only: optimizer and lr schedule start fresh)")
     return model
 
 
@@ -195,6 +260,8 @@ __all__ = [
     "report_resume",
     "LOCK_FILE",
     "ResumeError",
+    "InitError",
+    "init_source_config",
     "SaveDirInUseError",
     "take_save_dir",
     "find_resume",

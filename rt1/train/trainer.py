@@ -80,7 +80,7 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
     lock, created, started = None, None, False
     try:
         lock, created = take_save_dir(cfg)
-        resume_path, contents = load_resume(cfg)
+        cfg, resume_path, contents = load_resume(cfg)  # cfg: the weights' action order (run_dir)
         with D.lost_peers_reported(info), Trainer(cfg, info, resume_path, contents) as trainer:
             started = True
             return trainer.run()
@@ -122,7 +122,7 @@ class Trainer:
         resumed = ckpt.train_state_of(contents) if contents is not None else TrainState()
         total_steps = schedule_length(resumed, self.data.steps_per_epoch, cfg.epochs, cfg.max_steps)
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-        model = load_weights(build_model(model_config), contents, resume_path)
+        model = load_weights(build_model(model_config), contents, resume_path, cfg.init_from, self.log)
         # Parameters without a gradient (the MaxViT's null embedding without condition dropout): tell DDP.
         self.model, self.forward, self.no_sync = D.wrap_model(
             model,

@@ -157,5 +157,8 @@ def state_dict_from_google(model: GoogleRT1, read: Callable[[str], np.ndarray]) 
                 f"tensor {google_key} has shape {list(value.shape)}, {slot.key} needs {list(target.shape)} "
                 f"(Google's layout: {slot.transform})"
             )
-        state[slot.key] = torch.from_numpy(np.ascontiguousarray(converted)).to(target.dtype)
+        # (ascontiguousarray makes a 0-d array 1-d: Normalization's count is a scalar)
+        state[slot.key] = (
+            torch.from_numpy(np.ascontiguousarray(converted)).reshape(target.shape).to(target.dtype)
+        )
     return state

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rt1.actions import ACTION_KEYS, token_index
 from rt1.google_config import IMAGE_TOKEN_WIDTH, GoogleRT1Config
 from rt1.model.film import Conditioning
 from rt1.model.google.efficientnet import FiLMEfficientNet
@@ -91,6 +92,9 @@ class GoogleRT1(nn.Module):
         # RT-1-X has none (config.action_token_embedding=False)
         if c.action_token_embedding:
             self.action_token_embedding = nn.Linear(c.num_bins, IMAGE_TOKEN_WIDTH)
+        # the decoder's slots in rt1.actions' order (config.action_order: which key each slot predicts)
+        index = None if c.action_order == ACTION_KEYS else torch.tensor(token_index(c.action_order))
+        self.register_buffer("token_index", index, persistent=False)
 
     @property
     def trains_every_parameter(self) -> bool:
@@ -141,13 +145,15 @@ class GoogleRT1(nn.Module):
         """tokens (B, F, n, 512) -> logits (B, F, num_actions, num_bins); F <= num_frames.
 
         The decoder is not conditioned on the instruction (the image tokens are): text_embeds is accepted
-        for the common interface and not used.
+        for the common interface and not used. The logits are in rt1.actions' token order whatever the
+        network's slot order (config.action_order).
         """
         if tokens.shape[1] > self.config.num_frames:
             raise ValueError(
                 f"decode got {tokens.shape[1]} frames, more than num_frames={self.config.num_frames}"
             )
-        return self.decoder(tokens)
+        logits = self.decoder(tokens)
+        return logits if self.token_index is None else logits.index_select(2, self.token_index)
 
     def forward(
         self,
