@@ -250,6 +250,52 @@ def test_each_rtx_difference_matters(converted, io, mutation):
     assert moved > MUTATION_MIN, f"{mutation} moved the logits by only {moved:.2e}"
 
 
+# ---- python -m rt1.model.convert_google on RT-1-X's checkpoint ----------------------------------------
+
+
+def test_the_converter_takes_rtx_and_its_directory_gives_the_release_logits(tmp_path, io, capsys):
+    """The command detects RT-1-X's Flax file; load_model's model gives the release's logits (rt1.actions'
+    order) from the fixture's 300x300 frames (the directory's frame size is the camera's 256x320, which the
+    network resizes to 300x300 as the fixture's frames already are: encode_frames + decode, as the policy)."""
+    from rt1.model import load_model
+    from rt1.model.google.convert_google import main
+
+    out = tmp_path / "rtx"
+    assert main(["--checkpoint", str(CHECKPOINT), "--out", str(out)]) == 0
+    assert "RT-1-X" in capsys.readouterr().out
+    model, config, _ = load_model(out)
+    exported = json.loads((out / "config.json").read_text())
+    assert (
+        config.action_order == RTX_ACTION_ORDER and config.num_bins == 32 and config.frame_size == (256, 320)
+    )
+    assert exported["conversion"]["action_order"] == list(RTX_ACTION_ORDER)
+    assert exported["action_tokenizer"]["keys"][0] == {
+        "key": "world_vector",
+        "tokens": [0, 3],
+        "low": -2.0,
+        "high": 2.0,
+    }
+    frames, texts = windows(io)
+    with torch.no_grad():
+        cond = model.condition(texts).repeat_interleave(15)
+        tokens = model.encode_frames(frames.flatten(0, 1), cond)
+        logits = model.decode(tokens.view(2, 15, *tokens.shape[1:])).numpy()
+    diff = np.abs(logits - action_logits(io, config)).max()
+    assert diff <= TOLERANCE, f"max |logit diff| {diff:.2e}"
+
+
+def test_the_converter_refuses_orbax_ocdbt_in_one_line(tmp_path):
+    from rt1.model.google.convert_google import ConvertError, convert
+
+    ocdbt = tmp_path / "rt_1_x_jax"
+    (ocdbt / "d").mkdir(parents=True)
+    (ocdbt / "manifest.ocdbt").write_bytes(b"x")
+    with pytest.raises(ConvertError) as e:
+        convert(ocdbt, tmp_path / "out")
+    assert "Orbax OCDBT" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
 # ---- the policy: 15-frame windows as the release's RT1Policy -----------------------------------------
 
 
