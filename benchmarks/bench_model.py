@@ -489,7 +489,7 @@ def main(argv=None) -> None:
         help="reference environment of Google's TF code (REF with venv/, robotics_transformer/, stubs/)",
     )
     parser.add_argument(
-        "--google-sections", default="train,policy,google", help="parts of the google section"
+        "--google-sections", default="train,policy,google,rtx", help="parts of the google section"
     )
     parser.add_argument("--policy-steps", type=int, default=8)
     parser.add_argument("--cond-scale", type=float, default=1.0, help="policy guidance scale")

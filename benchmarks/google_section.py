@@ -3,6 +3,8 @@
 train   forward + backward per window (training mode, cross-entropy) of the `rt1` preset (Google's
         FiLM-EfficientNet network) and the `original` preset (MaxViT), interleaved, median over repeats
 policy  RT1Policy.step latency at full size on 2 threads (one new 256x320 frame, the history full)
+rtx     RT1Policy.step latency of RT-1-X (GoogleRT1Config.rtx(): 15 frames of 81 + 11 tokens, random weights)
+        beside rt1main's (the `rt1` preset), 2 threads, interleaved step by step
 google  with --google-ref REF (the reference environment of ../shared/reference/google_rt1/README.md:
         REF/venv, REF/robotics_transformer, REF/stubs): Google's TF code at full size with deterministic
         random weights (benchmarks/google_reference_full.py, run in that venv), its checkpoint loaded into
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from rt1.config import PRESETS
+from rt1.google_config import GoogleRT1Config
 from rt1.model import action_loss, build_model
 from rt1.model.google.checkpoint_layout import state_dict_from_google
 from rt1.policy import RT1Policy
@@ -104,6 +107,35 @@ def policy(steps: int) -> None:
     print(f"  median {median * 1000:.1f} ms   target <= {POLICY_TARGET_MS:.0f} ms")
 
 
+def rtx(steps: int) -> None:
+    """RT-1-X's policy step beside rt1main's: every RT-1-X step runs the full 15-frame window (1,380 tokens)."""
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    policies = {
+        "rt1main": RT1Policy(build_model(PRESETS["rt1"].model)),
+        "RT-1-X": RT1Policy(build_model(GoogleRT1Config.rtx())),
+    }
+    warm = {"rt1main": PRESETS["rt1"].model.num_frames, "RT-1-X": 2}
+    times: dict[str, list[float]] = {name: [] for name in policies}
+    for t in range(max(warm.values()) + steps):
+        for name, pol in policies.items():
+            c = pol.config
+            image = rng.integers(0, 256, (*c.frame_size, 3), dtype=np.uint8)
+            text = np.ones(c.text_embed_dim, np.float32)
+            start = time.perf_counter()
+            pol.step(image, text)
+            if t >= warm[name] and len(times[name]) < steps:
+                times[name].append(time.perf_counter() - start)
+    print(f"\n== policy step, RT-1-X beside rt1main, full size, 2 threads, median of {steps} steps ==")
+    for name, values in times.items():
+        c = policies[name].config
+        tokens = c.num_frames * c.tokens_per_step
+        print(
+            f"  {name:8s} {c.num_frames:2d} frames x {c.tokens_per_step} tokens = {tokens:5d}: median {statistics.median(values) * 1000:8.1f} ms"
+        )
+
+
 def _run_google(ref: Path, out: Path, steps: int) -> None:
     env = dict(os.environ, PYTHONPATH=f"{ref}{os.pathsep}{ref / 'stubs'}", TEST_TMPDIR=str(ref / "tmp"))
     command = [
@@ -159,4 +191,6 @@ def run(sections: list[str], batch: int, repeats: int, policy_steps: int, ref: P
         policy(policy_steps)
     if "google" in sections:
         google(ref, policy_steps)
+    if "rtx" in sections:
+        rtx(min(policy_steps, 5))
     sys.stdout.flush()

@@ -17,6 +17,13 @@ terminate_episode: token = argmax(one_hot); detokenize gives the one-hot of the 
 (a model may emit any of the 256 tokens for that dimension).
 
 `tokenize` and `detokenize` work on numpy arrays and torch tensors with any leading shape.
+
+`ActionTokenizer` is the same scheme with a model's own bins and world_vector bound
+(`ActionTokenizer.of(config)`): RT-1-X (the Open X-Embodiment release) has 512 bins and world_vector in
+[-2, 2]. Its invalid terminate tokens (3..511) give [0, 0, 1], as the release's RT1Policy does
+(rt1_inference_example.py L140-144) and as the clipping here does. The token order is always this
+module's: a network whose output slots follow another order (`check_action_order`, e.g. rt1main's and
+RT-1-X's, terminate_episode first) permutes its logits with `token_index` before anyone reads them.
 """
 
 from __future__ import annotations
@@ -119,44 +126,47 @@ def _check_keys(actions: dict) -> None:
         )
 
 
-def tokenize(actions: dict):
+def tokenize(actions: dict, num_bins: int = NUM_BINS, low=TOKEN_LOW, high=TOKEN_HIGH):
     """RLDS action dict (arrays shaped (..., dims)) -> tokens (..., 11).
 
-    numpy input gives a uint8 array; torch input gives an int64 tensor on the same device.
+    numpy input gives a uint8 array (int64 above 256 bins); torch input gives an int64 tensor on the same
+    device. num_bins, low and high (10 continuous tokens) are `ActionTokenizer`'s; the defaults are RT-1's.
     """
     _check_keys(actions)
     if _is_torch(actions[TERMINATE_KEY]):
         import torch
 
         continuous = torch.cat([actions[k.key].to(torch.float64) for k in CONTINUOUS_KEYS], dim=-1)
-        low = torch.as_tensor(TOKEN_LOW, device=continuous.device)
-        high = torch.as_tensor(TOKEN_HIGH, device=continuous.device)
+        low = torch.as_tensor(low, device=continuous.device)
+        high = torch.as_tensor(high, device=continuous.device)
         scaled = (torch.minimum(torch.maximum(continuous, low), high) - low) / (high - low)
-        tokens = torch.floor(scaled * (NUM_BINS - 1)).to(torch.int64)
+        tokens = torch.floor(scaled * (num_bins - 1)).to(torch.int64)
         terminate = actions[TERMINATE_KEY].argmax(dim=-1, keepdim=True).to(torch.int64)
         return torch.cat([tokens, terminate], dim=-1)
     continuous = np.concatenate(
         [np.asarray(actions[k.key], dtype=np.float64) for k in CONTINUOUS_KEYS], axis=-1
     )
-    scaled = (np.clip(continuous, TOKEN_LOW, TOKEN_HIGH) - TOKEN_LOW) / (TOKEN_HIGH - TOKEN_LOW)
-    tokens = np.floor(scaled * (NUM_BINS - 1)).astype(np.uint8)
-    terminate = np.argmax(np.asarray(actions[TERMINATE_KEY]), axis=-1)[..., None].astype(np.uint8)
+    scaled = (np.clip(continuous, low, high) - low) / (high - low)
+    dtype = np.uint8 if num_bins <= 256 else np.int64
+    tokens = np.floor(scaled * (num_bins - 1)).astype(dtype)
+    terminate = np.argmax(np.asarray(actions[TERMINATE_KEY]), axis=-1)[..., None].astype(dtype)
     return np.concatenate([tokens, terminate], axis=-1)
 
 
-def detokenize(tokens, num_bins: int = NUM_BINS) -> dict:
+def detokenize(tokens, num_bins: int = NUM_BINS, low=TOKEN_LOW, high=TOKEN_HIGH) -> dict:
     """Tokens (..., 11) -> RLDS action dict: float32 arrays (..., dims), terminate int32 one-hot (..., 3).
 
-    Returns numpy arrays for numpy input and torch tensors for torch input. `num_bins`: the model's vocabulary
-    (Google's formula: token / (num_bins - 1) between the bounds; the pipeline's data has 256).
+    Returns numpy arrays for numpy input and torch tensors for torch input. num_bins, low and high are the
+    model's (`ActionTokenizer.of(config)`: e.g. RT-1-X's 512 bins, world_vector in [-2, 2]); the defaults are
+    RT-1's (the pipeline's data: 256 bins).
     """
     if tokens.shape[-1] != NUM_ACTION_TOKENS:
         raise ValueError(f"tokens have last dimension {tokens.shape[-1]}, expected {NUM_ACTION_TOKENS}")
     if _is_torch(tokens):
         import torch
 
-        low = torch.as_tensor(TOKEN_LOW, device=tokens.device)
-        high = torch.as_tensor(TOKEN_HIGH, device=tokens.device)
+        low = torch.as_tensor(low, device=tokens.device)
+        high = torch.as_tensor(high, device=tokens.device)
         values = tokens[..., :NUM_CONTINUOUS_TOKENS].to(torch.float64) / (num_bins - 1) * (high - low) + low
         values = values.to(torch.float32)
         terminate_index = tokens[..., NUM_CONTINUOUS_TOKENS].long().clamp(0, NUM_TERMINATE_CLASSES - 1)
@@ -164,8 +174,7 @@ def detokenize(tokens, num_bins: int = NUM_BINS) -> dict:
     else:
         tokens = np.asarray(tokens)
         values = (
-            tokens[..., :NUM_CONTINUOUS_TOKENS].astype(np.float64) / (num_bins - 1) * (TOKEN_HIGH - TOKEN_LOW)
-            + TOKEN_LOW
+            tokens[..., :NUM_CONTINUOUS_TOKENS].astype(np.float64) / (num_bins - 1) * (high - low) + low
         ).astype(np.float32)
         terminate_index = np.clip(
             tokens[..., NUM_CONTINUOUS_TOKENS].astype(np.int64), 0, NUM_TERMINATE_CLASSES - 1
@@ -178,6 +187,34 @@ def detokenize(tokens, num_bins: int = NUM_BINS) -> dict:
         start += spec.dims
     out[TERMINATE_KEY] = terminate
     return out
+
+
+@dataclass(frozen=True)
+class ActionTokenizer:
+    """A model's action tokenizer: this module's scheme (and token order) with its bins and world_vector bound."""
+
+    num_bins: int = NUM_BINS
+    world_vector_bound: float = 1.0
+
+    @classmethod
+    def of(cls, config) -> ActionTokenizer:
+        """The tokenizer of a model config (fields num_bins, world_vector_bound; RT-1's if absent)."""
+        return cls(getattr(config, "num_bins", NUM_BINS), float(getattr(config, "world_vector_bound", 1.0)))
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the 10 continuous tokens in this module's order."""
+        low, high = TOKEN_LOW.copy(), TOKEN_HIGH.copy()
+        low[:3], high[:3] = -self.world_vector_bound, self.world_vector_bound  # world_vector: tokens 0-2
+        return low, high
+
+    def tokenize(self, actions: dict):
+        """RLDS action dict -> tokens (..., 11) (see `tokenize`)."""
+        return tokenize(actions, self.num_bins, *self.bounds)
+
+    def detokenize(self, tokens) -> dict:
+        """Tokens (..., 11), e.g. the argmax of a model's logits -> RLDS action dict (see `detokenize`)."""
+        return detokenize(tokens, self.num_bins, *self.bounds)
 
 
 def flatten_actions(actions: dict):

@@ -5,6 +5,35 @@ Torch-free, like all configuration. The defaults are rt1main's (Google's release
 `configs/transformer_mixin.gin` and `trained_checkpoints/rt1main/policy_specs.pbtxt` of
 google-research/robotics_transformer at commit 4569641); each field says which of Google's names it is.
 Errors are `ConfigError` naming the field and the value.
+
+RT-1-X (the Open X-Embodiment release, google-deepmind/open_x_embodiment `models/rt1.py`, JAX/Flax) is a
+configuration of the same network: `RTX_CONFIG` (rt1_inference_example.py L150-164). The fields it changes
+besides sizes, each with rt1main's value as the default (file:line of the release's models/):
+
+    stride2_padding            "tf_asymmetric" | "same": XLA 'SAME' before stride-2 convolutions
+                               (efficientnet.py L276): a 10x10 map from 300x300 where TF has 9x9
+    feed_forward               "linear" (one Dense with bias) | "swiglu": w2(swish(w1 y) * w3 y), no biases,
+                               hidden width model_dim (rt1.py L56-60)
+    image_attends_past_actions False: image tokens do not attend to earlier steps' action slots either
+                               (the mask rule of rt1.py L547-549; TF's mask allows it)
+    action_token_embedding     False: the action slots are zero vectors with no embedding layer (rt1.py
+                               L453-455); TF embeds and zeroes them (its Dense stays in the checkpoint)
+    preprocessing              "google" (in-network [0, 1], resize, Normalization weights) | "rtx": frame
+                               resized to 300x300, / 255, (x - ImageNet mean) / ImageNet std as constants
+                               (rt1_inference_example.py L130-131, rt1.py L153-155; no weights)
+    episode_start              "prefix" (the policy runs the frames seen so far) | "zero_frames": the
+                               window is filled with all-zero steps (zero image, zero instruction), as the
+                               release's training pads every episode (Minimal_Training_Example
+                               `pad_initial_zero_steps`), so its RT1Policy always sees 15 frames
+    action_order               the RLDS key of each output slot: rt1.actions' ACTION_KEYS (terminate last)
+                               | RTX_ACTION_ORDER: terminate_episode, world_vector, rotation_delta,
+                               gripper_closedness_action, base_displacement_vertical_rotation,
+                               base_displacement_vector (rt1.py L287-305); the logits come out in
+                               rt1.actions' order either way (the network permutes its slots)
+    world_vector_bound         1.0 | 2.0: world_vector bounds (-b, b) of the action tokenizer
+                               (rt1_inference_example.py L162-163)
+An invalid terminate token (3..num_bins-1) detokenizes to [0, 0, 1] in both (rt1.actions clips to class 2;
+the release's RT1Policy replaces the all-zero one-hot with [0, 0, 1], rt1_inference_example.py L140-144).
 """
 
 from __future__ import annotations
@@ -21,6 +50,22 @@ from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
 # channels (pretrained_efficientnet_encoder.py L66, L78), and the FiLM context is the 512-d instruction
 # embedding (film_efficientnet_encoder.py L419).
 IMAGE_TOKEN_WIDTH = 512
+RTX_INPUT_SIZE = 300  # the release's model takes exactly 300x300 frames (rt1.py L153)
+CHOICES = {
+    "stride2_padding": ("tf_asymmetric", "same"),
+    "feed_forward": ("linear", "swiglu"),
+    "preprocessing": ("google", "rtx"),
+    "episode_start": ("prefix", "zero_frames"),
+}
+# RT-1-X's output slots (the release's rt1.py L287-305 hard-codes this order); rt1main's converter defaults to it
+RTX_ACTION_ORDER = (
+    "terminate_episode",
+    "world_vector",
+    "rotation_delta",
+    "gripper_closedness_action",
+    "base_displacement_vertical_rotation",
+    "base_displacement_vector",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +101,14 @@ class GoogleRT1Config:
     # the loss and the policy never see it. Our own runs: rt1.actions' order; a converted rt1main: Google's
     # (rt1.model.google.convert_google). to_dict() leaves it out when it is rt1.actions' order.
     action_order: tuple[str, ...] = ACTION_KEYS
+    # RT-1-X's differences (module docstring); the defaults are rt1main's
+    stride2_padding: str = "tf_asymmetric"
+    feed_forward: str = "linear"
+    image_attends_past_actions: bool = True
+    action_token_embedding: bool = True
+    preprocessing: str = "google"
+    episode_start: str = "prefix"
+    world_vector_bound: float = 1.0
     # how to compute, not what (see RT1Config): recompute each EfficientNet block and transformer layer
     # in the backward pass
     activation_checkpointing: bool = field(default=False, compare=False)
@@ -92,6 +145,24 @@ class GoogleRT1Config:
             object.__setattr__(self, "action_order", check_action_order(self.action_order))
         except ValueError as e:
             raise ConfigError(f"GoogleRT1Config.action_order: {e}") from None
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"GoogleRT1Config.{name} must be one of {choices}, got {getattr(self, name)!r}"
+                )
+        for name in ("image_attends_past_actions", "action_token_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"GoogleRT1Config.{name} must be True or False, got {getattr(self, name)!r}"
+                )
+        bound = self.world_vector_bound
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < float("inf"):
+            raise ConfigError(f"GoogleRT1Config.world_vector_bound must be a positive number, got {bound!r}")
+        if self.preprocessing == "rtx" and self.encoder_input_size != RTX_INPUT_SIZE:
+            raise ConfigError(
+                f"GoogleRT1Config.encoder_input_size={self.encoder_input_size}: preprocessing 'rtx' resizes "
+                f"to the release's {RTX_INPUT_SIZE}x{RTX_INPUT_SIZE} (rt1.py L153)"
+            )
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(
                 f"GoogleRT1Config.activation_checkpointing must be True or False, "
@@ -118,6 +189,13 @@ class GoogleRT1Config:
     def pixel_processing(self) -> dict:
         """What the network does to the uint8 frames it is given (an export's `image_preprocessing` says it)."""
         size = self.encoder_input_size
+        if self.preprocessing == "rtx":
+            return {
+                "pixel_scaling": "rtx",
+                "formula": f"bilinear resize of the frame to {size}x{size} (half-pixel centres, no antialiasing; "
+                "a 300x300 frame passes unchanged), x = pixel / 255, then (x - (0.485, 0.456, 0.406)) / "
+                "(0.229, 0.224, 0.225) (the Open X-Embodiment release's RT-1-X)",
+            }
         return {
             "pixel_scaling": "google",
             "formula": f"x = pixel / 255, bilinear resize to {size}x{size} (half-pixel centres, no antialiasing), "
@@ -142,10 +220,11 @@ class GoogleRT1Config:
 
     @property
     def feature_map_size(self) -> int:
-        """Side of the EfficientNet's last feature map: five floor-halvings of encoder_input_size (300 -> 9)."""
+        """Side of the EfficientNet's last feature map: five halvings of encoder_input_size, floor with
+        "tf_asymmetric" padding (300 -> 9), ceil with "same" (300 -> 10)."""
         size = self.encoder_input_size
         for _ in range(5):
-            size //= 2
+            size = size // 2 if self.stride2_padding == "tf_asymmetric" else -(-size // 2)
         return size
 
     # ---- construction -----------------------------------------------------------------------------
@@ -163,6 +242,12 @@ class GoogleRT1Config:
         return out
 
     @classmethod
+    def rtx(cls, **changes) -> GoogleRT1Config:
+        """RT-1-X, the Open X-Embodiment release (rt1_inference_example.py L150-164): 56,896,809 parameters
+        and 87,296 BatchNorm statistics; `changes` override fields (e.g. the camera's frame size)."""
+        return cls(**{**RTX_FIELDS, **changes})
+
+    @classmethod
     def from_dict(cls, values: dict) -> GoogleRT1Config:
         values = dict(values)
         tag = values.pop("model_type", cls.model_type)
@@ -174,3 +259,22 @@ class GoogleRT1Config:
             raise ConfigError(f"unknown GoogleRT1Config fields {unknown}; known fields: {sorted(known)}")
         check_complete(cls, values)
         return cls(**values)
+
+
+# RT-1-X (rt1_inference_example.py L150-164 with rt1.RT1's defaults, rt1.py L361-380): the same B3 encoder,
+# TokenLearner to 81 tokens of a 10x10 map, 8 layers of 8 heads of 256, 15 frames, 512 bins.
+RTX_FIELDS = {
+    "num_frames": 15,
+    "num_learned_tokens": 81,
+    "key_dim": 256,
+    "num_bins": 512,
+    "stride2_padding": "same",
+    "feed_forward": "swiglu",
+    "image_attends_past_actions": False,
+    "action_token_embedding": False,
+    "preprocessing": "rtx",
+    "episode_start": "zero_frames",
+    "action_order": RTX_ACTION_ORDER,
+    "world_vector_bound": 2.0,
+}
+RTX_CONFIG = GoogleRT1Config.rtx()

@@ -14,6 +14,14 @@ of one episode, frame positions 0..5. At step t of an episode:
     t >= 5:  the transformer runs over the last 6 frames at positions 0..5 and the action is read
              from the last frame (the window that ends at step t).
 
+A model whose config has `episode_start="zero_frames"` (RT-1-X) always runs full windows instead: the
+window before the episode's first frame is filled with the tokens of an all-zero frame under a zero
+instruction embedding, the zero steps the Open X-Embodiment release pads every training episode with, so
+the release's RT1Policy (which is given 15 frames) and this one see the same windows at every step.
+Actions are detokenized with the model's own bins and bounds (`rt1.actions.ActionTokenizer.of(config)`:
+RT-1-X's 512 bins and world_vector in [-2, 2]); the logits are in rt1.actions' token order whatever the
+network's slot order (GoogleRT1Config.action_order), so the policy never re-orders.
+
 Each frame's TokenLearner tokens depend on that frame (and the instruction) only, so the policy
 keeps the tokens of the last 6 frames and encodes only the new frame each step
 (`use_cache=False` re-encodes all of them, the same result at ~6x the cost). The FiLM modulations
@@ -40,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rt1.actions import detokenize
+from rt1.actions import ActionTokenizer
 from rt1.errors import RT1Error
 from rt1.model import Conditioning, guided_logits
 
@@ -108,6 +116,9 @@ class RT1Policy:
         # actions with less work). A snapshot of the weights: build a new policy after changing them.
         self.model = model.for_inference() if fold_batch_norms else model
         self.config = model.config
+        self.tokenizer = ActionTokenizer.of(self.config)
+        self._zero_frames = getattr(self.config, "episode_start", "prefix") == "zero_frames"
+        self._zero_tokens: Tensor | None = None  # (1, n, D): an all-zero frame under a zero instruction
         self.cond_scale = float(cond_scale)
         self.use_cache = use_cache
         self.last_tokens: np.ndarray | None = None  # (num_actions,) int64, the last step's tokens
@@ -162,6 +173,19 @@ class RT1Policy:
             e = torch.cat((e, self.model.null_text_embed.detach()[None].to(e.dtype)), dim=0)
         return e
 
+    def _padded(self, tokens: Tensor) -> Tensor:
+        """(k, t, n, D) -> (k, num_frames - 1 + t, n, D): with episode_start "zero_frames", the tokens of
+        num_frames - 1 zero steps before the first frame (unchanged otherwise)."""
+        missing = self.config.num_frames - 1
+        if not self._zero_frames:
+            return tokens
+        if self._zero_tokens is None:
+            frame = torch.zeros((1, *self.config.frame_size, 3), dtype=torch.uint8, device=self.device)
+            text = torch.zeros((1, self.config.text_embed_dim), device=self.device)
+            self._zero_tokens = self.model.encode_frames(frame, text)
+        pad = self._zero_tokens[:, None].expand(tokens.shape[0], missing, *tokens.shape[2:])
+        return torch.cat((pad.to(tokens.dtype), tokens), dim=1)
+
     def _action_logits(self, logits: Tensor) -> Tensor:
         """(k, ..., num_actions, num_bins) -> (..., num_actions, num_bins), guided if cond_scale != 1."""
         return guided_logits(logits, self.cond_scale)[0] if self.guided else logits[0]
@@ -188,11 +212,12 @@ class RT1Policy:
             f = frames.shape[0]
             encoded = self.model.encode_frames(frames.repeat(k, 1, 1, 1), cond.repeat_interleave(f))
             tokens = encoded.view(k, f, *encoded.shape[1:])
+        tokens = self._padded(tokens)[:, -self.config.num_frames :]  # the window (zero steps at the start)
         logits = self._action_logits(self.model.decode(tokens, cond)[:, -1])  # (num_actions, num_bins)
         self.t += 1
         self.last_logits = logits
         self.last_tokens = logits.argmax(dim=-1).cpu().numpy()
-        action = detokenize(self.last_tokens, self.config.num_bins)
+        action = self.tokenizer.detokenize(self.last_tokens)
         return (action, self.last_tokens) if return_tokens else action
 
     # ---- whole episodes ---------------------------------------------------------------------------
@@ -214,10 +239,11 @@ class RT1Policy:
             for chunk in frames.split(batch_size)
         ]  # (k * chunk, n, D) each, instruction-major
         tokens = torch.cat([e.view(k, -1, *e.shape[1:]) for e in encoded], dim=1)  # (k, T, n, D)
-        if steps <= f:  # one window from the start: frame t's logits are step t's
+        tokens = self._padded(tokens)  # zero_frames: every step's window is full, f - 1 zero steps first
+        if steps <= f and not self._zero_frames:  # one window from the start: frame t's logits are step t's
             logits = self._action_logits(self.model.decode(tokens, cond))  # (T, A, bins)
         else:
-            starts = torch.arange(steps - f + 1, device=self.device)
+            starts = torch.arange(tokens.shape[1] - f + 1, device=self.device)
             index = starts[:, None] + torch.arange(f, device=self.device)  # (W, f)
             window_logits = []
             for i in range(0, len(starts), batch_size):
@@ -228,6 +254,8 @@ class RT1Policy:
             window_logits = torch.cat(window_logits, dim=1)  # (k, W, f, A, bins)
             # the first window gives steps 0..f-1; window s >= 1 (ending at step s + f - 1) its last frame
             all_logits = torch.cat((window_logits[:, 0], window_logits[:, 1:, -1]), dim=1)  # (k, T, A, bins)
+            if self._zero_frames:  # window s ends at step s
+                all_logits = window_logits[:, :, -1]
             logits = self._action_logits(all_logits)
         predicted = logits.argmax(dim=-1).cpu().numpy()
         return (predicted, logits) if return_logits else predicted

@@ -2,7 +2,8 @@
 
 For each selected episode the policy (`rt1.policy.RT1Policy`, frame-token cache, 6-frame history)
 predicts the action tokens of every step from the recorded frames and the instruction embedding;
-they are detokenized with the fixed RT-1 bounds and compared with the recorded actions.
+they are detokenized with the model's bins and bounds (`RT1Policy.tokenizer`: the fixed RT-1 bounds, RT-1-X's
+512 bins and world_vector in [-2, 2]) and compared with the recorded actions.
 
 Outputs in --out (default: plots/{checkpoint name} in the checkpoint's directory), written atomically:
     episode_{source_index}.png   per selected episode (not with --all): frames every 6 steps and the
@@ -198,7 +199,9 @@ def _evaluate_into(
                     files[ep.file] = preprocessed_file(cfg.data_dir / ep.file)
                 episode = files[ep.file].episode(ep.episode, decode_images=True)
                 pred_tokens = policy.predict_episode(episode.images, episode.language_embedding)
-                sums = metrics.episode_sums(pred_tokens, episode.action_tokens, episode.actions)
+                sums = metrics.episode_sums(
+                    pred_tokens, episode.action_tokens, episode.actions, policy.tokenizer
+                )
                 all_sums.append(sums)
                 per_episode[str(ep.source_index)] = {
                     "instruction": ep.instruction,
@@ -217,7 +220,7 @@ def _evaluate_into(
                             episode.images,
                             ep.instruction,
                             episode.actions,
-                            metrics.predicted_actions(pred_tokens),
+                            metrics.predicted_actions(pred_tokens, policy.tokenizer),
                             subtitle=f"source episode {ep.source_index}, token accuracy "
                             f"{summary['token_accuracy']:.2f}, cond_scale {cfg.cond_scale}",
                         )

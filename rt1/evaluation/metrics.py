@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from rt1.actions import ACTION_DIM_NAMES, NUM_CONTINUOUS_TOKENS, detokenize, flatten_actions
+from rt1.actions import ACTION_DIM_NAMES, NUM_CONTINUOUS_TOKENS, ActionTokenizer, flatten_actions
 
 CONTINUOUS_NAMES = ACTION_DIM_NAMES[:NUM_CONTINUOUS_TOKENS]
 
 
-def predicted_actions(tokens: np.ndarray) -> np.ndarray:
-    """Predicted tokens (T, 11) -> continuous values (T, 11) in token order, terminate as its class."""
-    return flatten_actions(detokenize(np.asarray(tokens)))
+def predicted_actions(tokens: np.ndarray, tokenizer: ActionTokenizer | None = None) -> np.ndarray:
+    """Predicted tokens (T, 11) -> continuous values (T, 11) in token order, terminate as its class;
+    detokenized with the model's bins and bounds (`tokenizer`, RT-1's if None)."""
+    return flatten_actions((tokenizer or ActionTokenizer()).detokenize(np.asarray(tokens)))
 
 
-def episode_sums(pred_tokens: np.ndarray, true_tokens: np.ndarray, true_actions: np.ndarray) -> dict:
+def episode_sums(
+    pred_tokens: np.ndarray, true_tokens: np.ndarray, true_actions: np.ndarray, tokenizer=None
+) -> dict:
     """Additive statistics of one episode (sums, so episodes combine exactly by adding)."""
     pred_tokens, true_tokens = np.asarray(pred_tokens, np.int64), np.asarray(true_tokens, np.int64)
-    pred_actions = predicted_actions(pred_tokens)
+    pred_actions = predicted_actions(pred_tokens, tokenizer)
     return {
         "steps": len(true_tokens),
         "correct_per_dim": (pred_tokens == true_tokens).sum(axis=0),

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from rt1.actions import ActionTokenizer
 from rt1.model_families import architecture
 
 EXPORT_NOTE = "exported by python -m rt1.export"
@@ -83,7 +84,7 @@ def base_config(
         "preset": preset,
         "model_config": model_config.to_dict(),
         "num_frames": model_config.num_frames,
-        "action_tokenizer": tokenizer_spec(model_config.num_bins),
+        "action_tokenizer": tokenizer_spec(ActionTokenizer.of(model_config)),
         "image_preprocessing": {
             "image_size": list(model_config.frame_size),
             **image_preprocessing,

@@ -11,10 +11,12 @@ config.json (plain JSON):
     preset                   the preset the model config is (or was trained from), or null
     model_config             the model config's to_dict() (`rt1.model_families`; no model_type: MaxViT). Google's
                              network may carry `action_order`, the RLDS key of each of its output slots (a
-                             converted rt1main: Google's order); its logits come out in rt1.actions' order
+                             converted rt1main or RT-1-X: terminate_episode first); its logits come out in
+                             rt1.actions' order
     action_tokenizer         num_bins (the model_config's), the token order of the logits (`names`), and per
-                             RLDS action key its token slice and bounds: those of `rt1.actions` (a mismatch
-                             is refused; the policy detokenizes with them and the model's bins)
+                             RLDS action key its token slice and bounds: those of `rt1.actions` with the
+                             model_config's bins and world_vector bound (`ActionTokenizer.of`; RT-1-X: 512,
+                             [-2, 2]); a mismatch is refused; the policy detokenizes with them)
     image_preprocessing      camera frame -> model input: JPEG at the dataset's quality, squash-resize to
                              image_size (H, W), JPEG at stage 2's quality, decode
                              (`rt1.data.images.training_frame`), then what the network does inside
@@ -38,7 +40,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rt1.actions import ACTION_DIM_NAMES, CONTINUOUS_KEYS, NUM_BINS, NUM_TERMINATE_CLASSES, TERMINATE_KEY
+from rt1.actions import (
+    ACTION_DIM_NAMES,
+    CONTINUOUS_KEYS,
+    NUM_TERMINATE_CLASSES,
+    TERMINATE_KEY,
+    ActionTokenizer,
+)
 from rt1.config import retired_preset
 from rt1.errors import RT1Error, one_line
 from rt1.model.factory import build_model
@@ -57,12 +65,20 @@ class PretrainedError(RT1Error, RuntimeError):
     """An exported model directory cannot be read or does not fit (the message names the file)."""
 
 
-def tokenizer_spec(num_bins: int = NUM_BINS) -> dict:
-    """The action tokenizer of `rt1.actions` as config.json stores it, for a model of `num_bins` bins."""
+def tokenizer_spec(tokenizer: ActionTokenizer | None = None) -> dict:
+    """The action tokenizer of `rt1.actions` as config.json stores it, with a model's bins and bounds
+    (`ActionTokenizer.of(model_config)`; RT-1's if None)."""
+    tokenizer = tokenizer if tokenizer is not None else ActionTokenizer()
+    low, high = tokenizer.bounds
     keys, start = [], 0
     for spec in CONTINUOUS_KEYS:
         keys.append(
-            {"key": spec.key, "tokens": [start, start + spec.dims], "low": spec.low, "high": spec.high}
+            {
+                "key": spec.key,
+                "tokens": [start, start + spec.dims],
+                "low": float(low[start]),
+                "high": float(high[start]),
+            }
         )
         start += spec.dims
     keys.append(
@@ -74,7 +90,7 @@ def tokenizer_spec(num_bins: int = NUM_BINS) -> dict:
         }
     )
     return {
-        "num_bins": num_bins,
+        "num_bins": tokenizer.num_bins,
         "names": list(ACTION_DIM_NAMES),
         "keys": keys,
         "encode": "token = floor((clip(a, low, high) - low) / (high - low) * (num_bins - 1))",
@@ -110,11 +126,14 @@ def read_pretrained_config(directory: Path) -> dict:
     except (KeyError, TypeError, ValueError) as e:
         raise PretrainedError(f"{path}: bad model_config ({one_line(e)})") from None
     # The model's logits are in rt1.actions' token order (a network with another slot order, e.g. a converted
-    # rt1main, permutes its own: its model_config.action_order), with its model_config's bins.
-    if not _same_tokenizer(config.get("action_tokenizer"), tokenizer_spec(model_config.num_bins)):
+    # rt1main or RT-1-X, permutes its own: its model_config.action_order), with its model_config's bins and
+    # bounds (ActionTokenizer.of: RT-1-X's world_vector in [-2, 2]).
+    tokenizer = ActionTokenizer.of(model_config)
+    if not _same_tokenizer(config.get("action_tokenizer"), tokenizer_spec(tokenizer)):
         raise PretrainedError(
-            f"{path}: action_tokenizer differs from this code's (rt1.actions: {model_config.num_bins} bins as "
-            f"model_config says, order {list(ACTION_DIM_NAMES)} and its fixed bounds)"
+            f"{path}: action_tokenizer differs from this code's (rt1.actions: {tokenizer.num_bins} bins and "
+            f"world_vector bound {tokenizer.world_vector_bound} as model_config says, order "
+            f"{list(ACTION_DIM_NAMES)} and the other keys' fixed bounds)"
         )
     if not isinstance((config.get("training") or {}).get("train_args", {}), dict):
         raise PretrainedError(f"{path}: training.train_args must be an object")

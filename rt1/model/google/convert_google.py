@@ -1,8 +1,14 @@
-"""Convert a TF checkpoint of Google's RT-1 (rt1main's layout) to a model directory of this project.
+"""Convert Google's RT-1 TF checkpoint (rt1main's layout) or RT-1-X's Flax checkpoint to a model directory.
 
     python -m rt1.model.convert_google --checkpoint DIR/rt1main/ckpt-424760 --out OUT [--action-order K1,K2,...]
+    python -m rt1.model.convert_google --checkpoint rt_1_x_jax --out OUT
 
-reads the checkpoint with `tf.train.load_checkpoint` (PREFIX, or a directory holding one `*.index`) and writes
+RT-1-X (the Open X-Embodiment release's Flax msgpack checkpoint: a file, its directory, or checkpoint_<N>
+entries) is detected from the files (`rtx_checkpoint.is_rtx_checkpoint`) and read by
+`rtx_checkpoint.state_dict_and_config_from_rtx` (its config is `GoogleRT1Config.rtx()` with the checkpoint's
+sizes, its action order RT-1-X's, which the release's code hard-codes); an Orbax OCDBT directory is a
+one-line error saying so. Anything else is read as Google's TF checkpoint: with `tf.train.load_checkpoint`
+(PREFIX, or a directory holding one `*.index`), and the converter writes
 OUT/model.safetensors + config.json + README.md (`rt1.model.pretrained`), which `load_model`, `RT1Policy`,
 `rt1.serve`, plot_actions.py and `train_ddp.py --init-from` take. OUT is built under a temporary name and
 renamed when complete: on any error nothing is written.
@@ -40,18 +46,13 @@ import numpy as np
 
 from rt1.actions import ACTION_KEYS, NUM_ACTION_TOKENS, check_action_order
 from rt1.errors import RT1Error, one_line, run_cli
-from rt1.google_config import IMAGE_TOKEN_WIDTH, GoogleRT1Config
+from rt1.google_config import IMAGE_TOKEN_WIDTH, RTX_ACTION_ORDER, GoogleRT1Config
 from rt1.model.google.checkpoint_layout import NETWORK_PREFIX, LayoutError, checkpoint_layout
 
 VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"  # how tf.train.Checkpoint stores a variable's value
-DEFAULT_ACTION_ORDER = (
-    "terminate_episode",
-    "world_vector",
-    "rotation_delta",
-    "gripper_closedness_action",
-    "base_displacement_vertical_rotation",
-    "base_displacement_vector",
-)
+# rt1main's best evidence (module docstring): RT-1-X's order, terminate_episode, world_vector, rotation_delta,
+# gripper_closedness_action, base_displacement_vertical_rotation, base_displacement_vector
+DEFAULT_ACTION_ORDER = RTX_ACTION_ORDER
 ACTION_ORDER_EVIDENCE = (
     "Google's tests build the tokenizer with terminate_episode, world_vector, rotation_delta, "
     "gripper_closedness_action first (transformer_network_test.py L76/L107, action_tokenizer_test.py L145); "
@@ -59,6 +60,7 @@ ACTION_ORDER_EVIDENCE = (
     "base_displacement_vector; rt1main's own gin ACTION_ORDER is not published (policy_specs.pbtxt lists the "
     "spec alphabetically)"
 )
+RTX_ORDER_EVIDENCE = "RT-1-X's code hard-codes it (open_x_embodiment models/rt1.py L287-305)"
 # Not the network's: skipped and named in the log.
 SKIPPED = (
     ("optimizer", re.compile(r"^agent/_actor_optimizer/|\.OPTIMIZER_SLOT")),
@@ -239,7 +241,8 @@ def convert(
     from rt1.config import PRESETS
     from rt1.model.factory import build_model
     from rt1.model.google.checkpoint_layout import state_dict_from_google
-    from rt1.model.model_dir import base_config, check_output_dir, model_card, write_model_dir
+    from rt1.model.google.rtx_checkpoint import is_rtx_checkpoint
+    from rt1.model.model_dir import base_config, check_output_dir
 
     out = check_output_dir(Path(out), overwrite, ConvertError)
     try:
@@ -247,6 +250,8 @@ def convert(
     except ValueError as e:
         raise ConvertError(f"--action-order: {e}") from None
     start = time.perf_counter()
+    if is_rtx_checkpoint(checkpoint):
+        return _convert_rtx(Path(checkpoint), out, order, log, start)
     prefix = resolve_prefix(checkpoint)
     reader, shapes = open_checkpoint(prefix)
     network, skipped = split_tensors(shapes, prefix)
@@ -305,6 +310,12 @@ def convert(
         else "--action-order",
         "skipped": skipped,
     }
+    return _write(out, model, tensors, json_config, log, start)
+
+
+def _write(out: Path, model, tensors: dict, json_config: dict, log, start: float) -> Path:
+    from rt1.model.model_dir import model_card, write_model_dir
+
     card = model_card(
         json_config,
         sum(t.numel() for k, t in tensors.items() if k in dict(model.named_parameters())),
@@ -315,21 +326,72 @@ def convert(
     return out
 
 
+def _convert_rtx(checkpoint: Path, out: Path, order: tuple[str, ...], log, start: float) -> Path:
+    """RT-1-X's Flax checkpoint -> OUT (`convert`'s RT-1-X branch)."""
+    import torch
+
+    from rt1.model.factory import build_model
+    from rt1.model.google.rtx_checkpoint import RTXCheckpointError, state_dict_and_config_from_rtx
+    from rt1.model.model_dir import base_config
+
+    try:
+        config, tensors, ignored = state_dict_and_config_from_rtx(checkpoint, action_order=order)
+    except RTXCheckpointError as e:
+        raise ConvertError(str(e)) from None
+    with torch.device("meta"):
+        model = build_model(config)
+    values = sum(t.numel() for t in tensors.values())
+    seconds = time.perf_counter() - start
+    log(f"read {len(tensors)} tensors ({values:,} values) of RT-1-X's {checkpoint} in {seconds:.1f} s")
+    if ignored:
+        log(f"skipped top-level entries {ignored} (not the network's)")
+    json_config = base_config(
+        config,
+        preset=None,
+        image_preprocessing={
+            "input": f"RLDS observation/image: the camera's uint8 {config.frame_size} RGB frame as it is (the "
+            "network resizes it to 300x300 as RT-1-X's policy does)",
+            "jpeg_quality": None,
+            "steps": "none before the network, then what the network does (formula)",
+        },
+        embedding_source="universal-sentence-encoder",
+        training={
+            "train_args": {},
+            "epoch": None,
+            "global_step": None,
+            "epoch_complete": None,
+            "metrics": {},
+        },
+        source=checkpoint.name,
+    )
+    json_config["conversion"] = {
+        "from": "RT-1-X's Flax checkpoint (google-deepmind/open_x_embodiment, models/rt1.py)",
+        "action_order": list(order),
+        "action_order_source": RTX_ORDER_EVIDENCE if order == RTX_ACTION_ORDER else "--action-order",
+        "skipped": {"top-level entries": len(ignored)} if ignored else {},
+    }
+    return _write(out, model, tensors, json_config, log, start)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rt1.model.convert_google",
         description="Convert Google's RT-1 TF checkpoint (e.g. trained_checkpoints/rt1main/ckpt-424760 of "
-        "google-research/robotics_transformer) to a model directory (model.safetensors, config.json, README.md).",
+        "google-research/robotics_transformer) or RT-1-X's Flax checkpoint (open_x_embodiment's rt_1_x_jax, "
+        "detected from its files) to a model directory (model.safetensors, config.json, README.md).",
     )
     parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="checkpoint prefix (DIR/ckpt-424760) or its directory"
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="TF checkpoint prefix (DIR/ckpt-424760) or its directory; or RT-1-X's Flax checkpoint file or directory",
     )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write (must not exist)")
     parser.add_argument(
         "--action-order",
         default=",".join(DEFAULT_ACTION_ORDER),
         help="the RLDS action keys of the network's output slots, comma-separated (default: rt1main's best "
-        f"evidence, {','.join(DEFAULT_ACTION_ORDER)})",
+        f"evidence and RT-1-X's order, {','.join(DEFAULT_ACTION_ORDER)})",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     args = parser.parse_args(argv)

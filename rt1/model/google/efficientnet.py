@@ -10,7 +10,9 @@ Semantics copied from Google's code (file:line of film_efficientnet_encoder.py a
   - a stride-2 convolution is preceded by zero padding ((k//2 - 1, k//2), (k//2 - 1, k//2)) and has no
     padding of its own: Google builds the Keras model with input (None, None, 3), so `correct_pad` takes
     its unknown-size branch (L230-231). Every stride-2 stage halves with floor: 300 -> 150 -> 75 -> 37
-    -> 18 -> 9 (symmetric 'same' padding would give 38 -> 19 -> 10);
+    -> 18 -> 9. RT-1-X (config.stride2_padding="same") pads as XLA's 'SAME' instead (the release's
+    efficientnet.py L276): total max((ceil(n/2) - 1) * 2 + k - n, 0), the smaller half before:
+    300 -> 150 -> 75 -> 38 -> 19 -> 10;
   - stride-1 depthwise convolutions pad k//2 on every side ('same');
   - squeeze-excitation to max(1, filters_in * 0.25) channels with swish, back with a sigmoid (L562-586);
   - BatchNorm eps 1e-3, Keras momentum 0.99 (torch momentum 0.01);
@@ -75,6 +77,7 @@ class BlockSpec:
     expand_ratio: int
     stride: int
     drop_rate: float
+    padding: str = "tf_asymmetric"  # before a stride-2 convolution: GoogleRT1Config.stride2_padding
 
 
 def block_specs(config: GoogleRT1Config) -> list[BlockSpec]:
@@ -87,7 +90,15 @@ def block_specs(config: GoogleRT1Config) -> list[BlockSpec]:
         for j in range(round_repeats(repeats, d)):
             rate = config.drop_connect_rate * len(specs) / total
             specs.append(
-                BlockSpec(kernel, f_in if j == 0 else f_out, f_out, expand, stride if j == 0 else 1, rate)
+                BlockSpec(
+                    kernel,
+                    f_in if j == 0 else f_out,
+                    f_out,
+                    expand,
+                    stride if j == 0 else 1,
+                    rate,
+                    config.stride2_padding,
+                )
             )
     return specs
 
@@ -96,6 +107,16 @@ def pad_for_stride_2(x: Tensor, kernel: int) -> Tensor:
     """Google's zero padding before a stride-2 convolution: one less before than after."""
     before, after = kernel // 2 - 1, kernel // 2
     return F.pad(x, (before, after, before, after))
+
+
+def pad_same_stride_2(x: Tensor, kernel: int) -> Tensor:
+    """XLA's 'SAME' zero padding before a stride-2 convolution (RT-1-X, stride2_padding="same"): output
+    ceil(n / 2), the smaller half of the total before."""
+    pads = []
+    for n in (x.shape[3], x.shape[2]):  # F.pad's order: width, then height
+        total = max((-(-n // 2) - 1) * 2 + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
 
 
 def drop_connect_add(x: Tensor, residual: Tensor, rate: float, training: bool) -> Tensor:
@@ -171,6 +192,19 @@ class ImageNormalization(nn.Module):
         return (x - self.mean[:, None, None]) * scale
 
 
+class ConstantNormalization(nn.Module):
+    """RT-1-X's (x - ImageNet mean) / ImageNet std with constants (the release's rt1.py L154-155): no weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD_RGB), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (N, 3, H, W) in [0, 1] -> normalised, same shape."""
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+
 class MBConv(nn.Module):
     """One inverted-residual block: [expand 1x1] -> depthwise kxk -> SE -> project 1x1 [+ residual]."""
 
@@ -197,7 +231,8 @@ class MBConv(nn.Module):
         """x (N, C_in, H, W) -> (N, C_out, H', W')"""
         h = F.silu(self.expand_bn(self.expand_conv(x))) if self.spec.expand_ratio != 1 else x
         if self.spec.stride == 2:
-            h = pad_for_stride_2(h, self.spec.kernel)
+            pad = pad_for_stride_2 if self.spec.padding == "tf_asymmetric" else pad_same_stride_2
+            h = pad(h, self.spec.kernel)
         h = F.silu(self.bn(self.dwconv(h)))
         se = F.silu(self.se_reduce(h.mean(dim=(2, 3), keepdim=True)))
         h = h * torch.sigmoid(self.se_expand(se))
@@ -247,7 +282,9 @@ class FiLMEfficientNet(nn.Module):
         super().__init__()
         self.activation_checkpointing = config.activation_checkpointing
         width, context = config.width_coefficient, config.text_embed_dim
-        self.normalization = ImageNormalization()
+        self.padding = config.stride2_padding
+        google = config.preprocessing == "google"
+        self.normalization = ImageNormalization() if google else ConstantNormalization()
         stem = round_filters(32, width)
         self.stem_conv = nn.Conv2d(3, stem, 3, stride=2, bias=False)
         self.stem_bn = BatchNorm(stem)
@@ -279,7 +316,9 @@ class FiLMEfficientNet(nn.Module):
 
     def forward(self, pixels: Tensor, modulations: tuple[Tensor, ...]) -> Tensor:
         """pixels (N, 3, S, S) in [0, 1], modulations (one (N, 2C) per FiLM layer) -> (N, 512, s, s)"""
-        x = F.silu(self.stem_bn(self.stem_conv(pad_for_stride_2(self.normalization(pixels), 3))))
+        pad = pad_for_stride_2 if self.padding == "tf_asymmetric" else pad_same_stride_2
+        x = pad(self.normalization(pixels), 3)
+        x = F.silu(self.stem_bn(self.stem_conv(x)))
         for block, modulation in zip(self.blocks, modulations[:-1], strict=True):
             if self.activation_checkpointing:
                 x = checkpointed(block, x, modulation)

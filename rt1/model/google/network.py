@@ -36,12 +36,24 @@ from rt1.model.google.transformer import Decoder
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def preprocess(frames: Tensor, size: int) -> Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1], channels_last memory (a free permute)."""
+def preprocess(frames: Tensor, size: int, resize_first: bool = False) -> Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1], channels_last memory (a free permute).
+
+    Google's encoder scales to [0, 1] and then resizes; RT-1-X's policy (resize_first) resizes the frame and
+    then divides by 255 (rt1_inference_example.py L130-131): the same values up to float rounding."""
     if frames.is_floating_point():
         raise TypeError(f"expected uint8 frames, got {frames.dtype} (already scaled?)")
-    pixels = frames.permute(0, 3, 1, 2).float() / 255.0
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    pixels = frames.permute(0, 3, 1, 2).float()
+    if not resize_first:
+        pixels = pixels / 255.0
+    if tuple(pixels.shape[2:]) != (
+        size,
+        size,
+    ):  # the same size: bilinear with half-pixel centres is the identity
+        pixels = F.interpolate(
+            pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+        )
+    return pixels / 255.0 if resize_first else pixels
 
 
 # ---- leaf modules ----------------------------------------------------------------------------------
@@ -77,16 +89,19 @@ class GoogleRT1(nn.Module):
         self.encoder = FiLMEfficientNet(c)
         self.token_learner = TokenLearner(IMAGE_TOKEN_WIDTH, c.num_learned_tokens, c.token_learner_bottleneck)
         self.decoder = Decoder(c)
-        # Google's _action_token_emb: in the checkpoint, no effect on the output (its output is zeroed)
-        self.action_token_embedding = nn.Linear(c.num_bins, IMAGE_TOKEN_WIDTH)
+        # Google's _action_token_emb: in the checkpoint, no effect on the output (its output is zeroed);
+        # RT-1-X has none (config.action_token_embedding=False)
+        if c.action_token_embedding:
+            self.action_token_embedding = nn.Linear(c.num_bins, IMAGE_TOKEN_WIDTH)
         # the decoder's slots in rt1.actions' order (config.action_order: which key each slot predicts)
         index = None if c.action_order == ACTION_KEYS else torch.tensor(token_index(c.action_order))
         self.register_buffer("token_index", index, persistent=False)
 
     @property
     def trains_every_parameter(self) -> bool:
-        """False: action_token_embedding never gets a gradient (DDP must look for unused parameters)."""
-        return False
+        """False when action_token_embedding exists: it never gets a gradient (DDP must look for unused
+        parameters). RT-1-X has none."""
+        return not self.config.action_token_embedding
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -119,7 +134,9 @@ class GoogleRT1(nn.Module):
         cond = text_embeds if isinstance(text_embeds, Conditioning) else self.condition(text_embeds)
         if cond.batch != frames.shape[0]:
             raise ValueError(f"got conditioning for {cond.batch} rows, expected {frames.shape[0]}")
-        pixels = preprocess(frames, self.config.encoder_input_size).to(self.encoder.normalization.mean.dtype)
+        c = self.config
+        pixels = preprocess(frames, c.encoder_input_size, c.preprocessing == "rtx")
+        pixels = pixels.to(self.encoder.normalization.mean.dtype)
         if self.training and pixels.device.type == "cpu":
             pixels = pixels.contiguous()  # exact batch statistics on the CPU (efficientnet.BatchNorm)
         features = self.encoder(pixels, cond.encoder)  # (N, 512, s, s)

@@ -14,6 +14,12 @@ Action slots: Google embeds the action tokens and then zeroes the embedding (L63
 slot's input is the token embedding of a zero vector (its bias) plus its position: the decoder never sees
 action values, and `action_token_embedding` (kept for Google's checkpoint) has no effect on the output.
 Attention mask (L192-212): causal, except that an action slot attends to no action slot, its own included.
+
+RT-1-X (the Open X-Embodiment release's rt1.py; GoogleRT1Config fields): `feed_forward="swiglu"` is
+w2(swish(w1 y) * w3 y) with no biases, hidden width d (L56-60); `image_attends_past_actions=False` adds the
+mask rule of L547-549, image tokens do not attend to earlier steps' action slots, so no token attends to an
+action slot; its action slots are zero vectors with no embedding layer (L453-455): the same input
+(Linear_d(0) = its bias) as the zeroed embedding here.
 With F < num_frames frames the sequence is the prefix of a full window's (positions 0..F*(n+A)-1): the
 logits equal those of a full window whose later frames are hidden by the causal mask, as Google's
 step-by-step policy computes them.
@@ -41,6 +47,14 @@ def attention_mask(num_frames: int, image_tokens: int, action_tokens: int) -> Te
     is_action = position % step >= image_tokens
     causal = position[None, :] <= position[:, None]
     return causal & ~(is_action[:, None] & is_action[None, :])
+
+
+def rtx_attention_mask(num_frames: int, image_tokens: int, action_tokens: int) -> Tensor:
+    """RT-1-X's mask (image_attends_past_actions=False): `attention_mask` and image queries do not see
+    earlier steps' action slots either (the release's rt1.py L547-549): no key is an action slot."""
+    step = image_tokens + action_tokens
+    is_action = torch.arange(num_frames * step) % step >= image_tokens
+    return attention_mask(num_frames, image_tokens, action_tokens) & ~is_action[None, :]
 
 
 def action_read_positions(num_frames: int, image_tokens: int, action_tokens: int) -> Tensor:
@@ -75,15 +89,29 @@ class Attention(nn.Module):
         return self.output(out.transpose(1, 2).reshape(b, length, -1))
 
 
-class DecoderLayer(nn.Module):
-    """One of Google's _TransformerLayer: pre-LN attention and a single linear feed-forward, both residual."""
+class SwiGLU(nn.Module):
+    """RT-1-X's feed-forward (the release's rt1.py L56-60): y (..., d) -> w2(swish(w1 y) * w3 y), no biases."""
 
-    def __init__(self, dim: int, heads: int, key_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w1, self.w3, self.w2 = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(y)) * self.w3(y))
+
+
+class DecoderLayer(nn.Module):
+    """One of Google's _TransformerLayer: pre-LN attention and a feed-forward (Google's single linear one or
+    RT-1-X's SwiGLU), both residual."""
+
+    def __init__(
+        self, dim: int, heads: int, key_dim: int, dropout: float, feed_forward: str = "linear"
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.attention = Attention(dim, heads, key_dim, dropout)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.ff = nn.Linear(dim, dim)
+        self.ff = nn.Linear(dim, dim) if feed_forward == "linear" else SwiGLU(dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -104,11 +132,13 @@ class Decoder(nn.Module):
         self.token_embedding = nn.Linear(IMAGE_TOKEN_WIDTH, c.model_dim)
         self.position_embedding = nn.Linear(c.num_frames * c.tokens_per_step, c.model_dim)
         self.layers = nn.ModuleList(
-            DecoderLayer(c.model_dim, c.num_heads, c.key_dim, c.dropout) for _ in range(c.num_layers)
+            DecoderLayer(c.model_dim, c.num_heads, c.key_dim, c.dropout, c.feed_forward)
+            for _ in range(c.num_layers)
         )
         self.to_logits = nn.Linear(c.model_dim, c.num_bins)
         shape = (c.num_frames, c.num_learned_tokens, c.num_actions)
-        self.register_buffer("mask", attention_mask(*shape), persistent=False)
+        mask = attention_mask(*shape) if c.image_attends_past_actions else rtx_attention_mask(*shape)
+        self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("read_positions", action_read_positions(*shape), persistent=False)
 
     def embed(self, image_tokens: Tensor) -> Tensor:
