@@ -725,7 +725,9 @@ def _unshare_works() -> bool:
     return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="needs unshare (a private mount namespace) to mount read-only")
+@pytest.mark.skipif(
+    not _unshare_works(), reason="needs unshare (a private mount namespace) to mount read-only"
+)
 def test_export_onto_a_read_only_filesystem_says_read_only(checkpoint, tmp_path):
     mount = tmp_path / "ro"
     mount.mkdir()
