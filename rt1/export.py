@@ -50,6 +50,14 @@ def _plain(value):
     return str(value)
 
 
+# TrainConfig's path options: an upload-ready config names their file or folder, never the local path.
+PATH_ARGS = ("data_dir", "train_index", "val_index", "save_dir", "resume", "init_from")
+
+
+def _by_name(train_args: dict) -> dict:
+    return {k: Path(v).name if k in PATH_ARGS and isinstance(v, str) else v for k, v in train_args.items()}
+
+
 def build_config(
     state: dict, model_config, checkpoint: Path, embedding_source: str, jpeg_quality: int
 ) -> dict:
@@ -57,7 +65,7 @@ def build_config(
     from rt1.data.images import DATASET_JPEG_QUALITY, RESIZE_DESCRIPTION
     from rt1.rlds_spec import IMAGE_SHAPE
 
-    train_args = _plain(dict(state.get("train_args") or {}))
+    train_args = _by_name(_plain(dict(state.get("train_args") or {})))
     images = {
         "input": f"RLDS observation/image: uint8 (H, W, 3) RGB; the camera's is {list(IMAGE_SHAPE)}",
         "dataset_jpeg_quality": DATASET_JPEG_QUALITY,

@@ -104,6 +104,8 @@ def check_free_space(directory: Path, needed_bytes: int, what: str) -> None:
 
     Checked before each output file: HDF5 can crash the process when the disk fills mid-write.
     """
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:  # a read-only medium reports no free blocks
+        raise OutputPathError(f"{directory} is on a read-only filesystem: cannot write {what} there")
     free = shutil.disk_usage(directory).free
     if free < needed_bytes * 1.1:
         raise DiskFullError(

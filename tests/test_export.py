@@ -130,13 +130,9 @@ def test_config_json_and_model_card(exported):
     card = (exported / "README.md").read_text()
     assert card.startswith("---\n") and "# RT-1 (tiny preset)" in card
     assert (
-        "`data/preprocessed`" in card
-        and "| val_token_accuracy | 0.5 |" in card
-        and "120 optimizer steps" in card
+        "`preprocessed`" in card and "| val_token_accuracy | 0.5 |" in card and "120 optimizer steps" in card
     )
-    assert (
-        load_model(exported)[2]["data_dir"] == "data/preprocessed"
-    )  # train_args come back through load_model
+    assert load_model(exported)[2]["data_dir"] == "preprocessed"  # train_args come back through load_model
 
 
 def _copy(exported, tmp_path):

@@ -614,3 +614,238 @@ def test_a_zero_size_array_with_huge_dimensions_is_a_refusal_without_a_traceback
     with caplog.at_level("DEBUG", logger="rt1.serve"):
         _served(exported, scenario)
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+# ---- 5. the server refuses what the model was not trained on ---------------------------------------------
+
+
+def _refusals(uri, requests) -> list[str]:
+    """Send each (reset kwargs or None, observation) on one connection -> the error text of each act."""
+    from rt1.serve import PolicyClient, ServerError
+
+    errors = []
+    with PolicyClient(uri, timeout=60) as client:
+        client.reset(instruction="pick coke can")
+        for observation in requests:
+            with pytest.raises(ServerError) as info:
+                client.act(observation)
+            errors.append(str(info.value))
+        assert client.info()["type"] == "info"
+    return errors
+
+
+def test_the_server_takes_only_the_camera_size_or_the_models_frame_size(exported, caplog):
+    import numpy as np
+    from test_serve import IMAGE
+
+    from rt1.data.images import training_frame
+    from rt1.serve import PolicyClient
+
+    frame = training_frame(IMAGE, TINY.frame_size, 90)  # what stage 2 made of the camera frame
+
+    def scenario(uri):
+        sizes = [(1, 1), (1600, 1700), (255, 320), (320, 256), (TINY.frame_size[0] + 1, TINY.frame_size[1])]
+        errors = _refusals(uri, [{"image": np.zeros((*s, 3), np.uint8)} for s in sizes])
+        actions = []
+        for image in (IMAGE, frame):  # the camera's frame, and the same frame already preprocessed
+            with PolicyClient(uri, timeout=60) as client:
+                client.reset(instruction="pick coke can")
+                actions.append(client.act({"image": image}))
+        return errors, actions
+
+    with caplog.at_level("DEBUG", logger="rt1.serve"):
+        errors, (camera, preprocessed) = _served(exported, scenario)
+    for error, size in zip(errors, ["1x1", "1600x1700", "255x320", "320x256"]):
+        assert "256x320" in error and "x".join(map(str, TINY.frame_size)) in error and size in error, error
+    assert all(np.array_equal(camera[k], preprocessed[k]) for k in camera)
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_new_instruction_mid_episode_is_refused(exported, caplog):
+    from test_serve import EMBEDDING, IMAGE
+
+    from rt1.serve import PolicyClient, ServerError
+
+    def scenario(uri):
+        with PolicyClient(uri, timeout=60) as client:
+            client.reset(instruction="pick coke can")
+            client.act({"image": IMAGE, "natural_language_instruction": "pick coke can"})
+            with pytest.raises(ServerError, match="'open top drawer' is not the episode's instruction"):
+                client.act({"image": IMAGE, "natural_language_instruction": "open top drawer"})
+            client.reset(instruction_embedding=EMBEDDING)  # the text of the first step is the episode's
+            client.act({"image": IMAGE, "natural_language_instruction": "open top drawer"})
+            client.act({"image": IMAGE})
+            with pytest.raises(ServerError, match="send reset for a new instruction"):
+                client.act({"image": IMAGE, "natural_language_instruction": "pick coke can"})
+            client.reset(instruction="pick coke can")  # a reset starts the new instruction's episode
+            return client.act({"image": IMAGE, "natural_language_instruction": "pick coke can"})
+
+    with caplog.at_level("DEBUG", logger="rt1.serve"):
+        assert _served(exported, scenario)
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_non_finite_state_vectors_are_refused(exported, caplog):
+    import numpy as np
+    from test_serve import IMAGE
+
+    vectors = [
+        ("base_pose_tool_reached", np.array([0, 0, 0, 1, 0, 0, float("nan")], np.float32)),
+        ("gripper_closed", np.array([float("inf")], np.float32)),
+        ("natural_language_embedding", np.full(512, float("nan"), np.float32)),
+    ]
+    with caplog.at_level("DEBUG", logger="rt1.serve"):
+        errors = _served(exported, lambda uri: _refusals(uri, [{"image": IMAGE, k: v} for k, v in vectors]))
+    for (key, _), error in zip(vectors, errors):
+        assert f"observation/{key} has non-finite values" in error and "\n" not in error, error
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+# ---- 14. small ones ----------------------------------------------------------------------------------------
+
+
+def test_a_read_only_filesystem_is_reported_as_read_only(monkeypatch, tmp_path):
+    from rt1 import io
+
+    real = os.statvfs(tmp_path)
+    fields = {name: getattr(real, name) for name in dir(real) if name.startswith("f_")}
+    fields.update(f_flag=real.f_flag | os.ST_RDONLY, f_bavail=0, f_bfree=0)
+    fake = type("StatVfs", (), fields)()
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)  # a read-only medium: zero blocks available
+    with pytest.raises(io.OutputPathError, match="read-only") as info:
+        io.check_free_space(tmp_path, 2**20, "model.safetensors")
+    assert "free space" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def _unshare_works() -> bool:
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.skipif(
+    not _unshare_works(), reason="needs unshare (a private mount namespace) to mount read-only"
+)
+def test_export_onto_a_read_only_filesystem_says_read_only(checkpoint, tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = (
+        f"mount -t tmpfs -o ro,size=4k tmpfs {mount} && "
+        f"{sys.executable} -m rt1.export --checkpoint {checkpoint} --out {mount}/model"
+    )
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "read-only" in lines[0] and "free space" not in lines[0], lines[0]
+
+
+def test_checkpoint_errors_never_advise_weights_only_false(checkpoint, tmp_path):
+    import argparse
+
+    from rt1.model import CheckpointError, read_checkpoint
+    from rt1.model.convert_original import ConversionError, load_reference_state_dict
+
+    bad = tmp_path / "checkpoint-1.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save({**state, "args": argparse.Namespace(lr=1e-3)}, bad)  # the original's checkpoints hold these
+    messages = []
+    for error, read in ((CheckpointError, read_checkpoint), (ConversionError, load_reference_state_dict)):
+        with pytest.raises(error) as info:
+            read(bad)
+        messages.append(str(info.value))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rt1.export", "--checkpoint", bad, "--out", tmp_path / "out"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    messages.append(proc.stderr.strip())
+    assert proc.returncode == 2 and len(messages[-1].splitlines()) == 1, proc.stderr
+    for message in messages:
+        assert str(bad) in message and "argparse.Namespace" in message, message
+        for advice in ("weights_only", "can still be loaded", "safe_globals", "two options", "\x1b["):
+            assert advice not in message, message
+
+
+def test_an_empty_instruction_is_called_empty_text(exported):
+    from rt1.serve import PolicyClient, ServerError
+
+    def scenario(uri):
+        errors = []
+        with PolicyClient(uri, timeout=30) as client:
+            for text in (" ", "", 5):
+                with pytest.raises(ServerError) as info:
+                    client.reset(instruction=text)
+                errors.append(str(info.value))
+        return errors
+
+    empty, blank, number = _served(exported, scenario)
+    assert empty.endswith("got empty text") and blank.endswith("got empty text"), (empty, blank)
+    assert number.endswith("got int"), number
+
+
+def test_the_replay_header_keeps_its_columns_apart():
+    from rt1.evaluation.replay import REPLAY_DIMS, format_replay, replay_summary
+
+    episode = {
+        "index": 0,
+        "instruction": "pick coke can",
+        "steps": 3,
+        "abs_error": {d: [0.5, 0.25, 0.0] for d in REPLAY_DIMS},
+        "closed_loop": {"outcome": "success", "steps": 7, "success": True},
+    }
+    text = format_replay({"data_seed": 0, "episodes": [episode], "summary": replay_summary([episode])})
+    header = text.splitlines()[1]
+    assert header.split()[: len(REPLAY_DIMS) + 1] == ["episode", *REPLAY_DIMS], header
+
+
+def test_fractal_sim_env_imports_as_the_readme_writes_it():
+    code = (
+        "import sys, rt1.sim\n"
+        "assert 'gymnasium' not in sys.modules  # rt1.sim alone stays free of gymnasium\n"
+        "from rt1.sim import FractalSimEnv\n"
+        "assert rt1.sim.FractalSimEnv is FractalSimEnv\n"
+        "obs, info = rt1.sim.FractalSimEnv().reset(seed=0)\n"
+        "assert obs['image'].shape == (256, 320, 3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "`rt1.sim.FractalSimEnv`" in (REPO / "README.md").read_text()
+
+
+def test_the_export_records_its_sources_by_name_and_the_card_has_no_python_dicts(tmp_path):
+    from rt1.model import load_model
+
+    local = "/home/alice/robot"
+    train_args = {
+        "preset": "tiny",
+        "data_dir": f"{local}/data/preprocessed",
+        "train_index": f"{local}/index/train_idx_9.csv",
+        "val_index": f"{local}/index/val_idx_9.csv",
+        "save_dir": f"{local}/save/rt1_tiny",
+        "init_from": f"{local}/exported/rt1-base",
+        "resume": None,
+        "lr": 1e-3,
+    }
+    metrics = {"val_loss": 1.25, "token_accuracy_per_dim": {"world_x": 0.5, "yaw": 0.25}, "bins": [1, 2]}
+    checkpoint = write_checkpoint(
+        tmp_path / "checkpoint-3.pt", calibrated(TINY), train_args=train_args, metrics=metrics
+    )
+    out = export(checkpoint, tmp_path / "model")
+    config_text, card = (out / CONFIG_NAME).read_text(), (out / "README.md").read_text()
+    assert local not in config_text and local not in card
+    args = json.loads(config_text)["training"]["train_args"]
+    assert (args["data_dir"], args["train_index"], args["init_from"]) == (
+        "preprocessed",
+        "train_idx_9.csv",
+        "rt1-base",
+    )
+    assert args["resume"] is None and args["lr"] == 1e-3 and load_model(out)[2] == args
+    rows = [line for line in card.splitlines() if line.startswith("|")]
+    assert not [row for row in rows if "{" in row or "[" in row], rows
+    assert "| token_accuracy_per_dim.world_x | 0.5 |" in rows and "| bins | 1, 2 |" in rows, rows

@@ -22,6 +22,7 @@ from rt1.sim.env import MAX_EPISODE_STEPS, FractalSimEnv
 # Open-loop replay of recorded episodes, next to closed-loop rollouts of the same scenes
 
 REPLAY_DIMS = ("world_x", "world_y", "world_z", "roll", "pitch", "yaw", "gripper", "terminate")
+CELL = 2 + max(map(len, REPLAY_DIMS))  # a column's width: two spaces before the longest name
 REPLAY_STEP_BUCKETS = (("step 0", 0, 1), ("steps 1-5", 1, 6), ("steps 6+", 6, None))
 
 
@@ -93,7 +94,7 @@ def replay_recorded(
 def format_replay(replay: dict) -> str:
     """Per-episode and per-step-bucket open-loop errors next to each scene's closed-loop outcome."""
     dims = REPLAY_DIMS
-    header = f"{'episode':<42}" + "".join(f"{d:>9}" for d in dims) + "   closed loop"
+    header = f"{'episode':<42}" + "".join(f"{d:>{CELL}}" for d in dims) + "   closed loop"
     lines = [
         f"open-loop replay of recorded episodes (data seed {replay['data_seed']}): mean |predicted - recorded| "
         "per dimension (terminate: wrong-class rate)",
@@ -102,7 +103,7 @@ def format_replay(replay: dict) -> str:
     ]
     for e in replay["episodes"]:
         label = f"{e['index']:>3} {e['instruction'][:30]:<30} {e['steps']:>3} st"
-        cells = "".join(f"{np.mean(e['abs_error'][d]):>9.3f}" for d in dims)
+        cells = "".join(f"{np.mean(e['abs_error'][d]):>{CELL}.3f}" for d in dims)
         c = e["closed_loop"]
         lines.append(f"{label:<42}{cells}   {c['outcome']} ({c['steps']} st)")
     summary = replay["summary"]
@@ -110,11 +111,11 @@ def format_replay(replay: dict) -> str:
     for name, row in summary["by_step"].items():
         lines.append(
             f"{'all episodes, ' + name:<42}"
-            + "".join(f"{row[d]:>9.3f}" if row[d] is not None else f"{'-':>9}" for d in dims)
+            + "".join(f"{row[d]:>{CELL}.3f}" if row[d] is not None else f"{'-':>{CELL}}" for d in dims)
         )
     lines.append(
         f"{'all episodes, all steps':<42}"
-        + "".join(f"{summary['mean_abs_error'][d]:>9.3f}" for d in dims)
+        + "".join(f"{summary['mean_abs_error'][d]:>{CELL}.3f}" for d in dims)
         + f"   {summary['closed_loop']['success_rate']:.0%} success"
     )
     return "\n".join(lines)

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from rt1.config import PRESETS, RT1Config
-from rt1.errors import RT1Error, one_line, run_cli
+from rt1.errors import RT1Error, run_cli
 
 REFERENCE = "robotic-transformer-pytorch 0.2.3"
 
@@ -131,7 +131,9 @@ def load_reference_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise ConversionError(f"{path} is not a torch checkpoint ({one_line(e)})") from None
+        from rt1.model.load import torch_load_reason
+
+        raise ConversionError(f"{path} is not a torch checkpoint ({torch_load_reason(e)})") from None
     if isinstance(state, dict) and "format" in state and "model_config" in state:
         raise ConversionError(f"{path} is already a checkpoint of this project (format {state['format']!r})")
     if isinstance(state, dict) and set(state) & {"state_dict", "model"} and len(state) <= 4:

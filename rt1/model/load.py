@@ -14,6 +14,7 @@ A checkpoint file is a dict of plain types and tensors, read with `torch.load(we
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -34,6 +35,19 @@ class CheckpointError(RT1Error, RuntimeError):
     """A checkpoint cannot be read or does not fit (the message names the file)."""
 
 
+def torch_load_reason(error: Exception) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, on one line, without torch's advice (re-running with
+    weights_only=False or allow-listing globals: unpickling a file's objects can run its code)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch bolds a sentence with terminal escapes
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a pickled {found.group(1)}: only tensors and plain data are read, never objects"
+    if "weights only" in text.lower() or "weights_only" in text:
+        reason = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please|\n|$)", text)
+        return f"it holds objects other than tensors and plain data ({reason.group(1).strip() if reason else ''})"
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
 def read_checkpoint(path: Path, map_location="cpu") -> dict:
     """Read a checkpoint with weights_only=True and check its format; raises CheckpointError."""
     path = Path(path)
@@ -47,9 +61,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch's weights_only unpickler raises KeyError, IndexError, ...
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {one_line(e)})"
-        ) from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({torch_load_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = f" (format {state.get('format')!r})" if isinstance(state, dict) else ""
         raise CheckpointError(f"{path} is not an rt1 training checkpoint{found}")

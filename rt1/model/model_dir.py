@@ -96,6 +96,24 @@ def base_config(
     }
 
 
+def _text(value) -> str:
+    """A metric's value as table text: numbers to 4 significant digits, lists joined by commas."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_text(v)}" for k, v in sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_text, value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return str(value).replace("|", "/")  # a | would end the table cell
+
+
+def _metric_rows(name: str, value) -> list[tuple[str, str]]:
+    """(name, text) table rows of a metric: a nested map gives a row per entry (`outer.inner`)."""
+    if isinstance(value, dict) and value:
+        return [row for k, v in sorted(value.items()) for row in _metric_rows(f"{name}.{k}".lstrip("."), v)]
+    return [(name, _text(value))]
+
+
 def model_card(config: dict, num_parameters: int, note: str = EXPORT_NOTE) -> str:
     """A short README.md: what the model is, what it was trained on, its metrics, how to load it."""
     training = config["training"]
@@ -135,10 +153,7 @@ def model_card(config: dict, num_parameters: int, note: str = EXPORT_NOTE) -> st
     metrics = training.get("metrics") or {}
     if metrics:
         lines += ["| metric | value |", "| --- | --- |"]
-        lines += [
-            f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
-            for k, v in sorted(metrics.items())
-        ]
+        lines += [f"| {k} | {v} |" for k, v in _metric_rows("", metrics)]
     else:
         lines.append("The checkpoint holds no validation metrics.")
     lines += [

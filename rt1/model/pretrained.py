@@ -23,7 +23,8 @@ config.json (plain JSON):
     instruction_embedding    dim and `source`: "universal-sentence-encoder" (fractal20220817_data; callers send
                              the embedding) or "mini-fractal" (the bundled dataset's word-hash embedding,
                              `rt1.sim.scene.instruction_embedding`; the server also takes instruction text)
-    training                 the run that wrote the checkpoint: train_args, epoch, global_step, metrics
+    training                 the run that wrote the checkpoint: train_args (path options by file or folder name,
+                             never the local path), epoch, global_step, metrics
     source_checkpoint        file name of the checkpoint it was exported from
     conversion               (converted models only) the source's kind, the action order and its evidence
 

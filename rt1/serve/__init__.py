@@ -15,16 +15,20 @@ map {"dtype": numpy dtype string ("|u1", "<f4", "<i4", ...), "shape": [...], "da
        | "instruction": text (models whose config names
        the mini-fractal embedding), ["cond_scale": float]}
     {"type": "act", "observation": RLDS observation map}       {"type": "action", "action": {RLDS key: array},
-       (`image` uint8 (H, W, 3) required; any other key of     "tokens": [11 ints], "step": t,
-       the fractal observation spec checked if present)        "compute_ms": server time of the step}
+       (`image` uint8 (256, 320, 3), or at the model's         "tokens": [11 ints], "step": t,
+       frame size: already preprocessed; any other key of      "compute_ms": server time of the step}
+       the fractal observation spec checked if present:
+       state vectors finite, the instruction the episode's)
     {"type": "close"}                                          {"type": "closed"}, then the server closes
 
 Any bad message (not msgpack, a text frame, wrong or missing keys, shapes, dtypes, a message over
-`--max-message-bytes`, act before reset, another instruction within an episode) gets
+`--max-message-bytes`, act before reset, an image of another size, a non-finite state vector, another
+instruction (embedding or text) within an episode) gets
 {"type": "error", "error": one line} and the session goes on as it was. A message over 4x the limit is
 refused by the WebSocket layer itself: it closes that connection (code 1009, "message too big").
 
-The camera image goes through the model's image preprocessing (`rt1.data.images.training_frame`, the
+A frame at the model's frame size is taken as `training_frame`'s output and goes to the model as it is;
+the camera image goes through the model's image preprocessing (`rt1.data.images.training_frame`, the
 JPEG quality from config.json or --jpeg-quality) and then `RT1Policy.step`: the same calls as in-process
 closed-loop evaluation (`rt1.evaluation.closed_loop.RT1EnvPolicy`), so the actions are the same.
 Inference runs in a worker thread pool (`--workers`, default 1: every step of every session in one
@@ -40,6 +44,7 @@ refused unless --allow-origin lists it; an optional shared token (--token / $RT1
 The client (`PolicyClient`, `ServedEnvPolicy`) needs numpy, msgpack and websockets only (no torch).
 """
 
+from rt1.serve.cli import main
 from rt1.serve.client import PolicyClient, ServedEnvPolicy, local_server
 from rt1.serve.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -56,7 +61,7 @@ from rt1.serve.protocol import (
     pack_array,
     unpack_array,
 )
-from rt1.serve.server import PolicyServer, Session, main
+from rt1.serve.server import PolicyServer, Session
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",

@@ -2,7 +2,7 @@
 
 import sys
 
-from rt1.serve.server import main
+from rt1.serve.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -112,8 +112,36 @@ def check_request(message: dict) -> str:
     return kind
 
 
-def check_observation(observation, embedding_dim: int) -> dict[str, Any]:
-    """An RLDS observation map -> {key: numpy array or str}, every key checked against the fractal spec."""
+def _size(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_image(a: np.ndarray, image_sizes: tuple[tuple[int, int], ...] | None = None) -> None:
+    """uint8 (H, W, 3) with (H, W) one of `image_sizes` (None: sides up to MAX_IMAGE_SIDE); raises ProtocolError."""
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ProtocolError(
+            f"act: observation/image must be uint8 (H, W, 3) RGB, got {a.dtype} {tuple(a.shape)}"
+        )
+    if image_sizes is None and not (1 <= a.shape[0] <= MAX_IMAGE_SIDE and 1 <= a.shape[1] <= MAX_IMAGE_SIDE):
+        raise ProtocolError(
+            f"act: observation/image sides must be 1..{MAX_IMAGE_SIDE}, got {_size(a.shape[:2])}"
+        )
+    if image_sizes is not None and tuple(a.shape[:2]) not in image_sizes:
+        camera, *model = image_sizes
+        frame = (
+            f" or {_size(model[0])} (the model's frame size: a frame already preprocessed)" if model else ""
+        )
+        raise ProtocolError(
+            f"act: observation/image is {_size(a.shape[:2])}; this model takes {_size(camera)} (the camera's)"
+            f"{frame}: it was trained on no other size"
+        )
+
+
+def check_observation(
+    observation, embedding_dim: int, image_sizes: tuple[tuple[int, int], ...] | None = None
+) -> dict[str, Any]:
+    """An RLDS observation map -> {key: numpy array or str}, every key checked against the fractal spec
+    (state vectors finite; the image one of `image_sizes` (H, W), camera's first, when given)."""
     if not isinstance(observation, dict):
         raise ProtocolError(f"act: observation must be a map, got {_kind(observation)}")
     shapes = {k: (s.shape, np.dtype(s.dtype)) for k, s in OBSERVATION_VECTORS.items()}
@@ -135,22 +163,15 @@ def check_observation(observation, embedding_dim: int) -> dict[str, Any]:
             continue
         a = unpack_array(value, f"observation/{key}")
         if key == "image":
-            if (
-                a.dtype != np.uint8
-                or a.ndim != 3
-                or a.shape[2] != 3
-                or not (1 <= a.shape[0] <= MAX_IMAGE_SIDE and 1 <= a.shape[1] <= MAX_IMAGE_SIDE)
-            ):
-                raise ProtocolError(
-                    f"act: observation/image must be uint8 (H, W, 3) RGB with sides up to "
-                    f"{MAX_IMAGE_SIDE}, got {a.dtype} {tuple(a.shape)}"
-                )
+            check_image(a, image_sizes)
         else:
             shape, dtype = shapes[key]
             if a.dtype != dtype or a.shape != shape:
                 raise ProtocolError(
                     f"act: observation/{key} must be {dtype} {shape}, got {a.dtype} {tuple(a.shape)}"
                 )
+            if not np.isfinite(a).all():
+                raise ProtocolError(f"act: observation/{key} has non-finite values (NaN or inf)")
         out[key] = a
     return out
 

@@ -1,8 +1,7 @@
-"""The policy server: one `Session` (its own RT1Policy) per connection, `PolicyServer`, and `main`."""
+"""The policy server: one `Session` (its own RT1Policy) per connection, and `PolicyServer`."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -10,11 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from rt1.actions import ACTION_KEYS
-from rt1.errors import one_line, run_cli
-from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM
+from rt1.errors import one_line
+from rt1.rlds_spec import ACTION_SPEC, EMBEDDING_DIM, IMAGE_SHAPE
 from rt1.serve.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_PORT,
     HARD_LIMIT_FACTOR,
     PROTOCOL_VERSION,
     ProtocolError,
@@ -59,70 +57,91 @@ class Session:
         self.server = server
         self.policy = None
         self.embedding: np.ndarray | None = None
+        self.instruction: str | None = None  # the episode's text: the reset's, else its first step's
 
     def reset(self, message: dict) -> dict:
-        server = self.server
-        has_embedding, has_text = "instruction_embedding" in message, "instruction" in message
-        if has_embedding == has_text:
+        if ("instruction_embedding" in message) == ("instruction" in message):
             raise ProtocolError("reset: give exactly one of instruction_embedding and instruction")
-        if has_text:
-            text = message["instruction"]
-            if not isinstance(text, str) or not text.strip():
-                got = "empty text" if isinstance(text, str) else _kind(text)
-                raise ProtocolError(f"reset: instruction must be non-empty text, got {got}")
-            if len(text) > MAX_INSTRUCTION_CHARS:
-                raise ProtocolError(
-                    f"reset: instruction is {len(text)} characters, over the limit of {MAX_INSTRUCTION_CHARS}"
-                )
-            if server.embed_text is None:
-                raise ProtocolError(
-                    f"reset: this model's instruction embeddings come from {server.embedding_source}, "
-                    "which the server cannot compute: send instruction_embedding"
-                )
-            embedding = server.embed_text(text)
-        else:
-            embedding = unpack_array(message["instruction_embedding"], "reset: instruction_embedding")
-            dim = server.config.text_embed_dim
-            if embedding.dtype != np.float32 or embedding.shape != (dim,):
-                raise ProtocolError(
-                    f"reset: instruction_embedding must be float32 ({dim},), "
-                    f"got {embedding.dtype} {tuple(embedding.shape)}"
-                )
-            if not np.isfinite(embedding).all():
-                raise ProtocolError("reset: instruction_embedding has non-finite values")
-        cond_scale = message.get("cond_scale", 1.0)
-        if (
-            not isinstance(cond_scale, (int, float))
-            or isinstance(cond_scale, bool)
-            or not math.isfinite(cond_scale)
-        ):
-            raise ProtocolError(f"reset: cond_scale must be a finite number, got {cond_scale!r}")
-        if abs(cond_scale) > MAX_COND_SCALE:
-            raise ProtocolError(f"reset: cond_scale must be within +-{MAX_COND_SCALE:g}, got {cond_scale!r}")
-        if self.policy is None or self.policy.cond_scale != float(cond_scale):
+        text = message["instruction"] if "instruction" in message else None
+        embedding = (
+            self._embed(text)
+            if "instruction" in message
+            else self._embedding(message["instruction_embedding"])
+        )
+        cond_scale = check_cond_scale(message.get("cond_scale", 1.0))
+        if self.policy is None or self.policy.cond_scale != cond_scale:
             try:
-                self.policy = server.new_policy(float(cond_scale))
+                self.policy = self.server.new_policy(cond_scale)
             except ValueError as e:  # a model without guidance: cond_scale must be 1
                 raise ProtocolError(f"reset: {one_line(e)}") from None
         self.policy.reset()
-        self.embedding = np.array(embedding, dtype=np.float32)
+        self.embedding, self.instruction = np.array(embedding, dtype=np.float32), text
         return {"type": "reset", "step": 0}
 
-    def act(self, observation: dict) -> dict:
-        """Runs in a worker thread."""
-        from rt1.data.images import training_frame
+    def _embed(self, text) -> np.ndarray:
+        """The embedding of a reset's instruction text (models whose embeddings the server can compute)."""
+        if not isinstance(text, str) or not text.strip():
+            got = "empty text" if isinstance(text, str) else _kind(text)
+            raise ProtocolError(f"reset: instruction must be non-empty text, got {got}")
+        if len(text) > MAX_INSTRUCTION_CHARS:
+            raise ProtocolError(
+                f"reset: instruction is {len(text)} characters, over the limit of {MAX_INSTRUCTION_CHARS}"
+            )
+        if self.server.embed_text is None:
+            raise ProtocolError(
+                f"reset: this model's instruction embeddings come from {self.server.embedding_source}, "
+                "which the server cannot compute: send instruction_embedding"
+            )
+        return self.server.embed_text(text)
 
-        if self.policy is None or self.embedding is None:
-            raise ProtocolError("act before reset: send reset with the episode's instruction first")
+    def _embedding(self, value) -> np.ndarray:
+        embedding = unpack_array(value, "reset: instruction_embedding")
+        dim = self.server.config.text_embed_dim
+        if embedding.dtype != np.float32 or embedding.shape != (dim,):
+            raise ProtocolError(
+                f"reset: instruction_embedding must be float32 ({dim},), "
+                f"got {embedding.dtype} {tuple(embedding.shape)}"
+            )
+        if not np.isfinite(embedding).all():
+            raise ProtocolError("reset: instruction_embedding has non-finite values")
+        return embedding
+
+    def check_instruction(self, observation: dict) -> None:
+        """An act's instruction (embedding or text, if sent) must be the episode's: a new one needs a reset."""
         given = observation.get("natural_language_embedding")
         if given is not None and not np.array_equal(given, self.embedding):
             raise ProtocolError(
                 "act: observation/natural_language_embedding is not the episode's instruction; "
                 "send reset for a new instruction"
             )
+        text = observation.get("natural_language_instruction")
+        if text is not None and self.instruction is None:
+            self.instruction = text
+        elif text is not None and text != self.instruction:
+            raise ProtocolError(
+                f"act: observation/natural_language_instruction {text[:100]!r} is not the episode's "
+                f"instruction {self.instruction[:100]!r}; send reset for a new instruction"
+            )
+
+    def frame(self, image: np.ndarray) -> np.ndarray:
+        """The model's input frame: a camera-size image goes through the training preprocessing, an image
+        of the model's frame size is taken as already preprocessed (what `training_frame` returns)."""
+        from rt1.data.images import training_frame
+
+        config = self.server.config
+        if tuple(image.shape[:2]) == IMAGE_SHAPE[:2]:
+            return training_frame(image, config.frame_size, self.server.jpeg_quality)
+        return np.array(image)  # a writable copy of the message bytes
+
+    def act(self, observation: dict) -> dict:
+        """Runs in a worker thread."""
+        if self.policy is None or self.embedding is None:
+            raise ProtocolError("act before reset: send reset with the episode's instruction first")
+        self.check_instruction(observation)
         start = time.perf_counter()
-        frame = training_frame(observation["image"], self.server.config.frame_size, self.server.jpeg_quality)
-        action, tokens = self.policy.step(frame, self.embedding, return_tokens=True)
+        action, tokens = self.policy.step(
+            self.frame(observation["image"]), self.embedding, return_tokens=True
+        )
         if not bool(self.policy.last_logits.isfinite().all()):
             raise ProtocolError(
                 "act: the model's logits are not finite (NaN or inf) for this observation: no action sent"
@@ -136,7 +155,19 @@ class Session:
         }  # preprocessing + inference, for latency budgets
 
     def free(self) -> None:
-        self.policy = self.embedding = None
+        self.policy = self.embedding = self.instruction = None
+
+
+def check_cond_scale(cond_scale) -> float:
+    if (
+        not isinstance(cond_scale, (int, float))
+        or isinstance(cond_scale, bool)
+        or not math.isfinite(cond_scale)
+    ):
+        raise ProtocolError(f"reset: cond_scale must be a finite number, got {cond_scale!r}")
+    if abs(cond_scale) > MAX_COND_SCALE:
+        raise ProtocolError(f"reset: cond_scale must be within +-{MAX_COND_SCALE:g}, got {cond_scale!r}")
+    return float(cond_scale)
 
 
 class PolicyServer:
@@ -180,34 +211,39 @@ class PolicyServer:
         # One inference form for every session (RT1Policy would make one per session): same actions.
         self.model = model.for_inference()
         self.device = device
-        self.embedding_source = (
+        # The camera's size (preprocessed here), else the model's frame size (a frame already preprocessed).
+        self.image_sizes = tuple(dict.fromkeys([IMAGE_SHAPE[:2], tuple(self.config.frame_size)]))
+        self.set_embedding_source(
             embedding_source
             or exported.get("instruction_embedding", {}).get("source")
             or EMBEDDING_SOURCES[0]
         )
-        if self.embedding_source not in EMBEDDING_SOURCES:
-            raise ServeError(
-                f"--embedding-source must be one of {', '.join(EMBEDDING_SOURCES)}, "
-                f"got {self.embedding_source!r}"
-            )
-        self.embed_text = None
-        if self.embedding_source == "mini-fractal" and self.config.text_embed_dim == EMBEDDING_DIM:
-            from rt1.sim.scene import instruction_embedding
-
-            self.embed_text = instruction_embedding
         self.model_path = model_path
         self.max_message_bytes = int(max_message_bytes)
         # The intra-op thread count is per OS thread (OpenMP): set it in each worker, not only in main.
-        threads = threads or torch.get_num_threads()
         self.executor = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix="rt1-inference",
             initializer=torch.set_num_threads,
-            initargs=(threads,),
+            initargs=(threads or torch.get_num_threads(),),
         )
         # Decoding, checks and resets of all connections, off the event loop and off the inference queue.
         self.messages = ThreadPoolExecutor(max_workers=MESSAGE_THREADS, thread_name_prefix="rt1-messages")
         self.sessions: set[Session] = set()
+
+    def set_embedding_source(self, source: str) -> None:
+        """Where the model's instruction embeddings come from; mini-fractal ones the server computes from text."""
+        from rt1.model.pretrained import EMBEDDING_SOURCES
+
+        if source not in EMBEDDING_SOURCES:
+            raise ServeError(
+                f"--embedding-source must be one of {', '.join(EMBEDDING_SOURCES)}, got {source!r}"
+            )
+        self.embedding_source, self.embed_text = source, None
+        if source == "mini-fractal" and self.config.text_embed_dim == EMBEDDING_DIM:
+            from rt1.sim.scene import instruction_embedding
+
+            self.embed_text = instruction_embedding
 
     def new_policy(self, cond_scale: float):
         from rt1.policy import RT1Policy
@@ -224,6 +260,7 @@ class PolicyServer:
             "model": {
                 "name": self.model_path.name,  # never the server's filesystem path
                 "image_size": list(c.frame_size),
+                "image_sizes": [list(size) for size in self.image_sizes],  # what act takes: camera's first
                 "num_frames": c.num_frames,
                 "text_embed_dim": c.text_embed_dim,
                 "embedding_source": self.embedding_source,
@@ -245,7 +282,11 @@ class PolicyServer:
                 return {"type": "closed"}, True, None
             if kind == "reset":
                 return session.reset(message), False, None
-            return None, False, check_observation(message["observation"], self.config.text_embed_dim)
+            return (
+                None,
+                False,
+                check_observation(message["observation"], self.config.text_embed_dim, self.image_sizes),
+            )
         except Exception as e:  # noqa: BLE001 - a bad message or a failed reset must not take the server down
             return error_reply(e, kind), False, None
 
@@ -337,118 +378,3 @@ class PolicyServer:
             self.executor.shutdown(wait=True)
             self.messages.shutdown(wait=True)
         return received
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rt1.serve",
-        description="Serve a trained RT-1 policy over WebSocket (msgpack binary frames): one episode session "
-        "per connection, RLDS observation in, RLDS action out.",
-        epilog="What is protected: it listens on 127.0.0.1 only unless --host says otherwise; handshakes that "
-        "carry a browser Origin are refused unless --allow-origin lists it; with --token (or "
-        f"${TOKEN_ENV}) a client without the token is refused (HTTP 401); at most --max-connections at "
-        "once; info names the model, not its path. Not protected: the traffic is not encrypted, and "
-        "without a token any program that can reach the port can drive the robot.",
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        required=True,
-        help="checkpoint-{epoch}.pt or a model directory from python -m rt1.export",
-    )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="interface to listen on (default 127.0.0.1: this machine only). Another address exposes the "
-        "robot to every machine that can reach it: the protocol has no encryption, so use --token and a "
-        "trusted network (or an SSH tunnel)",
-    )
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: any free)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="inference threads (default 1: steps of all sessions run one at a time, in order)",
-    )
-    parser.add_argument(
-        "--jpeg-quality",
-        type=int,
-        default=None,
-        help="stage 2's --jpeg-quality of the training data (default: the exported config's, else 90)",
-    )
-    parser.add_argument(
-        "--embedding-source",
-        default=None,
-        choices=("universal-sentence-encoder", "mini-fractal"),
-        help="instruction embeddings of the training data (default: the exported config's, else "
-        "universal-sentence-encoder); mini-fractal lets clients send instruction text",
-    )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=DEFAULT_MAX_MESSAGE_BYTES,
-        help=f"larger requests get an error reply (default {DEFAULT_MAX_MESSAGE_BYTES})",
-    )
-    parser.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="also accept WebSocket handshakes from this browser Origin (repeatable; '*': any). By default "
-        "a handshake with an Origin header (every web page's) is refused, so a page open in your browser "
-        "cannot drive the robot",
-    )
-    parser.add_argument(
-        "--token",
-        default=None,
-        help=f"require this shared token from every client (Authorization: Bearer TOKEN; PolicyClient and "
-        f"eval_closed_loop.py send ${TOKEN_ENV}). Default: ${TOKEN_ENV} if set, else no token: anyone who "
-        "can connect can drive the robot. The environment variable keeps it out of the process list",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=DEFAULT_MAX_CONNECTIONS,
-        help=f"concurrent connections; more are closed at once (code 1013; default {DEFAULT_MAX_CONNECTIONS})",
-    )
-    args = parser.parse_args(argv)
-
-    def run(_) -> int:
-        import asyncio
-        import logging
-        import os
-
-        import torch
-
-        if not 0 <= args.port <= 65535 or args.threads < 1:
-            raise ServeError(f"--port must be 0..65535 and --threads >= 1, got {args.port}, {args.threads}")
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        torch.set_num_threads(args.threads)
-        server = PolicyServer(
-            args.model,
-            args.device,
-            args.jpeg_quality,
-            args.embedding_source,
-            args.workers,
-            args.max_message_bytes,
-            args.threads,
-            tuple(args.allow_origin),
-            args.token if args.token is not None else os.environ.get(TOKEN_ENV),
-            args.max_connections,
-        )
-
-        def ready(port: int) -> None:
-            print(f"serving {args.model} on ws://{args.host}:{port} (SIGTERM or Ctrl-C stops)", flush=True)
-
-        try:
-            signum = asyncio.run(server.serve(args.host, args.port, ready))
-        except OSError as e:
-            raise ServeError(f"cannot listen on {args.host}:{args.port} ({one_line(e)})") from None
-        print(f"stopped on signal {signum}", flush=True)
-        return 0
-
-    return run_cli(run)

@@ -29,6 +29,17 @@ One model of the world: every observation in the bundled dataset is what Fractal
 
 Seeds: dataset episode `index` of seed S comes from `np.random.default_rng([S, index])`
 (`rt1.sim.record.episode_seeds`); closed-loop evaluation (`rt1.evaluation.closed_loop`) draws its
-episodes from a disjoint stream. Nothing is imported here, so `rt1.sim.scene` stays usable without
-gymnasium.
+episodes from a disjoint stream. `rt1.sim.FractalSimEnv` is imported on first use, so `rt1.sim.scene`
+stays usable without gymnasium.
 """
+
+
+def __getattr__(name: str):
+    if name == "FractalSimEnv":  # rt1.sim.FractalSimEnv as the README writes it, gymnasium only when used
+        from rt1.sim.env import FractalSimEnv
+
+        return FractalSimEnv
+    raise AttributeError(f"module 'rt1.sim' has no attribute {name!r}")
+
+
+__all__ = ["FractalSimEnv"]

@@ -130,7 +130,7 @@ def save_checkpoint(path: Path, contents: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         io.check_free_space(path.parent, tensor_bytes(contents), path.name)
-    except io.DiskFullError as e:
+    except (io.DiskFullError, io.OutputPathError) as e:  # full, or read-only
         raise CheckpointWriteError(
             f"cannot write checkpoint {path}: {e}; the previous checkpoints are kept"
         ) from None
