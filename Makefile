@@ -34,8 +34,9 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
+# The in-process tests (tests/e2e/, the subprocess runs, and the slow ones left out).
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/e2e
 
 demo: $(STAMP)
 	$(PY) -m rt1.demo --out $(DEMO_DIR)

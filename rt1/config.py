@@ -435,7 +435,7 @@ PRESETS: dict[str, Preset] = {
             augment=True,
         ),
         # Trains on 2 CPU cores: a batch of 8 windows x 6 frames x 64 x 64 takes ~0.1 s forward + backward on an idle
-        # machine. Optimisation tuned on the bundled dataset (tests/test_train_ddp.py::test_tiny_preset_learns...):
+        # machine. Optimisation tuned on the bundled dataset (tests/e2e/test_train_ddp.py::test_tiny_preset_learns...):
         # SGD at 1e-4 barely moves a fresh tiny model in a few hundred steps; AdamW at 1e-3 per process learns the
         # gripper from the image after ~5000-6500 windows (2e-3 and 3e-3 did not within that budget, 5e-4 was slower).
         # The tiny model's learning is sample-bound, so 16 windows per process use the CPU better than 8.

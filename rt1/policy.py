@@ -27,7 +27,7 @@ keeps the tokens of the last 6 frames and encodes only the new frame each step
 (`use_cache=False` re-encodes all of them, the same result at ~6x the cost). The FiLM modulations
 depend on the instruction only: they are computed at the episode's first step and reused.
 
-Inference-only speed-ups (same actions, tests/test_policy.py): the policy runs the model's
+Inference-only speed-ups (same actions, tests/model/test_policy.py): the policy runs the model's
 `for_inference()` form (the MaxViT: a copy with every MBConv BatchNorm folded into the layer before it,
 `rt1.model.inference`, sharing the other weights; `fold_batch_norms=False` runs the model as it is), under
 torch.inference_mode. Any model family works (`rt1.model.build_model`); Google's step-by-step policy

@@ -1,4 +1,10 @@
-"""Shared fixtures: the bundled fractal-format dataset and its stage-1 segments, built once per session."""
+"""Shared fixtures: the bundled fractal-format dataset and its stage-1 segments, built once per session.
+
+Tests live by package: tests/{data,model,train,evaluation,serve}/ run in process, tests/e2e/ runs the scripts
+as subprocesses (torchrun, the demo, multi-node, faults; `make test-fast` leaves it out), and tests/ itself holds
+the checks of the repository (architecture, lint, docs). Test modules share helpers and fixtures by importing one
+another by name (`from test_train import tiny_data`), so every one of those folders is on the import path.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import pytest
 from rt1.config import PRESETS
 
 REPO = Path(__file__).resolve().parent.parent
+TEST_PACKAGES = ("data", "model", "train", "evaluation", "serve", "e2e")
+sys.path[:0] = [str(REPO / "tests" / package) for package in TEST_PACKAGES]
 # Shaped like the real dataset where readers can tell: 3 uneven shards of 43-44 episodes, above TFDS's
 # interleave block of 16 episodes (with at most 16 per shard, out-of-order reads go unnoticed).
 BUNDLED_EPISODES = 130

@@ -2,7 +2,7 @@
 
 Decoding uses `simplejpeg` when it is installed and Pillow otherwise. Both wrap libjpeg-turbo with
 the same settings (accurate integer IDCT, fancy upsampling) and give identical pixels (checked by
-tests/test_dataset.py); simplejpeg is faster and decodes straight into the caller's buffer.
+tests/data/test_dataset.py); simplejpeg is faster and decodes straight into the caller's buffer.
 Measured on this project's 2-core machine for 224x224 frames of ~12 KB (quality 90): a 6-frame
 window takes ~1.0 ms of CPU with simplejpeg and ~1.5 ms with Pillow. Encoding and resizing use Pillow.
 """
@@ -167,7 +167,7 @@ def stored_frame(data, size: tuple[int, int], quality: int | None = JPEG_QUALITY
 
 # The bundled dataset stores camera frames through tfds.features.Image(encoding_format="jpeg"), which
 # encodes with tf.image.encode_jpeg's defaults: quality 95, 4:2:0 chroma, JFIF density 300 dpi.
-# Pillow's libjpeg-turbo with the same settings writes the same bytes (tests/test_closed_loop.py
+# Pillow's libjpeg-turbo with the same settings writes the same bytes (tests/evaluation/test_closed_loop.py
 # compares them with the TFDS feature's encode_example), so the policy side needs no TensorFlow.
 DATASET_JPEG_QUALITY = 95
 _DATASET_JPEG_DPI = (300, 300)

@@ -17,7 +17,7 @@ Evaluation episodes (`evaluation_episodes`): episode i of evaluation seed S has 
 spawn key, so the evaluation key is the 6+ words [S, 0, 0, 0, EVAL_STREAM, i] while a training key
 [S', index] (each < 2**64) is at most 4 words: the two streams never share a key, for any seeds.
 (A plain `[S, EVAL_STREAM, i]` would not do: `[S, T, 0]` is the same seed as the training key
-`[S, T]`.) tests/test_closed_loop.py checks that no evaluation scene equals a training scene.
+`[S, T]`.) tests/evaluation/test_closed_loop.py checks that no evaluation scene equals a training scene.
 
 Each observation image reaches an RT-1 policy through `rt1.data.images.training_frame`: the same
 JPEG encoding as the stored dataset, stage 2's resize and re-encoding, and the loader's decoding.

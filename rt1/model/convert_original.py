@@ -12,7 +12,7 @@ hold (image size, frames per window, dropout, action count) comes from the `orig
 the options. The model then needs text embeddings of that width, and raw 0..255 pixels
 (`pixel_scaling="raw"`).
 
-Mapping (reference -> this project; see tests/test_convert_original.py for the numerical check):
+Mapping (reference -> this project; see tests/model/test_convert_original.py for the numerical check):
 
     vit.conv_stem.*                              -> vit.conv_stem.*
     vit.layers.i.0.[fn.]{0,3,7}.weight           -> vit.blocks.i.mbconv.{expand,depthwise,project}.weight

@@ -7,7 +7,7 @@ s = gamma / sqrt(running_var + eps), so it folds into the bias-free layer that f
 expansion and projection (Linear) and its depthwise convolution get `weight * s` and a bias, and the
 three BatchNorm passes over the (up to 8x wide) MBConv activations disappear. The relative position
 bias of every window attention (a gather from its table) is computed once. Same function up to float
-rounding (~1e-6 of the logits; tests/test_policy.py checks the policy's actions are the same).
+rounding (~1e-6 of the logits; tests/model/test_policy.py checks the policy's actions are the same).
 
 The returned model is a new module tree whose unfolded parameters are the original's tensors (no copy
 of the ~1 GB of weights): the folded values are a snapshot, so rebuild it after the weights change.

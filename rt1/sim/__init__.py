@@ -25,7 +25,7 @@ Modules:
 One model of the world: every observation in the bundled dataset is what FractalSimEnv returned
 (state fields included: `gripper_closedness_commanded` is the last gripper command applied,
 `vector_to_go` and `rotation_delta_to_go` are zeros), and replaying a recorded episode's executed actions
-(`record_rollout`) in the env from its seed gives back its observations (tests/test_sim.py).
+(`record_rollout`) in the env from its seed gives back its observations (tests/evaluation/test_sim.py).
 
 Seeds: dataset episode `index` of seed S comes from `np.random.default_rng([S, index])`
 (`rt1.sim.record.episode_seeds`); closed-loop evaluation (`rt1.evaluation.closed_loop`) draws its

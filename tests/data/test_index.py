@@ -23,7 +23,7 @@ try:
 except ImportError:
     from synthetic_segments import DEFAULT_LAYOUT, NOT_PICK, PICK, write_synthetic_segments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTRUCTIONS = PICK + NOT_PICK
 # 6 files, 30 episodes of 1..20 steps (some shorter than the window).
 BIG_LAYOUT = [

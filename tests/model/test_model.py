@@ -29,7 +29,7 @@ from rt1.model.maxvit import MBConv, linear_batch_norm
 from rt1.model.transformer import frame_causal_mask
 
 TINY = PRESETS["tiny"].model
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def randomize_film(model: RT1, std: float = 0.05) -> RT1:

@@ -10,17 +10,15 @@ T5's 768-d text) is a benchmark, not a test: it takes minutes and ~3 GB.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import run_script
+from conftest import REPO, run_script
 
 from rt1.config import PRESETS, RT1Config
 from rt1.model import RT1, action_loss
 from rt1.model.convert_original import ConversionError, convert_state_dict, infer_config, main
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "rt1_reference_fixture.pt"
+FIXTURE = REPO / "tests" / "fixtures" / "rt1_reference_fixture.pt"
 VARIANTS = (
     "attention_memory_kv",
     "token_learner_pooling",

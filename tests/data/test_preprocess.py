@@ -42,7 +42,7 @@ except ImportError:
         write_synthetic_segments,
     )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
 from rt1.actions import ACTION_KEYS, ActionTokenizer, detokenize, token_index, tokenize
@@ -28,7 +29,7 @@ from rt1.model.google.transformer import rtx_attention_mask
 from rt1.model_config import ConfigError
 from rt1.policy import RT1Policy
 
-FIXTURE = Path(__file__).parent / "fixtures" / "rtx_jax"
+FIXTURE = REPO / "tests" / "fixtures" / "rtx_jax"
 CHECKPOINT = FIXTURE / "variables.msgpack"
 TOLERANCE = 1e-4
 MUTATION_MIN = 1e-2
