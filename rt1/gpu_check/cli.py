@@ -334,7 +334,7 @@ class GpuCheck:
             if self.out_of_time(name, reserve=10):
                 continue
             save = self.cfg.out / "loader" / f"workers_{workers}"
-            # Full size: with activation checkpointing, so batch 8 of `original` fits a 16 GB GPU (README).
+            # Full size: with activation checkpointing, so batch 8 of `original` fits a 16 GB GPU (docs/gpu.md).
             cmd = ctx.command(
                 save,
                 [] if quick else ["--activation-checkpointing"],

@@ -1,4 +1,4 @@
-"""The GPU check's report: DIR/gpu_check.json (everything) and DIR/gpu_check.md (tables for the README)."""
+"""The GPU check's report: DIR/gpu_check.json (everything) and DIR/gpu_check.md (tables for docs/gpu.md)."""
 
 from __future__ import annotations
 

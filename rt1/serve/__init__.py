@@ -37,7 +37,7 @@ the event loop keeps serving other connections; instruction text is at most 1000
 sequential and its result does not depend on other sessions. A client that disconnects frees its
 session. SIGTERM or SIGINT stops the server: connections are closed (1001), it exits 0.
 
-Protection (README, "What the server protects"): 127.0.0.1 by default; handshakes with a browser Origin are
+Protection (docs/serving.md, "What the server protects"): 127.0.0.1 by default; handshakes with a browser Origin are
 refused unless --allow-origin lists it; an optional shared token (--token / $RT1_SERVE_TOKEN, sent as
 `Authorization: Bearer TOKEN`, compared in constant time); at most --max-connections at once. No encryption.
 

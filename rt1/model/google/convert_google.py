@@ -24,7 +24,7 @@ and named in the log; any other tensor, a missing or misshapen one, or a file th
 one-line error naming it.
 
 Action order: which RLDS key each of the 11 output slots predicts is Google's gin macro ACTION_ORDER, which
-is not in Google's repository. The default, DEFAULT_ACTION_ORDER, is the best evidence (README, "Google's
+is not in Google's repository. The default, DEFAULT_ACTION_ORDER, is the best evidence (docs/training.md, "Google's
 trained RT-1"): Google's own tests build the tokenizer and network with the order starting terminate_episode,
 world_vector, rotation_delta, gripper_closedness_action (transformer_network_test.py L76/L107,
 action_tokenizer_test.py L145; the tokenizer's docstring recommends it), and Open X-Embodiment's JAX RT-1

@@ -73,7 +73,7 @@ def checkpoint_file(path: Path) -> Path:
         raise RTXCheckpointError(
             f"{path} is an Orbax OCDBT checkpoint ({', '.join(found)}), not the Flax msgpack `checkpoint` file "
             "this reader takes: write it as one with flax.training.checkpoints.restore_checkpoint and "
-            "flax.serialization.to_bytes in a JAX environment (README, RT-1-X)"
+            "flax.serialization.to_bytes in a JAX environment (docs/training.md, RT-1-X)"
         )
     raise RTXCheckpointError(
         f"{path}: no `checkpoint` file or checkpoint_<N> entry (a Flax checkpoint directory)"
