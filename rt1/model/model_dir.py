@@ -131,16 +131,7 @@ def model_card(config: dict, num_parameters: int, note: str = EXPORT_NOTE) -> st
     run = [f"{k} {args[k]}" for k in ("optimizer", "lr", "batch_size", "epochs", "seed") if k in args]
     if run:
         lines.append("- run: " + ", ".join(run))
-    lines += ["", "## Metrics", ""]
-    metrics = training.get("metrics") or {}
-    if metrics:
-        lines += ["| metric | value |", "| --- | --- |"]
-        lines += [
-            f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
-            for k, v in sorted(metrics.items())
-        ]
-    else:
-        lines.append("The checkpoint holds no validation metrics.")
+    lines += ["", "## Metrics", ""] + _metrics_table(training.get("metrics") or {})
     lines += [
         "",
         "## Use",
@@ -158,6 +149,17 @@ def model_card(config: dict, num_parameters: int, note: str = EXPORT_NOTE) -> st
         "",
     ]
     return "\n".join(lines)
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    """The model card's metrics as a Markdown table (or a line saying there are none)."""
+    if not metrics:
+        return ["The checkpoint holds no validation metrics."]
+    rows = [
+        f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
+        for k, v in sorted(metrics.items())
+    ]
+    return ["| metric | value |", "| --- | --- |", *rows]
 
 
 def write_model_dir(out: Path, tensors: dict, config: dict, card: str) -> Path:
