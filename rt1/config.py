@@ -258,9 +258,12 @@ class TrainConfig:
             )
         self._validate()
 
+    def _fail(self, name: str, rule: str) -> None:
+        raise ConfigError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
+
     def _validate(self) -> None:
-        def fail(name: str, rule: str) -> None:
-            raise ConfigError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
+        """Values only: the paths are checked when the run starts (rt1.train.paths)."""
+        fail = self._fail
 
         def is_int(v) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
@@ -295,6 +298,12 @@ class TrainConfig:
             fail("cond_drop_prob", "must be in [0, 1] (or None for the preset's)")
         if not is_num(self.dist_timeout) or self.dist_timeout <= 0:
             fail("dist_timeout", "must be a positive number of seconds")
+        self._validate_kinds()
+        self._validate_model()
+
+    def _validate_kinds(self) -> None:
+        """Choices, the run name and the flags."""
+        fail = self._fail
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -304,17 +313,10 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if f.type in ("bool", "bool | None") and not isinstance(getattr(self, f.name), bool):
                 fail(f.name, "must be True or False")
-        # Paths that must exist now (save_dir is created by the trainer).
-        if not self.data_dir.is_dir():
-            fail("data_dir", "must be an existing directory of preprocessed files")
-        for name in ("train_index", "val_index", "resume"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                fail(name, "must be an existing file")
-        if self.init_from is not None and not self.init_from.exists():
-            fail("init_from", "must be an existing model directory or checkpoint file")
-        if self.save_dir.exists() and not self.save_dir.is_dir():
-            fail("save_dir", "exists and is not a directory")
+
+    def _validate_model(self) -> None:
+        """The model overrides and condition dropout fit the preset's family; the model they make is valid."""
+        fail = self._fail
         family = type(PRESETS[self.preset].model)
         allowed = overridable_fields(family)
         if not isinstance(self.model_overrides, dict) or set(self.model_overrides) - set(allowed):

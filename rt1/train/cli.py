@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rt1.config import MODEL_OVERRIDABLE, PRESETS, ConfigError, TrainConfig
 from rt1.model_families import MODEL_FAMILIES
+from rt1.train.paths import check_paths
 
 GROUPS = ("data", "model", "optimisation", "output", "processes")
 _TYPES = {"Path": Path, "int": int, "float": float, "str": str}
@@ -134,7 +135,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if (value := getattr(args, f"model.{name}", None)) is not None
     }
     try:
-        return TrainConfig(**values)
+        cfg = TrainConfig(**values)
+        check_paths(cfg)  # where the run starts: a wrong path is a usage error, like a wrong value
+        return cfg
     except ConfigError as e:
         message = str(e)
         for name in MODEL_OVERRIDABLE:

@@ -30,6 +30,7 @@ from rt1.train import distributed as D
 from rt1.train.checkpoint import TrainState, seed_everything
 from rt1.train.loaders import RunData, TimedBatches, TrainSetupError
 from rt1.train.optim import Optimisation, schedule_length
+from rt1.train.paths import check_paths
 from rt1.train.run_dir import (
     ResumeError,
     SaveDirInUseError,
@@ -67,7 +68,9 @@ class TrainResult:
 
 def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
     """Run the training job described by `cfg` in this process (the process group too, when a launcher set
-    RANK/WORLD_SIZE); returns when it ends on every rank."""
+    RANK/WORLD_SIZE); returns when it ends on every rank. ConfigError (before anything is written) when a
+    path of `cfg` cannot start a run (`paths.check_paths`)."""
+    check_paths(cfg)
     info = D.init_distributed(cfg.device, cfg.dist_timeout, local_rank)
     lock, created, started = None, None, False
     try:
