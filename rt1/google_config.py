@@ -94,7 +94,7 @@ class GoogleRT1Config:
     dropout: float = 0.1  # attention probabilities and the feed-forward output (dropout_rate)
     # actions and text
     num_actions: int = NUM_ACTION_TOKENS  # tokens per step, one per float dimension, one for terminate
-    num_bins: int = 256  # vocab_size
+    num_bins: int = 256  # bins per action token (Google's vocab_size)
     text_embed_dim: int = EMBEDDING_DIM  # the FiLM context: the dataset's 512-d instruction embedding
     # which RLDS action key each of the network's 11 output slots predicts (Google's gin ACTION_ORDER): a fact of
     # the weights. The model's logits always come out in rt1.actions' order (the slots permuted), so the data,
