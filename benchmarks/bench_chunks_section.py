@@ -20,7 +20,7 @@ from rt1.config import PRESETS, TrainConfig
 from rt1.model import build_model
 from rt1.train import distributed as D
 from rt1.train.loaders import RunData, TimedBatches
-from rt1.train.step import to_device, train_step
+from rt1.train.step import StepSettings, to_device, train_step
 
 BATCH = {"original": 4, "rt1": 4}  # per process on a CPU (the setting); others: the preset's own
 
@@ -78,7 +78,7 @@ def compare(preset: str, data_dir: Path, train_index: Path, k: int, steps: int, 
             for kk, batches in iters.items():
                 batches.reset()
                 start = time.perf_counter()
-                train_step(forward, batches, optimizer, device=info.device)
+                train_step(forward, batches, optimizer, StepSettings(info.device))
                 seconds = time.perf_counter() - start
                 assert batches.windows == batch, (batches.windows, batch)
                 wait = batches.wait

@@ -121,8 +121,8 @@ def train_and_evaluate(
     from rt1.evaluation.closed_loop import evaluate_policy, rt1_policy_factory
     from rt1.model import RT1
     from rt1.train.checkpoint import seed_everything
-    from rt1.train.optim import build_optimizer, build_scheduler, peak_lr
-    from rt1.train.step import train_step
+    from rt1.train.optim import Optimisation, build_optimizer, build_scheduler, peak_lr
+    from rt1.train.step import StepSettings, train_step
 
     torch.set_num_threads(1)
     seed_everything(seed)
@@ -132,6 +132,8 @@ def train_and_evaluate(
     lr = peak_lr(cfg, DEMO_PROCESSES)  # the demo's 2 processes' step, taken by one process
     optimizer = build_optimizer(model, cfg, lr)
     scheduler = build_scheduler(optimizer, cfg, lr, max_steps)
+    opt = Optimisation(optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), lr, max_steps)
+    settings = StepSettings(torch.device("cpu"), loss_reduction=cfg.loss_reduction)
     dataset = RT1Dataset(train_index, data_dir, augment=cfg.augment)
     loader = DataLoader(
         dataset,
@@ -171,14 +173,7 @@ def train_and_evaluate(
             tick = time.process_time()  # CPU time of this one-thread process: the machine is shared
             if tokenisation == "original":
                 batch["action_tokens"] = original_tokens(batch["actions"])
-            loss = train_step(
-                model,
-                iter([batch]),
-                optimizer,
-                device=torch.device("cpu"),
-                scheduler=scheduler,
-                loss_reduction=cfg.loss_reduction,
-            )
+            loss = train_step(model, iter([batch]), opt, settings)
             step += 1
             losses.append(loss.item())
             train_seconds += time.process_time() - tick

@@ -141,7 +141,9 @@ class TrainConfig:
         group="model",
     )
     # optimisation
-    epochs: int | None = option(None, "epochs", group="optimisation", per_preset=True)
+    epochs: int | None = option(
+        None, "epochs: passes over the training windows", group="optimisation", per_preset=True
+    )
     batch_size: int | None = option(
         None, "windows per process per micro-batch", group="optimisation", per_preset=True
     )
@@ -168,7 +170,9 @@ class TrainConfig:
     lrf: float = option(
         0.1, "final lr as a fraction of the initial one; per-step cosine decay", group="optimisation"
     )
-    weight_decay: float | None = option(None, "weight decay", group="optimisation", per_preset=True)
+    weight_decay: float | None = option(
+        None, "the optimizer's weight decay", group="optimisation", per_preset=True
+    )
     momentum: float = option(0.9, "SGD momentum", group="optimisation")
     clip_grad_norm: float | None = option(
         None, "clip the gradient norm to this (none: no clipping)", group="optimisation"
@@ -258,9 +262,12 @@ class TrainConfig:
             )
         self._validate()
 
+    def _fail(self, name: str, rule: str) -> None:
+        raise ConfigError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
+
     def _validate(self) -> None:
-        def fail(name: str, rule: str) -> None:
-            raise ConfigError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
+        """Values only: the paths are checked when the run starts (rt1.train.paths)."""
+        fail = self._fail
 
         def is_int(v) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
@@ -295,6 +302,12 @@ class TrainConfig:
             fail("cond_drop_prob", "must be in [0, 1] (or None for the preset's)")
         if not is_num(self.dist_timeout) or self.dist_timeout <= 0:
             fail("dist_timeout", "must be a positive number of seconds")
+        self._validate_kinds()
+        self._validate_model()
+
+    def _validate_kinds(self) -> None:
+        """Choices, the run name and the flags."""
+        fail = self._fail
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -304,17 +317,10 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if f.type in ("bool", "bool | None") and not isinstance(getattr(self, f.name), bool):
                 fail(f.name, "must be True or False")
-        # Paths that must exist now (save_dir is created by the trainer).
-        if not self.data_dir.is_dir():
-            fail("data_dir", "must be an existing directory of preprocessed files")
-        for name in ("train_index", "val_index", "resume"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                fail(name, "must be an existing file")
-        if self.init_from is not None and not self.init_from.exists():
-            fail("init_from", "must be an existing model directory or checkpoint file")
-        if self.save_dir.exists() and not self.save_dir.is_dir():
-            fail("save_dir", "exists and is not a directory")
+
+    def _validate_model(self) -> None:
+        """The model overrides and condition dropout fit the preset's family; the model they make is valid."""
+        fail = self._fail
         family = type(PRESETS[self.preset].model)
         allowed = overridable_fields(family)
         if not isinstance(self.model_overrides, dict) or set(self.model_overrides) - set(allowed):
@@ -370,10 +376,10 @@ class TrainConfig:
 class Preset:
     """A named model configuration together with the training defaults that go with it."""
 
-    name: str
-    description: str
+    name: str  # what --preset takes
+    description: str  # one line for the command line's help and the docs
     run_name: str  # {run_name}_{describe} is the default save directory
-    model: ModelConfig
+    model: ModelConfig  # the network's configuration (RT1Config or GoogleRT1Config)
     train: MappingProxyType  # TrainConfig per_preset field -> value
 
     def __post_init__(self) -> None:
@@ -434,11 +440,8 @@ PRESETS: dict[str, Preset] = {
             loss_reduction="mean",
             augment=True,
         ),
-        # Trains on 2 CPU cores: a batch of 8 windows x 6 frames x 64 x 64 takes ~0.1 s forward + backward on an idle
-        # machine. Optimisation tuned on the bundled dataset (tests/e2e/test_train_ddp.py::test_tiny_preset_learns...):
-        # SGD at 1e-4 barely moves a fresh tiny model in a few hundred steps; AdamW at 1e-3 per process learns the
-        # gripper from the image after ~5000-6500 windows (2e-3 and 3e-3 did not within that budget, 5e-4 was slower).
-        # The tiny model's learning is sample-bound, so 16 windows per process use the CPU better than 8.
+        # Trains on 2 CPU cores in minutes: AdamW at lr 1e-3 per process on 16 windows per process (how these were
+        # chosen: docs/history.md).
         _preset(
             "tiny",
             "rt1_tiny",
@@ -467,12 +470,10 @@ PRESETS: dict[str, Preset] = {
             loss_reduction="mean",
             augment=True,
         ),
-        # The demo's recipe (issue #18): the tiny model on 32x32 frames (~4x the windows per CPU-second of 64x64),
-        # no condition dropout (there is no guidance in the demo, and dropping the instruction 20% of the time
-        # hides the only signal of which object to go to), no random shift. lr 1e-3 and batch 8 per process: under
-        # the demo's 2 processes that is lr 2e-3 on 16 windows per step, the single-process setting measured.
-        # A learned position embedding of the 4x4 feature map before TokenLearner (`feature_position_embedding`):
-        # without it the pooled tokens do not say where the gripper and the named object are (README, issue #18).
+        # The demo's recipe: the tiny model on 32x32 frames, no condition dropout (the demo uses no guidance), no
+        # random shift, a learned position embedding of the 4x4 feature map before TokenLearner
+        # (`feature_position_embedding`); lr 1e-3 and batch 8 per process, i.e. lr 2e-3 on 16 windows per step
+        # under the demo's 2 processes (why each: docs/history.md).
         _preset(
             "demo",
             "rt1_demo",

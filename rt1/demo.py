@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rt1.config import PRESETS
@@ -165,7 +166,63 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda _: run_demo(args))
 
 
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where each stage of the demo writes, under --out."""
+
+    rlds: Path  # the bundled dataset (fractal20220817_data format)
+    seg_all: Path  # stage 1's segments, all tasks
+    seg_pick: Path  # stage 1's segments, pick-object tasks only
+    pre: Path  # stage 2's preprocessed segments
+    index: Path  # stage 3's window index CSVs
+    save: Path  # the training run's checkpoints and TensorBoard files
+    plots: Path  # predicted vs ground-truth actions
+    closed_loop: Path  # the closed-loop evaluation's results and GIFs
+
+    @staticmethod
+    def under(out: Path) -> DemoPaths:
+        return DemoPaths(
+            rlds=out / "rlds" / "fractal20220817_data" / "0.1.0",
+            seg_all=out / "segments_all",
+            seg_pick=out / "segments_pick",
+            pre=out / "preprocessed",
+            index=out / "index",
+            save=out / "save" / f"{PRESETS[DEMO_PRESET].run_name}_demo",
+            plots=out / "plots",
+            closed_loop=out / "closed_loop",
+        )
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    check_demo_args(args)
+    out = prepare_output_dir(args.out, args.overwrite)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    paths = DemoPaths.under(out)
+    start = time.perf_counter()
+    _make_data(paths, out, args.episodes)
+    train_index = next(paths.index.glob("train_idx_*.csv"))
+    val_index = next(paths.index.glob("val_idx_*.csv"))
+    _train(paths, args, train_index, val_index)
+    checkpoint = max(paths.save.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    _evaluate(paths, args, checkpoint, val_index)
+    print(f"\nDemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs:")
+    for label, path in [
+        ("bundled RLDS dataset", paths.rlds),
+        ("segments (all)", paths.seg_all),
+        ("segments (pick)", paths.seg_pick),
+        ("preprocessed", paths.pre),
+        ("index CSVs", paths.index),
+        ("checkpoints + TensorBoard", paths.save),
+        ("plots + metrics.json", paths.plots),
+        ("closed loop: results + GIFs", paths.closed_loop),
+    ]:
+        print(f"  {label:28s} {path}")
+    print(f"  watch training: tensorboard --logdir {paths.save}")
+    return 0
+
+
+def check_demo_args(args: argparse.Namespace) -> None:
     for name in ("episodes", "steps", "nproc", "eval_episodes"):
         if getattr(args, name) < 1:
             raise DemoError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -174,160 +231,65 @@ def run_demo(args: argparse.Namespace) -> int:
             f"--episodes must be at least {DEMO_MIN_EPISODES}, got {args.episodes} (stage 3 splits the "
             "episodes into train and validation and needs some of each)"
         )
-    out = prepare_output_dir(args.out, args.overwrite)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    py = sys.executable
-    rlds = out / "rlds" / "fractal20220817_data" / "0.1.0"
-    seg_all, seg_pick = out / "segments_all", out / "segments_pick"
-    pre = out / "preprocessed"
-    index = out / "index"
-    save = out / "save" / f"{PRESETS[DEMO_PRESET].run_name}_demo"
-    plots = out / "plots"
-    closed_loop = out / "closed_loop"
-    start = time.perf_counter()
 
+
+def _make_data(paths: DemoPaths, out: Path, episodes: int) -> None:
+    """The bundled dataset, then stages 1 to 3: segments, preprocessed segments, the window index."""
+    py = sys.executable
     _run(
         "bundled dataset (fractal20220817_data format, recorded in the simulated scene)",
-        [py, "-m", "rt1.sim.mini_fractal", "--out", out / "rlds", "--episodes", args.episodes, "--seed", 0],
+        [py, "-m", "rt1.sim.mini_fractal", "--out", out / "rlds", "--episodes", episodes, "--seed", 0],
     )
-    _run(
-        "stage 1: RLDS -> segment HDF5 (all tasks)",
-        [
-            py,
-            "data_preprocessing/rt_data_generator_all.py",
-            "--data-dir",
-            rlds,
-            "--out-dir",
-            seg_all,
-            "--episode-sec-len",
-            20,
-        ],
-    )
-    _run(
-        "stage 1: RLDS -> segment HDF5 (pick-object tasks only)",
-        [
-            py,
-            "data_preprocessing/rt_data_generator_pick_batch.py",
-            "--data-dir",
-            rlds,
-            "--out-dir",
-            seg_pick,
-            "--episode-sec-len",
-            20,
-        ],
-    )
+    for title, script, segments in [
+        ("stage 1: RLDS -> segment HDF5 (all tasks)", "rt_data_generator_all.py", paths.seg_all),
+        (
+            "stage 1: RLDS -> segment HDF5 (pick-object tasks only)",
+            "rt_data_generator_pick_batch.py",
+            paths.seg_pick,
+        ),
+    ]:
+        _run(
+            title,
+            [py, f"data_preprocessing/{script}", "--data-dir", paths.rlds, "--out-dir", segments]
+            + ["--episode-sec-len", 20],
+        )
     _run(
         "stage 2: preprocess (resize frames, tokenize actions)",
-        [
-            py,
-            "DataPreprocess_batch_all.py",
-            "--in-dir",
-            seg_all,
-            "--out-dir",
-            pre,
-            "--image-size",
-            DEMO_IMAGE_SIZE,
-            "--workers",
-            2,
-        ],
+        [py, "DataPreprocess_batch_all.py", "--in-dir", paths.seg_all, "--out-dir", paths.pre]
+        + ["--image-size", DEMO_IMAGE_SIZE, "--workers", 2],
     )
     _run(
         "stage 3: train/val window index",
-        [
-            py,
-            "data_emerge.py",
-            "--data-dir",
-            pre,
-            "--out-dir",
-            index,
-            "--val-fraction",
-            DEMO_VAL_FRACTION,
-            "--seed",
-            0,
-        ],
+        [py, "data_emerge.py", "--data-dir", paths.pre, "--out-dir", paths.index]
+        + ["--val-fraction", DEMO_VAL_FRACTION, "--seed", 0],
     )
-    train_index = next(index.glob("train_idx_*.csv"))
-    val_index = next(index.glob("val_idx_*.csv"))
+
+
+def _train(paths: DemoPaths, args: argparse.Namespace, train_index: Path, val_index: Path) -> None:
     _run(
         f"training: {DEMO_PRESET} preset, {args.nproc} CPU processes under torchrun (gloo)",
-        [
-            py,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={args.nproc}",
-            "train_ddp.py",
-            "--preset",
-            DEMO_PRESET,
-            "--data-dir",
-            pre,
-            "--train-index",
-            train_index,
-            "--val-index",
-            val_index,
-            "--save-dir",
-            save,
-            "--max-steps",
-            args.steps,
-            "--epochs",
-            1000,
-            "--num-workers",
-            1,
-        ],
-        env={"OMP_NUM_THREADS": "1"},
-    )
-    checkpoint = max(save.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    _run(
-        "plots: predicted vs ground-truth actions on validation episodes",
-        [
-            py,
-            "plot_actions.py",
-            "--checkpoint",
-            checkpoint,
-            "--data-dir",
-            pre,
-            "--index",
-            val_index,
-            "--max-episodes",
-            3,
-            "--out",
-            plots,
-        ],
-    )
-    _run(
-        "closed-loop evaluation: the policy acts in the simulated scene (new seeds), next to the baselines",
-        [
-            py,
-            "eval_closed_loop.py",
-            "--checkpoint",
-            checkpoint,
-            "--episodes",
-            args.eval_episodes,
-            "--videos",
-            DEMO_VIDEOS,
-            "--replay",
-            DEMO_REPLAY,
-            "--out",
-            closed_loop,
-        ],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+        + ["train_ddp.py", "--preset", DEMO_PRESET, "--data-dir", paths.pre]
+        + ["--train-index", train_index, "--val-index", val_index, "--save-dir", paths.save]
+        + ["--max-steps", args.steps, "--epochs", 1000, "--num-workers", 1],
         env={"OMP_NUM_THREADS": "1"},
     )
 
-    print(f"\nDemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs:")
-    for label, path in [
-        ("bundled RLDS dataset", rlds),
-        ("segments (all)", seg_all),
-        ("segments (pick)", seg_pick),
-        ("preprocessed", pre),
-        ("index CSVs", index),
-        ("checkpoints + TensorBoard", save),
-        ("plots + metrics.json", plots),
-        ("closed loop: results + GIFs", closed_loop),
-    ]:
-        print(f"  {label:28s} {path}")
-    print(f"  watch training: tensorboard --logdir {save}")
-    return 0
+
+def _evaluate(paths: DemoPaths, args: argparse.Namespace, checkpoint: Path, val_index: Path) -> None:
+    """Plots of the trained policy's actions, and its closed-loop evaluation in the simulated scene."""
+    py = sys.executable
+    _run(
+        "plots: predicted vs ground-truth actions on validation episodes",
+        [py, "plot_actions.py", "--checkpoint", checkpoint, "--data-dir", paths.pre, "--index", val_index]
+        + ["--max-episodes", 3, "--out", paths.plots],
+    )
+    _run(
+        "closed-loop evaluation: the policy acts in the simulated scene (new seeds), next to the baselines",
+        [py, "eval_closed_loop.py", "--checkpoint", checkpoint, "--episodes", args.eval_episodes]
+        + ["--videos", DEMO_VIDEOS, "--replay", DEMO_REPLAY, "--out", paths.closed_loop],
+        env={"OMP_NUM_THREADS": "1"},
+    )
 
 
 if __name__ == "__main__":

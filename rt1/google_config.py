@@ -75,26 +75,26 @@ class GoogleRT1Config:
     model_type: ClassVar[str] = "google_rt1"
 
     # frames: uint8 at the camera's size (rt1main's image spec), resized inside the network
-    image_height: int = IMAGE_SHAPE[0]
-    image_width: int = IMAGE_SHAPE[1]
+    image_height: int = IMAGE_SHAPE[0]  # height of the frames the network is given (256)
+    image_width: int = IMAGE_SHAPE[1]  # width of the frames the network is given (320)
     num_frames: int = 6  # time_sequence_length: frames per window, the policy's history
     encoder_input_size: int = 300  # the EfficientNet's square input (Google's _SIZES['b3'])
     # FiLM-EfficientNet (EfficientNet-B3: width 1.2, depth 1.4)
-    width_coefficient: float = 1.2
-    depth_coefficient: float = 1.4
+    width_coefficient: float = 1.2  # EfficientNet's channel multiplier (B3: 1.2)
+    depth_coefficient: float = 1.4  # EfficientNet's block-count multiplier (B3: 1.4)
     drop_connect_rate: float = 0.2  # training-time stochastic depth, rising linearly over the blocks
     # TokenLearner (image_tokenizer.py: 8 tokens, bottleneck 64)
-    num_learned_tokens: int = 8
-    token_learner_bottleneck: int = 64
+    num_learned_tokens: int = 8  # TokenLearner tokens per frame
+    token_learner_bottleneck: int = 64  # hidden width of TokenLearner's attention-map MLP
     # decoder transformer
-    num_layers: int = 8
-    num_heads: int = 8
+    num_layers: int = 8  # decoder layers of the transformer
+    num_heads: int = 8  # attention heads per layer
     key_dim: int = 128  # Google's layer_size: the width of one attention head
     model_dim: int = 512  # Google's feed_forward_size: the transformer's width
     dropout: float = 0.1  # attention probabilities and the feed-forward output (dropout_rate)
     # actions and text
     num_actions: int = NUM_ACTION_TOKENS  # tokens per step, one per float dimension, one for terminate
-    num_bins: int = 256  # vocab_size
+    num_bins: int = 256  # bins per action token (Google's vocab_size)
     text_embed_dim: int = EMBEDDING_DIM  # the FiLM context: the dataset's 512-d instruction embedding
     # which RLDS action key each of the network's 11 output slots predicts (Google's gin ACTION_ORDER): a fact of
     # the weights. The model's logits always come out in rt1.actions' order (the slots permuted), so the data,
@@ -102,34 +102,41 @@ class GoogleRT1Config:
     # (rt1.model.google.convert_google). to_dict() leaves it out when it is rt1.actions' order.
     action_order: tuple[str, ...] = ACTION_KEYS
     # RT-1-X's differences (module docstring); the defaults are rt1main's
-    stride2_padding: str = "tf_asymmetric"
-    feed_forward: str = "linear"
-    image_attends_past_actions: bool = True
-    action_token_embedding: bool = True
-    preprocessing: str = "google"
-    episode_start: str = "prefix"
-    world_vector_bound: float = 1.0
+    stride2_padding: str = "tf_asymmetric"  # padding before stride-2 convolutions: TF's | XLA 'SAME' (RT-1-X)
+    feed_forward: str = "linear"  # the transformer's feed-forward: one Dense layer | SwiGLU (RT-1-X)
+    image_attends_past_actions: bool = True  # image tokens see earlier steps' action tokens (False: RT-1-X)
+    action_token_embedding: bool = True  # action slots pass an embedding layer (False: zero vectors, RT-1-X)
+    preprocessing: str = "google"  # pixels -> network input: in-network resize | RT-1-X's fixed 300x300
+    episode_start: str = "prefix"  # an episode's first steps: the frames so far | zero-padded window
+    world_vector_bound: float = 1.0  # world_vector's tokenizer bounds (-b, b)
     # how to compute, not what (see RT1Config): recompute each EfficientNet block and transformer layer
     # in the backward pass
     activation_checkpointing: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
-        positive = (
-            "image_height",
-            "image_width",
-            "num_frames",
-            "encoder_input_size",
-            "num_learned_tokens",
-            "token_learner_bottleneck",
-            "num_layers",
-            "num_heads",
-            "key_dim",
-            "model_dim",
-            "num_actions",
-            "num_bins",
-            "text_embed_dim",
-        )
-        for name in positive:
+        self._check_numbers()
+        self._check_choices()
+        self._check_fixed_widths()
+
+    _POSITIVE: ClassVar[tuple[str, ...]] = (
+        "image_height",
+        "image_width",
+        "num_frames",
+        "encoder_input_size",
+        "num_learned_tokens",
+        "token_learner_bottleneck",
+        "num_layers",
+        "num_heads",
+        "key_dim",
+        "model_dim",
+        "num_actions",
+        "num_bins",
+        "text_embed_dim",
+    )
+
+    def _check_numbers(self) -> None:
+        """Sizes are positive integers, coefficients positive, rates in [0, 1)."""
+        for name in self._POSITIVE:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"GoogleRT1Config.{name} must be a positive integer, got {value!r}")
@@ -141,6 +148,9 @@ class GoogleRT1Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"GoogleRT1Config.{name} must be in [0, 1), got {value!r}")
+
+    def _check_choices(self) -> None:
+        """The action order, the named choices and the flags; the world-vector bound is positive."""
         try:
             object.__setattr__(self, "action_order", check_action_order(self.action_order))
         except ValueError as e:
@@ -158,6 +168,10 @@ class GoogleRT1Config:
         bound = self.world_vector_bound
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < float("inf"):
             raise ConfigError(f"GoogleRT1Config.world_vector_bound must be a positive number, got {bound!r}")
+
+    def _check_fixed_widths(self) -> None:
+        """What Google's network fixes: the rtx input size, the FiLM context, the action tokens, the EfficientNet's
+        smallest input; and the run-time flag is a boolean."""
         if self.preprocessing == "rtx" and self.encoder_input_size != RTX_INPUT_SIZE:
             raise ConfigError(
                 f"GoogleRT1Config.encoder_input_size={self.encoder_input_size}: preprocessing 'rtx' resizes "

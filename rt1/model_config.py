@@ -58,32 +58,32 @@ class RT1Config:
 
     # image encoder (MaxViT)
     image_size: int = 224  # square input images, H = W = image_size
-    channels: int = 3
+    channels: int = 3  # colour channels of the input frames
     conv_stem_dim: int = 64  # width of the stride-2 convolutional stem
     dim: int = 96  # width of the first MaxViT stage; stage i has dim * 2**i
     dim_head: int = 32  # MaxViT attention head width (heads = stage width / dim_head)
     depth: tuple[int, ...] = (2, 2, 5, 2)  # MaxViT blocks per stage; every stage halves the feature map
     attention_window: int = 7  # block and grid attention over attention_window x attention_window cells
-    mbconv_expansion: int = 4
+    mbconv_expansion: int = 4  # MBConv's inverted-bottleneck width = expansion * stage width
     mbconv_shrinkage: float = 0.25  # squeeze-excitation hidden width = shrinkage * expanded width
     dropout: float = 0.1  # MaxViT attention and feed-forward dropout
     attention_memory_kv: int = 0  # learned memory key/value pairs per MaxViT attention (original: 4)
     # action head: fixed by the tokenizer (rt1.actions), checked
-    num_actions: int = NUM_ACTION_TOKENS
-    num_bins: int = NUM_BINS
+    num_actions: int = NUM_ACTION_TOKENS  # action tokens per frame (11)
+    num_bins: int = NUM_BINS  # bins per action token (256)
     # temporal transformer
     num_frames: int = 6  # frames per training window (the history length); data_emerge's default
-    transformer_depth: int = 6
+    transformer_depth: int = 6  # decoder layers of the temporal transformer
     transformer_heads: int = 8  # query heads; keys and values use one shared head (multi-query)
-    transformer_dim_head: int = 64
-    transformer_dropout: float = 0.0
+    transformer_dim_head: int = 64  # width of each transformer attention head
+    transformer_dropout: float = 0.0  # transformer attention and feed-forward dropout
     ff_mult: int = 4  # feed-forward hidden width multiplier (MaxViT and transformer)
     num_learned_tokens: int = 8  # TokenLearner tokens per frame
-    token_learner_ff_mult: int = 2
+    token_learner_ff_mult: int = 2  # hidden width multiplier of TokenLearner's attention-map MLP
     token_learner_pooling: str = "softmax"  # "softmax" (Google, with LayerNorm) | "mean" (original, no norm)
     # A learned embedding of each feature-map position, added before TokenLearner pools the map, so the tokens
     # say where what they pooled is (MaxViT's relative attention bias and the pooling are translation-blind).
-    # Neither the original nor RT-1 has it; the demo preset does (issue #18).
+    # Neither the original nor RT-1 has it; the demo preset does.
     feature_position_embedding: bool = False
     transformer_kv_source: str = (
         "modulated"  # "modulated": k, v from FiLM(LN(x)) | "input": from x (original)
@@ -105,28 +105,35 @@ class RT1Config:
         # Accept lists (e.g. from JSON/YAML) for `depth`, store a tuple so the config stays hashable.
         if not isinstance(self.depth, tuple):
             object.__setattr__(self, "depth", tuple(self.depth))
-        positive = (
-            "image_size",
-            "channels",
-            "conv_stem_dim",
-            "dim",
-            "dim_head",
-            "attention_window",
-            "mbconv_expansion",
-            "num_actions",
-            "num_bins",
-            "num_frames",
-            "transformer_depth",
-            "transformer_heads",
-            "transformer_dim_head",
-            "ff_mult",
-            "num_learned_tokens",
-            "token_learner_ff_mult",
-            "text_embed_dim",
-            "cond_dim",
-            "film_mult",
-        )
-        for name in positive:
+        self._check_types()
+        self._check_ranges()
+        self._check_feature_maps()
+
+    _POSITIVE: ClassVar[tuple[str, ...]] = (
+        "image_size",
+        "channels",
+        "conv_stem_dim",
+        "dim",
+        "dim_head",
+        "attention_window",
+        "mbconv_expansion",
+        "num_actions",
+        "num_bins",
+        "num_frames",
+        "transformer_depth",
+        "transformer_heads",
+        "transformer_dim_head",
+        "ff_mult",
+        "num_learned_tokens",
+        "token_learner_ff_mult",
+        "text_embed_dim",
+        "cond_dim",
+        "film_mult",
+    )
+
+    def _check_types(self) -> None:
+        """Integers, booleans and named choices are of their kind; the action head is the tokenizer's."""
+        for name in self._POSITIVE:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RT1Config.{name} must be a positive integer, got {value!r}")
@@ -151,6 +158,9 @@ class RT1Config:
                 f"RT1Config.num_actions/num_bins must be the tokenizer's {NUM_ACTION_TOKENS}/{NUM_BINS} "
                 f"(rt1.actions), got {self.num_actions}/{self.num_bins}"
             )
+
+    def _check_ranges(self) -> None:
+        """The stages' depths, the probabilities and the squeeze-excitation width are in range."""
         if len(self.depth) == 0 or any(
             not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.depth
         ):
@@ -168,6 +178,9 @@ class RT1Config:
                 f"RT1Config.mbconv_shrinkage={self.mbconv_shrinkage} leaves no squeeze-excitation width "
                 f"for expanded width {self.mbconv_expansion * self.dim}"
             )
+
+    def _check_feature_maps(self) -> None:
+        """Every stage's width splits into heads, and every feature map halves and splits into windows."""
         for stage, width in enumerate(self.stage_dims):
             if width % self.dim_head:
                 raise ConfigError(

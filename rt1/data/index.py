@@ -202,28 +202,8 @@ def build_index(
     """
     data_dir = Path(data_dir)
     out_dir = data_dir if out_dir is None else Path(out_dir)
-    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-        raise WindowIndexError(
-            f"--val-fraction must be in [0, 1) (0: no validation split), got {val_fraction}"
-        )
-    if window < 1:
-        raise WindowIndexError(f"--window must be at least 1, got {window}")
-    if not isinstance(seed, int) or seed < 0:  # numpy's generator takes only non-negative seeds
-        raise WindowIndexError(f"--seed must be >= 0, got {seed}")
-    files, episodes = _scan(data_dir)
-    if not files:
-        raise WindowIndexError(
-            f"no preprocessed files (*.h5) in {data_dir}: run DataPreprocess_batch_*.py first"
-        )
-    sizes = {tuple(f["image_size"]) for f in files}
-    if len(sizes) > 1:
-        raise WindowIndexError(
-            f"{data_dir} mixes image sizes {sorted(sizes)}: index one preprocessing run at a time"
-        )
-    if not episodes:
-        raise WindowIndexError(f"the preprocessed files in {data_dir} hold no episodes")
-    check_each_episode_once(episodes)
-
+    _check_options(val_fraction, seed, window)
+    files, episodes = _scan_checked(data_dir)
     usable = sorted(
         (ep for ep in episodes if ep["num_steps"] >= window),
         key=lambda ep: (ep["source_index"], ep["file"], ep["episode"]),
@@ -232,21 +212,8 @@ def build_index(
         raise WindowIndexError(
             f"no episode in {data_dir} has at least {window} steps, so there are no windows"
         )
-    num_val = int(round(val_fraction * len(usable)))
     splits = SPLITS if val_fraction > 0 else ("train",)
-    if (num_val == 0 and val_fraction > 0) or num_val == len(usable):
-        empty = "val" if num_val == 0 else "train"
-        raise WindowIndexError(
-            f"the split leaves {empty} empty: {len(usable)} episodes have at least {window} steps "
-            f"and --val-fraction {val_fraction} puts {num_val} of them in val"
-        )
-    order = np.random.default_rng(seed).permutation(len(usable))
-    val_ids = {(usable[i]["file"], usable[i]["episode"]) for i in order[:num_val]}
-
-    by_split: dict[str, list[dict]] = {"train": [], "val": []}
-    for ep in sorted(usable, key=lambda ep: (ep["file"], ep["episode"])):
-        split = "val" if (ep["file"], ep["episode"]) in val_ids else "train"
-        by_split[split].append(ep)
+    by_split = _split(usable, val_fraction, seed, window)
     counts = {s: sum(ep["num_steps"] - window + 1 for ep in eps) for s, eps in by_split.items()}
 
     check_writable_dir(out_dir)
@@ -266,22 +233,8 @@ def build_index(
     }
     _remove_previous(out_dir)
     for split in splits:
-        eps = by_split[split]
-        with atomic_output(out_dir / f"{names[split]}.csv") as tmp:
-            with open(tmp, "w", newline="\n") as out:
-                out.write(CSV_HEADER + "\n")
-                for ep in eps:
-                    for start in window_starts(ep["step_start"], ep["num_steps"], window):
-                        out.write(f"{start},{ep['file']}\n")
-        meta = {
-            **common,
-            "split": split,
-            "num_windows": counts[split],
-            "num_episodes": len(eps),
-            "episodes": [{**ep, "num_windows": ep["num_steps"] - window + 1} for ep in eps],
-        }
-        with atomic_output(out_dir / f"{names[split]}.json") as tmp:
-            tmp.write_text(_dump_sidecar(meta))
+        meta = {**common, "split": split, "num_windows": counts[split]}
+        _write_split(out_dir / names[split], by_split[split], window, meta)
     return IndexResult(
         out_dir / f"{names['train']}.csv",
         out_dir / f"{names['val']}.csv" if "val" in names else None,
@@ -291,6 +244,71 @@ def build_index(
         len(by_split["val"]),
         len(episodes) - len(usable),
     )
+
+
+def _check_options(val_fraction: float, seed: int, window: int) -> None:
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise WindowIndexError(
+            f"--val-fraction must be in [0, 1) (0: no validation split), got {val_fraction}"
+        )
+    if window < 1:
+        raise WindowIndexError(f"--window must be at least 1, got {window}")
+    if not isinstance(seed, int) or seed < 0:  # numpy's generator takes only non-negative seeds
+        raise WindowIndexError(f"--seed must be >= 0, got {seed}")
+
+
+def _scan_checked(data_dir: Path) -> tuple[list[dict], list[dict]]:
+    """`_scan` of a directory that holds preprocessed files of one image size, and episodes, each once."""
+    files, episodes = _scan(data_dir)
+    if not files:
+        raise WindowIndexError(
+            f"no preprocessed files (*.h5) in {data_dir}: run DataPreprocess_batch_*.py first"
+        )
+    sizes = {tuple(f["image_size"]) for f in files}
+    if len(sizes) > 1:
+        raise WindowIndexError(
+            f"{data_dir} mixes image sizes {sorted(sizes)}: index one preprocessing run at a time"
+        )
+    if not episodes:
+        raise WindowIndexError(f"the preprocessed files in {data_dir} hold no episodes")
+    check_each_episode_once(episodes)
+    return files, episodes
+
+
+def _split(usable: list[dict], val_fraction: float, seed: int, window: int) -> dict[str, list[dict]]:
+    """{"train": episodes, "val": episodes}, each in (file, episode) order: `val_fraction` of the `usable`
+    episodes (sorted by source index) drawn into val by `seed`; refused when it leaves a split empty."""
+    num_val = int(round(val_fraction * len(usable)))
+    if (num_val == 0 and val_fraction > 0) or num_val == len(usable):
+        empty = "val" if num_val == 0 else "train"
+        raise WindowIndexError(
+            f"the split leaves {empty} empty: {len(usable)} episodes have at least {window} steps "
+            f"and --val-fraction {val_fraction} puts {num_val} of them in val"
+        )
+    order = np.random.default_rng(seed).permutation(len(usable))
+    val_ids = {(usable[i]["file"], usable[i]["episode"]) for i in order[:num_val]}
+    by_split: dict[str, list[dict]] = {"train": [], "val": []}
+    for ep in sorted(usable, key=lambda ep: (ep["file"], ep["episode"])):
+        split = "val" if (ep["file"], ep["episode"]) in val_ids else "train"
+        by_split[split].append(ep)
+    return by_split
+
+
+def _write_split(stem: Path, eps: list[dict], window: int, meta: dict) -> None:
+    """One split's window CSV `stem`.csv and its sidecar `stem`.json (`meta` and the split's episodes)."""
+    with atomic_output(stem.with_name(stem.name + ".csv")) as tmp:
+        with open(tmp, "w", newline="\n") as out:
+            out.write(CSV_HEADER + "\n")
+            for ep in eps:
+                for start in window_starts(ep["step_start"], ep["num_steps"], window):
+                    out.write(f"{start},{ep['file']}\n")
+    meta = {
+        **meta,
+        "num_episodes": len(eps),
+        "episodes": [{**ep, "num_windows": ep["num_steps"] - window + 1} for ep in eps],
+    }
+    with atomic_output(stem.with_name(stem.name + ".json")) as tmp:
+        tmp.write_text(_dump_sidecar(meta))
 
 
 def _dump_sidecar(meta: dict) -> str:

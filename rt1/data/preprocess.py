@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
-import numpy as np
 
-from rt1.actions import flatten_actions, tokenize
 from rt1.config import DEFAULT_IMAGE_SIZE
 from rt1.data.filters import TASK_FILTERS, get_filter
 from rt1.data.h5files import existing_output
@@ -36,12 +34,11 @@ from rt1.data.images import (
     NATIVE,
     NATIVE_DESCRIPTION,
     RESIZE_DESCRIPTION,
-    ImageDecodeError,
     ImageSizeError,
     image_size_label,
     parse_image_size,
-    stored_frame,
 )
+from rt1.data.preprocess_episode import PreprocessError, preprocess_episode, target_size
 from rt1.data.preprocessed_schema import (
     FORMAT,
     PreprocessedEpisode,
@@ -51,7 +48,7 @@ from rt1.data.preprocessed_schema import (
     write_preprocessed,
 )
 from rt1.data.segment_schema import FILE_SUFFIX, SegmentFormatError, open_segment, read_segment
-from rt1.errors import RT1Error, install_sigterm_handler, one_line, run_cli
+from rt1.errors import install_sigterm_handler, one_line, run_cli
 from rt1.io import (
     check_free_space,
     check_writable_dir,
@@ -60,11 +57,7 @@ from rt1.io import (
     worker_pool,
 )
 from rt1.progress import progress_bar as new_progress
-from rt1.rlds_spec import EMBEDDING_DIM, IMAGE_SHAPE
-
-
-class PreprocessError(RT1Error, RuntimeError):
-    """A preprocessing problem the user can fix; the message is one line and names the file."""
+from rt1.rlds_spec import EMBEDDING_DIM
 
 
 @dataclass
@@ -148,33 +141,44 @@ def output_is_complete(
     found.close()
     try:
         with open_preprocessed(out_path) as f:
-            attrs = {
-                k: f.attrs[k]
-                for k in (
-                    "task_filter",
-                    "image_size",
-                    "jpeg_quality",
-                    "resize",
-                    "source_file",
-                    "episode_range",
-                    "source_num_episodes",
-                    "source_num_steps",
-                    "source_format_version",
-                    "source_size",
-                )
-            }
+            attrs = {k: f.attrs[k] for k in _RESUME_ATTRS}
     except (PreprocessedFormatError, KeyError):
         return False  # corrupt, or of another format version: redo
+    _check_same_configuration(out_path, attrs, task_filter, image_size, jpeg_quality)
+    if attrs["source_file"] != out_path.name:
+        return False
+    if in_path is None or not Path(in_path).exists():
+        return True  # input already deleted by an earlier --delete-input run
+    return _same_input(Path(in_path), attrs)
+
+
+# The attributes of an output that say what it was made from and how.
+_RESUME_ATTRS = (
+    "task_filter",
+    "image_size",
+    "jpeg_quality",
+    "resize",
+    "source_file",
+    "episode_range",
+    "source_num_episodes",
+    "source_num_steps",
+    "source_format_version",
+    "source_size",
+)
+
+
+def _check_same_configuration(
+    out_path: Path, attrs: dict, task_filter: str, image_size, jpeg_quality: int
+) -> None:
+    """PreprocessError when the output was written with another filter, image size or JPEG quality."""
     if attrs["task_filter"] != task_filter:
         raise PreprocessError(
             f"{out_path} was written with task filter '{attrs['task_filter']}', this run uses "
             f"'{task_filter}': use a separate --out-dir per filter"
         )
-    size, native = _target_size(image_size)
-    found_size, found_native = (
-        tuple(int(x) for x in attrs["image_size"]),
-        attrs["resize"] == NATIVE_DESCRIPTION,
-    )
+    size, native = target_size(image_size)
+    found_size = tuple(int(x) for x in attrs["image_size"])
+    found_native = attrs["resize"] == NATIVE_DESCRIPTION
     if (found_size, found_native) != (size, native):
         raise PreprocessError(
             f"{out_path} was written at image size {found_size}{' by --image-size native' if found_native else ''}, this run "
@@ -185,31 +189,24 @@ def output_is_complete(
             f"{out_path} was written at JPEG quality {int(attrs['jpeg_quality'])}, this run uses "
             f"{jpeg_quality}: use a separate --out-dir per quality"
         )
-    if attrs["source_file"] != out_path.name:
-        return False
-    if in_path is None or not Path(in_path).exists():
-        return True  # input already deleted by an earlier --delete-input run
+
+
+def _same_input(in_path: Path, attrs: dict) -> bool:
+    """Whether the segment file `in_path` is the one the output was made from (its range, counts, size)."""
     try:
         with open_segment(in_path) as seg:
-            same = (
+            return (
                 tuple(int(x) for x in seg.attrs["episode_range"])
                 == tuple(int(x) for x in attrs["episode_range"])
                 and int(seg.attrs["num_episodes"]) == int(attrs["source_num_episodes"])
                 and int(seg.attrs["num_steps"]) == int(attrs["source_num_steps"])
                 and int(seg.attrs["format_version"]) == int(attrs["source_format_version"])
-                and Path(in_path).stat().st_size == int(attrs["source_size"])
+                and in_path.stat().st_size == int(attrs["source_size"])
             )
     except SegmentFormatError as e:
         raise PreprocessError(one_line(e)) from None
     except (KeyError, OSError) as e:
         raise PreprocessError(f"{in_path}: corrupt segment file ({one_line(e)})") from None
-    return same
-
-
-def _target_size(image_size) -> tuple[tuple[int, int], bool]:
-    """((H, W) of the stored frames, whether they are the source bytes kept: `--image-size native`)."""
-    size = parse_image_size(image_size)
-    return (tuple(IMAGE_SHAPE[:2]), True) if size == NATIVE else (size, False)
 
 
 def check_output_in_the_way(out_path: Path) -> h5py.File | None:
@@ -236,6 +233,35 @@ def preprocess_segment(
     """Preprocess one segment file into `out_path` (atomically); `verify` re-opens and checks the output."""
     in_path, out_path = Path(in_path), Path(out_path)
     keep = get_filter(task_filter)
+    segment, source = _read_source(in_path)
+    size, native = target_size(image_size)
+    kept = [ep for ep in segment.episodes if ep.num_steps > 0 and keep(ep.instruction)]
+    episodes = [preprocess_episode(ep, in_path, size, native, jpeg_quality) for ep in kept]
+    try:
+        check_free_space(out_path.parent, estimate_output_bytes(episodes), out_path.name)
+        nbytes, digest = write_preprocessed(
+            out_path,
+            episodes,
+            image_size=size,
+            jpeg_quality=0 if native else jpeg_quality,
+            resize=NATIVE_DESCRIPTION if native else RESIZE_DESCRIPTION,
+            task_filter=task_filter,
+            source=source,
+        )
+    except OSError as e:
+        raise PreprocessError(f"{out_path}: cannot write ({one_line(e)})") from None
+    if verify:
+        try:
+            verify_preprocessed(out_path, digest)
+        except (PreprocessedFormatError, FileNotFoundError) as e:
+            raise PreprocessError(f"verification of the new output failed: {one_line(e)}") from None
+    steps = sum(e.num_steps for e in episodes)
+    dropped = len(segment.episodes) - len(kept)
+    return FileResult(out_path.name, "written", len(episodes), steps, nbytes, dropped)
+
+
+def _read_source(in_path: Path) -> tuple:
+    """(the segment, the attributes an output keeps of its source) of the segment file `in_path`."""
     try:
         segment = read_segment(in_path)
         with open_segment(in_path) as seg:
@@ -255,84 +281,7 @@ def preprocess_segment(
         raise PreprocessError(
             f"{in_path}: corrupt segment file ({type(e).__name__}: {one_line(e)})"
         ) from None
-
-    size, native = _target_size(image_size)
-    episodes, dropped = [], 0
-    for ep in segment.episodes:
-        if ep.num_steps == 0 or not keep(ep.instruction):
-            dropped += 1
-            continue
-        if ep.fingerprint != ep.content_fingerprint():
-            raise PreprocessError(
-                f"{in_path}: source episode {ep.source_index}: content does not match its "
-                "fingerprint (segment damaged): convert it again"
-            )
-        for key, values in ep.actions.items():
-            bad = np.argwhere(~np.isfinite(values))
-            if len(bad):
-                raise PreprocessError(
-                    f"{in_path}: source episode {ep.source_index}, step {int(bad[0][0])}: action "
-                    f"'{key}' is not finite ({values[tuple(bad[0])]})"
-                )
-        frames = []
-        for t, jpeg in enumerate(ep.images):
-            try:
-                frames.append(stored_frame(jpeg, size, None if native else jpeg_quality))
-            except ImageDecodeError as e:
-                hint = (
-                    " (--image-size native stores 256x320 frames as they are: resize with HxW)"
-                    if native
-                    else ""
-                )
-                raise PreprocessError(
-                    f"{in_path}: source episode {ep.source_index}, step {t}: {e}{hint}"
-                ) from None
-        try:
-            tokens = tokenize(ep.actions)
-            flat = flatten_actions(ep.actions)
-        except (KeyError, ValueError) as e:
-            raise PreprocessError(
-                f"{in_path}: source episode {ep.source_index}: bad actions ({one_line(e)})"
-            ) from None
-        if len(tokens) != ep.num_steps:
-            raise PreprocessError(
-                f"{in_path}: source episode {ep.source_index} has {ep.num_steps} images "
-                f"but {len(tokens)} actions"
-            )
-        episodes.append(
-            PreprocessedEpisode(
-                source_index=ep.source_index,
-                fingerprint=ep.fingerprint,
-                instruction=ep.instruction,
-                language_embedding=np.asarray(ep.language_embedding, np.float32),
-                action_tokens=tokens,
-                actions=flat,
-                raw_actions=ep.actions,
-                jpeg_frames=frames,
-            )
-        )
-
-    try:
-        check_free_space(out_path.parent, estimate_output_bytes(episodes), out_path.name)
-        nbytes, digest = write_preprocessed(
-            out_path,
-            episodes,
-            image_size=size,
-            jpeg_quality=0 if native else jpeg_quality,
-            resize=NATIVE_DESCRIPTION if native else RESIZE_DESCRIPTION,
-            task_filter=task_filter,
-            source=source,
-        )
-    except OSError as e:
-        raise PreprocessError(f"{out_path}: cannot write ({one_line(e)})") from None
-    if verify:
-        try:
-            verify_preprocessed(out_path, digest)
-        except (PreprocessedFormatError, FileNotFoundError) as e:
-            raise PreprocessError(f"verification of the new output failed: {one_line(e)}") from None
-    return FileResult(
-        out_path.name, "written", len(episodes), sum(e.num_steps for e in episodes), nbytes, dropped
-    )
+    return segment, source
 
 
 @dataclass(frozen=True)
@@ -421,16 +370,7 @@ def preprocess_dir(
     """
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if task_filter not in TASK_FILTERS:
-        raise PreprocessError(f"unknown task filter '{task_filter}'; known: {sorted(TASK_FILTERS)}")
-    try:
-        image_size = parse_image_size(image_size)
-    except ImageSizeError as e:
-        raise PreprocessError(str(e)) from None
-    if not 1 <= jpeg_quality <= 100:
-        raise PreprocessError(f"JPEG quality {jpeg_quality} is out of range (1..100)")
-    if workers < 1:
-        raise PreprocessError(f"--workers must be at least 1, got {workers}")
+    image_size = _check_options(task_filter, image_size, jpeg_quality, workers)
     inputs = list_segment_files(in_dir)
     try:
         check_writable_dir(out_dir)
@@ -451,30 +391,51 @@ def preprocess_dir(
             found = check_output_in_the_way(task.out_path)
             if found is not None:
                 found.close()
-
-        def bar():
-            return new_progress(len(tasks), unit="file", desc=f"preprocess ({task_filter})", enabled=progress)
-
-        def done(progress_bar, result: FileResult) -> None:
-            summary.files.append(result)
-            progress_bar.set_postfix(episodes=summary.episodes, steps=summary.steps, refresh=False)
-            progress_bar.update()
-
-        if workers == 1 or len(tasks) == 1:
-            with bar() as progress_bar:
-                for task in tasks:
-                    done(progress_bar, _run_task(task))
-        else:
-            # Workers are started (forked) before the progress bar starts its monitor thread; a stop (or an
-            # error) terminates them before it propagates.
-            with worker_pool(min(workers, len(tasks))) as pool:
-                futures = [pool.submit(_run_task, task) for task in tasks]
-                with bar() as progress_bar:
-                    for future in as_completed(futures):
-                        done(progress_bar, future.result())
+        _run_tasks(tasks, workers, summary, progress)
     summary.files.sort(key=lambda r: r.name)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_options(task_filter: str, image_size, jpeg_quality: int, workers: int) -> tuple[int, int] | str:
+    """PreprocessError on a bad option; -> the parsed image size ((H, W) or NATIVE)."""
+    if task_filter not in TASK_FILTERS:
+        raise PreprocessError(f"unknown task filter '{task_filter}'; known: {sorted(TASK_FILTERS)}")
+    try:
+        image_size = parse_image_size(image_size)
+    except ImageSizeError as e:
+        raise PreprocessError(str(e)) from None
+    if not 1 <= jpeg_quality <= 100:
+        raise PreprocessError(f"JPEG quality {jpeg_quality} is out of range (1..100)")
+    if workers < 1:
+        raise PreprocessError(f"--workers must be at least 1, got {workers}")
+    return image_size
+
+
+def _run_tasks(tasks: list[_Task], workers: int, summary: Summary, progress: bool) -> None:
+    """Every task, in this process or in `workers` processes; each result goes to `summary` as it ends."""
+
+    def bar():
+        desc = f"preprocess ({summary.task_filter})"
+        return new_progress(len(tasks), unit="file", desc=desc, enabled=progress)
+
+    def done(progress_bar, result: FileResult) -> None:
+        summary.files.append(result)
+        progress_bar.set_postfix(episodes=summary.episodes, steps=summary.steps, refresh=False)
+        progress_bar.update()
+
+    if workers == 1 or len(tasks) == 1:
+        with bar() as progress_bar:
+            for task in tasks:
+                done(progress_bar, _run_task(task))
+    else:
+        # Workers are started (forked) before the progress bar starts its monitor thread; a stop (or an
+        # error) terminates them before it propagates.
+        with worker_pool(min(workers, len(tasks))) as pool:
+            futures = [pool.submit(_run_task, task) for task in tasks]
+            with bar() as progress_bar:
+                for future in as_completed(futures):
+                    done(progress_bar, future.result())
 
 
 def build_arg_parser(task_filter: str, prog: str | None = None) -> argparse.ArgumentParser:

@@ -155,32 +155,32 @@ def write_segment(
                 else np.zeros((0, EMBEDDING_DIM), np.float32),
             )
 
-            st = f.create_group("steps")
-            images = np.empty(num_steps, dtype=object)  # one write for all images: per-row writes are slow
-            for row, jpeg in enumerate(jpeg for e in episodes for jpeg in e.images):
-                images[row] = np.frombuffer(jpeg, dtype=np.uint8)
-            st.create_dataset("image", data=images, dtype=h5py.vlen_dtype(np.uint8))
-
-            def concat(arrays, shape, dtype):
-                return (
-                    np.concatenate(arrays).astype(dtype, copy=False)
-                    if arrays
-                    else np.zeros((0, *shape), dtype)
-                )
-
-            for flag in STEP_FLAGS:
-                st.create_dataset(flag, data=concat([getattr(e, flag) for e in episodes], (), bool))
-            st.create_dataset("reward", data=concat([e.reward for e in episodes], (), np.float32))
-            for key, spec in ACTION_SPEC.items():
-                st.create_dataset(
-                    f"action/{key}", data=concat([e.actions[key] for e in episodes], spec.shape, spec.dtype)
-                )
-            for key, spec in OBSERVATION_VECTORS.items():
-                st.create_dataset(
-                    f"observation/{key}",
-                    data=concat([e.observations[key] for e in episodes], spec.shape, spec.dtype),
-                )
+            _write_steps(f.create_group("steps"), episodes, num_steps)
     return path.stat().st_size
+
+
+def _write_steps(st: h5py.Group, episodes: list[Episode], num_steps: int) -> None:
+    """The steps group: every episode's images, flags, rewards, actions and observation vectors, concatenated."""
+    images = np.empty(num_steps, dtype=object)  # one write for all images: per-row writes are slow
+    for row, jpeg in enumerate(jpeg for e in episodes for jpeg in e.images):
+        images[row] = np.frombuffer(jpeg, dtype=np.uint8)
+    st.create_dataset("image", data=images, dtype=h5py.vlen_dtype(np.uint8))
+
+    def concat(arrays, shape, dtype):
+        return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros((0, *shape), dtype)
+
+    for flag in STEP_FLAGS:
+        st.create_dataset(flag, data=concat([getattr(e, flag) for e in episodes], (), bool))
+    st.create_dataset("reward", data=concat([e.reward for e in episodes], (), np.float32))
+    for key, spec in ACTION_SPEC.items():
+        st.create_dataset(
+            f"action/{key}", data=concat([e.actions[key] for e in episodes], spec.shape, spec.dtype)
+        )
+    for key, spec in OBSERVATION_VECTORS.items():
+        st.create_dataset(
+            f"observation/{key}",
+            data=concat([e.observations[key] for e in episodes], spec.shape, spec.dtype),
+        )
 
 
 def open_segment(path: Path) -> h5py.File:

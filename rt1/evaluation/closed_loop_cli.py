@@ -27,6 +27,11 @@ from rt1.sim.scene import TASK_FAMILIES
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    return run_cli(lambda _: run(args))
+
+
+def build_arg_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -68,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--videos", type=int, default=0, help="GIF rollouts of the first K policy episodes (default 0)"
     )
+    _add_rollout_options(parser)
+    return parser
+
+
+def _add_rollout_options(parser) -> None:
+    """The episodes' step limit and image quality, the threads, the replay, the output directory."""
     parser.add_argument(
         "--max-steps",
         type=int,
@@ -104,63 +115,76 @@ def main(argv: list[str] | None = None) -> int:
         help="the bundled dataset's --seed the replayed episodes come from (default 0, the demo's)",
     )
     parser.add_argument("--out", type=Path, required=True, help="directory for results.json and videos/")
-    args = parser.parse_args(argv)
 
-    def run(_) -> int:
-        if args.videos < 0 or args.threads < 1 or args.max_steps < 1:
-            raise ClosedLoopError("--videos must be >= 0, --threads and --max-steps >= 1")
-        if args.server and args.jpeg_quality is not None:
-            raise ClosedLoopError("--jpeg-quality does not apply with --server: the server's model sets it")
-        if not math.isfinite(args.cond_scale):  # NaN would "succeed" with 0% and write invalid JSON
-            raise ClosedLoopError(f"--cond-scale must be a finite number, got {args.cond_scale}")
-        check_output_dir_option(args.out)
-        if args.replay < 0 or args.replay_seed < 0:
-            raise ClosedLoopError("--replay and --replay-seed must be >= 0")
-        evaluation_episodes(
-            args.episodes, args.task_family, args.seed
-        )  # bad values fail before loading torch
-        common = (args.episodes, args.task_family, args.seed, args.max_steps, args.out, args.videos)
-        with contextlib.ExitStack() as stack:
-            if args.server:
-                from rt1.serve import PolicyClient, ServedEnvPolicy
 
-                client = stack.enter_context(PolicyClient(args.server))
-                served = client.info()["model"]
+def check_args(args) -> None:
+    """The options' values, checked before torch loads (one-line ClosedLoopError)."""
+    if args.videos < 0 or args.threads < 1 or args.max_steps < 1:
+        raise ClosedLoopError("--videos must be >= 0, --threads and --max-steps >= 1")
+    if args.server and args.jpeg_quality is not None:
+        raise ClosedLoopError("--jpeg-quality does not apply with --server: the server's model sets it")
+    if not math.isfinite(args.cond_scale):  # NaN would "succeed" with 0% and write invalid JSON
+        raise ClosedLoopError(f"--cond-scale must be a finite number, got {args.cond_scale}")
+    check_output_dir_option(args.out)
+    if args.replay < 0 or args.replay_seed < 0:
+        raise ClosedLoopError("--replay and --replay-seed must be >= 0")
+    evaluation_episodes(args.episodes, args.task_family, args.seed)
 
-                def factory(env):
-                    return ServedEnvPolicy(client, args.cond_scale)
 
-                settings = {
-                    "server": args.server,
-                    "model": served["name"],
-                    "cond_scale": args.cond_scale,
-                    "jpeg_quality": served["jpeg_quality"],
-                }
-            else:
-                import torch
+def run(args) -> int:
+    check_args(args)
+    common = (args.episodes, args.task_family, args.seed, args.max_steps, args.out, args.videos)
+    with contextlib.ExitStack() as stack:
+        if args.server:
+            factory, settings = served_policy(args, stack)
+        else:
+            factory, settings = checkpoint_policy(args)
+        results = closed_loop_evaluation(factory, *common, settings=settings)
+        print(format_table(results))
+        if args.replay:  # through the same policy: the server's session, or the in-process model
+            results["replay"] = replay_recorded(factory, args.replay, args.replay_seed, args.max_steps)
+            write_results(args.out / "results.json", results)
+            print()
+            print(format_replay(results["replay"]))
+    print(f"wrote {args.out / 'results.json'}")
+    for path in results["policy"].get("videos", []):
+        print(f"  {path}")
+    return 0
 
-                from rt1.model import load_model
-                from rt1.policy import model_jpeg_quality
 
-                torch.set_num_threads(args.threads)
-                jpeg_quality = model_jpeg_quality(args.checkpoint, args.jpeg_quality)  # as rt1.serve does
-                model, _config, _train_args = load_model(args.checkpoint)
-                factory = rt1_policy_factory(model, args.cond_scale, jpeg_quality)
-                settings = {
-                    "checkpoint": str(args.checkpoint),
-                    "cond_scale": args.cond_scale,
-                    "jpeg_quality": jpeg_quality,
-                }
-            results = closed_loop_evaluation(factory, *common, settings=settings)
-            print(format_table(results))
-            if args.replay:  # through the same policy: the server's session, or the in-process model
-                results["replay"] = replay_recorded(factory, args.replay, args.replay_seed, args.max_steps)
-                write_results(args.out / "results.json", results)
-                print()
-                print(format_replay(results["replay"]))
-        print(f"wrote {args.out / 'results.json'}")
-        for path in results["policy"].get("videos", []):
-            print(f"  {path}")
-        return 0
+def served_policy(args, stack: contextlib.ExitStack) -> tuple:
+    """(policy factory, settings for results.json) of the policy server at --server (its session in `stack`)."""
+    from rt1.serve import PolicyClient, ServedEnvPolicy
 
-    return run_cli(run)
+    client = stack.enter_context(PolicyClient(args.server))
+    served = client.info()["model"]
+
+    def factory(env):
+        return ServedEnvPolicy(client, args.cond_scale)
+
+    settings = {
+        "server": args.server,
+        "model": served["name"],
+        "cond_scale": args.cond_scale,
+        "jpeg_quality": served["jpeg_quality"],
+    }
+    return factory, settings
+
+
+def checkpoint_policy(args) -> tuple:
+    """(policy factory, settings for results.json) of the model in --checkpoint, run in this process."""
+    import torch
+
+    from rt1.model import load_model
+    from rt1.policy import model_jpeg_quality
+
+    torch.set_num_threads(args.threads)
+    jpeg_quality = model_jpeg_quality(args.checkpoint, args.jpeg_quality)  # as rt1.serve does
+    model, _config, _train_args = load_model(args.checkpoint)
+    factory = rt1_policy_factory(model, args.cond_scale, jpeg_quality)
+    settings = {
+        "checkpoint": str(args.checkpoint),
+        "cond_scale": args.cond_scale,
+        "jpeg_quality": jpeg_quality,
+    }
+    return factory, settings

@@ -203,32 +203,39 @@ def _evaluate_into(
                     pred_tokens, episode.action_tokens, episode.actions, policy.tokenizer
                 )
                 all_sums.append(sums)
-                per_episode[str(ep.source_index)] = {
-                    "instruction": ep.instruction,
-                    "file": ep.file,
-                    **metrics.summarize(sums),
-                }
+                summary = {"instruction": ep.instruction, "file": ep.file, **metrics.summarize(sums)}
+                per_episode[str(ep.source_index)] = summary
                 key = f"episode_{ep.source_index}"
                 arrays[f"{key}/pred_tokens"] = pred_tokens
                 arrays[f"{key}/true_tokens"] = episode.action_tokens
                 arrays[f"{key}/true_actions"] = episode.actions
                 if not cfg.evaluate_all:
-                    summary = per_episode[str(ep.source_index)]
-                    with atomic_output(cfg.out / f"{key}.png") as tmp:
-                        plot_episode(
-                            tmp,
-                            episode.images,
-                            ep.instruction,
-                            episode.actions,
-                            metrics.predicted_actions(pred_tokens, policy.tokenizer),
-                            subtitle=f"source episode {ep.source_index}, token accuracy "
-                            f"{summary['token_accuracy']:.2f}, cond_scale {cfg.cond_scale}",
-                        )
+                    _plot_episode(cfg, ep, episode, pred_tokens, policy, summary)
                 bar.update()
     finally:
         for f in files.values():
             f.close()
-    overall = metrics.summarize(metrics.combine(all_sums))
+    return _write_results(cfg, selected, per_episode, metrics.summarize(metrics.combine(all_sums)), arrays)
+
+
+def _plot_episode(cfg: EvalConfig, ep: IndexEpisode, episode, pred_tokens, policy, summary: dict) -> None:
+    """episode_{source index}.png: the episode's predicted vs ground-truth actions."""
+    with atomic_output(cfg.out / f"episode_{ep.source_index}.png") as tmp:
+        plot_episode(
+            tmp,
+            episode.images,
+            ep.instruction,
+            episode.actions,
+            metrics.predicted_actions(pred_tokens, policy.tokenizer),
+            subtitle=f"source episode {ep.source_index}, token accuracy "
+            f"{summary['token_accuracy']:.2f}, cond_scale {cfg.cond_scale}",
+        )
+
+
+def _write_results(
+    cfg: EvalConfig, selected: list[IndexEpisode], per_episode: dict, overall: dict, arrays: dict
+) -> dict:
+    """metrics.json, predictions.npz and (--all) error_summary.png; -> what metrics.json holds."""
     result = {
         "checkpoint": str(cfg.checkpoint),
         "checkpoint_path": str(Path(cfg.checkpoint).resolve()),
@@ -255,6 +262,11 @@ def _evaluate_into(
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    return run_cli(lambda _: run(args))
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plot_actions.py",
         description="Run a trained RT-1 checkpoint over recorded episodes as a robot would (6-frame history, "
@@ -299,32 +311,31 @@ def main(argv: list[str] | None = None) -> int:
         "save/rt1_ddp/plots/checkpoint-3)",
     )
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu", help="cpu or cuda")
-    args = parser.parse_args(argv)
+    return parser
 
-    def run(_) -> int:
-        cfg = EvalConfig(
-            args.checkpoint,
-            args.data_dir,
-            args.index,
-            args.out,
-            tuple(args.episode),
-            args.instruction,
-            args.all,
-            args.max_episodes,
-            args.cond_scale,
-            args.device,
-        )
-        result = evaluate(cfg)
-        overall = result["overall"]
-        print(
-            f"{len(result['episodes'])} episode(s): token accuracy {overall['token_accuracy']:.3f}, terminate "
-            f"accuracy {overall['terminate_accuracy']:.3f}; outputs in {cfg.out}"
-        )
-        for name in sorted(cfg.out.glob("*.png")):
-            print(f"  {name}")
-        return 0
 
-    return run_cli(run)
+def run(args: argparse.Namespace) -> int:
+    cfg = EvalConfig(
+        args.checkpoint,
+        args.data_dir,
+        args.index,
+        args.out,
+        tuple(args.episode),
+        args.instruction,
+        args.all,
+        args.max_episodes,
+        args.cond_scale,
+        args.device,
+    )
+    result = evaluate(cfg)
+    overall = result["overall"]
+    print(
+        f"{len(result['episodes'])} episode(s): token accuracy {overall['token_accuracy']:.3f}, terminate "
+        f"accuracy {overall['terminate_accuracy']:.3f}; outputs in {cfg.out}"
+    )
+    for name in sorted(cfg.out.glob("*.png")):
+        print(f"  {name}")
+    return 0
 
 
 def _cuda_available() -> bool:

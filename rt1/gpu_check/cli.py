@@ -263,66 +263,72 @@ class GpuCheck:
 
         presets = [name for name, p in PRESETS.items() if min(p.model.frame_size) >= DEFAULT_IMAGE_SIZE]
         presets.sort(key=lambda name: name != "original")
-        have_ref, why = reference_available(self.cfg.reference_module)
-        device = "cuda:0" if self.device == "cuda" else "cpu"
-        batch, steps, warmup = (2, 2, 1) if self.cfg.quick else (8, 5, 2)
+        reference = reference_available(self.cfg.reference_module)  # (available, why not)
         logs = self.cfg.out / "measure"
         logs.mkdir(exist_ok=True)
         for preset in presets:
-            # --chunk-windows 6 right after K = 1, side by side (issue 33)
+            # --chunk-windows 6 right after K = 1, side by side
             for kind, ckpt, chunks in (
                 ("ours", False, 1),
                 ("ours", False, 6),
                 ("ours", True, 1),
                 ("reference", False, 1),
             ):
-                label = (
-                    f"{preset} {'reference' if kind == 'reference' else 'ours'}"
-                    + (" + checkpointing" if ckpt else "")
-                    + (f" --chunk-windows {chunks}" if chunks > 1 else "")
-                )
-                name = f"measure {label}"
-                if kind == "reference" and PRESETS[preset].model.model_type != "maxvit":
-                    self.add(name, "skipped", "the reference model is the original's MaxViT network")
-                    continue
-                if kind == "reference" and not have_ref:
-                    self.add(name, "skipped", why)
-                    continue
-                if self.out_of_time(name):
-                    continue
-                spec = {
-                    "kind": "reference" if kind == "reference" else "train",
-                    "preset": preset,
-                    "batch": batch,
-                    "steps": steps,
-                    "warmup": warmup,
-                    "device": device,
-                    "activation_checkpointing": ckpt,
-                    "chunk_windows": chunks,
-                    "overrides": QUICK_OVERRIDES[PRESETS[preset].model.model_type] if self.cfg.quick else {},
-                    "reference_module": str(self.cfg.reference_module),
-                }
-                try:
-                    r = self._child(spec, logs / f"{preset}_{kind}_{int(ckpt)}_k{chunks}.log")
-                except (RuntimeError, subprocess.TimeoutExpired) as e:
-                    self.add(name, "failed", str(e))
-                    continue
-                row = {
-                    "preset": preset,
-                    "model": "reference" if kind == "reference" else "ours",
-                    "activation_checkpointing": ckpt,
-                    "chunk_windows": chunks,
-                    "batch": batch,
-                    "device": device,
-                    **r,
-                }
-                self.measurements["training"].append(row)
-                if r.get("oom"):
-                    self.add(
-                        name, "passed", f"batch {batch} does not fit: CUDA out of memory (a measurement)"
-                    )
-                else:
-                    self.add(name, "passed", f"{r['windows_per_s']:.2f} windows/s, peak {_gib(r)}")
+                self._measure_training_run(preset, kind, ckpt, chunks, logs, reference)
+
+    def _measure_training_run(
+        self, preset: str, kind: str, ckpt: bool, chunks: int, logs: Path, reference: tuple
+    ) -> None:
+        """One training measurement (ours or the reference model) in a child process, added as a check."""
+        from rt1.config import PRESETS
+
+        device = "cuda:0" if self.device == "cuda" else "cpu"
+        batch, steps, warmup = (2, 2, 1) if self.cfg.quick else (8, 5, 2)
+        label = (
+            f"{preset} {'reference' if kind == 'reference' else 'ours'}"
+            + (" + checkpointing" if ckpt else "")
+            + (f" --chunk-windows {chunks}" if chunks > 1 else "")
+        )
+        name = f"measure {label}"
+        if kind == "reference" and PRESETS[preset].model.model_type != "maxvit":
+            self.add(name, "skipped", "the reference model is the original's MaxViT network")
+            return
+        if kind == "reference" and not reference[0]:
+            self.add(name, "skipped", reference[1])
+            return
+        if self.out_of_time(name):
+            return
+        spec = {
+            "kind": "reference" if kind == "reference" else "train",
+            "preset": preset,
+            "batch": batch,
+            "steps": steps,
+            "warmup": warmup,
+            "device": device,
+            "activation_checkpointing": ckpt,
+            "chunk_windows": chunks,
+            "overrides": QUICK_OVERRIDES[PRESETS[preset].model.model_type] if self.cfg.quick else {},
+            "reference_module": str(self.cfg.reference_module),
+        }
+        try:
+            r = self._child(spec, logs / f"{preset}_{kind}_{int(ckpt)}_k{chunks}.log")
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            self.add(name, "failed", str(e))
+            return
+        row = {
+            "preset": preset,
+            "model": "reference" if kind == "reference" else "ours",
+            "activation_checkpointing": ckpt,
+            "chunk_windows": chunks,
+            "batch": batch,
+            "device": device,
+            **r,
+        }
+        self.measurements["training"].append(row)
+        if r.get("oom"):
+            self.add(name, "passed", f"batch {batch} does not fit: CUDA out of memory (a measurement)")
+        else:
+            self.add(name, "passed", f"{r['windows_per_s']:.2f} windows/s, peak {_gib(r)}")
 
     def measure_loader(self) -> None:
         from rt1.gpu_check.runs import CheckFailed, last_error, losses, run

@@ -33,7 +33,8 @@ from rt1.model import action_loss, build_model
 from rt1.model.normalize import normalize_frames
 from rt1.policy import RT1Policy
 from rt1.train import distributed as D
-from rt1.train.step import amp_context, train_step
+from rt1.train.optim import Optimisation
+from rt1.train.step import StepSettings, amp_context, train_step
 
 
 def model_config(spec: dict):
@@ -93,6 +94,7 @@ def measure_train(spec: dict, device: torch.device) -> dict:
     optimizer = torch.optim.SGD(bare.parameters(), lr=1e-4, momentum=0.9)
     amp = spec.get("amp", "off")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    opt = Optimisation(optimizer, None, scaler, 1e-4, spec["warmup"] + spec["steps"])
     batches = _batches(config, spec["batch"], device, chunk_windows=int(spec.get("chunk_windows", 1)))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -101,7 +103,7 @@ def measure_train(spec: dict, device: torch.device) -> dict:
         _sync(device)
         start = time.perf_counter()
         if forward is not None:
-            train_step(forward, batches, optimizer, device=device, scaler=scaler, amp=amp)
+            train_step(forward, batches, opt, StepSettings(device, amp=amp))
         else:  # the reference: float pixels scaled as our config says, in its (B, 3, F, H, W) layout, the original's call
             batch = next(batches)
             video = normalize_frames(batch["frames"].to(device), config.pixel_scaling).permute(0, 4, 1, 2, 3)

@@ -166,44 +166,16 @@ def infer_config(ref_sd: dict[str, Tensor], base: RT1Config | None = None, **ove
     base = base if base is not None else PRESETS["original"].model
     sd = ref_sd
     stem = _get(sd, "vit.conv_stem.0.weight")  # (stem, C, 3, 3)
-    blocks = sorted({int(m[1]) for k in sd if (m := re.match(r"vit\.layers\.(\d+)\.", k))})
-    if not blocks or blocks != list(range(len(blocks))):
-        raise ConversionError(f"not a {REFERENCE} RT1 state_dict: MaxViT blocks {blocks[:8]} are not 0..n-1")
-    depth, widths = [], []
-    for i in blocks:
-        downsample = f"vit.layers.{i}.0.0.weight" in sd
-        project = _get(sd, f"vit.layers.{i}.0.{'' if downsample else 'fn.'}7.weight")
-        if downsample:
-            depth.append(0)
-            widths.append(project.shape[0])
-        elif not depth:
-            raise ConversionError("not a RT1 state_dict of the reference: MaxViT block 0 does not downsample")
-        depth[-1] += 1
+    depth, widths = _maxvit_stages(sd)
     dim = widths[0]
-    if widths != [dim * 2**s for s in range(len(widths))]:
-        raise ConversionError(
-            f"MaxViT stage widths {widths} do not double from stage to stage (this project's "
-            f"MaxViT has width dim * 2**stage)"
-        )
     hidden = _get(sd, "vit.layers.0.0.0.weight").shape[0]  # block 0 always downsamples: no "fn."
     se_hidden = _get(sd, "vit.layers.0.0.6.gate.1.weight").shape[0]
-    rel = _get(sd, "vit.layers.0.2.fn.rel_pos_bias.weight")  # ((2w - 1)**2, heads)
-    side = round(rel.shape[0] ** 0.5)
-    if side * side != rel.shape[0] or side % 2 == 0:
-        raise ConversionError(f"relative position table with {rel.shape[0]} rows is not (2 * window - 1)**2")
+    window, heads = _window_and_heads(sd)
     mem = sd.get("vit.layers.0.2.fn.mem_kv")
     d = widths[-1]
     tf_layers = sorted({int(m[1]) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))})
     tf_dim_head = _get(sd, "transformer.layers.0.0.to_kv.weight").shape[0] // 2
-    ff_mult = _ratio(_get(sd, "vit.layers.0.3.fn.net.0.weight").shape[0], dim, "the MaxViT ff_mult")
-    tf_ff_mult = _ratio(
-        _get(sd, "transformer.layers.0.1.net.0.weight").shape[0], d, "the transformer ff_mult"
-    )
-    if ff_mult != tf_ff_mult:
-        raise ConversionError(
-            f"MaxViT ff_mult {ff_mult} and transformer ff_mult {tf_ff_mult} differ "
-            f"(this project has one ff_mult)"
-        )
+    ff_mult = _ff_mult(sd, dim, d)
     tokens = _get(sd, "token_learner.net.2.weight").shape[0]
     logits_rows = _get(sd, "to_logits.1.weight").shape[0]
     num_actions = overrides.get("num_actions", base.num_actions)
@@ -212,8 +184,8 @@ def infer_config(ref_sd: dict[str, Tensor], base: RT1Config | None = None, **ove
         conv_stem_dim=stem.shape[0],
         dim=dim,
         depth=tuple(depth),
-        dim_head=_ratio(dim, rel.shape[1], "the MaxViT dim_head"),
-        attention_window=(side + 1) // 2,
+        dim_head=_ratio(dim, heads, "the MaxViT dim_head"),
+        attention_window=window,
         mbconv_expansion=_ratio(hidden, dim, "the MBConv expansion"),
         mbconv_shrinkage=se_hidden / hidden,
         attention_memory_kv=int(mem.shape[2]) if mem is not None else 0,
@@ -244,13 +216,57 @@ def infer_config(ref_sd: dict[str, Tensor], base: RT1Config | None = None, **ove
         raise ConversionError(f"the state_dict's configuration is not a valid RT1Config: {e}") from None
 
 
+def _maxvit_stages(sd: dict[str, Tensor]) -> tuple[list[int], list[int]]:
+    """(blocks per MaxViT stage, width of each stage) of a reference state_dict; the widths double."""
+    blocks = sorted({int(m[1]) for k in sd if (m := re.match(r"vit\.layers\.(\d+)\.", k))})
+    if not blocks or blocks != list(range(len(blocks))):
+        raise ConversionError(f"not a {REFERENCE} RT1 state_dict: MaxViT blocks {blocks[:8]} are not 0..n-1")
+    depth, widths = [], []
+    for i in blocks:
+        downsample = f"vit.layers.{i}.0.0.weight" in sd
+        project = _get(sd, f"vit.layers.{i}.0.{'' if downsample else 'fn.'}7.weight")
+        if downsample:
+            depth.append(0)
+            widths.append(project.shape[0])
+        elif not depth:
+            raise ConversionError("not a RT1 state_dict of the reference: MaxViT block 0 does not downsample")
+        depth[-1] += 1
+    if widths != [widths[0] * 2**s for s in range(len(widths))]:
+        raise ConversionError(
+            f"MaxViT stage widths {widths} do not double from stage to stage (this project's "
+            f"MaxViT has width dim * 2**stage)"
+        )
+    return depth, widths
+
+
+def _window_and_heads(sd: dict[str, Tensor]) -> tuple[int, int]:
+    """(attention window, heads) of MaxViT block 0's relative position table ((2 * window - 1)**2, heads)."""
+    rel = _get(sd, "vit.layers.0.2.fn.rel_pos_bias.weight")
+    side = round(rel.shape[0] ** 0.5)
+    if side * side != rel.shape[0] or side % 2 == 0:
+        raise ConversionError(f"relative position table with {rel.shape[0]} rows is not (2 * window - 1)**2")
+    return (side + 1) // 2, rel.shape[1]
+
+
+def _ff_mult(sd: dict[str, Tensor], dim: int, d: int) -> int:
+    """The feed-forward multiplier, the same in the MaxViT (width `dim`) and the transformer (width `d`)."""
+    ff_mult = _ratio(_get(sd, "vit.layers.0.3.fn.net.0.weight").shape[0], dim, "the MaxViT ff_mult")
+    tf_ff_mult = _ratio(
+        _get(sd, "transformer.layers.0.1.net.0.weight").shape[0], d, "the transformer ff_mult"
+    )
+    if ff_mult != tf_ff_mult:
+        raise ConversionError(
+            f"MaxViT ff_mult {ff_mult} and transformer ff_mult {tf_ff_mult} differ "
+            f"(this project has one ff_mult)"
+        )
+    return ff_mult
+
+
 # ---- the conversion --------------------------------------------------------------------------------
 
 
 def convert_state_dict(ref_sd: dict[str, Tensor], config: RT1Config) -> dict[str, Tensor]:
     """Reference state_dict -> this project's RT1(config) state_dict (checked key for key, shape for shape)."""
-    from rt1.model.rt1 import RT1
-
     ref_sd = {k.removeprefix("module."): v for k, v in ref_sd.items()}
     check_keys(ref_sd)
     num_blocks = sum(config.depth)
@@ -266,56 +282,70 @@ def convert_state_dict(ref_sd: dict[str, Tensor], config: RT1Config) -> dict[str
                 )
             continue
         if m := re.fullmatch(r"vit\.layers\.(\d+)\.0\.(?:fn\.)?(\d)\.(.+)", key):
-            i, idx, rest = m.groups()
-            name = _MBCONV[idx]
-            prefix = f"vit.blocks.{i}.mbconv.{name}"
-            if name in _NORM_OF_CONV:
-                if rest == "bias":
-                    conv_bias[f"vit.blocks.{i}.mbconv.{_NORM_OF_CONV[name]}"] = value
-                else:  # 1x1 convolutions (out, in, 1, 1) -> Linear (out, in); the depthwise one stays
-                    out[f"{prefix}.weight"] = value if name == "depthwise" else value[:, :, 0, 0]
-            elif name == "squeeze_excitation":
-                out[f"{prefix}.{rest.replace('gate.1.', 'gate.0.').replace('gate.3.', 'gate.2.')}"] = value
-            else:
-                out[f"{prefix}.{rest}"] = value
+            _map_mbconv(*m.groups(), value, out, conv_bias)
         elif m := re.fullmatch(r"vit\.layers\.(\d+)\.(\d)\.fn\.(.+)", key):
             i, idx, rest = m.groups()
             out[f"vit.blocks.{i}.{_SUBLAYER[idx]}.{_RENAME.get(rest, rest)}"] = value
-        elif m := re.fullmatch(r"conditioner\.conditioners\.(\d+)\.net\.(.+)", key):
-            j, rest = int(m[1]), m[2]
-            if j < num_blocks:
-                out[f"vit.blocks.{j}.film.net.{rest}"] = value
-            else:
-                layer, sub = divmod(j - num_blocks, 2)
-                out[f"transformer.layers.{layer}.{sub}.film.net.{rest}"] = value
-        elif key == "conditioner.null_text_embed" or key.startswith(("vit.conv_stem.", "to_logits.1.")):
-            out[key] = value
-        elif key.startswith("conditioner.text_embed_stem_mlp.0."):
-            out[key.replace("text_embed_stem_mlp", "stem")] = value
-        elif m := re.fullmatch(r"token_learner\.net\.([02])\.(weight|bias)", key):
-            layer, kind = m.groups()
-            if layer == "0":  # grouped 1x1 conv on the repeated input = one dense Linear
-                out[f"token_learner.fc1.{kind}"] = value[:, :, 0, 0] if kind == "weight" else value
-            else:
-                out[f"token_learner.fc2_{kind}"] = value[:, :, 0, 0] if kind == "weight" else value
-        elif m := re.fullmatch(r"transformer\.layers\.(\d+)\.([01])\.(.+)", key):
-            layer, sub, rest = m.groups()
-            prefix = f"transformer.layers.{layer}.{sub}"
-            if rest == "to_q.weight":
-                out[f"{prefix}.to_qkv.weight"] = torch.cat(
-                    (value, _get(ref_sd, f"{prefix}.to_kv.weight")), dim=0
-                )
-            elif rest != "to_kv.weight":
-                out[f"{prefix}.{_RENAME[rest]}"] = value
-        elif key == "to_logits.0.gamma":
-            out["to_logits.0.weight"] = value
-        else:  # pragma: no cover - check_keys and the branches above cover the same keys
-            raise ConversionError(f"unmapped reference key {key}")
+        else:
+            _map_other(key, value, ref_sd, num_blocks, out)
     for norm, bias in conv_bias.items():
         mean_key = f"{norm}.running_mean"
         if mean_key not in out:
             raise ConversionError(f"the state_dict has a conv bias but no BatchNorm statistics for {norm}")
         out[mean_key] = out[mean_key] - bias.to(out[mean_key].dtype)
+    return _fitted(out, config)
+
+
+def _map_mbconv(i: str, idx: str, rest: str, value: Tensor, out: dict, conv_bias: dict) -> None:
+    """One tensor of MaxViT block `i`'s MBConv (sub-module `idx`) into `out`; a conv bias into `conv_bias`."""
+    name = _MBCONV[idx]
+    prefix = f"vit.blocks.{i}.mbconv.{name}"
+    if name in _NORM_OF_CONV:
+        if rest == "bias":
+            conv_bias[f"vit.blocks.{i}.mbconv.{_NORM_OF_CONV[name]}"] = value
+        else:  # 1x1 convolutions (out, in, 1, 1) -> Linear (out, in); the depthwise one stays
+            out[f"{prefix}.weight"] = value if name == "depthwise" else value[:, :, 0, 0]
+    elif name == "squeeze_excitation":
+        out[f"{prefix}.{rest.replace('gate.1.', 'gate.0.').replace('gate.3.', 'gate.2.')}"] = value
+    else:
+        out[f"{prefix}.{rest}"] = value
+
+
+def _map_other(key: str, value: Tensor, ref_sd: dict, num_blocks: int, out: dict) -> None:
+    """One tensor outside the MaxViT blocks (FiLM, stem, TokenLearner, transformer, logits) into `out`."""
+    if m := re.fullmatch(r"conditioner\.conditioners\.(\d+)\.net\.(.+)", key):
+        j, rest = int(m[1]), m[2]
+        if j < num_blocks:
+            out[f"vit.blocks.{j}.film.net.{rest}"] = value
+        else:
+            layer, sub = divmod(j - num_blocks, 2)
+            out[f"transformer.layers.{layer}.{sub}.film.net.{rest}"] = value
+    elif key == "conditioner.null_text_embed" or key.startswith(("vit.conv_stem.", "to_logits.1.")):
+        out[key] = value
+    elif key.startswith("conditioner.text_embed_stem_mlp.0."):
+        out[key.replace("text_embed_stem_mlp", "stem")] = value
+    elif m := re.fullmatch(r"token_learner\.net\.([02])\.(weight|bias)", key):
+        layer, kind = m.groups()
+        if layer == "0":  # grouped 1x1 conv on the repeated input = one dense Linear
+            out[f"token_learner.fc1.{kind}"] = value[:, :, 0, 0] if kind == "weight" else value
+        else:
+            out[f"token_learner.fc2_{kind}"] = value[:, :, 0, 0] if kind == "weight" else value
+    elif m := re.fullmatch(r"transformer\.layers\.(\d+)\.([01])\.(.+)", key):
+        layer, sub, rest = m.groups()
+        prefix = f"transformer.layers.{layer}.{sub}"
+        if rest == "to_q.weight":
+            out[f"{prefix}.to_qkv.weight"] = torch.cat((value, _get(ref_sd, f"{prefix}.to_kv.weight")), dim=0)
+        elif rest != "to_kv.weight":
+            out[f"{prefix}.{_RENAME[rest]}"] = value
+    elif key == "to_logits.0.gamma":
+        out["to_logits.0.weight"] = value
+    else:  # pragma: no cover - check_keys and the branches above cover the same keys
+        raise ConversionError(f"unmapped reference key {key}")
+
+
+def _fitted(out: dict[str, Tensor], config: RT1Config) -> dict[str, Tensor]:
+    """`out` in RT1(config)'s key order, contiguous, once it has exactly its keys and shapes."""
+    from rt1.model.rt1 import RT1
 
     with torch.device("meta"):
         expected = RT1(config).state_dict()

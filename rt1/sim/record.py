@@ -104,13 +104,18 @@ def record_rollout(
         step["is_last"] = step["is_terminal"] = i == last
         step["reward"] = np.float32(1.0 if (i == last and success and not cut) else 0.0)
         step["action"]["terminate_episode"] = (TERMINATE if i == last else CONTINUE).copy()
-    family = info["task_family"]
+    example = {**_metadata(success and not cut, info["task_family"]), "steps": steps}
+    return example, executed[: len(steps) - 1]
+
+
+def _metadata(success: bool, family: str) -> dict:
+    """The episode_metadata-like fields of an example: its aspects and attributes."""
     return {
         "aspects": {
             "already_success": False,
             "feasible": True,
             "has_aspects": True,
-            "success": success and not cut,
+            "success": success,
             "undesirable": False,
         },
         "attributes": {
@@ -127,5 +132,4 @@ def record_rollout(
             "task_family": TASK_FAMILIES.index(family),
             "task_family_name": family,
         },
-        "steps": steps,
-    }, executed[: len(steps) - 1]
+    }

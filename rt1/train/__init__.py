@@ -9,5 +9,6 @@ optim.py (optimizer and the learning-rate schedule), run_dir.py (the save-dir lo
 compatibility), stopping.py (SIGTERM/SIGINT at a step boundary, the loss/stop collective), distributed.py
 (process group, devices, collectives, model wrapping, the main-process check), checkpoint.py (TrainState and
 the checkpoint format), loaders.py (samplers, DataLoaders, the run's data), runlog.py (metrics.jsonl,
-TensorBoard, progress lines), cli.py (the command line of train_ddp.py, generated from TrainConfig).
+TensorBoard, progress lines), paths.py (the run's paths, checked when it starts), cli.py (the command line of
+train_ddp.py, generated from TrainConfig).
 """

@@ -146,36 +146,27 @@ def save_checkpoint(path: Path, contents: dict) -> Path:
     return path
 
 
-def checkpoint_contents(
-    state: TrainState,
-    *,
-    model: torch.nn.Module,
-    model_config: dict,
-    train_args: dict,
-    optimizer,
-    scheduler,
-    scaler,
-    steps_per_epoch: int,
-    total_steps: int,
-    rng: list,
-) -> dict:
-    """The dict a checkpoint file holds (format above)."""
+def checkpoint_contents(state: TrainState, run, rng: list) -> dict:
+    """The dict a checkpoint file holds (format above): the training `state` of `run` (the trainer: its
+    `model`, `cfg`, `opt` (optimizer, scheduler, scaler, total_steps) and `data.steps_per_epoch`), with every
+    rank's RNG state `rng`."""
+    opt = run.opt
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model": model.state_dict(),
-        "model_config": model_config,
-        "train_args": train_args,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "model": run.model.state_dict(),
+        "model_config": run.model.config.to_dict(),
+        "train_args": run.cfg.to_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
+        "scaler": opt.scaler.state_dict() if opt.scaler.is_enabled() else None,
         "epoch": state.epoch,
         "epoch_complete": state.epoch_complete,
         "step_in_epoch": state.step_in_epoch,
         "global_step": state.global_step,
         "metrics": state.metrics,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
+        "steps_per_epoch": run.data.steps_per_epoch,
+        "total_steps": opt.total_steps,
         "world_size": len(rng),
         "rng": rng,
         "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable

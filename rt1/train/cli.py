@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rt1.config import MODEL_OVERRIDABLE, PRESETS, ConfigError, TrainConfig
 from rt1.model_families import MODEL_FAMILIES
+from rt1.train.paths import check_paths
 
 GROUPS = ("data", "model", "optimisation", "output", "processes")
 _TYPES = {"Path": Path, "int": int, "float": float, "str": str}
@@ -54,6 +55,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
         ),
     )
     groups = {name: p.add_argument_group(name) for name in GROUPS}
+    _add_train_options(groups)
+    _add_model_options(groups["model"])
+    # torch.distributed.launch without --use_env passes --local-rank; LOCAL_RANK in the environment wins.
+    groups["processes"].add_argument(
+        "--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )
+    return p
+
+
+def _add_train_options(groups: dict) -> None:
+    """One option per TrainConfig field (its help metadata, in its group), but those marked cli=False."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
@@ -76,6 +88,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
             if meta.get("required"):
                 kwargs["help"] = meta["help"]
         groups[meta["group"]].add_argument(option_flag(f), **kwargs)
+
+
+def _add_model_options(group) -> None:
+    """--model.NAME for every model field a run may override (MODEL_OVERRIDABLE)."""
     model_hints = {}  # the union of the families' fields (a name shared by two has one type in both)
     for family in reversed(MODEL_FAMILIES.values()):
         model_hints.update(
@@ -85,7 +101,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         owner, kind = model_hints[name]
         tuple_of = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else None
         parse = kind if tuple_of is None else _int_tuple if tuple_of is int else _names
-        groups["model"].add_argument(
+        group.add_argument(
             _model_flag(name),
             dest=f"model.{name}",
             type=parse,
@@ -93,11 +109,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
             metavar=name.upper(),
             help=f"{owner}.{name} for this run (default: the preset's)",
         )
-    # torch.distributed.launch without --use_env passes --local-rank; LOCAL_RANK in the environment wins.
-    groups["processes"].add_argument(
-        "--local-rank", "--local_rank", dest="local_rank", type=int, default=None, help=argparse.SUPPRESS
-    )
-    return p
 
 
 def _model_flag(name: str) -> str:
@@ -124,7 +135,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if (value := getattr(args, f"model.{name}", None)) is not None
     }
     try:
-        return TrainConfig(**values)
+        cfg = TrainConfig(**values)
+        check_paths(cfg)  # where the run starts: a wrong path is a usage error, like a wrong value
+        return cfg
     except ConfigError as e:
         message = str(e)
         for name in MODEL_OVERRIDABLE:

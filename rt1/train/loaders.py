@@ -183,18 +183,21 @@ def make_train_loader(
             "collate_fn": collate_windows,
             "drop_last": False,
         }
-    loader = DataLoader(
-        SeededWindows(dataset, seed),
-        **batching,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=ignore_stop_signals,
-        # The generator only seeds the workers (their randomness comes from SeededWindows); giving the
-        # loader its own keeps it from drawing on the global RNG, which resumes must reproduce.
-        generator=torch.Generator().manual_seed(seed * 7919 + rank),
-    )
-    return loader, sampler
+    # The generator only seeds the workers (their randomness comes from SeededWindows); giving the loader its
+    # own keeps it from drawing on the global RNG, which resumes must reproduce.
+    workers = _workers(num_workers, pin_memory, generator_seed=seed * 7919 + rank)
+    return DataLoader(SeededWindows(dataset, seed), **batching, **workers), sampler
+
+
+def _workers(num_workers: int, pin_memory: bool, generator_seed: int) -> dict:
+    """A DataLoader's worker options: persistent workers that ignore stop signals, their own generator."""
+    return {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": num_workers > 0,
+        "worker_init_fn": ignore_stop_signals,
+        "generator": torch.Generator().manual_seed(generator_seed),
+    }
 
 
 def make_val_loader(
@@ -204,13 +207,9 @@ def make_val_loader(
         dataset,
         batch_size=batch_size,
         sampler=ShardSampler(len(dataset), rank, world_size),
-        num_workers=num_workers,
         collate_fn=collate_windows,
-        pin_memory=pin_memory,
         drop_last=False,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=ignore_stop_signals,
-        generator=torch.Generator().manual_seed(rank),
+        **_workers(num_workers, pin_memory, generator_seed=rank),
     )
 
 
@@ -253,32 +252,21 @@ class RunData:
         train_set, val_set = RT1Dataset(cfg.train_index, cfg.data_dir, augment=cfg.augment), None
         try:
             check_data_fits(train_set, config, "training", cfg)
+            shared = {  # what both loaders are given
+                "rank": rank,
+                "world_size": world_size,
+                "batch_size": cfg.batch_size,
+                "num_workers": cfg.num_workers,
+                "pin_memory": pin_memory,
+            }
             train_loader, sampler = make_train_loader(
-                train_set,
-                rank=rank,
-                world_size=world_size,
-                batch_size=cfg.batch_size,
-                shuffle=cfg.shuffle,
-                seed=cfg.seed,
-                num_workers=cfg.num_workers,
-                pin_memory=pin_memory,
-                chunk_windows=cfg.chunk_windows,
+                train_set, shuffle=cfg.shuffle, seed=cfg.seed, chunk_windows=cfg.chunk_windows, **shared
             )
             data = RunData(train_set, train_loader, sampler)
             if cfg.val_index is not None and cfg.val_every > 0:
                 val_set = RT1Dataset(cfg.val_index, cfg.data_dir, augment=False)
                 check_data_fits(val_set, config, "validation", cfg)
-                data.val_set, data.val_loader = (
-                    val_set,
-                    make_val_loader(
-                        val_set,
-                        rank=rank,
-                        world_size=world_size,
-                        batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers,
-                        pin_memory=pin_memory,
-                    ),
-                )
+                data.val_set, data.val_loader = val_set, make_val_loader(val_set, **shared)
         except BaseException:
             for dataset in (train_set, val_set):
                 if dataset is not None:

@@ -76,7 +76,7 @@ class Optimisation:
     """The optimizer, its schedule and grad scaler, and the numbers they were built from."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None  # None: a constant lr
     scaler: torch.amp.GradScaler
     lr: float
     total_steps: int

@@ -245,84 +245,89 @@ def setup_message(cfg, model, info, data, lr: float, total_steps: int) -> str:
     return "; ".join(parts)
 
 
-def report_step(
-    run_log,
-    meter: ThroughputMeter,
-    bar,
-    state,
-    loss: float,
-    lr: float,
-    seconds: float,
-    batches,
-    cfg,
-    steps_per_epoch: int,
-    total_steps: int,
-    tokens_per_window: int,
-) -> None:
-    """After every optimizer step: its metrics.jsonl line, and every --log-every steps the interval's report."""
-    meter.add_step(batches.windows, loss, batches.wait)
-    run_log.record(
-        "train",
-        step=state.global_step,
-        epoch=state.epoch,
-        loss=loss,
-        lr=lr,
-        seconds=round(seconds, 5),
-        data_wait=round(batches.wait, 5),
-    )
-    if state.global_step % cfg.log_every == 0 or state.step_in_epoch == steps_per_epoch:
-        report_interval(
-            run_log, meter, lr, bar, state, tokens_per_window, total_steps, cfg.epochs, steps_per_epoch
+class StepReporter:
+    """What the trainer reports as it trains, built once per run: each step's metrics.jsonl line, every
+    --log-every steps the interval's TensorBoard scalars and progress (bar or line), each epoch's summary.
+
+    `epoch(state)` opens an epoch: a fresh ThroughputMeter and, on a terminal, a progress bar.
+    """
+
+    def __init__(self, run_log, cfg, steps_per_epoch: int, total_steps: int, tokens_per_window: int) -> None:
+        self.log, self.cfg = run_log, cfg
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.tokens_per_window = tokens_per_window
+        self.meter, self.bar = ThroughputMeter(), None
+
+    @contextlib.contextmanager
+    def epoch(self, state):
+        """The current epoch's meter and bar (closed on leaving)."""
+        self.meter = ThroughputMeter()
+        desc = f"epoch {state.epoch}/{self.cfg.epochs}"
+        with progress_bar(
+            self.log, self.cfg.progress, self.steps_per_epoch, state.step_in_epoch, desc
+        ) as bar:
+            self.bar = bar
+            try:
+                yield self
+            finally:
+                self.bar = None
+
+    def step(self, state, loss: float, lr: float, seconds: float, batches) -> None:
+        """After every optimizer step: its metrics.jsonl line, and every --log-every steps the interval's report."""
+        self.meter.add_step(batches.windows, loss, batches.wait)
+        self.log.record(
+            "train",
+            step=state.global_step,
+            epoch=state.epoch,
+            loss=loss,
+            lr=lr,
+            seconds=round(seconds, 5),
+            data_wait=round(batches.wait, 5),
         )
-    if bar is not None:
-        bar.update()
+        if state.global_step % self.cfg.log_every == 0 or state.step_in_epoch == self.steps_per_epoch:
+            self.interval(state, lr)
+        if self.bar is not None:
+            self.bar.update()
 
+    def interval(self, state, lr: float) -> None:
+        """TensorBoard scalars of the last --log-every steps, and the bar's numbers or one progress line."""
+        loss, rate = self.meter.take_interval()
+        self.log.scalars(state.global_step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate})
+        tokens = rate * self.tokens_per_window
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}",
+                lr=f"{lr:.2e}",
+                samples_s=f"{rate:.1f}",
+                tok_s=f"{tokens:.0f}",
+                refresh=False,
+            )
+        else:  # no bar (not a terminal, or --no-progress): one line per --log-every steps carries the progress
+            self.log.info(
+                f"step {state.global_step}/{self.total_steps} (epoch {state.epoch}/{self.cfg.epochs}, "
+                f"{state.step_in_epoch}/{self.steps_per_epoch}): loss {loss:.4f}, lr {lr:.3e}, "
+                f"{rate:.1f} windows/s ({tokens:.0f} action tokens/s)"
+            )
 
-def report_interval(
-    run_log,
-    meter: ThroughputMeter,
-    lr: float,
-    bar,
-    state,
-    tokens_per_window: int,
-    total_steps: int,
-    epochs: int,
-    steps_per_epoch: int,
-) -> None:
-    """TensorBoard scalars of the last --log-every steps, and the bar's numbers or one progress line."""
-    loss, rate = meter.take_interval()
-    run_log.scalars(state.global_step, {"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate})
-    tokens = rate * tokens_per_window
-    if bar is not None:
-        bar.set_postfix(
-            loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", tok_s=f"{tokens:.0f}", refresh=False
+    def epoch_end(self, state) -> None:
+        """The epoch's metrics.jsonl line, scalars and summary line."""
+        meter = self.meter
+        seconds, rate, wait = meter.epoch_summary()
+        fields = {
+            "steps": state.step_in_epoch,
+            "samples": meter.epoch_windows,
+            "seconds": round(seconds, 3),
+            "samples_per_s": rate,
+            "data_wait_fraction": wait,
+            "data_wait_seconds": round(meter.epoch_wait, 3),
+        }
+        self.log.record("epoch", step=state.global_step, epoch=state.epoch, **fields)
+        scalars = {"train/epoch_samples_per_s": rate, "train/data_wait_fraction": wait}
+        self.log.scalars(state.global_step, scalars)
+        self.log.info(
+            f"epoch {state.epoch}: {meter.epoch_windows} windows in {seconds:.1f} s ({rate:.1f} windows/s, "
+            f"{rate * self.tokens_per_window:.0f} action tokens/s, waiting for data {100 * wait:.1f}% of it)"
         )
-    else:  # no bar (not a terminal, or --no-progress): one line per --log-every steps carries the progress
-        run_log.info(
-            f"step {state.global_step}/{total_steps} (epoch {state.epoch}/{epochs}, "
-            f"{state.step_in_epoch}/{steps_per_epoch}): loss {loss:.4f}, lr {lr:.3e}, "
-            f"{rate:.1f} windows/s ({tokens:.0f} action tokens/s)"
-        )
-
-
-def report_epoch(run_log, meter: ThroughputMeter, state, tokens_per_window: int) -> None:
-    seconds, rate, wait = meter.epoch_summary()
-    run_log.record(
-        "epoch",
-        step=state.global_step,
-        epoch=state.epoch,
-        steps=state.step_in_epoch,
-        samples=meter.epoch_windows,
-        seconds=round(seconds, 3),
-        samples_per_s=rate,
-        data_wait_fraction=wait,
-        data_wait_seconds=round(meter.epoch_wait, 3),
-    )
-    run_log.scalars(state.global_step, {"train/epoch_samples_per_s": rate, "train/data_wait_fraction": wait})
-    run_log.info(
-        f"epoch {state.epoch}: {meter.epoch_windows} windows in {seconds:.1f} s ({rate:.1f} windows/s, "
-        f"{rate * tokens_per_window:.0f} action tokens/s, waiting for data {100 * wait:.1f}% of it)"
-    )
 
 
 def report_validation(run_log, metrics: dict, state, seconds: float) -> None:
@@ -346,8 +351,6 @@ __all__ = [
     "ThroughputMeter",
     "progress_bar",
     "setup_message",
-    "report_step",
-    "report_interval",
-    "report_epoch",
+    "StepReporter",
     "report_validation",
 ]

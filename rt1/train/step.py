@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from rt1.actions import ACTION_DIM_NAMES
 from rt1.model import action_loss, token_correct_counts
 from rt1.train import distributed as D
+from rt1.train.optim import Optimisation
 
 
 def amp_context(device: torch.device, amp: str):
@@ -51,51 +53,49 @@ def chunks_of(batch: dict) -> dict:
     return {"chunk_windows": batch["chunk_windows"]} if "chunk_windows" in batch else {}
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How `train_step` steps, besides the optimizer: the run's device and the config's step options."""
+
+    device: torch.device  # where the batches go
+    accumulate: int = 1  # micro-batches per optimizer step (--grad-accum, fewer at an epoch's end)
+    loss_reduction: str = "mean"  # what the optimizer minimises (rt1.model.loss)
+    amp: str = "off"  # autocast: off | fp16 | bf16
+    clip_grad_norm: float | None = None  # the gradient norm's bound, None for no clipping
+
+    @staticmethod
+    def of(cfg, device: torch.device, accumulate: int) -> StepSettings:
+        """A TrainConfig's step options, for `accumulate` micro-batches."""
+        return StepSettings(device, accumulate, cfg.loss_reduction, cfg.amp, cfg.clip_grad_norm)
+
+
 def train_step(
     model: nn.Module,
     batches: Iterator[dict],
-    optimizer: torch.optim.Optimizer,
+    opt: Optimisation | torch.optim.Optimizer,
+    settings: StepSettings,
     *,
-    device: torch.device,
-    accumulate: int = 1,
-    scheduler=None,
-    scaler: torch.amp.GradScaler | None = None,
-    loss_reduction: str = "mean",
-    amp: str = "off",
-    clip_grad_norm: float | None = None,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     before_update: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """One optimizer step over the next `accumulate` batches of `batches`; -> the mean per-token loss () float.
+    """One optimizer step over the next `settings.accumulate` batches of `batches`; -> the mean per-token loss
+    () float.
 
-    The optimizer minimises `loss_reduction` (rt1.model.loss), each micro-batch's loss scaled by 1/accumulate;
-    the returned loss is always the per-token mean (what is logged). `no_sync` (DDP's) skips the gradient
-    all-reduce on all but the last micro-batch. `before_update(loss)` runs after the backward passes and before
-    any weight changes (the trainer agrees on the loss across ranks there, and raises on a non-finite one).
+    `opt` is the run's Optimisation (optimizer, scheduler, grad scaler), or a bare optimizer (no schedule, no
+    scaling). The optimizer minimises `settings.loss_reduction` (rt1.model.loss), each micro-batch's loss
+    scaled by 1/accumulate; the returned loss is always the per-token mean (what is logged). `no_sync` (DDP's)
+    skips the gradient all-reduce on all but the last micro-batch. `before_update(loss)` runs after the
+    backward passes and before any weight changes (the trainer agrees on the loss across ranks there, and
+    raises on a non-finite one).
     """
-    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
-    loss_sum = torch.zeros((), device=device)
-    for micro in range(accumulate):
-        batch = next(batches)
-        frames, text, tokens = to_device(batch, device)
-        last = micro == accumulate - 1
-        with contextlib.nullcontext() if (last or no_sync is None) else no_sync():
-            with amp_context(device, amp):
-                logits = model(frames, text, **chunks_of(batch))
-                loss = action_loss(logits, tokens, loss_reduction)
-            scaler.scale(loss * (1.0 / accumulate)).backward()
-        loss_sum += (
-            loss.detach().float()
-            if loss_reduction == "mean"
-            else action_loss(logits.detach(), tokens).float()
-        )
-    mean_loss = loss_sum / accumulate
+    optimizer, scheduler, scaler = _parts(opt, settings.device)
+    mean_loss = _backward(model, batches, scaler, settings, no_sync)
     if before_update is not None:
         before_update(mean_loss)
-    if clip_grad_norm is not None:
+    if settings.clip_grad_norm is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm
+            [p for g in optimizer.param_groups for p in g["params"]], settings.clip_grad_norm
         )
     scaler.step(optimizer)
     scaler.update()
@@ -103,6 +103,34 @@ def train_step(
     if scheduler is not None:
         scheduler.step()
     return mean_loss
+
+
+def _parts(opt: Optimisation | torch.optim.Optimizer, device: torch.device) -> tuple:
+    """(optimizer, scheduler or None, grad scaler) of `opt`; a disabled scaler for a bare optimizer."""
+    if isinstance(opt, Optimisation):
+        return opt.optimizer, opt.scheduler, opt.scaler
+    return opt, None, torch.amp.GradScaler(device.type, enabled=False)
+
+
+def _backward(model: nn.Module, batches, scaler, settings: StepSettings, no_sync) -> torch.Tensor:
+    """The forward and backward passes of `settings.accumulate` micro-batches; -> their mean per-token loss."""
+    device, accumulate = settings.device, settings.accumulate
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accumulate):
+        batch = next(batches)
+        frames, text, tokens = to_device(batch, device)
+        last = micro == accumulate - 1
+        with contextlib.nullcontext() if (last or no_sync is None) else no_sync():
+            with amp_context(device, settings.amp):
+                logits = model(frames, text, **chunks_of(batch))
+                loss = action_loss(logits, tokens, settings.loss_reduction)
+            scaler.scale(loss * (1.0 / accumulate)).backward()
+        loss_sum += (
+            loss.detach().float()
+            if settings.loss_reduction == "mean"
+            else action_loss(logits.detach(), tokens).float()
+        )
+    return loss_sum / accumulate
 
 
 @torch.no_grad()
@@ -136,4 +164,12 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, amp: str = "off"
     }
 
 
-__all__ = ["chunks_of", "amp_context", "set_train_mode", "to_device", "train_step", "evaluate"]
+__all__ = [
+    "StepSettings",
+    "chunks_of",
+    "amp_context",
+    "set_train_mode",
+    "to_device",
+    "train_step",
+    "evaluate",
+]

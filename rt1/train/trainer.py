@@ -30,6 +30,7 @@ from rt1.train import distributed as D
 from rt1.train.checkpoint import TrainState, seed_everything
 from rt1.train.loaders import RunData, TimedBatches, TrainSetupError
 from rt1.train.optim import Optimisation, schedule_length
+from rt1.train.paths import check_paths
 from rt1.train.run_dir import (
     ResumeError,
     SaveDirInUseError,
@@ -40,16 +41,8 @@ from rt1.train.run_dir import (
     report_resume,
     take_save_dir,
 )
-from rt1.train.runlog import (
-    RunLog,
-    ThroughputMeter,
-    progress_bar,
-    report_epoch,
-    report_step,
-    report_validation,
-    setup_message,
-)
-from rt1.train.step import evaluate, set_train_mode, train_step
+from rt1.train.runlog import RunLog, StepReporter, report_validation, setup_message
+from rt1.train.step import StepSettings, evaluate, set_train_mode, train_step
 from rt1.train.stopping import (
     NonFiniteLossError,
     StoppedBySignal,
@@ -75,7 +68,9 @@ class TrainResult:
 
 def train(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
     """Run the training job described by `cfg` in this process (the process group too, when a launcher set
-    RANK/WORLD_SIZE); returns when it ends on every rank."""
+    RANK/WORLD_SIZE); returns when it ends on every rank. ConfigError (before anything is written) when a
+    path of `cfg` cannot start a run (`paths.check_paths`)."""
+    check_paths(cfg)
     info = D.init_distributed(cfg.device, cfg.dist_timeout, local_rank)
     lock, created, started = None, None, False
     try:
@@ -143,23 +138,30 @@ class Trainer:
             log=self.log,
         )
         self.state, self.last_save = resumed, (None, None)  # (the last checkpoint, the step it holds)
+        tokens_per_window = model.config.num_frames * model.config.num_actions
+        self.reporter = StepReporter(self.log, cfg, self.data.steps_per_epoch, total_steps, tokens_per_window)
         seed_everything(cfg.seed * 1009 + info.rank + 1)  # per-rank stream (condition dropout)
         if contents is not None:
-            check_position(contents, resume_path, resumed, self.data.steps_per_epoch)
-            ckpt.restore_rng(
-                contents,
-                info.rank,
-                info.world_size,
-                log=self.log,
-                reseed=cfg.seed * 1009 + info.rank + 1 + resumed.global_step,
-            )
-            report_resume(
-                self.log, contents, resume_path, resumed, self.data.steps_per_epoch, total_steps, cfg.lrf
-            )
-            self.last_save = (resume_path, resumed.global_step)
-            if resumed.epoch_complete:
-                resumed.start_next_epoch()
+            self._resume(info, resume_path, contents)
         self.log.info(setup_message(cfg, self.model, info, self.data, self.opt.lr, total_steps))
+
+    def _resume(self, info: D.DistInfo, resume_path: Path, contents: dict) -> None:
+        """Position the run at the checkpoint's step: check it, restore every rank's RNG, report the resume."""
+        cfg, resumed, steps_per_epoch = self.cfg, self.state, self.data.steps_per_epoch
+        check_position(contents, resume_path, resumed, steps_per_epoch)
+        ckpt.restore_rng(
+            contents,
+            info.rank,
+            info.world_size,
+            log=self.log,
+            reseed=cfg.seed * 1009 + info.rank + 1 + resumed.global_step,
+        )
+        report_resume(
+            self.log, contents, resume_path, resumed, steps_per_epoch, self.opt.total_steps, cfg.lrf
+        )
+        self.last_save = (resume_path, resumed.global_step)
+        if resumed.epoch_complete:
+            resumed.start_next_epoch()
 
     def __enter__(self) -> Trainer:
         return self
@@ -186,7 +188,7 @@ class Trainer:
                 self._stop_if(agree(None, self.device).stop)
                 self._stop_if(self._train_epoch())
                 finished_epoch = state.step_in_epoch >= steps_per_epoch
-                hit_max = cfg.max_steps is not None and state.global_step >= cfg.max_steps
+                hit_max = self._at_max_steps()
                 if finished_epoch or hit_max:
                     state.epoch_complete = finished_epoch
                     if self.data.val_loader is not None and (
@@ -210,25 +212,53 @@ class Trainer:
             acknowledge_stop()  # a signal during the very last save: the run is complete anyway
         return self._result(stopped_by)
 
+    def _at_max_steps(self) -> bool:
+        return self.cfg.max_steps is not None and self.state.global_step >= self.cfg.max_steps
+
     def _train_epoch(self) -> int | None:
         """Train the rest of the current epoch; returns the stop signal every rank agreed on, if any."""
         cfg, state, data = self.cfg, self.state, self.data
         skip_batches = state.step_in_epoch * cfg.grad_accum
         data.train_sampler.set_epoch(state.epoch, skip=skip_batches * cfg.batch_size)
         set_train_mode(self.model, cfg.freeze_bn)
-        remaining = data.batches_per_epoch - skip_batches
         steps_left = data.steps_per_epoch - state.step_in_epoch
         if cfg.max_steps is not None:
             steps_left = min(steps_left, cfg.max_steps - state.global_step)
         if steps_left <= 0:
             return None
-        meter, batches, stop, agreed = (
-            ThroughputMeter(),
-            TimedBatches(data.train_loader, D.get_world_size()),
-            None,
-            [],
-        )
-        tokens_per_window = self.model.config.num_frames * self.model.config.num_actions
+        with self.reporter.epoch(state):
+            stop = self._train_steps(steps_left, data.batches_per_epoch - skip_batches)
+        if stop is None:
+            self.reporter.epoch_end(state)
+        return stop
+
+    def _train_steps(self, steps_left: int, remaining: int) -> int | None:
+        """`steps_left` optimizer steps over the epoch's `remaining` batches, saving every --save-every steps;
+        returns the stop signal every rank agreed on, if any (it ends the epoch early)."""
+        cfg, state = self.cfg, self.state
+        batches = TimedBatches(self.data.train_loader, D.get_world_size())
+        for step in range(steps_left):
+            accumulate = min(cfg.grad_accum, remaining)
+            stop = self._train_step(batches, accumulate)
+            remaining -= accumulate
+            if stop is not None and step < steps_left - 1:
+                return stop
+            # the last step of this call ends normally (validation, save); the run loop's next check (the
+            # flag is still set) then stops without another save
+            if (
+                cfg.save_every
+                and state.global_step % cfg.save_every == 0
+                and state.step_in_epoch < self.data.steps_per_epoch
+                and not self._at_max_steps()
+            ):
+                self._save()  # mid-epoch: this epoch's checkpoint, overwritten atomically
+        return None
+
+    def _train_step(self, batches: TimedBatches, accumulate: int) -> int | None:
+        """One optimizer step over `accumulate` batches, and its report; returns the stop signal every rank
+        agreed on before the update, if any."""
+        state, agreed = self.state, []
+        start, lr = time.perf_counter(), self.opt.lr_now
 
         def check(loss: torch.Tensor) -> None:  # every rank, before the weights change
             agreed.append(agree(loss, self.device))
@@ -237,66 +267,13 @@ class Trainer:
                     state.global_step + 1, state.epoch, agreed[-1].non_finite_ranks, self.last_save[0]
                 )
 
-        with progress_bar(
-            self.log,
-            cfg.progress,
-            data.steps_per_epoch,
-            state.step_in_epoch,
-            f"epoch {state.epoch}/{cfg.epochs}",
-        ) as bar:
-            for step in range(steps_left):
-                step_start, accumulate, lr = (
-                    time.perf_counter(),
-                    min(cfg.grad_accum, remaining),
-                    self.opt.lr_now,
-                )
-                batches.reset()
-                train_step(
-                    self.forward,
-                    batches,
-                    self.opt.optimizer,
-                    device=self.device,
-                    accumulate=accumulate,
-                    scheduler=self.opt.scheduler,
-                    scaler=self.opt.scaler,
-                    loss_reduction=cfg.loss_reduction,
-                    amp=cfg.amp,
-                    clip_grad_norm=cfg.clip_grad_norm,
-                    no_sync=self.no_sync,
-                    before_update=check,
-                )
-                remaining -= accumulate
-                loss, stop = agreed[-1].loss, agreed.pop().stop
-                state.global_step, state.step_in_epoch = state.global_step + 1, state.step_in_epoch + 1
-                report_step(
-                    self.log,
-                    meter,
-                    bar,
-                    state,
-                    loss,
-                    lr,
-                    time.perf_counter() - step_start,
-                    batches,
-                    cfg,
-                    data.steps_per_epoch,
-                    self.opt.total_steps,
-                    tokens_per_window,
-                )
-                if stop is not None and step < steps_left - 1:
-                    break
-                stop = None  # the last step of this call ends normally (validation, save); the run loop's
-                # next check (the flag is still set) then stops without another save
-                if (
-                    cfg.save_every
-                    and state.global_step % cfg.save_every == 0
-                    and state.step_in_epoch < data.steps_per_epoch
-                    and not (cfg.max_steps is not None and state.global_step >= cfg.max_steps)
-                ):
-                    self._save()  # mid-epoch: this epoch's checkpoint, overwritten atomically
-        del batches
-        if stop is None:
-            report_epoch(self.log, meter, state, tokens_per_window)
-        return stop
+        batches.reset()
+        settings = StepSettings.of(self.cfg, self.device, accumulate)
+        train_step(self.forward, batches, self.opt, settings, no_sync=self.no_sync, before_update=check)
+        state.global_step += 1
+        state.step_in_epoch += 1
+        self.reporter.step(state, agreed[-1].loss, lr, time.perf_counter() - start, batches)
+        return agreed[-1].stop
 
     def _stop_if(self, signum: int | None) -> None:
         """Every rank agreed on a stop signal: save this step (unless saved already) and raise StoppedBySignal."""
@@ -339,21 +316,7 @@ class Trainer:
         rng = D.all_gather_object(ckpt.capture_rng_state())
         path = ckpt.checkpoint_path(self.cfg.save_dir, self.state.epoch)
         if D.is_main_process():
-            ckpt.save_checkpoint(
-                path,
-                ckpt.checkpoint_contents(
-                    self.state,
-                    model=self.model,
-                    model_config=self.model.config.to_dict(),
-                    train_args=self.cfg.to_dict(),
-                    optimizer=self.opt.optimizer,
-                    scheduler=self.opt.scheduler,
-                    scaler=self.opt.scaler,
-                    steps_per_epoch=self.data.steps_per_epoch,
-                    total_steps=self.opt.total_steps,
-                    rng=rng,
-                ),
-            )
+            ckpt.save_checkpoint(path, ckpt.checkpoint_contents(self.state, self, rng))
             removed = ckpt.prune_checkpoints(self.cfg.save_dir, self.cfg.keep_checkpoints)
             self.log.flush()
             self.log.info(

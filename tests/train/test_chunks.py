@@ -280,7 +280,7 @@ def test_skip_resumes_the_epoch_where_it_stopped_and_epochs_differ(train_set):
 
 def test_the_chunk_loader_trains_a_step_and_counts_windows(tiny_data, tmp_path):
     from rt1.train.loaders import TimedBatches, make_train_loader
-    from rt1.train.step import train_step
+    from rt1.train.step import StepSettings, train_step
 
     index = chunk_index(tiny_data.train_index, tmp_path / "train.csv", 3, 10)
     dataset = RT1Dataset(index, tiny_data.data_dir, augment=True)
@@ -299,7 +299,7 @@ def test_the_chunk_loader_trains_a_step_and_counts_windows(tiny_data, tmp_path):
     batches = TimedBatches(loader, 1)
     model = built("tiny").train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss = train_step(model, batches, optimizer, device=torch.device("cpu"))
+    loss = train_step(model, batches, optimizer, StepSettings(torch.device("cpu")))
     assert torch.isfinite(loss) and batches.windows == 8
     assert len(loader) == 4  # 30 windows in batches of 8
     again = next(iter(loader))

@@ -35,7 +35,8 @@ def test_policy_solves_the_scenes_of_the_episodes_it_memorised(tmp_path, one_thr
     from rt1.sim.env import FractalSimEnv
     from rt1.sim.mini_fractal import write_dataset
     from rt1.sim.record import episode_seeds
-    from rt1.train.step import train_step
+    from rt1.train.optim import Optimisation
+    from rt1.train.step import StepSettings, train_step
 
     s = OVERFIT
     preset = PRESETS[s["preset"]]
@@ -53,6 +54,7 @@ def test_policy_solves_the_scenes_of_the_episodes_it_memorised(tmp_path, one_thr
     optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=preset.train["weight_decay"])
     cosine = lambda step: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(step, s["steps"]) / s["steps"]))  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    opt = Optimisation(optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), s["lr"], s["steps"])
     generator = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=s["batch_size"], shuffle=True, drop_last=True, generator=generator
@@ -61,9 +63,7 @@ def test_policy_solves_the_scenes_of_the_episodes_it_memorised(tmp_path, one_thr
     step, losses = 0, []
     while step < s["steps"]:
         for batch in loader:
-            loss = train_step(
-                model, iter([batch]), optimizer, device=torch.device("cpu"), scheduler=scheduler
-            )
+            loss = train_step(model, iter([batch]), opt, StepSettings(torch.device("cpu")))
             losses.append(loss.item())
             step += 1
             if step >= s["steps"]:

@@ -96,13 +96,45 @@ def test_config_rejects_bad_values_naming_them(paths, field, value, words):
         assert word in str(info.value)
 
 
-def test_config_checks_paths(paths, tmp_path):
+def test_the_run_checks_paths(paths, tmp_path):
+    """When the run starts (rt1.train.paths.check_paths, called by train() and by train_ddp.py's command line)."""
+    from rt1.train.paths import check_paths
+    from rt1.train.trainer import train
+
     with pytest.raises(ValueError, match="data_dir.*missing"):
-        TrainConfig(**{**paths, "data_dir": tmp_path / "missing"})
+        check_paths(TrainConfig(**{**paths, "data_dir": tmp_path / "missing"}))
     with pytest.raises(ValueError, match="val_index.*nope.csv"):
-        TrainConfig(**paths, val_index=tmp_path / "nope.csv")
+        check_paths(TrainConfig(**paths, val_index=tmp_path / "nope.csv"))
     with pytest.raises(ValueError, match="resume"):
-        TrainConfig(**paths, resume=tmp_path / "checkpoint-9.pt")
+        check_paths(TrainConfig(**paths, resume=tmp_path / "checkpoint-9.pt"))
+    with pytest.raises(ValueError, match="data_dir.*missing"):
+        train(TrainConfig(**{**paths, "data_dir": tmp_path / "missing", "save_dir": tmp_path / "save"}))
+    assert not (tmp_path / "save").exists()  # refused before anything is written
+    missing = tmp_path / "missing"
+    bad = run_script(
+        "train_ddp.py", "--data-dir", missing, "--train-index", paths["train_index"], check=False
+    )
+    assert bad.returncode == 2
+    assert (
+        f"--data-dir must be an existing directory of preprocessed files, got PosixPath('{missing}')"
+        in bad.stderr
+    )
+
+
+def test_a_config_builds_with_paths_that_do_not_exist(tmp_path):
+    """A TrainConfig checks values, not the filesystem: a notebook, a test or a dry run can build one."""
+    cfg = TrainConfig(
+        data_dir="nope",
+        train_index="nope.csv",
+        val_index=tmp_path / "none.csv",
+        resume=tmp_path / "checkpoint-9.pt",
+        init_from=tmp_path / "model",
+    )
+    assert (
+        cfg.data_dir == Path("nope")
+        and cfg.train_index == Path("nope.csv")
+        and cfg.val_index.name == "none.csv"
+    )
 
 
 def test_cli_maps_to_config_with_preset_defaults(paths):

@@ -161,6 +161,39 @@ def infer_config(
     shapes: dict[str, list[int]], where: Path, action_order=DEFAULT_ACTION_ORDER
 ) -> GoogleRT1Config:
     """GoogleRT1Config of a checkpoint's network tensors (names without the prefix's VARIABLE_SUFFIX)."""
+    base = _efficientnet(shapes, where)
+    tl = "_image_tokenizer/_token_learner/mlp/"
+    bottleneck, tokens = _shape(shapes, tl + "_output_layer/kernel", 2, where)
+    t = "_transformer/"
+    num_layers = len({k.split("/")[4] for k in shapes if k.startswith(NETWORK_PREFIX + t + "_layers/")})
+    model_dim, heads, key_dim = _shape(shapes, t + "_layers/0/mha1/_query_dense/kernel", 3, where)
+    vocab = _shape(shapes, t + "_output_tokens/kernel", 2, where)[1]
+    rows = _shape(shapes, t + "_position_emb/kernel", 2, where)[0]
+    if rows % (tokens + NUM_ACTION_TOKENS):
+        raise ConvertError(
+            f"{where}: tensor {NETWORK_PREFIX}{t}_position_emb/kernel has {rows} rows, not a multiple of "
+            f"{tokens} image + {NUM_ACTION_TOKENS} action tokens per step"
+        )
+    context = _shape(shapes, "_image_tokenizer/_tokenizer/film_layer/_projection_add/kernel", 2, where)[0]
+    if context != IMAGE_TOKEN_WIDTH:
+        raise ConvertError(
+            f"{where}: the FiLM context has {context} values, Google's RT-1 has {IMAGE_TOKEN_WIDTH}"
+        )
+    return base.replace(
+        num_frames=rows // (tokens + NUM_ACTION_TOKENS),
+        num_learned_tokens=tokens,
+        token_learner_bottleneck=bottleneck,
+        num_layers=num_layers,
+        num_heads=heads,
+        key_dim=key_dim,
+        model_dim=model_dim,
+        num_bins=vocab,
+        action_order=tuple(action_order),
+    )
+
+
+def _efficientnet(shapes: dict[str, list[int]], where: Path) -> GoogleRT1Config:
+    """The default GoogleRT1Config with the EfficientNet width and depth coefficients the tensors have."""
     from rt1.model.google.efficientnet import block_specs, round_filters
 
     layers = sorted({int(m.group(1)) for k in shapes if (m := re.match(re.escape(ENC) + r"(\d+)/", k))})
@@ -193,35 +226,7 @@ def infer_config(
         raise ConvertError(
             f"{where}: {len(blocks)} MBConv blocks (depthwise_kernel) fit no EfficientNet depth"
         )
-    tl = "_image_tokenizer/_token_learner/mlp/"
-    bottleneck, tokens = _shape(shapes, tl + "_output_layer/kernel", 2, where)
-    t = "_transformer/"
-    num_layers = len({k.split("/")[4] for k in shapes if k.startswith(NETWORK_PREFIX + t + "_layers/")})
-    model_dim, heads, key_dim = _shape(shapes, t + "_layers/0/mha1/_query_dense/kernel", 3, where)
-    vocab = _shape(shapes, t + "_output_tokens/kernel", 2, where)[1]
-    rows = _shape(shapes, t + "_position_emb/kernel", 2, where)[0]
-    if rows % (tokens + NUM_ACTION_TOKENS):
-        raise ConvertError(
-            f"{where}: tensor {NETWORK_PREFIX}{t}_position_emb/kernel has {rows} rows, not a multiple of "
-            f"{tokens} image + {NUM_ACTION_TOKENS} action tokens per step"
-        )
-    context = _shape(shapes, "_image_tokenizer/_tokenizer/film_layer/_projection_add/kernel", 2, where)[0]
-    if context != IMAGE_TOKEN_WIDTH:
-        raise ConvertError(
-            f"{where}: the FiLM context has {context} values, Google's RT-1 has {IMAGE_TOKEN_WIDTH}"
-        )
-    return base.replace(
-        depth_coefficient=depth,
-        num_frames=rows // (tokens + NUM_ACTION_TOKENS),
-        num_learned_tokens=tokens,
-        token_learner_bottleneck=bottleneck,
-        num_layers=num_layers,
-        num_heads=heads,
-        key_dim=key_dim,
-        model_dim=model_dim,
-        num_bins=vocab,
-        action_order=tuple(action_order),
-    )
+    return base.replace(depth_coefficient=depth)
 
 
 def _layer_number(key: str) -> int:
@@ -238,11 +243,9 @@ def convert(
     """Write OUT (a model directory) from Google's TF checkpoint; returns OUT. Raises ConvertError."""
     import torch
 
-    from rt1.config import PRESETS
     from rt1.model.factory import build_model
-    from rt1.model.google.checkpoint_layout import state_dict_from_google
     from rt1.model.google.rtx_checkpoint import is_rtx_checkpoint
-    from rt1.model.model_dir import base_config, check_output_dir
+    from rt1.model.model_dir import check_output_dir
 
     out = check_output_dir(Path(out), overwrite, ConvertError)
     try:
@@ -263,6 +266,20 @@ def convert(
     if extra:
         raise ConvertError(f"{prefix}: tensor {extra[0]} has no place in Google's RT-1 ({len(extra)} such)")
 
+    tensors = _read_tensors(model, reader, network, prefix)
+    values = sum(t.numel() for t in tensors.values())
+    log(f"read {len(tensors)} tensors ({values:,} values) of {prefix} in {time.perf_counter() - start:.1f} s")
+    for group, count in skipped.items():
+        log(f"skipped {count} {group} tensors (not the network's)")
+    step = int(reader.get_tensor("global_step" + VARIABLE_SUFFIX)) if "global_step" in shapes else None
+    json_config = _json_config(config, prefix, order, step, skipped)
+    return _write(out, model, tensors, json_config, log, start)
+
+
+def _read_tensors(model, reader, network: dict, prefix: Path) -> dict:
+    """The state_dict of `model` read from the checkpoint's `network` tensors (ConvertError if one cannot be)."""
+    from rt1.model.google.checkpoint_layout import state_dict_from_google
+
     def read(key: str) -> np.ndarray:
         import tensorflow as tf
 
@@ -274,14 +291,18 @@ def convert(
             raise ConvertError(f"{prefix}: tensor {key} cannot be read ({one_line(e)})") from None
 
     try:
-        tensors = state_dict_from_google(model, read)
+        return state_dict_from_google(model, read)
     except LayoutError as e:
         raise ConvertError(f"{prefix}: {e}") from None
-    values = sum(t.numel() for t in tensors.values())
-    log(f"read {len(tensors)} tensors ({values:,} values) of {prefix} in {time.perf_counter() - start:.1f} s")
-    for group, count in skipped.items():
-        log(f"skipped {count} {group} tensors (not the network's)")
-    step = int(reader.get_tensor("global_step" + VARIABLE_SUFFIX)) if "global_step" in shapes else None
+
+
+def _json_config(
+    config: GoogleRT1Config, prefix: Path, order: tuple, step: int | None, skipped: dict
+) -> dict:
+    """config.json of the converted model: its configuration, image preprocessing, source and conversion."""
+    from rt1.config import PRESETS
+    from rt1.model.model_dir import base_config
+
     ours = config.replace(action_order=ACTION_KEYS, dropout=0.1, drop_connect_rate=0.2)
     json_config = base_config(
         config,
@@ -310,7 +331,7 @@ def convert(
         else "--action-order",
         "skipped": skipped,
     }
-    return _write(out, model, tensors, json_config, log, start)
+    return json_config
 
 
 def _write(out: Path, model, tensors: dict, json_config: dict, log, start: float) -> Path:

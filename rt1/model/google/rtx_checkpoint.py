@@ -255,34 +255,33 @@ def _heads_out(k: Tensor) -> Tensor:
 
 def layout(config: GoogleRT1Config) -> dict[str, tuple[str, object]]:
     """GoogleRT1 state_dict key -> (checkpoint path, transform) for RT-1-X's tree (transform None: as is)."""
-    out: dict[str, tuple[str, object]] = {}
+    out = _Layout()
+    _encoder_layout(out, config)
+    norm, dense = out.norm, out.dense
+    norm("token_learner.norm", f"{TL}/LayerNorm_0", stats=False)
+    dense("token_learner.hidden", f"{TL}/token_masking/Dense_0")
+    dense("token_learner.output", f"{TL}/token_masking/Dense_1")
+    dense("decoder.token_embedding", f"{TR}/Dense_0")
+    dense("decoder.position_embedding", f"{TR}/Dense_1")
+    dense("decoder.to_logits", f"{TR}/Dense_2")
+    for i in range(config.num_layers):
+        ours, theirs = f"decoder.layers.{i}", f"{TR}/TransformerBlock_{i}"
+        norm(f"{ours}.norm1", f"{theirs}/LayerNorm_0", stats=False)
+        norm(f"{ours}.norm2", f"{theirs}/LayerNorm_1", stats=False)
+        attention = f"{theirs}/MultiHeadDotProductAttention_0"
+        for name in ("query", "key", "value"):
+            out[f"{ours}.attention.{name}.weight"] = (f"{attention}/{name}/kernel", _heads_in)
+            out[f"{ours}.attention.{name}.bias"] = (f"{attention}/{name}/bias", torch.flatten)
+        out[f"{ours}.attention.output.weight"] = (f"{attention}/out/kernel", _heads_out)
+        out[f"{ours}.attention.output.bias"] = (f"{attention}/out/bias", None)
+        for ours_ff, theirs_ff in (("w1", "Dense_0"), ("w3", "Dense_1"), ("w2", "Dense_2")):  # rt1.py L57-60
+            dense(f"{ours}.ff.{ours_ff}", f"{theirs}/{theirs_ff}", bias=False)
+    return dict(out)
 
-    def dense(ours: str, theirs: str, bias: bool = True) -> None:
-        out[f"{ours}.weight"] = (f"{theirs}/kernel", torch.t)
-        if bias:
-            out[f"{ours}.bias"] = (f"{theirs}/bias", None)
 
-    def conv(ours: str, theirs: str, transform=_conv, bias: bool = False) -> None:
-        out[f"{ours}.weight"] = (
-            theirs + ("/depthwise_kernel" if transform is _depthwise else "/kernel"),
-            transform,
-        )
-        if bias:
-            out[f"{ours}.bias"] = (f"{theirs}/bias", None)
-
-    def norm(ours: str, theirs: str, stats: bool = True) -> None:
-        out[f"{ours}.weight"], out[f"{ours}.bias"] = (f"{theirs}/scale", None), (f"{theirs}/bias", None)
-        if stats:
-            batch = theirs.replace("params/", "batch_stats/", 1)
-            out[f"{ours}.running_mean"], out[f"{ours}.running_var"] = (
-                (f"{batch}/mean", None),
-                (f"{batch}/var", None),
-            )
-
-    def film(ours: str, theirs: str) -> None:
-        dense(f"{ours}.add", f"{theirs}/Dense_0")  # film_conditioning.py: Dense_0 adds, Dense_1 multiplies
-        dense(f"{ours}.mult", f"{theirs}/Dense_1")
-
+def _encoder_layout(out: _Layout, config: GoogleRT1Config) -> None:
+    """The FiLM-EfficientNet's entries, and the 1x1 convolution and FiLM after it."""
+    conv, norm, film = out.conv, out.norm, out.film
     conv("encoder.stem_conv", f"{EN}/Stem_0/conv2d")
     norm("encoder.stem_bn", f"{EN}/Stem_0/batch_normalization")
     for i, spec in enumerate(block_specs(config)):
@@ -302,25 +301,34 @@ def layout(config: GoogleRT1Config) -> dict[str, tuple[str, object]]:
     norm("encoder.top_bn", f"{EN}/Head_0/batch_normalization")
     conv("encoder.conv1x1", "params/image_tokenizer/Conv_0")
     film("encoder.film", "params/image_tokenizer/FilmConditioning_0")
-    norm("token_learner.norm", f"{TL}/LayerNorm_0", stats=False)
-    dense("token_learner.hidden", f"{TL}/token_masking/Dense_0")
-    dense("token_learner.output", f"{TL}/token_masking/Dense_1")
-    dense("decoder.token_embedding", f"{TR}/Dense_0")
-    dense("decoder.position_embedding", f"{TR}/Dense_1")
-    dense("decoder.to_logits", f"{TR}/Dense_2")
-    for i in range(config.num_layers):
-        ours, theirs = f"decoder.layers.{i}", f"{TR}/TransformerBlock_{i}"
-        norm(f"{ours}.norm1", f"{theirs}/LayerNorm_0", stats=False)
-        norm(f"{ours}.norm2", f"{theirs}/LayerNorm_1", stats=False)
-        attention = f"{theirs}/MultiHeadDotProductAttention_0"
-        for name in ("query", "key", "value"):
-            out[f"{ours}.attention.{name}.weight"] = (f"{attention}/{name}/kernel", _heads_in)
-            out[f"{ours}.attention.{name}.bias"] = (f"{attention}/{name}/bias", torch.flatten)
-        out[f"{ours}.attention.output.weight"] = (f"{attention}/out/kernel", _heads_out)
-        out[f"{ours}.attention.output.bias"] = (f"{attention}/out/bias", None)
-        for ours_ff, theirs_ff in (("w1", "Dense_0"), ("w3", "Dense_1"), ("w2", "Dense_2")):  # rt1.py L57-60
-            dense(f"{ours}.ff.{ours_ff}", f"{theirs}/{theirs_ff}", bias=False)
-    return out
+
+
+class _Layout(dict):
+    """state_dict key -> (checkpoint path, transform), filled one Flax module at a time."""
+
+    def dense(self, ours: str, theirs: str, bias: bool = True) -> None:
+        self[f"{ours}.weight"] = (f"{theirs}/kernel", torch.t)
+        if bias:
+            self[f"{ours}.bias"] = (f"{theirs}/bias", None)
+
+    def conv(self, ours: str, theirs: str, transform=_conv, bias: bool = False) -> None:
+        kernel = "/depthwise_kernel" if transform is _depthwise else "/kernel"
+        self[f"{ours}.weight"] = (theirs + kernel, transform)
+        if bias:
+            self[f"{ours}.bias"] = (f"{theirs}/bias", None)
+
+    def norm(self, ours: str, theirs: str, stats: bool = True) -> None:
+        self[f"{ours}.weight"], self[f"{ours}.bias"] = (f"{theirs}/scale", None), (f"{theirs}/bias", None)
+        if stats:
+            batch = theirs.replace("params/", "batch_stats/", 1)
+            self[f"{ours}.running_mean"] = (f"{batch}/mean", None)
+            self[f"{ours}.running_var"] = (f"{batch}/var", None)
+
+    def film(self, ours: str, theirs: str) -> None:
+        self.dense(
+            f"{ours}.add", f"{theirs}/Dense_0"
+        )  # film_conditioning.py: Dense_0 adds, Dense_1 multiplies
+        self.dense(f"{ours}.mult", f"{theirs}/Dense_1")
 
 
 def _model_shapes(config: GoogleRT1Config) -> dict[str, tuple[int, ...]]:
