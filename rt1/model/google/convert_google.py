@@ -301,29 +301,9 @@ def _json_config(
 ) -> dict:
     """config.json of the converted model: its configuration, image preprocessing, source and conversion."""
     from rt1.config import PRESETS
-    from rt1.model.model_dir import base_config
 
     ours = config.replace(action_order=ACTION_KEYS, dropout=0.1, drop_connect_rate=0.2)
-    json_config = base_config(
-        config,
-        preset="rt1" if ours == PRESETS["rt1"].model else None,
-        image_preprocessing={
-            "input": "RLDS observation/image: the camera's uint8 (256, 320, 3) RGB frame as it is (rt1main's "
-            "training frames; stage 2 --image-size native keeps them)",
-            "jpeg_quality": None,
-            "steps": "none before the network, then what the network does (formula)",
-        },
-        embedding_source="universal-sentence-encoder",
-        training={
-            "train_args": {},
-            "epoch": None,
-            "global_step": step,
-            "epoch_complete": None,
-            "metrics": {},
-        },
-        source=prefix.name,
-    )
-    json_config["conversion"] = {
+    conversion = {
         "from": "Google's TF checkpoint (google-research/robotics_transformer layout)",
         "action_order": list(order),
         "action_order_source": "default: " + ACTION_ORDER_EVIDENCE
@@ -331,6 +311,41 @@ def _json_config(
         else "--action-order",
         "skipped": skipped,
     }
+    return converted_config(
+        config,
+        preset="rt1" if ours == PRESETS["rt1"].model else None,
+        image_input="RLDS observation/image: the camera's uint8 (256, 320, 3) RGB frame as it is (rt1main's "
+        "training frames; stage 2 --image-size native keeps them)",
+        global_step=step,
+        source=prefix.name,
+        conversion=conversion,
+    )
+
+
+def converted_config(config, *, preset, image_input: str, global_step, source: str, conversion: dict) -> dict:
+    """The config.json of a converted model: no training run of ours, frames as the camera gives them (not
+    re-encoded: jpeg_quality null), and how it was converted."""
+    from rt1.model.model_dir import base_config
+
+    json_config = base_config(
+        config,
+        preset=preset,
+        image_preprocessing={
+            "input": image_input,
+            "jpeg_quality": None,
+            "steps": "none before the network, then what the network does (formula)",
+        },
+        embedding_source="universal-sentence-encoder",
+        training={
+            "train_args": {},
+            "epoch": None,
+            "global_step": global_step,
+            "epoch_complete": None,
+            "metrics": {},
+        },
+        source=source,
+    )
+    json_config["conversion"] = conversion
     return json_config
 
 
@@ -353,7 +368,6 @@ def _convert_rtx(checkpoint: Path, out: Path, order: tuple[str, ...], log, start
 
     from rt1.model.factory import build_model
     from rt1.model.google.rtx_checkpoint import RTXCheckpointError, state_dict_and_config_from_rtx
-    from rt1.model.model_dir import base_config
 
     try:
         config, tensors, ignored = state_dict_and_config_from_rtx(checkpoint, action_order=order)
@@ -366,31 +380,20 @@ def _convert_rtx(checkpoint: Path, out: Path, order: tuple[str, ...], log, start
     log(f"read {len(tensors)} tensors ({values:,} values) of RT-1-X's {checkpoint} in {seconds:.1f} s")
     if ignored:
         log(f"skipped top-level entries {ignored} (not the network's)")
-    json_config = base_config(
+    json_config = converted_config(
         config,
         preset=None,
-        image_preprocessing={
-            "input": f"RLDS observation/image: the camera's uint8 {config.frame_size} RGB frame as it is (the "
-            "network resizes it to 300x300 as RT-1-X's policy does)",
-            "jpeg_quality": None,
-            "steps": "none before the network, then what the network does (formula)",
-        },
-        embedding_source="universal-sentence-encoder",
-        training={
-            "train_args": {},
-            "epoch": None,
-            "global_step": None,
-            "epoch_complete": None,
-            "metrics": {},
-        },
+        image_input=f"RLDS observation/image: the camera's uint8 {config.frame_size} RGB frame as it is (the "
+        "network resizes it to 300x300 as RT-1-X's policy does)",
+        global_step=None,
         source=checkpoint.name,
+        conversion={
+            "from": "RT-1-X's Flax checkpoint (google-deepmind/open_x_embodiment, models/rt1.py)",
+            "action_order": list(order),
+            "action_order_source": RTX_ORDER_EVIDENCE if order == RTX_ACTION_ORDER else "--action-order",
+            "skipped": {"top-level entries": len(ignored)} if ignored else {},
+        },
     )
-    json_config["conversion"] = {
-        "from": "RT-1-X's Flax checkpoint (google-deepmind/open_x_embodiment, models/rt1.py)",
-        "action_order": list(order),
-        "action_order_source": RTX_ORDER_EVIDENCE if order == RTX_ACTION_ORDER else "--action-order",
-        "skipped": {"top-level entries": len(ignored)} if ignored else {},
-    }
     return _write(out, model, tensors, json_config, log, start)
 
 
