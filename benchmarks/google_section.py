@@ -34,7 +34,6 @@ from rt1.policy import RT1Policy
 HERE = Path(__file__).resolve().parent
 TRAIN_TARGET = 5.0  # the issue: at least 5x the original's windows per second
 POLICY_TARGET_MS = 100.0
-VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def _inputs(config, batch: int):
@@ -157,17 +156,15 @@ def google(ref: Path | None, steps: int) -> None:
     if why:
         print(f"  skipped: {why} (the reference environment: ../shared/reference/google_rt1/README.md)")
         return
-    import tensorflow as tf
+    from rt1.model.google.convert_google import read_google_checkpoint
 
     config = PRESETS["rt1"].model
     model = build_model(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         _run_google(ref, Path(tmp), steps)
-        reader = tf.train.load_checkpoint(str(Path(tmp) / "ckpt" / "rt1"))
+        tensors = read_google_checkpoint(Path(tmp) / "ckpt" / "rt1")
         io = dict(np.load(Path(tmp) / "io.npz"))
-        model.load_state_dict(
-            state_dict_from_google(model, lambda key: reader.get_tensor(key + VARIABLE_SUFFIX))
-        )
+    model.load_state_dict(state_dict_from_google(model, tensors.__getitem__))
     with torch.no_grad():
         logits = model(
             torch.from_numpy(io["image"]), torch.from_numpy(io["natural_language_embedding"][:, 0])
