@@ -471,16 +471,20 @@ def test_a_config_edited_to_another_size_is_refused_before_building_the_model(ex
     code = (
         "import resource, sys\n"
         "from rt1.model import PretrainedError, load_pretrained\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
         "try:\n"
         f"    load_pretrained({str(directory)!r})\n"
         "except PretrainedError as e:\n"
         "    print(e)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    message, peak_mb = proc.stdout.strip().splitlines()
+    message, peaks = proc.stdout.strip().splitlines()
     assert "the model_config needs" in message and str(directory) in message, proc.stdout + proc.stderr
-    assert int(peak_mb) < 1400, peak_mb  # python + torch + the tiny export: ~1000 MB; the build: ~1950
+    before_mb, peak_mb = map(int, peaks.split())
+    # The peak above what the imports took (which varied from ~1000 to ~2100 MB between runs of the suite):
+    # building the model would add ~950 MB, the shape check a few MB.
+    assert peak_mb - before_mb < 400, (before_mb, peak_mb)
 
 
 # ---- 11. one preprocessing, read from the model, in evaluation and the server -------------------------
@@ -815,7 +819,8 @@ def test_fractal_sim_env_imports_as_the_readme_writes_it():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "`rt1.sim.FractalSimEnv`" in (REPO / "README.md").read_text()
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert any("`rt1.sim.FractalSimEnv`" in page.read_text() for page in docs)  # as the docs write it
 
 
 def test_the_export_records_its_sources_by_name_and_the_card_has_no_python_dicts(tmp_path):
