@@ -826,7 +826,7 @@ def test_fractal_sim_env_imports_as_the_readme_writes_it():
 def test_the_export_records_its_sources_by_name_and_the_card_has_no_python_dicts(tmp_path):
     from rt1.model import load_model
 
-    local = "/home/alice/robot"
+    local = str(tmp_path / "alice" / "robot")  # an absolute path on the training machine
     train_args = {
         "preset": "tiny",
         "data_dir": f"{local}/data/preprocessed",
