@@ -391,6 +391,25 @@ class Preset:
             )
 
 
+# The tiny MaxViT (64x64, ~0.68 M parameters): the `tiny` preset's model, and the `demo` preset's at 32x32.
+TINY_MODEL = RT1Config(
+    image_size=64,
+    conv_stem_dim=16,
+    dim=32,
+    dim_head=16,
+    depth=(1, 1),
+    attention_window=4,
+    mbconv_expansion=2,
+    dropout=0.0,
+    transformer_depth=2,
+    transformer_heads=4,
+    transformer_dim_head=16,
+    cond_dim=128,
+    film_mult=2,
+    token_learner_ff_mult=1,
+)
+
+
 def _preset(name: str, run_name: str, description: str, model: ModelConfig, **train) -> Preset:
     return Preset(name, description, run_name, model, MappingProxyType(train))
 
@@ -446,22 +465,7 @@ PRESETS: dict[str, Preset] = {
             "tiny",
             "rt1_tiny",
             "small enough to train on 2 CPU cores in minutes (64x64, ~0.68 M parameters)",
-            RT1Config(
-                image_size=64,
-                conv_stem_dim=16,
-                dim=32,
-                dim_head=16,
-                depth=(1, 1),
-                attention_window=4,
-                mbconv_expansion=2,
-                dropout=0.0,
-                transformer_depth=2,
-                transformer_heads=4,
-                transformer_dim_head=16,
-                cond_dim=128,
-                film_mult=2,
-                token_learner_ff_mult=1,
-            ),
+            TINY_MODEL,
             optimizer="adamw",
             lr=1e-3,
             weight_decay=1e-2,
@@ -479,24 +483,7 @@ PRESETS: dict[str, Preset] = {
             "rt1_demo",
             "the demo's recipe: the tiny model on 32x32 frames with a feature-map position embedding, "
             "no condition dropout, no shift",
-            RT1Config(
-                image_size=32,
-                conv_stem_dim=16,
-                dim=32,
-                dim_head=16,
-                depth=(1, 1),
-                attention_window=4,
-                mbconv_expansion=2,
-                dropout=0.0,
-                transformer_depth=2,
-                transformer_heads=4,
-                transformer_dim_head=16,
-                cond_dim=128,
-                film_mult=2,
-                token_learner_ff_mult=1,
-                cond_drop_prob=0.0,
-                feature_position_embedding=True,
-            ),
+            TINY_MODEL.replace(image_size=32, cond_drop_prob=0.0, feature_position_embedding=True),
             optimizer="adamw",
             lr=1e-3,
             weight_decay=1e-2,
