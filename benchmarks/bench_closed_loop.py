@@ -18,8 +18,10 @@ Two policies are trained side by side, with the same data, the same budget and t
 Each policy trains in its own process with one thread (the two together use the 2 cores), single-process
 training of the demo preset with the demo's step (`train_ddp.py --preset demo` under 2 processes: batch 8 per
 process at lr 1e-3 x 2; here one process does batch 16 at lr 2e-3; AdamW, weight decay 1e-2, no augmentation,
-no condition dropout, 32x32 frames, cosine decay to 0.1 x lr over --max-steps), until --max-steps or
---budget-minutes of training CPU time (this process's, one thread), whichever comes first. Every --eval-every steps (and at the end) it is
+no condition dropout, 32x32 frames, cosine decay to 0.1 x lr over --max-steps; one window at a time, or chunks
+of --chunk-windows consecutive windows through train_ddp.py's chunk sampler, the original's tokens made from
+each window's actions either way), until --max-steps or --budget-minutes of training CPU time (this process's,
+one thread), whichever comes first. Every --eval-every steps (and at the end) it is
 evaluated in closed loop (`rt1.evaluation.closed_loop.evaluate_policy`) on the same --eval-episodes
 evaluation seeds (task families in turn, never training scenes); evaluation time is not training time.
 
@@ -110,17 +112,18 @@ def train_and_evaluate(
     eval_episodes: int,
     eval_seed: int,
     seed: int,
+    chunk_windows: int,
     out_path: Path,
 ) -> None:
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader
 
     from rt1.config import TrainConfig
     from rt1.data.dataset import RT1Dataset
     from rt1.evaluation.closed_loop import evaluate_policy, rt1_policy_factory
     from rt1.model import RT1
     from rt1.train.checkpoint import seed_everything
+    from rt1.train.loaders import make_train_loader
     from rt1.train.optim import Optimisation, build_optimizer, build_scheduler, peak_lr
     from rt1.train.step import StepSettings, train_step
 
@@ -135,13 +138,16 @@ def train_and_evaluate(
     opt = Optimisation(optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), lr, max_steps)
     settings = StepSettings(torch.device("cpu"), loss_reduction=cfg.loss_reduction)
     dataset = RT1Dataset(train_index, data_dir, augment=cfg.augment)
-    loader = DataLoader(
+    loader, sampler = make_train_loader(
         dataset,
+        rank=0,
+        world_size=1,
         batch_size=cfg.batch_size * DEMO_PROCESSES,
         shuffle=True,
-        drop_last=True,
+        seed=seed,
         num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
+        pin_memory=False,
+        chunk_windows=chunk_windows,
     )
     history = []
 
@@ -166,9 +172,11 @@ def train_and_evaluate(
             flush=True,
         )
 
-    step, train_seconds, losses = 0, 0.0, []
+    step, train_seconds, losses, epoch = 0, 0.0, [], 0
     model.train()
     while step < max_steps and train_seconds < budget_s:
+        sampler.set_epoch(epoch)
+        epoch += 1
         for batch in loader:
             tick = time.process_time()  # CPU time of this one-thread process: the machine is shared
             if tokenisation == "original":
@@ -264,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--eval-seed", type=int, default=0, help="evaluation seed (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    parser.add_argument(
+        "--chunk-windows",
+        type=int,
+        default=1,
+        help="train on batches of chunks of K consecutive windows, every frame encoded once (train_ddp.py's "
+        "--chunk-windows; default 1, the demo's: K = 6 gave less success per CPU-minute, docs/evaluation.md)",
+    )
     parser.add_argument("--tokenisation", nargs="+", choices=TOKENISATIONS, default=list(TOKENISATIONS))
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--worker", choices=TOKENISATIONS, help=argparse.SUPPRESS)
@@ -281,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             args.eval_episodes,
             args.eval_seed,
             args.seed,
+            args.chunk_windows,
             args.worker_out,
         )
         return 0
@@ -322,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.eval_seed,
                 "--seed",
                 args.seed,
+                "--chunk-windows",
+                args.chunk_windows,
             ]
             procs[name] = subprocess.Popen(
                 [str(c) for c in command], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -218,7 +218,8 @@ class RT1Dataset(Dataset):
         as one slice of the file (each frame decoded once), one random shift for all of them (`augment`).
 
         -> frames uint8 (windows + F - 1, H, W, 3), action_tokens int64 (windows + F - 1, 11) (window j's
-        targets are steps j .. j + F - 1), text_embed float32 (512,), windows, row. The steps must lie in one
+        targets are steps j .. j + F - 1), actions float32 (windows + F - 1, 11) (the continuous actions behind
+        them), text_embed float32 (512,), windows, row. The steps must lie in one
         episode (DatasetError naming the row otherwise); `chunk(row, 1)` holds the frames of `self[row]`.
         """
         if int(windows) < 1:
@@ -228,6 +229,7 @@ class RT1Dataset(Dataset):
             "frames": frames,
             "text_embed": torch.from_numpy(np.asarray(w["language_embedding"], np.float32)),
             "action_tokens": torch.from_numpy(w["action_tokens"].astype(np.int64)),
+            "actions": torch.from_numpy(np.asarray(w["actions"], np.float32)),
             "windows": int(windows),
             "row": row,
         }

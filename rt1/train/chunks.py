@@ -95,16 +95,19 @@ class ChunkBatchSampler(Sampler):
 
 def collate_chunks(items: list[dict]) -> dict:
     """Chunk items -> frames uint8 (T, H, W, 3) (the chunks' frames end to end), chunk_windows int64 (C,),
-    text_embed (C, 512), action_tokens (B, F, 11) (every window's targets, chunk by chunk)."""
+    text_embed (C, 512), action_tokens (B, F, 11) and actions (B, F, 11) (every window's, chunk by chunk)."""
     windows = [it["windows"] for it in items]
     frames_per_window = len(items[0]["frames"]) - windows[0] + 1
+
+    def per_window(key: str) -> torch.Tensor:
+        return torch.cat([it[key].unfold(0, frames_per_window, 1).transpose(1, 2) for it in items])
+
     return {
         "frames": torch.cat([it["frames"] for it in items]),
         "chunk_windows": torch.tensor(windows, dtype=torch.int64),
         "text_embed": torch.stack([it["text_embed"] for it in items]),
-        "action_tokens": torch.cat(
-            [it["action_tokens"].unfold(0, frames_per_window, 1).transpose(1, 2) for it in items]
-        ),
+        "action_tokens": per_window("action_tokens"),
+        "actions": per_window("actions"),
     }
 
 

@@ -210,6 +210,7 @@ def test_a_chunk_is_its_windows_read_as_one_slice_decoded_once(train_set, monkey
         window = train_set[int(rows[p])]
         assert torch.equal(item["frames"][j : j + 6], window["frames"])
         assert torch.equal(batch["action_tokens"][j], window["action_tokens"])
+        assert torch.equal(batch["actions"][j], window["actions"])
         assert torch.equal(item["text_embed"], window["text_embed"])
     assert torch.equal(batch["action_tokens"][6:], batch["action_tokens"][:2])
 
