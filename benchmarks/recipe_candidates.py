@@ -52,13 +52,7 @@ class KeypointRT1(RT1):
 
     def encode_frames(self, frames, text_embeds):
         """frames (N, H, W, 3) uint8, text (N, E) -> tokens (N, num_learned_tokens + 1, D)."""
-        from rt1.model.normalize import normalize_frames
-
-        cond = self._conditioning(text_embeds, frames.shape[0])
-        pixels = normalize_frames(frames, self.config.pixel_scaling).permute(0, 3, 1, 2)
-        features = self.vit(pixels, cond.encoder)  # (N, h, w, D)
-        if self.config.feature_position_embedding:
-            features = features + self.feature_position
+        features = self.feature_map(frames, text_embeds)  # (N, h, w, D)
         tokens = self.token_learner(features)
         n, h, w, d = features.shape
         attention = (features.reshape(n, h * w, d) * self.keypoint_log_temperature.exp()).softmax(dim=1)

@@ -93,13 +93,18 @@ class RT1(nn.Module):
         n = num_learned_tokens, D = embed_dim. Pass `null_text_embed` rows to encode unconditioned. The
         pixels are scaled here, from the model's own config (a float input is refused: already scaled?).
         """
+        return self.token_learner(self.feature_map(frames, text_embeds))
+
+    def feature_map(self, frames: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
+        """frames (N, H, W, 3) uint8, text_embeds (N, E) or its Conditioning -> the MaxViT's final map (N, h, w, D),
+        with the position embedding when the config has one: what TokenLearner pools."""
         cond = self._conditioning(text_embeds, frames.shape[0])
         # (N, H, W, 3) -> (N, 3, H, W) as a view: NCHW in channels_last memory, what the convolutions take.
         pixels = normalize_frames(frames, self.config.pixel_scaling).permute(0, 3, 1, 2)
         features = self.vit(pixels, cond.encoder)  # (N, h, w, D)
         if self.config.feature_position_embedding:
             features = features + self.feature_position
-        return self.token_learner(features)
+        return features
 
     def decode(self, tokens: Tensor, text_embeds: Tensor | Conditioning) -> Tensor:
         """tokens (B, F, n, D), text_embeds (B, E) or its Conditioning -> logits (B, F, num_actions, num_bins).
